@@ -463,6 +463,7 @@ async fn loop_steps(
             sent_height: h,
             max_steps: samples as u32 + 1,
             timeout_s: 600.0,
+            task: None,
         }))
         .await;
     let model = InstantModel {

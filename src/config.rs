@@ -85,6 +85,11 @@ pub fn load(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
 
 /// Parses configuration text; errors name the line and column.
 pub fn parse(text: &str) -> Result<FileConfig, String> {
+    parse_as(text)
+}
+
+/// Parses TOML into `T`; errors name the line and column.
+pub fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     toml::from_str(text).map_err(|e| {
         let at = e
             .span()

@@ -3,6 +3,7 @@
 
 use crate::action::Action;
 use crate::agent::Event;
+use crate::task::check::Verdict;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::time::Instant;
@@ -226,6 +227,39 @@ impl EventPrinter for Human {
                         .map(|t| format!(": {t}"))
                         .unwrap_or_default()
                 )?;
+            }
+            Event::Setup {
+                phase,
+                index,
+                total,
+                step,
+                ms,
+                error,
+            } => match error {
+                None => writeln!(out, "{phase} {index}/{total}: {step}  ok {ms:.0} ms")?,
+                Some(e) => writeln!(
+                    out,
+                    "{phase} {index}/{total}: {step}  FAILED after {ms:.0} ms: {}",
+                    one_line(e, 300)
+                )?,
+            },
+            Event::Graded { grade, .. } => {
+                writeln!(out, "grade: {}", grade.summary())?;
+                if let Some(result) = &grade.result {
+                    for leaf in result.leaves() {
+                        let mark = match leaf.verdict {
+                            Verdict::Passed => "ok   ",
+                            Verdict::Failed => "FAIL ",
+                            Verdict::Error => "ERROR",
+                        };
+                        writeln!(
+                            out,
+                            "  {mark} {}  ({})",
+                            one_line(&leaf.check, 120),
+                            one_line(&leaf.detail, 160)
+                        )?;
+                    }
+                }
             }
             Event::Finished(o) => {
                 writeln!(

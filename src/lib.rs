@@ -9,6 +9,9 @@
 //! - [`agent`]: the computer-use loop (observe, decide, act, settle) over any
 //!   OpenAI-compatible model, reporting [`agent::Event`]s.
 //! - [`record`]: the SQLite recording of every episode, written from those events.
+//! - [`task`]: task files (setup, limits, checks), grading, the OSWorld importer.
+//! - [`episode`]: one episode end to end (desktop, setup, loop, checks, snapshot,
+//!   recording), shared by `run` and `batch`.
 //! - [`headless`]: the events as progress lines or JSON Lines.
 //! - [`tui`]: the terminal UI: live runs, replay, the sessions list.
 //! - [`config`]: the configuration file.
@@ -22,9 +25,11 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod desktop;
+pub mod episode;
 pub mod headless;
 pub mod process;
 pub mod record;
 pub mod sandbox;
+pub mod task;
 pub mod time;
 pub mod tui;

@@ -105,6 +105,9 @@ pub struct SessionInfo {
     pub sent_height: u32,
     pub max_steps: u32,
     pub timeout_s: f64,
+    /// The task definition, for tasks (kept so the episode can be graded again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<Value>,
 }
 
 /// What ended an episode.
@@ -119,6 +122,9 @@ pub enum EndedBy {
     User,
     /// The desktop or the model server broke.
     Error,
+    /// The harness failed before the agent started: the desktop did not come up, or a
+    /// task's setup step failed. Not the agent's doing.
+    Harness,
 }
 
 /// How an episode ended, with its totals.
@@ -223,7 +229,26 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         text: Option<String>,
     },
+    /// One step of a task's setup (before the agent starts) or post steps (after it ends),
+    /// done or failed.
+    Setup {
+        /// `setup` or `post`.
+        phase: String,
+        index: usize,
+        total: usize,
+        step: String,
+        ms: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     Finished(Outcome),
+    /// The task's checks ran on the final state (after `Finished`).
+    Graded {
+        grade: crate::task::check::Grade,
+        /// What the checks read, kept for grading again later (not printed).
+        #[serde(skip)]
+        state: Option<crate::task::check::FinalState>,
+    },
 }
 
 /// Sends events to every consumer, in order. Channels are bounded and large: a consumer

@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one episode: a fresh desktop, the model loop, a recording.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Recorded sessions: list, show, frames.
     #[command(subcommand)]
     Sessions(sessions::SessionsCmd),
@@ -48,7 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return run::run(run::RunArgs::defaults()).await;
     };
     match command {
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => run::run(*args).await,
         Command::Replay {
             session,
             db,

@@ -1,36 +1,59 @@
 //! `selfagent run`: one episode: a fresh desktop, the loop, a recording.
 
-use crate::agent::model::{OpenAiConfig, OpenAiModel, Secret, redact_url};
-use crate::agent::protocol::{Scaling, Target};
-use crate::agent::{self, AgentConfig, Emitter, EndedBy, Event, SessionInfo, Status};
+use crate::agent::model::{OpenAiConfig, Secret, redact_url};
+use crate::agent::protocol::Target;
+use crate::agent::{self, AgentConfig, EndedBy, Event, Status};
 use crate::config::{self, FileConfig};
-use crate::desktop::{ConnectOptions, Desktop};
+use crate::episode::{self, End, Hooks, Plan};
 use crate::headless::{EventPrinter, Human, JsonLines};
-use crate::record::{self, Db, Recorder};
+use crate::record::{self, Db};
 use crate::sandbox::{Engine, Network, SandboxSpec};
+use crate::task::{Limits, Task};
 use anyhow::{Context, bail};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Exit codes of `run`.
+pub const EXIT_CHECKS_FAILED: u8 = 2;
 pub const EXIT_LIMIT: u8 = 3;
+pub const EXIT_HARNESS: u8 = 4;
 pub const EXIT_STOPPED: u8 = 130;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit codes: 0 the model finished (answered, done or fail), 1 error, \
-3 step or time limit reached, 130 stopped with Ctrl-C.\n\
+    after_help = "Exit codes: 0 the model finished (answered, done or fail; with --task: and the \
+checks passed), 1 error, 2 with --task: the checks failed, 3 step or time limit reached, \
+4 the harness failed (the desktop did not start, a setup step failed, the checks could not \
+run), 130 stopped with Ctrl-C.\n\
 The API key comes from OPENAI_API_KEY (or the variable --api-key-env names, or the \
 config file); it is never recorded."
 )]
 pub struct RunArgs {
-    /// The task, in words.
+    /// The task, in words (or give a task file with --task).
     pub instruction: Option<String>,
+    /// A task file (TOML or JSON): instruction, setup steps, limits and checks; the
+    /// episode is graded and the grade recorded.
+    #[arg(long, value_name = "FILE", conflicts_with = "instruction")]
+    pub task: Option<PathBuf>,
     /// No terminal UI: progress lines (or JSON Lines with --json) on stdout.
     #[arg(long)]
     pub headless: bool,
+    /// JSON Lines events on stdout (with --headless).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the desktop after the episode (it still stops at its TTL).
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Settings shared by `run` and `batch`: the model, the loop, the desktop, the recording.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
     /// OpenAI-compatible endpoint, up to /v1.
     #[arg(long, env = "OPENAI_BASE_URL")]
     pub base_url: Option<String>,
@@ -39,9 +62,10 @@ pub struct RunArgs {
     /// Read the API key from this environment variable instead of OPENAI_API_KEY.
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
+    /// Steps per episode (beats a task's limit).
     #[arg(long)]
     pub max_steps: Option<u32>,
-    /// Seconds for the whole episode.
+    /// Seconds per episode (beats a task's limit).
     #[arg(long)]
     pub timeout: Option<f64>,
     /// Seconds for one model call.
@@ -72,12 +96,10 @@ pub struct RunArgs {
     /// The recording (SQLite).
     #[arg(long, env = "SELFAGENT_DB")]
     pub db: Option<PathBuf>,
-    /// JSON Lines events on stdout (with --headless).
+    /// Do not commit the final state of graded episodes to an image (re-grading then uses
+    /// only what the checks read at the end).
     #[arg(long)]
-    pub json: bool,
-    /// Keep the desktop after the episode (it still stops at its TTL).
-    #[arg(long)]
-    pub keep: bool,
+    pub no_snapshot: bool,
     /// The configuration file (default: ~/.config/selfagent/config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -90,6 +112,23 @@ pub struct RunArgs {
     /// Run the desktop with no network at all.
     #[arg(long)]
     pub no_network: bool,
+}
+
+impl CommonArgs {
+    /// The desktop these settings ask for.
+    pub fn spec(&self) -> SandboxSpec {
+        SandboxSpec {
+            image: self.image.clone(),
+            width: self.width,
+            height: self.height,
+            network: if self.no_network {
+                Network::None
+            } else {
+                Network::Bridge
+            },
+            ..SandboxSpec::default()
+        }
+    }
 }
 
 impl RunArgs {
@@ -111,7 +150,13 @@ pub struct Resolved {
     pub db: PathBuf,
 }
 
-pub fn resolve(args: &RunArgs, file: &FileConfig, instruction: String) -> anyhow::Result<Resolved> {
+/// Settings from flags, then a task's limits, then the file, then defaults.
+pub fn resolve(
+    args: &CommonArgs,
+    file: &FileConfig,
+    instruction: String,
+    limits: &Limits,
+) -> anyhow::Result<Resolved> {
     let base_url = args
         .base_url
         .clone()
@@ -160,7 +205,11 @@ pub fn resolve(args: &RunArgs, file: &FileConfig, instruction: String) -> anyhow
         }
         Ok(Duration::from_secs_f64(s))
     };
-    let max_steps = args.max_steps.or(file.max_steps).unwrap_or(50);
+    let max_steps = args
+        .max_steps
+        .or(limits.max_steps)
+        .or(file.max_steps)
+        .unwrap_or(50);
     if max_steps == 0 {
         bail!("--max-steps must be at least 1");
     }
@@ -184,7 +233,11 @@ pub fn resolve(args: &RunArgs, file: &FileConfig, instruction: String) -> anyhow
         agent: AgentConfig {
             instruction,
             max_steps,
-            timeout: secs(args.timeout.or(file.timeout), 1800.0, "--timeout")?,
+            timeout: secs(
+                args.timeout.or(limits.timeout).or(file.timeout),
+                1800.0,
+                "--timeout",
+            )?,
             target,
             keep_images: args.keep_images.or(file.keep_images).unwrap_or(3),
             image_in_tool: args.image_in_tool || file.image_in_tool.unwrap_or(false),
@@ -201,161 +254,124 @@ pub fn resolve(args: &RunArgs, file: &FileConfig, instruction: String) -> anyhow
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    if !args.headless {
-        return ui(args).await;
-    }
-    let Some(instruction) = args.instruction.clone().filter(|s| !s.trim().is_empty()) else {
-        bail!("give the task as an argument: selfagent run --headless \"open a terminal and ...\"");
+    let task = args.task.as_deref().map(Task::load).transpose()?;
+    let instruction = match &task {
+        Some(t) => Some(t.instruction.clone()),
+        None => args.instruction.clone().filter(|s| !s.trim().is_empty()),
     };
-    let file = config::load(args.config.as_deref())?;
-    let cfg = resolve(&args, &file, instruction)?;
+    let file = config::load(args.common.config.as_deref())?;
+    let limits = task.as_ref().map(|t| t.limits.clone()).unwrap_or_default();
+    if !args.headless {
+        return ui(args, file, task, instruction, &limits).await;
+    }
+    let Some(instruction) = instruction else {
+        bail!(
+            "give the task as an argument or a file: selfagent run --headless \"open a terminal and ...\" (or --task FILE)"
+        );
+    };
+    let cfg = resolve(&args.common, &file, instruction, &limits)?;
     // A recording that cannot be opened stops us before a desktop starts.
     drop(Db::open(&cfg.db)?);
-    let model = OpenAiModel::new(cfg.model.clone())?;
-
     let engine = Engine::connect().await?;
-    let session = record::new_session_id();
-    let spec = SandboxSpec {
-        image: args.image.clone(),
-        width: args.width,
-        height: args.height,
-        network: if args.no_network {
-            Network::None
-        } else {
-            Network::Bridge
-        },
-        // The desktop outlives the episode only by a margin, even if we die.
-        ttl: cfg.agent.timeout.as_secs() + 900,
-        session: Some(session.clone()),
-        owned: !args.keep,
-        ..SandboxSpec::default()
-    };
-    let sandbox = engine.create(&spec).await?;
-    let result = episode(&args, &cfg, &model, &sandbox, &session).await;
-    if args.keep {
-        eprintln!(
-            "kept desktop {} (until its TTL; `selfagent sandbox down {}` removes it)",
-            sandbox.short_id(),
-            sandbox.short_id()
-        );
-    } else if let Err(e) = sandbox.kill().await {
-        eprintln!("warning: removing desktop {}: {e}", sandbox.short_id());
-    }
-    result
-}
+    let db = cfg.db.clone();
 
-/// With the terminal UI (the task is asked for when not given).
-async fn ui(args: RunArgs) -> anyhow::Result<ExitCode> {
-    use std::io::IsTerminal;
-    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
-        bail!("the terminal UI needs a terminal: add --headless to run without one");
-    }
-    let file = config::load(args.config.as_deref())?;
-    let instruction = args.instruction.clone().filter(|s| !s.trim().is_empty());
-    let cfg = resolve(&args, &file, instruction.clone().unwrap_or_default())?;
-    drop(Db::open(&cfg.db)?);
-    drop(Engine::connect().await?);
-    let spec = SandboxSpec {
-        image: args.image.clone(),
-        width: args.width,
-        height: args.height,
-        network: if args.no_network {
-            Network::None
-        } else {
-            Network::Bridge
-        },
-        ..SandboxSpec::default()
-    };
-    crate::tui::live(crate::tui::LiveSetup {
-        cfg,
-        spec,
-        keep: args.keep,
-        instruction,
-    })
-    .await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn episode(
-    args: &RunArgs,
-    cfg: &Resolved,
-    model: &OpenAiModel,
-    sandbox: &crate::sandbox::Sandbox,
-    session: &str,
-) -> anyhow::Result<ExitCode> {
-    let desktop = Desktop::connect(sandbox.clone(), ConnectOptions::default()).await?;
-    desktop.wait_drawn(Duration::from_secs(15)).await?;
-
-    let mut emitter = Emitter::new();
-    let mut secrets: Vec<String> = sandbox
-        .secrets()
-        .values()
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    if !cfg.model.api_key.is_empty() {
-        secrets.push(cfg.model.api_key.expose().to_owned());
-    }
-    let recorder = Recorder::start(&cfg.db, secrets, emitter.subscribe(4096))?;
-    let mut printer_rx = emitter.subscribe(4096);
-    let mut printer: Box<dyn EventPrinter> = if args.json {
-        Box::new(JsonLines::new(session, sandbox.id()))
-    } else {
-        Box::new(Human)
-    };
+    let (mut hooks, control) = Hooks::new();
+    let (printer_tx, mut printer_rx) = tokio::sync::mpsc::channel::<Arc<Event>>(4096);
+    hooks.sinks.push(printer_tx);
+    let json = args.json;
     let printer_task = tokio::spawn(async move {
+        let mut printer: Option<Box<dyn EventPrinter>> = None;
         while let Some(event) = printer_rx.recv().await {
+            let p = printer.get_or_insert_with(|| match (&*event, json) {
+                (Event::SessionStarted(s), true) => {
+                    Box::new(JsonLines::new(&s.session, &s.sandbox)) as Box<dyn EventPrinter>
+                }
+                (_, true) => Box::new(JsonLines::new("", "")),
+                (_, false) => Box::new(Human),
+            });
             let mut out = std::io::stdout().lock();
-            let _ = printer.print(&event, &mut out);
+            let _ = p.print(&event, &mut out);
         }
     });
-
-    let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
     let signals = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!("stopping after the current action (Ctrl-C again to quit at once)");
-            let _ = control_tx.send(agent::Command::Stop).await;
+            let _ = control.send(agent::Command::Stop).await;
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(i32::from(EXIT_STOPPED));
             }
         }
     });
-
-    let (w, h) = desktop.size();
-    let scaling = Scaling::new((w, h), cfg.agent.target);
-    emitter
-        .emit(Event::SessionStarted(SessionInfo {
-            session: session.to_owned(),
-            sandbox: sandbox.id().to_owned(),
-            instruction: cfg.agent.instruction.clone(),
-            task_id: None,
-            model: cfg.model.model.clone(),
-            base_url: redact_url(&cfg.model.base_url),
-            protocol: "openai-tools".into(),
-            image: args.image.clone(),
-            width: w,
-            height: h,
-            sent_width: scaling.sent.0,
-            sent_height: scaling.sent.1,
-            max_steps: cfg.agent.max_steps,
-            timeout_s: cfg.agent.timeout.as_secs_f64(),
-        }))
-        .await;
-    let outcome = agent::run(&cfg.agent, &desktop, model, &emitter, control_rx).await;
+    let plan = Plan {
+        cfg,
+        spec: args.common.spec(),
+        task,
+        keep: args.keep,
+        snapshot: !args.common.no_snapshot,
+        session: None,
+    };
+    let end = episode::run(&engine, plan, hooks).await;
     signals.abort();
-    drop(emitter);
     let _ = printer_task.await;
-    let stats = recorder.finish().await;
-    if let Some(e) = stats.error {
+    let end = end?;
+    if let Some(e) = &end.recording_error {
         eprintln!("warning: the recording stopped early: {e}");
     }
-    eprintln!("recorded session {session} in {}", cfg.db.display());
-    Ok(match (outcome.status, outcome.ended_by) {
+    eprintln!("recorded session {} in {}", end.session, db.display());
+    Ok(exit_code(&end))
+}
+
+/// The exit code of a finished episode (see `run --help`).
+pub fn exit_code(end: &End) -> ExitCode {
+    let o = &end.outcome;
+    if o.ended_by == EndedBy::User {
+        return ExitCode::from(EXIT_STOPPED);
+    }
+    if end.harness_error().is_some() {
+        return ExitCode::from(EXIT_HARNESS);
+    }
+    if let Some(g) = &end.grade
+        && g.passed == Some(false)
+    {
+        return ExitCode::from(EXIT_CHECKS_FAILED);
+    }
+    match (o.status, o.ended_by) {
         (Status::Succeeded, _) | (Status::Failed, EndedBy::Model) => ExitCode::SUCCESS,
         (_, EndedBy::StepLimit | EndedBy::TimeLimit) => ExitCode::from(EXIT_LIMIT),
-        (_, EndedBy::User) => ExitCode::from(EXIT_STOPPED),
         _ => ExitCode::FAILURE,
+    }
+}
+
+/// With the terminal UI (the task is asked for when not given).
+async fn ui(
+    args: RunArgs,
+    file: FileConfig,
+    task: Option<Task>,
+    instruction: Option<String>,
+    limits: &Limits,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        bail!("the terminal UI needs a terminal: add --headless to run without one");
+    }
+    let cfg = resolve(
+        &args.common,
+        &file,
+        instruction.clone().unwrap_or_default(),
+        limits,
+    )?;
+    drop(Db::open(&cfg.db)?);
+    drop(Engine::connect().await?);
+    crate::tui::live(crate::tui::LiveSetup {
+        cfg,
+        spec: args.common.spec(),
+        keep: args.keep,
+        instruction,
+        task,
+        snapshot: !args.common.no_snapshot,
     })
+    .await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
@@ -385,7 +401,7 @@ mod tests {
             "xga",
             "task",
         ]);
-        let r = resolve(&a, &file, "task".into()).unwrap();
+        let r = resolve(&a.common, &file, "task".into(), &Limits::default()).unwrap();
         assert_eq!(r.model.base_url, "http://flag/v1");
         assert_eq!(r.model.model, "file-model");
         assert_eq!(r.agent.max_steps, 9);
@@ -398,6 +414,26 @@ mod tests {
             (Some(1.0), Some(0.5))
         );
         assert_eq!(r.db, PathBuf::from(record::DEFAULT_DB));
+    }
+
+    #[test]
+    fn a_tasks_limits_beat_the_file_but_not_the_flags() {
+        let file =
+            config::parse("base_url = \"http://file/v1\"\nmax_steps = 9\ntimeout = 99\n").unwrap();
+        let limits = Limits {
+            max_steps: Some(4),
+            timeout: Some(30.0),
+        };
+        let r = resolve(&args(&[]).common, &file, "t".into(), &limits).unwrap();
+        assert_eq!((r.agent.max_steps, r.agent.timeout.as_secs()), (4, 30));
+        let r = resolve(
+            &args(&["--max-steps", "7"]).common,
+            &file,
+            "t".into(),
+            &limits,
+        )
+        .unwrap();
+        assert_eq!((r.agent.max_steps, r.agent.timeout.as_secs()), (7, 30));
     }
 
     #[test]
@@ -419,7 +455,7 @@ mod tests {
             ),
             (vec!["--base-url", "http://x", "--timeout=-1"], "positive"),
         ] {
-            let e = resolve(&args(&list), &none, "t".into())
+            let e = resolve(&args(&list).common, &none, "t".into(), &Limits::default())
                 .err()
                 .expect("an error")
                 .to_string();

@@ -1094,7 +1094,7 @@ impl Desktop {
             .activate(window)
             .await
             .map_err(|e| self.x11_err(e))?;
-        self.wait_for(
+        self.wait_windows(
             timeout,
             &format!("window 0x{window:x} to become active"),
             |ws| ws.iter().find(|w| w.id == window && w.active).cloned(),
@@ -1113,13 +1113,14 @@ impl Desktop {
         m: &WindowMatch,
         timeout: Duration,
     ) -> Result<Window, DesktopError> {
-        self.wait_for(timeout, &m.describe(), |ws| {
+        self.wait_windows(timeout, &m.describe(), |ws| {
             ws.iter().find(|w| m.matches(w)).cloned()
         })
         .await
     }
 
-    async fn wait_for<T>(
+    /// Waits until `check` finds something in the window list; woken by X events, not a poll.
+    pub async fn wait_windows<T>(
         &self,
         timeout: Duration,
         what: &str,
@@ -1158,7 +1159,14 @@ fn push_keys(steps: &mut Vec<Step>, keysyms: &[u32], down: bool) {
 
 /// Quotes a string for `sh`.
 pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:,+@%".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 #[cfg(test)]
@@ -1215,5 +1223,8 @@ mod tests {
     #[test]
     fn shell_quoting_survives_quotes() {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("/home/user/a-b.txt"), "/home/user/a-b.txt");
+        assert_eq!(shell_quote("a=b"), "'a=b'");
+        assert_eq!(shell_quote(""), "''");
     }
 }

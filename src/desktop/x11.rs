@@ -75,7 +75,7 @@ impl From<x11rb::errors::ReplyError> for X11Error {
 }
 
 /// A top-level window as the window manager lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Window {
     pub id: u32,
     pub title: String,

@@ -12,6 +12,7 @@
 //!   passes through [`redact`] with the API key and the desktop's credentials.
 
 use crate::agent::event::{Event, Frame, SessionInfo};
+use crate::task::check::{FinalState, Grade};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -20,6 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
+
+/// The `grader` of grades made by a task's checks.
+pub const GRADER: &str = "checks";
 
 /// Where recordings go unless `--db` says otherwise.
 pub const DEFAULT_DB: &str = "recordings/selfagent.db";
@@ -97,6 +101,14 @@ const MIGRATIONS: &[&str] = &[
         graded_at INTEGER NOT NULL
     );
     CREATE INDEX grades_session ON grades(session_id);",
+    // 2: what the checks read at the end of an episode, and its snapshot image.
+    "CREATE TABLE final_states (
+        session_id TEXT PRIMARY KEY REFERENCES sessions(id),
+        snapshot TEXT,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX sessions_task ON sessions(task_id);",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -473,6 +485,84 @@ impl Db {
         .map_err(|e| self.sql(e))
     }
 
+    /// Adds a grade to a session's history (older grades stay).
+    pub fn insert_grade(&self, session: &str, grade: &Grade) -> Result<i64, RecordError> {
+        let details = serde_json::to_string(grade).map_err(|e| RecordError::Sql {
+            path: self.path.clone(),
+            error: e.to_string(),
+        })?;
+        self.conn
+            .execute(
+                "INSERT INTO grades (session_id, grader, score, passed, details, graded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    session,
+                    GRADER,
+                    grade.score,
+                    grade.passed.map(i64::from),
+                    details,
+                    crate::time::now_ms()
+                ],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The newest grade of a session, if any.
+    pub fn latest_grade(&self, session: &str) -> Result<Option<GradeRow>, RecordError> {
+        Ok(self.grades(session)?.pop())
+    }
+
+    /// Keeps what the checks read at the end of an episode.
+    pub fn insert_final_state(&self, session: &str, state: &FinalState) -> Result<(), RecordError> {
+        let text = serde_json::to_string(state).map_err(|e| RecordError::Sql {
+            path: self.path.clone(),
+            error: e.to_string(),
+        })?;
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO final_states (session_id, snapshot, state, created_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![session, state.snapshot, text, crate::time::now_ms()],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// What the checks read at the end of a session, if it was kept.
+    pub fn final_state(&self, session: &str) -> Result<Option<FinalState>, RecordError> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT state FROM final_states WHERE session_id = ?1",
+                [session],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| RecordError::Corrupt {
+                path: self.path.clone(),
+                error: format!("the final state of {session} is not readable: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    /// Sessions of tasks (those with a task id), newest first.
+    pub fn task_sessions(&self) -> Result<Vec<SessionRow>, RecordError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "{SESSION_COLUMNS} WHERE task_id IS NOT NULL ORDER BY created_at DESC"
+            ))
+            .map_err(|e| self.sql(e))?;
+        stmt.query_map([], session_row)
+            .map_err(|e| self.sql(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.sql(e))
+    }
+
     fn insert_frame(&self, frame: &Frame) -> Result<i64, rusqlite::Error> {
         self.conn
             .prepare_cached(
@@ -570,6 +660,14 @@ struct Writer {
 impl Writer {
     fn redact(&self, s: &str) -> String {
         redact(s, &self.secrets)
+    }
+
+    /// A copy of `value` with every secret redacted from its JSON form.
+    fn redacted<T: Serialize + serde::de::DeserializeOwned + Clone>(&self, value: &T) -> T {
+        serde_json::to_string(value)
+            .ok()
+            .and_then(|text| serde_json::from_str(&self.redact(&text)).ok())
+            .unwrap_or_else(|| value.clone())
     }
 
     fn frame_id(&mut self, frame: &Frame) -> Result<i64, rusqlite::Error> {
@@ -712,6 +810,44 @@ impl Writer {
                     )?;
                 }
             }
+            Event::Setup {
+                phase,
+                index,
+                total,
+                step,
+                ms,
+                error,
+            } => {
+                if let Some(session) = &self.session {
+                    let data = json!({"index": index, "total": total, "step": self.redact(step), "ms": ms, "error": error.as_deref().map(|e| self.redact(e))});
+                    self.db.conn.execute(
+                        "INSERT INTO events (session_id, at, step, kind, data) VALUES (?1, ?2, NULL, ?3, ?4)",
+                        params![session, crate::time::now_ms(), phase, data.to_string()],
+                    )?;
+                }
+            }
+            Event::Graded { grade, state } => {
+                if let Some(session) = self.session.clone() {
+                    self.db.conn.execute_batch("BEGIN")?;
+                    // Outputs and files the checks read pass through redaction too.
+                    let grade: Grade = self.redacted(grade);
+                    let state: Option<FinalState> = state.as_ref().map(|s| self.redacted(s));
+                    let written = (|| {
+                        if let Some(state) = &state {
+                            self.db.insert_final_state(&session, state)?;
+                        }
+                        self.db.insert_grade(&session, &grade)?;
+                        Ok::<(), RecordError>(())
+                    })();
+                    match written {
+                        Ok(()) => self.db.conn.execute_batch("COMMIT")?,
+                        Err(e) => {
+                            let _ = self.db.conn.execute_batch("ROLLBACK");
+                            return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
+                        }
+                    }
+                }
+            }
             Event::Finished(outcome) => {
                 if let Some(session) = &self.session {
                     self.db.conn.execute(
@@ -744,6 +880,11 @@ impl Writer {
             "timeout_s": info.timeout_s,
             "selfagent": env!("CARGO_PKG_VERSION"),
         });
+        let mut meta = meta;
+        if let Some(task) = &info.task {
+            meta["task"] =
+                serde_json::from_str(&self.redact(&task.to_string())).unwrap_or(Value::Null);
+        }
         self.db.conn.execute(
             "INSERT INTO sessions (id, created_at, status, instruction, task_id, model, base_url, protocol,
              image, sandbox, width, height, meta)
@@ -937,6 +1078,7 @@ mod tests {
             sent_height: 2,
             max_steps: 5,
             timeout_s: 60.0,
+            task: None,
         }
     }
 

@@ -54,6 +54,46 @@ fn split_parent(path: &str) -> (String, String) {
     (parent, name)
 }
 
+/// The first entry of a file's archive: its bytes, or where it links to.
+enum Entry {
+    Data(Vec<u8>),
+    Link(String),
+}
+
+fn first_entry(path: &str, tar: &[u8]) -> Result<Entry, SandboxError> {
+    let mut archive = tar::Archive::new(tar);
+    let mut entries = archive
+        .entries()
+        .map_err(|e| SandboxError::io(format!("reading {path}"), e))?;
+    let Some(entry) = entries.next() else {
+        return Err(SandboxError::Invalid(format!(
+            "{path}: empty archive from Docker"
+        )));
+    };
+    let mut entry = entry.map_err(|e| SandboxError::io(format!("reading {path}"), e))?;
+    match entry.header().entry_type() {
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            let mut data = Vec::with_capacity(entry.size() as usize);
+            entry
+                .read_to_end(&mut data)
+                .map_err(|e| SandboxError::io(format!("reading {path}"), e))?;
+            Ok(Entry::Data(data))
+        }
+        tar::EntryType::Directory => Err(SandboxError::Invalid(format!("{path} is a directory"))),
+        tar::EntryType::Symlink => Ok(Entry::Link(
+            entry
+                .link_name()
+                .ok()
+                .flatten()
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )),
+        other => Err(SandboxError::Invalid(format!(
+            "{path} is not a regular file ({other:?})"
+        ))),
+    }
+}
+
 fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
@@ -152,11 +192,20 @@ impl Sandbox {
             .await
             .map_err(|e| match e {
                 bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                } if !message.to_ascii_lowercase().contains("no such container") => {
+                    SandboxError::NoSuchFile {
+                        sandbox: self.short_id().to_owned(),
+                        path: path.to_owned(),
+                    }
+                }
+                bollard::errors::Error::DockerResponseServerError {
                     status_code: 404, ..
-                } => SandboxError::Invalid(format!(
-                    "no such file in sandbox {}: {path}",
-                    self.short_id()
-                )),
+                } => SandboxError::NotRunning {
+                    id: self.short_id().to_owned(),
+                    status: "gone".into(),
+                },
                 e => SandboxError::Docker {
                     doing: format!("reading {path} from sandbox {}", self.short_id()),
                     error: e,
@@ -165,52 +214,29 @@ impl Sandbox {
         Ok(chunks.concat())
     }
 
-    /// The bytes of a regular file.
+    /// The bytes of a regular file (a symbolic link is followed once).
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
         let path = sandbox_path(path)?;
         let tar = self.get_tar(&path).await?;
-        let mut archive = tar::Archive::new(tar.as_slice());
-        let mut entries = archive
-            .entries()
-            .map_err(|e| SandboxError::io(format!("reading {path}"), e))?;
-        let Some(entry) = entries.next() else {
-            return Err(SandboxError::Invalid(format!(
-                "{path}: empty archive from Docker"
-            )));
-        };
-        let mut entry = entry.map_err(|e| SandboxError::io(format!("reading {path}"), e))?;
-        match entry.header().entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous => {}
-            tar::EntryType::Directory => {
-                return Err(SandboxError::Invalid(format!("{path} is a directory")));
-            }
-            tar::EntryType::Symlink => {
-                // Docker archives the link itself: follow it once.
-                let target = entry
-                    .link_name()
-                    .ok()
-                    .flatten()
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+        match first_entry(&path, &tar)? {
+            Entry::Data(data) => Ok(data),
+            Entry::Link(target) => {
+                // Docker archives the link itself.
                 let (parent, _) = split_parent(&path);
                 let resolved = if target.starts_with('/') {
                     target
                 } else {
                     format!("{parent}/{target}")
                 };
-                return Box::pin(self.read_file(&resolved)).await;
-            }
-            other => {
-                return Err(SandboxError::Invalid(format!(
-                    "{path} is not a regular file ({other:?})"
-                )));
+                let tar = self.get_tar(&resolved).await?;
+                match first_entry(&resolved, &tar)? {
+                    Entry::Data(data) => Ok(data),
+                    Entry::Link(_) => Err(SandboxError::Invalid(format!(
+                        "{path} is a link to a link; read {resolved} instead"
+                    ))),
+                }
             }
         }
-        let mut data = Vec::with_capacity(entry.size() as usize);
-        entry
-            .read_to_end(&mut data)
-            .map_err(|e| SandboxError::io(format!("reading {path}"), e))?;
-        Ok(data)
     }
 
     /// Copies a local file or directory to `dest` in the sandbox (`dest/` puts it inside

@@ -15,9 +15,11 @@
 mod exec;
 mod files;
 pub mod image;
+pub mod snapshot;
 mod tunnel;
 
 pub use exec::{ExecOptions, ExecOutput, Process};
+pub use files::{HOME, sandbox_path};
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig, PortBinding};
@@ -42,6 +44,9 @@ pub const LABEL_SESSION: &str = "selfagent.session";
 pub const LABEL_NAME: &str = "selfagent.name";
 pub const LABEL_OWNER: &str = "selfagent.owner";
 pub const LABEL_NETWORK: &str = "selfagent.network";
+
+/// A tmpfs in every desktop, for the credentials the desktop's programs read.
+const SECRETS_DIR: &str = "/run/selfagent";
 
 const ENV_VNC_PASSWORD: &str = "SELFAGENT_VNC_PASSWORD";
 const ENV_X11_COOKIE: &str = "SELFAGENT_X11_COOKIE";
@@ -82,6 +87,8 @@ pub enum SandboxError {
         code: String,
         logs: String,
     },
+    #[error("no such file in sandbox {sandbox}: {path}")]
+    NoSuchFile { sandbox: String, path: String },
     #[error("building the desktop image failed: {0}")]
     Build(String),
     #[error("{0}")]
@@ -543,6 +550,12 @@ impl Engine {
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges:true".into()]),
             init: Some(true),
+            // The desktop's credentials live here: never in the container's filesystem,
+            // so never in a snapshot of it.
+            tmpfs: Some(HashMap::from([(
+                SECRETS_DIR.to_owned(),
+                "rw,nosuid,nodev,noexec,mode=0700,uid=1000,gid=1000,size=1m".to_owned(),
+            )])),
             port_bindings: bindings,
             network_mode: Some(network_mode.into()),
             ..Default::default()

@@ -6,6 +6,7 @@ use crate::action::{Action, Point};
 use crate::agent::{Command, Event, Status};
 use crate::headless::describe;
 use crate::record::{SessionRow, StepRow};
+use crate::task::check::Grade;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use serde_json::Value;
 use std::sync::Arc;
@@ -167,6 +168,8 @@ pub struct App {
     pub session_cursor: usize,
     /// Replay playback speed (1.0 or 4.0) when playing.
     pub playing: Option<f64>,
+    /// The task's grade, once the checks ran (or the newest recorded one).
+    pub grade: Option<Grade>,
 }
 
 fn action_points(a: &Action) -> Vec<Point> {
@@ -204,6 +207,7 @@ impl App {
             sessions: Vec::new(),
             session_cursor: 0,
             playing: None,
+            grade: None,
         }
     }
 
@@ -391,6 +395,23 @@ impl App {
                 }
                 _ => {}
             },
+            Event::Setup {
+                phase,
+                index,
+                total,
+                step,
+                error,
+                ..
+            } => {
+                self.notice = Some(match error {
+                    None => format!("{phase} {index}/{total} done: {step}"),
+                    Some(e) => format!("{phase} {index}/{total} failed: {step}: {e}"),
+                });
+            }
+            Event::Graded { grade, .. } => {
+                self.notice = Some(format!("grade: {}", grade.summary()));
+                self.grade = Some(grade.clone());
+            }
             Event::Finished(o) => {
                 self.run = RunState::Finished;
                 self.status = Some(o.status);

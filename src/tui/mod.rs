@@ -16,13 +16,12 @@ pub mod view;
 #[cfg(test)]
 mod snapshots_test;
 
-use crate::agent::model::{OpenAiModel, redact_url};
-use crate::agent::protocol::Scaling;
-use crate::agent::{self, Command, Emitter, Event, Outcome, SessionInfo};
+use crate::agent::{self, Command, Event, Outcome};
 use crate::cli::run::Resolved;
-use crate::desktop::{ConnectOptions, Desktop};
-use crate::record::{self, Db, Recorder};
+use crate::episode::{self, Hooks, Plan};
+use crate::record::Db;
 use crate::sandbox::{Engine, SandboxSpec};
+use crate::task::Task;
 use anyhow::Context;
 use app::{App, Effect, RunState, Screen};
 use crossterm::event::{Event as TermEvent, EventStream, KeyEventKind};
@@ -40,6 +39,10 @@ pub struct LiveSetup {
     pub spec: SandboxSpec,
     pub keep: bool,
     pub instruction: Option<String>,
+    /// A task file's setup, limits and checks.
+    pub task: Option<Task>,
+    /// Snapshot the final state of graded episodes.
+    pub snapshot: bool,
 }
 
 /// Messages into the UI loop from the background.
@@ -147,8 +150,12 @@ impl Runner {
         let guard = db.lock().map_err(|_| anyhow::anyhow!("recording lock"))?;
         let session = guard.session(id)?;
         let steps = guard.steps(&session.id)?;
+        let grade = guard
+            .latest_grade(&session.id)?
+            .and_then(|g| serde_json::from_value(g.details).ok());
         drop(guard);
         self.app.load_replay(&session, &steps);
+        self.app.grade = grade;
         Ok(())
     }
 
@@ -324,78 +331,48 @@ async fn live_episode(
     ui: mpsc::UnboundedSender<Msg>,
 ) -> anyhow::Result<Outcome> {
     let LiveSetup {
-        cfg, spec, keep, ..
+        cfg,
+        spec,
+        keep,
+        task,
+        snapshot,
+        ..
     } = setup;
-    let model = OpenAiModel::new(cfg.model.clone())?;
     let engine = Engine::connect().await?;
-    let session = record::new_session_id();
-    let spec = SandboxSpec {
-        session: Some(session.clone()),
-        ttl: cfg.agent.timeout.as_secs() + 900,
-        owned: !keep,
-        ..spec
+    let (events_tx, mut events) = mpsc::channel::<Arc<Event>>(4096);
+    let forward = {
+        let ui = ui.clone();
+        tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                let _ = ui.send(Msg::Agent(e));
+            }
+        })
     };
-    let sandbox = engine.create(&spec).await?;
-    let result = async {
-        let desktop = Desktop::connect(sandbox.clone(), ConnectOptions::default()).await?;
-        desktop.wait_drawn(Duration::from_secs(15)).await?;
-        let _ = ui.send(Msg::Desktop {
-            view_url: sandbox.view_url(),
-        });
-        let mut emitter = Emitter::new();
-        let mut secrets: Vec<String> = sandbox
-            .secrets()
-            .values()
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        if !cfg.model.api_key.is_empty() {
-            secrets.push(cfg.model.api_key.expose().to_owned());
-        }
-        let recorder = Recorder::start(&cfg.db, secrets, emitter.subscribe(4096))?;
-        let mut events = emitter.subscribe(4096);
-        let forward = {
-            let ui = ui.clone();
-            tokio::spawn(async move {
-                while let Some(e) = events.recv().await {
-                    let _ = ui.send(Msg::Agent(e));
-                }
-            })
-        };
-        let (w, h) = desktop.size();
-        let scaling = Scaling::new((w, h), cfg.agent.target);
-        emitter
-            .emit(Event::SessionStarted(SessionInfo {
-                session: session.clone(),
-                sandbox: sandbox.id().to_owned(),
-                instruction: cfg.agent.instruction.clone(),
-                task_id: None,
-                model: cfg.model.model.clone(),
-                base_url: redact_url(&cfg.model.base_url),
-                protocol: "openai-tools".into(),
-                image: spec.image.clone(),
-                width: w,
-                height: h,
-                sent_width: scaling.sent.0,
-                sent_height: scaling.sent.1,
-                max_steps: cfg.agent.max_steps,
-                timeout_s: cfg.agent.timeout.as_secs_f64(),
-            }))
-            .await;
-        let outcome = agent::run(&cfg.agent, &desktop, &model, &emitter, control).await;
-        drop(emitter);
-        let _ = forward.await;
-        let stats = recorder.finish().await;
-        if let Some(e) = stats.error {
-            anyhow::bail!("the recording stopped early: {e}");
-        }
-        Ok(outcome)
+    let desktop_ui = ui.clone();
+    let hooks = Hooks {
+        sinks: vec![events_tx],
+        control,
+        on_desktop: Some(Box::new(move |sandbox| {
+            let _ = desktop_ui.send(Msg::Desktop {
+                view_url: sandbox.view_url(),
+            });
+        })),
+    };
+    let plan = Plan {
+        cfg,
+        spec,
+        task,
+        keep,
+        snapshot,
+        session: None,
+    };
+    let end = episode::run(&engine, plan, hooks).await;
+    let _ = forward.await;
+    let end = end?;
+    if let Some(e) = end.recording_error {
+        anyhow::bail!("the recording stopped early: {e}");
     }
-    .await;
-    if !keep {
-        let _ = sandbox.kill().await;
-    }
-    result
+    Ok(end.outcome)
 }
 
 /// `selfagent run` (with the UI): asks for the task if none was given, then runs it.

@@ -36,6 +36,7 @@ fn started() -> Event {
         sent_height: 800,
         max_steps: 30,
         timeout_s: 600.0,
+        task: None,
     })
 }
 

@@ -4,6 +4,7 @@
 use super::app::{App, RunState, Screen};
 use super::shot::Shots;
 use crate::agent::Status;
+use crate::task::check::Verdict;
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
@@ -135,6 +136,17 @@ fn status_bar(f: &mut Frame, area: Rect, app: &App) {
         sep.clone(),
         state_span(app),
     ];
+    if let Some(g) = &app.grade {
+        let (text, color) = match g.passed {
+            Some(true) => (format!("PASSED {:.2}", g.score), Color::Green),
+            Some(false) => (format!("FAILED {:.2}", g.score), Color::Red),
+            None => ("NOT GRADED".to_owned(), Color::Yellow),
+        };
+        spans.extend([
+            sep.clone(),
+            Span::styled(text, Style::new().fg(color).add_modifier(Modifier::BOLD)),
+        ]);
+    }
     if app.screen != Screen::Browser && app.screen != Screen::Ask {
         let step = app.steps.last().map_or(0, |s| s.idx);
         let max = if app.header.max_steps > 0 {
@@ -375,6 +387,29 @@ fn detail(f: &mut Frame, area: Rect, app: &App) {
             Color::Red
         };
         lines.push(Line::styled(format!("end: {o}"), Style::new().fg(color)));
+    }
+    if let Some(g) = &app.grade
+        && app.selected() == app.steps.len().checked_sub(1)
+    {
+        lines.push(Line::styled(
+            format!("grade: {}", g.summary()),
+            Style::new().add_modifier(Modifier::BOLD),
+        ));
+        for leaf in g.result.iter().flat_map(|r| r.leaves()) {
+            let (mark, color) = match leaf.verdict {
+                Verdict::Passed => ("✓", Color::Green),
+                Verdict::Failed => ("✗", Color::Red),
+                Verdict::Error => ("!", Color::Yellow),
+            };
+            lines.push(Line::from(vec![
+                Span::styled(format!(" {mark} "), Style::new().fg(color)),
+                Span::raw(leaf.check.clone()),
+                Span::styled(
+                    format!("  {}", leaf.detail),
+                    Style::new().fg(Color::DarkGray),
+                ),
+            ]));
+        }
     }
     f.render_widget(
         Paragraph::new(Text::from(lines))

@@ -1,0 +1,381 @@
+//! One episode from start to end, the same for `run` (headless or in the TUI) and `batch`:
+//! a fresh desktop, the task's setup, the loop, the task's post steps, a snapshot of the
+//! final state, the checks, the recording, and the desktop's removal.
+//!
+//! Everything that happens is an [`Event`] on one stream, so the recording, the TUI, the
+//! headless printers and the batch's progress all see the same episode. Failures of the
+//! harness (the desktop does not come up, a setup step fails) are recorded as sessions that
+//! ended by [`EndedBy::Harness`], never as the agent's failure.
+
+use crate::agent::model::{OpenAiModel, redact_url};
+use crate::agent::protocol::Scaling;
+use crate::agent::{self, Command, Emitter, EndedBy, Event, Outcome, SessionInfo, Status};
+use crate::cli::run::Resolved;
+use crate::desktop::{ConnectOptions, Desktop};
+use crate::record::{self, Recorder};
+use crate::sandbox::{Engine, Sandbox, SandboxSpec};
+use crate::task::check::{self, FinalState, Grade, Judge, Recorded, SandboxEvidence};
+use crate::task::{SetupStep, Task, setup};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What to run.
+pub struct Plan {
+    pub cfg: Resolved,
+    /// The desktop; `session`, `ttl` and `owned` are filled in here.
+    pub spec: SandboxSpec,
+    pub task: Option<Task>,
+    /// Keep the desktop afterwards (until its TTL).
+    pub keep: bool,
+    /// Commit the final state to an image for re-grading (tasks with checks only).
+    pub snapshot: bool,
+    /// The session id to record under (a fresh one when `None`).
+    pub session: Option<String>,
+}
+
+/// Called once with the live sandbox.
+pub type OnDesktop = Box<dyn FnOnce(&Sandbox) + Send>;
+
+/// Who else listens, and how to steer.
+pub struct Hooks {
+    /// More consumers of the event stream (the TUI, a printer, the batch's progress).
+    pub sinks: Vec<mpsc::Sender<Arc<Event>>>,
+    pub control: mpsc::Receiver<Command>,
+    /// Called once the desktop is up (the TUI shows its view URL).
+    pub on_desktop: Option<OnDesktop>,
+}
+
+impl Hooks {
+    /// No listeners; the returned sender steers the episode.
+    pub fn new() -> (Self, mpsc::Sender<Command>) {
+        let (tx, rx) = mpsc::channel(64);
+        (
+            Self {
+                sinks: Vec::new(),
+                control: rx,
+                on_desktop: None,
+            },
+            tx,
+        )
+    }
+}
+
+/// How it went.
+#[derive(Debug, Clone)]
+pub struct End {
+    pub session: String,
+    pub outcome: Outcome,
+    pub grade: Option<Grade>,
+    /// Set when the recording could not be written completely.
+    pub recording_error: Option<String>,
+}
+
+impl End {
+    /// Failed because of the harness (desktop, setup, grading), not the agent.
+    pub fn harness_error(&self) -> Option<String> {
+        if self.outcome.ended_by == EndedBy::Harness {
+            return self.outcome.error.clone();
+        }
+        match &self.grade {
+            Some(g) if g.passed.is_none() => Some(format!(
+                "grading: {}",
+                g.error
+                    .as_deref()
+                    .unwrap_or("the checks could not be evaluated")
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Runs one episode. Errors only when nothing could be recorded (the recording cannot be
+/// opened, the model settings are unusable); everything later is in the recording.
+pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<End> {
+    let Plan {
+        cfg,
+        spec,
+        task,
+        keep,
+        snapshot,
+        session,
+    } = plan;
+    let model = Arc::new(OpenAiModel::new(cfg.model.clone())?);
+    let session = session.unwrap_or_else(record::new_session_id);
+    let spec = SandboxSpec {
+        session: Some(session.clone()),
+        // The desktop outlives the episode only by a margin, even if this process dies.
+        ttl: cfg.agent.timeout.as_secs() + 900,
+        owned: !keep,
+        ..spec
+    };
+    let created = engine.create(&spec).await;
+
+    let mut emitter = Emitter::new();
+    let mut secrets: Vec<String> = Vec::new();
+    if let Ok(sandbox) = &created {
+        secrets.extend(sandbox.secrets().values().iter().map(|s| (*s).to_owned()));
+    }
+    if !cfg.model.api_key.is_empty() {
+        secrets.push(cfg.model.api_key.expose().to_owned());
+    }
+    let recorder = match Recorder::start(&cfg.db, secrets, emitter.subscribe(4096)) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Ok(sandbox) = &created {
+                let _ = sandbox.kill().await;
+            }
+            return Err(e.into());
+        }
+    };
+    for sink in hooks.sinks {
+        emitter.add(sink);
+    }
+    // Screenshots for a judge, if the task has one.
+    let frames: Arc<Mutex<Vec<Arc<Vec<u8>>>>> = Arc::default();
+    let collector = {
+        let mut rx = emitter.subscribe(4096);
+        let frames = frames.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                let png = match &*e {
+                    Event::Observation { step: 1, frame } => frame.png.clone(),
+                    Event::StepFinished { frame, .. } => frame.png.clone(),
+                    _ => continue,
+                };
+                if let Ok(mut f) = frames.lock() {
+                    f.push(png);
+                }
+            }
+        })
+    };
+
+    let info = |sandbox: &str, (w, h): (u32, u32)| {
+        let scaling = Scaling::new((w, h), cfg.agent.target);
+        SessionInfo {
+            session: session.clone(),
+            sandbox: sandbox.to_owned(),
+            instruction: cfg.agent.instruction.clone(),
+            task_id: task.as_ref().map(|t| t.id.clone()),
+            model: cfg.model.model.clone(),
+            base_url: redact_url(&cfg.model.base_url),
+            protocol: "openai-tools".into(),
+            image: spec.image.clone(),
+            width: w,
+            height: h,
+            sent_width: scaling.sent.0,
+            sent_height: scaling.sent.1,
+            max_steps: cfg.agent.max_steps,
+            timeout_s: cfg.agent.timeout.as_secs_f64(),
+            task: task.as_ref().and_then(|t| serde_json::to_value(t).ok()),
+        }
+    };
+
+    let (outcome, grade) = match created {
+        Err(e) => {
+            emitter
+                .emit(Event::SessionStarted(info("", (spec.width, spec.height))))
+                .await;
+            let outcome =
+                harness_outcome(format!("the desktop did not start: {e}"), Instant::now());
+            emitter.emit(Event::Finished(outcome.clone())).await;
+            (outcome, None)
+        }
+        Ok(sandbox) => {
+            let result = with_desktop(
+                &sandbox,
+                &cfg,
+                task.as_ref(),
+                snapshot,
+                &session,
+                &model,
+                &frames,
+                &emitter,
+                hooks.control,
+                hooks.on_desktop,
+                &info,
+            )
+            .await;
+            if keep {
+                eprintln!(
+                    "kept desktop {} (until its TTL; `selfagent sandbox down {}` removes it)",
+                    sandbox.short_id(),
+                    sandbox.short_id()
+                );
+            } else if let Err(e) = sandbox.kill().await {
+                tracing::warn!("removing desktop {}: {e}", sandbox.short_id());
+            }
+            result
+        }
+    };
+    drop(emitter);
+    let _ = collector.await;
+    let stats = recorder.finish().await;
+    Ok(End {
+        session,
+        outcome,
+        grade,
+        recording_error: stats.error,
+    })
+}
+
+fn harness_outcome(error: String, started: Instant) -> Outcome {
+    Outcome {
+        status: Status::Error,
+        ended_by: EndedBy::Harness,
+        answer: None,
+        error: Some(error),
+        steps: 0,
+        tokens_in: 0,
+        tokens_out: 0,
+        wall_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn with_desktop(
+    sandbox: &Sandbox,
+    cfg: &Resolved,
+    task: Option<&Task>,
+    snapshot: bool,
+    session: &str,
+    model: &Arc<OpenAiModel>,
+    frames: &Arc<Mutex<Vec<Arc<Vec<u8>>>>>,
+    emitter: &Emitter,
+    control: mpsc::Receiver<Command>,
+    on_desktop: Option<OnDesktop>,
+    info: &(dyn Fn(&str, (u32, u32)) -> SessionInfo + Sync),
+) -> (Outcome, Option<Grade>) {
+    let started = Instant::now();
+    let desktop = match Desktop::connect(sandbox.clone(), ConnectOptions::default()).await {
+        Ok(d) => d,
+        Err(e) => {
+            emitter
+                .emit(Event::SessionStarted(info(sandbox.id(), sandbox.size())))
+                .await;
+            let outcome = harness_outcome(format!("the desktop did not start: {e}"), started);
+            emitter.emit(Event::Finished(outcome.clone())).await;
+            return (outcome, None);
+        }
+    };
+    let drawn = desktop.wait_drawn(Duration::from_secs(15)).await;
+    if let Some(f) = on_desktop {
+        f(sandbox);
+    }
+    emitter
+        .emit(Event::SessionStarted(info(sandbox.id(), desktop.size())))
+        .await;
+    if let Err(e) = drawn {
+        let outcome = harness_outcome(format!("the desktop did not start: {e}"), started);
+        emitter.emit(Event::Finished(outcome.clone())).await;
+        return (outcome, None);
+    }
+    if let Some(task) = task
+        && !task.setup.is_empty()
+    {
+        let setup_started = Instant::now();
+        if let Err(e) = run_steps(&desktop, "setup", &task.setup, emitter).await {
+            let outcome = harness_outcome(e, started);
+            emitter.emit(Event::Finished(outcome.clone())).await;
+            return (outcome, None);
+        }
+        setup::settle_after(&desktop, setup_started, Duration::from_secs(5)).await;
+    }
+
+    let outcome = agent::run(&cfg.agent, &desktop, model.as_ref(), emitter, control).await;
+
+    let Some((task, check)) = task.and_then(|t| t.check.as_ref().map(|c| (t, c))) else {
+        return (outcome, None);
+    };
+    let grade = if let Err(e) = run_steps(&desktop, "post", &task.post, emitter).await {
+        let g = Grade::error(&task.id, "live", e);
+        emitter
+            .emit(Event::Graded {
+                grade: g.clone(),
+                state: None,
+            })
+            .await;
+        g
+    } else {
+        // The snapshot first: it is the state the agent left, before any check touched it.
+        let image = if snapshot {
+            match sandbox.commit_snapshot(session, Some(&task.id)).await {
+                Ok(image) => Some(image),
+                Err(e) => {
+                    tracing::warn!("no snapshot of the final state: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let judge = check_has_judge(check).then(|| Judge {
+            model: model.clone(),
+            instruction: task.instruction.clone(),
+            frames: frames.lock().map(|f| f.clone()).unwrap_or_default(),
+            prompts: cfg.agent.prompts.clone(),
+        });
+        let evidence = Recorded::new(SandboxEvidence {
+            sandbox: sandbox.clone(),
+            windows: desktop.windows().await.map_err(|e| e.to_string()),
+            judge,
+        });
+        let g = check::grade(&task.id, check, &evidence, "live").await;
+        let state = FinalState {
+            snapshot: image,
+            ..evidence.into_state()
+        };
+        emitter
+            .emit(Event::Graded {
+                grade: g.clone(),
+                state: Some(state),
+            })
+            .await;
+        g
+    };
+    (outcome, Some(grade))
+}
+
+/// Whether a check (or one of its children) asks a judge.
+pub fn check_has_judge(check: &crate::task::Check) -> bool {
+    use crate::task::CheckKind;
+    match &check.kind {
+        CheckKind::Judge { .. } => true,
+        CheckKind::All(c) | CheckKind::Any(c) => c.iter().any(check_has_judge),
+        CheckKind::Not(c) => check_has_judge(c),
+        _ => false,
+    }
+}
+
+/// Runs steps in order, reporting each; stops at the first failure.
+async fn run_steps(
+    desktop: &Desktop,
+    phase: &str,
+    steps: &[SetupStep],
+    emitter: &Emitter,
+) -> Result<(), String> {
+    for (i, step) in steps.iter().enumerate() {
+        let t = Instant::now();
+        let result = setup::run_step(desktop, step).await;
+        let error = result.as_ref().err().cloned();
+        emitter
+            .emit(Event::Setup {
+                phase: phase.to_owned(),
+                index: i + 1,
+                total: steps.len(),
+                step: step.describe(),
+                ms: t.elapsed().as_secs_f64() * 1000.0,
+                error: error.clone(),
+            })
+            .await;
+        if let Some(e) = error {
+            return Err(format!(
+                "{phase} step {} of {} ({}) failed: {e}",
+                i + 1,
+                steps.len(),
+                step.describe()
+            ));
+        }
+    }
+    Ok(())
+}

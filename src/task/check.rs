@@ -1,0 +1,901 @@
+//! Grading: a task's checks evaluated against evidence of the desktop's final state.
+//!
+//! [`Evidence`] answers the questions checks ask (run a command, read a file, list the
+//! windows, ask a judge). Three kinds answer them:
+//! - [`SandboxEvidence`] on a live desktop at the end of an episode, or on an inspector
+//!   container started from the episode's snapshot image when re-grading;
+//! - [`StoredEvidence`] from the [`FinalState`] recorded at the end of the episode (what the
+//!   checks of that time read), when there is no snapshot image;
+//! - [`Recorded`] wraps either, runs each distinct command or file read once, and keeps
+//!   what it saw as the [`FinalState`] to store.
+//!
+//! A check that cannot be evaluated (the desktop is gone, a command was never recorded, the
+//! judge's reply is unusable) is an *error*, not a failure: grading errors belong to the
+//! harness, never to the agent.
+
+use super::{Check, CheckKind};
+use crate::agent::model::{Model, OpenAiModel};
+use crate::desktop::Window;
+use crate::sandbox::{ExecOptions, Sandbox, SandboxError};
+use base64::Engine as _;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a check's command may run.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Files larger than this are not kept in the recorded final state (the snapshot has them).
+const MAX_STORED_FILE: usize = 4 << 20;
+/// Screenshots the judge sees: the first one and the last few.
+const JUDGE_FRAMES: usize = 4;
+/// The embedded judge prompt (prompts/judge.md).
+const JUDGE_PROMPT: &str = include_str!("../../prompts/judge.md");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Passed,
+    Failed,
+    /// Could not be evaluated.
+    Error,
+}
+
+/// The result of one check (and of its children, for `all`, `any` and `not`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// The check, in words.
+    pub check: String,
+    pub verdict: Verdict,
+    /// 0 to 1: 1 or 0 for a leaf, the weighted mean (`all`) or best child (`any`).
+    pub score: f64,
+    pub weight: f64,
+    /// What was seen, or why it could not be evaluated.
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<CheckResult>,
+}
+
+impl CheckResult {
+    fn leaf(check: String, weight: f64, outcome: Result<(bool, String), String>) -> Self {
+        let (verdict, score, detail) = match outcome {
+            Ok((true, d)) => (Verdict::Passed, 1.0, d),
+            Ok((false, d)) => (Verdict::Failed, 0.0, d),
+            Err(e) => (Verdict::Error, 0.0, e),
+        };
+        Self {
+            check,
+            verdict,
+            score,
+            weight,
+            detail,
+            children: Vec::new(),
+        }
+    }
+
+    /// The first error in the tree, for reports.
+    pub fn first_error(&self) -> Option<String> {
+        if self.verdict != Verdict::Error {
+            return None;
+        }
+        self.children
+            .iter()
+            .find_map(CheckResult::first_error)
+            .or_else(|| Some(format!("{}: {}", self.check, self.detail)))
+    }
+
+    /// Leaf checks and their verdicts, depth first, for one-line summaries.
+    pub fn leaves(&self) -> Vec<&CheckResult> {
+        if self.check == "all" || self.check == "any" {
+            self.children.iter().flat_map(CheckResult::leaves).collect()
+        } else {
+            vec![self]
+        }
+    }
+}
+
+/// The grade of one episode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grade {
+    pub task_id: String,
+    /// `None` when the checks could not be evaluated (a harness error).
+    pub passed: Option<bool>,
+    pub score: f64,
+    /// Where the answers came from: `live`, `snapshot <image>` or `recorded`.
+    pub evidence: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<CheckResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The task's checks as they were applied (to tell a re-grade's checks apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Check>,
+}
+
+impl Grade {
+    /// A grade that could not be made.
+    pub fn error(task_id: &str, evidence: &str, error: String) -> Self {
+        Self {
+            task_id: task_id.to_owned(),
+            passed: None,
+            score: 0.0,
+            evidence: evidence.to_owned(),
+            result: None,
+            error: Some(error),
+            checks: None,
+        }
+    }
+
+    /// `passed`, `FAILED`, or `error`, with the score.
+    pub fn summary(&self) -> String {
+        match self.passed {
+            Some(true) => format!("passed (score {:.2})", self.score),
+            Some(false) => format!("FAILED (score {:.2})", self.score),
+            None => format!(
+                "not graded: {}",
+                self.error.as_deref().unwrap_or("grading error")
+            ),
+        }
+    }
+}
+
+/// A command's result as a check saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandOutput {
+    pub exit_code: i64,
+    pub stdout: String,
+    pub stderr: String,
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
+/// A file as a check saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredFile {
+    pub exists: bool,
+    pub bytes: u64,
+    /// The content, unless the file was larger than the store keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
+/// What the checks read at the end of an episode, kept with the recording so they can be
+/// evaluated again without the desktop.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FinalState {
+    /// The snapshot image, when one was committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// The windows when the episode ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Vec<Window>>,
+    /// By absolute path.
+    #[serde(default)]
+    pub files: BTreeMap<String, StoredFile>,
+    /// By command line.
+    #[serde(default)]
+    pub commands: BTreeMap<String, CommandOutput>,
+}
+
+/// A judge's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JudgeVerdict {
+    pub passed: bool,
+    pub reason: String,
+}
+
+/// Answers to the questions checks ask. Errors are messages for the grade's details.
+pub trait Evidence: Sync {
+    fn command(&self, command: &str) -> impl Future<Output = Result<CommandOutput, String>> + Send;
+    /// The file's bytes, `None` if it does not exist.
+    fn file(&self, path: &str) -> impl Future<Output = Result<Option<Vec<u8>>, String>> + Send;
+    fn windows(&self) -> impl Future<Output = Result<Vec<Window>, String>> + Send;
+    fn judge(&self, question: &str) -> impl Future<Output = Result<JudgeVerdict, String>> + Send;
+}
+
+/// Evaluates `check` (and its children) against `evidence`.
+pub fn evaluate<'a, E: Evidence>(
+    check: &'a Check,
+    evidence: &'a E,
+) -> Pin<Box<dyn Future<Output = CheckResult> + Send + 'a>> {
+    Box::pin(async move {
+        let w = check.weight;
+        match &check.kind {
+            CheckKind::Command {
+                command,
+                exit_code,
+                stdout,
+                stderr,
+            } => {
+                let what = describe(&check.kind);
+                let outcome = evidence.command(command).await.map(|out| {
+                    let mut problems = Vec::new();
+                    if out.timed_out {
+                        problems.push(format!("timed out after {} s", COMMAND_TIMEOUT.as_secs()));
+                    }
+                    if let Some(code) = exit_code
+                        && out.exit_code != *code
+                    {
+                        problems.push(format!("exit code {} (wanted {code})", out.exit_code));
+                    }
+                    for (name, want, got) in [
+                        ("stdout", stdout, &out.stdout),
+                        ("stderr", stderr, &out.stderr),
+                    ] {
+                        if let Some(re) = want
+                            && !regex_matches(re, got)
+                        {
+                            problems.push(format!("{name} does not match /{re}/"));
+                        }
+                    }
+                    let seen = format!(
+                        "exit {}; stdout: {}; stderr: {}",
+                        out.exit_code,
+                        excerpt(&out.stdout),
+                        excerpt(&out.stderr)
+                    );
+                    if problems.is_empty() {
+                        (true, seen)
+                    } else {
+                        (false, format!("{} ({seen})", problems.join(", ")))
+                    }
+                });
+                CheckResult::leaf(what, w, outcome)
+            }
+            CheckKind::File {
+                path,
+                exists,
+                contains,
+                equals,
+                matches,
+            } => {
+                let what = describe(&check.kind);
+                let outcome = evidence.file(path).await.map(|data| match (data, exists) {
+                    (None, false) => (true, "does not exist".to_owned()),
+                    (None, true) => (false, "does not exist".to_owned()),
+                    (Some(d), false) => (false, format!("exists ({} bytes)", d.len())),
+                    (Some(d), true) => {
+                        let text = String::from_utf8_lossy(&d);
+                        let mut problems = Vec::new();
+                        if let Some(c) = contains
+                            && !text.contains(c.as_str())
+                        {
+                            problems.push(format!("does not contain {c:?}"));
+                        }
+                        if let Some(e) = equals
+                            && trim_newlines(&text) != trim_newlines(e)
+                        {
+                            problems.push(format!("is not {:?}", excerpt(e)));
+                        }
+                        if let Some(re) = matches
+                            && !regex_matches(re, &text)
+                        {
+                            problems.push(format!("does not match /{re}/"));
+                        }
+                        let seen = format!("{} bytes: {}", d.len(), excerpt(&text));
+                        if problems.is_empty() {
+                            (true, seen)
+                        } else {
+                            (false, format!("{} ({seen})", problems.join(", ")))
+                        }
+                    }
+                });
+                CheckResult::leaf(what, w, outcome)
+            }
+            CheckKind::Window {
+                title,
+                class,
+                present,
+            } => {
+                let what = describe(&check.kind);
+                let outcome = evidence.windows().await.map(|windows| {
+                    let found = windows.iter().find(|win| {
+                        title
+                            .as_ref()
+                            .is_none_or(|re| regex_matches(re, &win.title))
+                            && class.as_ref().is_none_or(|re| {
+                                regex_matches(re, &win.class) || regex_matches(re, &win.instance)
+                            })
+                    });
+                    let listed = windows
+                        .iter()
+                        .map(|w| format!("{:?} ({})", w.title, w.class))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    match found {
+                        Some(win) => (*present, format!("found {:?}", win.title)),
+                        None => (
+                            !*present,
+                            format!(
+                                "windows: {}",
+                                if listed.is_empty() {
+                                    "none".into()
+                                } else {
+                                    listed
+                                }
+                            ),
+                        ),
+                    }
+                });
+                CheckResult::leaf(what, w, outcome)
+            }
+            CheckKind::Judge { question } => {
+                let outcome = evidence.judge(question).await.map(|v| (v.passed, v.reason));
+                CheckResult::leaf(describe(&check.kind), w, outcome)
+            }
+            CheckKind::Not(inner) => {
+                let child = evaluate(inner, evidence).await;
+                let verdict = match child.verdict {
+                    Verdict::Passed => Verdict::Failed,
+                    Verdict::Failed => Verdict::Passed,
+                    Verdict::Error => Verdict::Error,
+                };
+                CheckResult {
+                    check: format!("not ({})", child.check),
+                    verdict,
+                    score: if verdict == Verdict::Passed { 1.0 } else { 0.0 },
+                    weight: w,
+                    detail: child.detail.clone(),
+                    children: vec![child],
+                }
+            }
+            CheckKind::All(children) | CheckKind::Any(children) => {
+                let all = matches!(check.kind, CheckKind::All(_));
+                let mut results = Vec::with_capacity(children.len());
+                for c in children {
+                    results.push(evaluate(c, evidence).await);
+                }
+                let has = |v: Verdict| results.iter().any(|r| r.verdict == v);
+                let verdict = if all {
+                    // One failure decides `all`; an error leaves it open otherwise.
+                    if has(Verdict::Failed) {
+                        Verdict::Failed
+                    } else if has(Verdict::Error) {
+                        Verdict::Error
+                    } else {
+                        Verdict::Passed
+                    }
+                } else if has(Verdict::Passed) {
+                    Verdict::Passed
+                } else if has(Verdict::Error) {
+                    Verdict::Error
+                } else {
+                    Verdict::Failed
+                };
+                let score = if all {
+                    let total: f64 = results.iter().map(|r| r.weight).sum();
+                    if total > 0.0 {
+                        results.iter().map(|r| r.score * r.weight).sum::<f64>() / total
+                    } else {
+                        f64::from(u8::from(verdict == Verdict::Passed))
+                    }
+                } else {
+                    results.iter().map(|r| r.score).fold(0.0, f64::max)
+                };
+                let passed = results
+                    .iter()
+                    .filter(|r| r.verdict == Verdict::Passed)
+                    .count();
+                CheckResult {
+                    check: if all { "all" } else { "any" }.into(),
+                    verdict,
+                    score,
+                    weight: w,
+                    detail: format!("{passed} of {} passed", results.len()),
+                    children: results,
+                }
+            }
+        }
+    })
+}
+
+/// Grades with `check` against `evidence`.
+pub async fn grade<E: Evidence>(task_id: &str, check: &Check, evidence: &E, source: &str) -> Grade {
+    let result = evaluate(check, evidence).await;
+    let (passed, error) = match result.verdict {
+        Verdict::Passed => (Some(true), None),
+        Verdict::Failed => (Some(false), None),
+        Verdict::Error => (None, result.first_error()),
+    };
+    Grade {
+        task_id: task_id.to_owned(),
+        passed,
+        score: result.score,
+        evidence: source.to_owned(),
+        result: Some(result),
+        error,
+        checks: Some(check.clone()),
+    }
+}
+
+/// A check in words.
+pub fn describe(kind: &CheckKind) -> String {
+    match kind {
+        CheckKind::Command {
+            command,
+            exit_code,
+            stdout,
+            stderr,
+        } => {
+            let mut parts = vec![format!("`{command}`")];
+            if let Some(c) = exit_code {
+                parts.push(format!("exits {c}"));
+            }
+            if let Some(s) = stdout {
+                parts.push(format!("stdout /{s}/"));
+            }
+            if let Some(s) = stderr {
+                parts.push(format!("stderr /{s}/"));
+            }
+            parts.join(", ")
+        }
+        CheckKind::File {
+            path,
+            exists,
+            contains,
+            equals,
+            matches,
+        } => {
+            if !exists {
+                return format!("{path} does not exist");
+            }
+            let mut parts = vec![format!("{path} exists")];
+            if let Some(c) = contains {
+                parts.push(format!("contains {c:?}"));
+            }
+            if let Some(e) = equals {
+                parts.push(format!("equals {:?}", excerpt(e)));
+            }
+            if let Some(m) = matches {
+                parts.push(format!("matches /{m}/"));
+            }
+            parts.join(", ")
+        }
+        CheckKind::Window {
+            title,
+            class,
+            present,
+        } => {
+            let mut what = Vec::new();
+            if let Some(t) = title {
+                what.push(format!("title /{t}/"));
+            }
+            if let Some(c) = class {
+                what.push(format!("class /{c}/"));
+            }
+            format!(
+                "a window with {} is {}",
+                what.join(" and "),
+                if *present { "open" } else { "not open" }
+            )
+        }
+        CheckKind::Judge { question } => format!("judge: {question}"),
+        CheckKind::Not(_) => "not".into(),
+        CheckKind::All(_) => "all".into(),
+        CheckKind::Any(_) => "any".into(),
+    }
+}
+
+fn regex_matches(re: &str, text: &str) -> bool {
+    // Task files are validated when loaded; a pattern that still fails matches nothing.
+    Regex::new(re).is_ok_and(|r| r.is_match(text))
+}
+
+fn trim_newlines(s: &str) -> &str {
+    s.trim_end_matches(['\n', '\r'])
+}
+
+/// The start of a text, on one line, for details.
+pub fn excerpt(s: &str) -> String {
+    const MAX: usize = 120;
+    let one_line = s.trim_end().replace('\n', "⏎");
+    if one_line.chars().count() > MAX {
+        format!("{:?}…", one_line.chars().take(MAX).collect::<String>())
+    } else {
+        format!("{one_line:?}")
+    }
+}
+
+/// Screenshots and the instruction, for a judge.
+pub struct Judge {
+    pub model: Arc<OpenAiModel>,
+    pub instruction: String,
+    /// PNGs of the episode, in order.
+    pub frames: Vec<Arc<Vec<u8>>>,
+    /// A directory overriding the embedded prompts (`judge.md`).
+    pub prompts: Option<std::path::PathBuf>,
+}
+
+impl Judge {
+    /// The request to the judge: the prompt, the instruction, the question, and the first
+    /// and last screenshots of the episode.
+    pub fn request(&self, question: &str) -> Result<Value, String> {
+        let template = match self.prompts.as_ref().map(|d| d.join("judge.md")) {
+            Some(p) if p.exists() => {
+                std::fs::read_to_string(&p).map_err(|e| format!("reading {}: {e}", p.display()))?
+            }
+            _ => JUDGE_PROMPT.to_owned(),
+        };
+        let n = self.frames.len();
+        let picked: Vec<usize> = if n <= JUDGE_FRAMES {
+            (0..n).collect()
+        } else {
+            std::iter::once(0)
+                .chain(n - (JUDGE_FRAMES - 1)..n)
+                .collect()
+        };
+        if picked.is_empty() {
+            return Err("the episode has no screenshots to judge".into());
+        }
+        let mut content = vec![json!({"type": "text", "text": format!(
+            "Task given to the agent:\n{}\n\nQuestion:\n{question}\n\n{} screenshot(s) follow, oldest first (screenshots {} of {n}).",
+            self.instruction,
+            picked.len(),
+            picked.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join(", "),
+        )})];
+        for i in picked {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(self.frames[i].as_slice());
+            content.push(json!({"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{b64}")}}));
+        }
+        Ok(json!({
+            "messages": [
+                {"role": "system", "content": template},
+                {"role": "user", "content": content},
+            ],
+        }))
+    }
+
+    pub async fn ask(&self, question: &str) -> Result<JudgeVerdict, String> {
+        let request = self.request(question)?;
+        let completion = self
+            .model
+            .complete(&request, &|_| {})
+            .await
+            .map_err(|e| format!("the judge model: {e}"))?;
+        let text = completion
+            .reply
+            .text
+            .clone()
+            .or(completion.reply.reasoning)
+            .unwrap_or_default();
+        parse_verdict(&text)
+    }
+}
+
+/// Reads `{"passed": true|false, "reason": "..."}` from a judge's reply (the first JSON
+/// object in it, fenced or not).
+pub fn parse_verdict(text: &str) -> Result<JudgeVerdict, String> {
+    let bad = || {
+        format!(
+            "the judge did not answer with {{\"passed\": true|false, \"reason\": ...}}: {}",
+            excerpt(text)
+        )
+    };
+    let start = text.find('{').ok_or_else(bad)?;
+    let mut stream = serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
+    let v = stream.next().and_then(Result::ok).ok_or_else(bad)?;
+    let passed = match &v["passed"] {
+        Value::Bool(b) => *b,
+        Value::String(s)
+            if ["true", "yes", "pass", "passed"].contains(&s.to_ascii_lowercase().as_str()) =>
+        {
+            true
+        }
+        Value::String(s)
+            if ["false", "no", "fail", "failed"].contains(&s.to_ascii_lowercase().as_str()) =>
+        {
+            false
+        }
+        _ => return Err(bad()),
+    };
+    Ok(JudgeVerdict {
+        passed,
+        reason: v["reason"].as_str().unwrap_or_default().to_owned(),
+    })
+}
+
+/// Evidence from a running container: the live desktop, or an inspector started from a
+/// snapshot (then `windows` are the recorded ones).
+pub struct SandboxEvidence {
+    pub sandbox: Sandbox,
+    pub windows: Result<Vec<Window>, String>,
+    pub judge: Option<Judge>,
+}
+
+impl Evidence for SandboxEvidence {
+    async fn command(&self, command: &str) -> Result<CommandOutput, String> {
+        let out = self
+            .sandbox
+            .sh(
+                command,
+                &ExecOptions {
+                    timeout: Some(COMMAND_TIMEOUT),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(CommandOutput {
+            exit_code: out.exit_code,
+            stdout: out.stdout_text(),
+            stderr: out.stderr_text(),
+            timed_out: out.timed_out,
+        })
+    }
+
+    async fn file(&self, path: &str) -> Result<Option<Vec<u8>>, String> {
+        match self.sandbox.read_file(path).await {
+            Ok(d) => Ok(Some(d)),
+            Err(SandboxError::NoSuchFile { .. }) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn windows(&self) -> Result<Vec<Window>, String> {
+        self.windows.clone()
+    }
+
+    async fn judge(&self, question: &str) -> Result<JudgeVerdict, String> {
+        match &self.judge {
+            Some(j) => j.ask(question).await,
+            None => Err("no judge model is configured".into()),
+        }
+    }
+}
+
+/// Evidence from a recorded [`FinalState`] (no container).
+pub struct StoredEvidence {
+    pub state: FinalState,
+    pub judge: Option<Judge>,
+}
+
+impl Evidence for StoredEvidence {
+    async fn command(&self, command: &str) -> Result<CommandOutput, String> {
+        self.state.commands.get(command).cloned().ok_or_else(|| {
+            format!("`{command}` was not run when the episode ended, and there is no snapshot image to run it in")
+        })
+    }
+
+    async fn file(&self, path: &str) -> Result<Option<Vec<u8>>, String> {
+        let key = crate::sandbox::sandbox_path(path).map_err(|e| e.to_string())?;
+        let missing = || {
+            format!(
+                "{key} was not read when the episode ended, and there is no snapshot image to read it from"
+            )
+        };
+        let stored = self.state.files.get(&key).ok_or_else(missing)?;
+        if !stored.exists {
+            return Ok(None);
+        }
+        let b64 = stored.base64.as_ref().ok_or_else(|| {
+            format!(
+                "{key} ({} bytes) was too large to record, and there is no snapshot image",
+                stored.bytes
+            )
+        })?;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(Some)
+            .map_err(|e| format!("the recorded copy of {key} is damaged: {e}"))
+    }
+
+    async fn windows(&self) -> Result<Vec<Window>, String> {
+        self.state
+            .windows
+            .clone()
+            .ok_or_else(|| "no window list was recorded when the episode ended".into())
+    }
+
+    async fn judge(&self, question: &str) -> Result<JudgeVerdict, String> {
+        match &self.judge {
+            Some(j) => j.ask(question).await,
+            None => Err("no judge model is configured".into()),
+        }
+    }
+}
+
+/// Wraps evidence: each command runs and each file is read once per grading, and what was
+/// seen is kept as a [`FinalState`].
+pub struct Recorded<E> {
+    inner: E,
+    seen: Mutex<FinalState>,
+}
+
+impl<E: Evidence> Recorded<E> {
+    pub fn new(inner: E) -> Self {
+        Self {
+            inner,
+            seen: Mutex::new(FinalState::default()),
+        }
+    }
+
+    /// What the checks saw.
+    pub fn into_state(self) -> FinalState {
+        self.seen.into_inner().unwrap_or_default()
+    }
+
+    fn with_seen<T>(&self, f: impl FnOnce(&mut FinalState) -> T) -> T {
+        match self.seen.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+impl<E: Evidence> Evidence for Recorded<E> {
+    async fn command(&self, command: &str) -> Result<CommandOutput, String> {
+        if let Some(out) = self.with_seen(|s| s.commands.get(command).cloned()) {
+            return Ok(out);
+        }
+        let out = self.inner.command(command).await?;
+        self.with_seen(|s| s.commands.insert(command.to_owned(), out.clone()));
+        Ok(out)
+    }
+
+    async fn file(&self, path: &str) -> Result<Option<Vec<u8>>, String> {
+        let key = crate::sandbox::sandbox_path(path).map_err(|e| e.to_string())?;
+        let data = self.inner.file(&key).await?;
+        let stored = StoredFile {
+            exists: data.is_some(),
+            bytes: data.as_ref().map_or(0, |d| d.len() as u64),
+            base64: data
+                .as_ref()
+                .filter(|d| d.len() <= MAX_STORED_FILE)
+                .map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
+        };
+        self.with_seen(|s| s.files.insert(key, stored));
+        Ok(data)
+    }
+
+    async fn windows(&self) -> Result<Vec<Window>, String> {
+        let windows = self.inner.windows().await?;
+        self.with_seen(|s| s.windows = Some(windows.clone()));
+        Ok(windows)
+    }
+
+    async fn judge(&self, question: &str) -> Result<JudgeVerdict, String> {
+        self.inner.judge(question).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::Task;
+    use pretty_assertions::assert_eq;
+
+    fn state() -> FinalState {
+        let b64 = |s: &str| Some(base64::engine::general_purpose::STANDARD.encode(s));
+        FinalState {
+            snapshot: None,
+            windows: Some(vec![Window {
+                id: 1,
+                title: "notes.txt - Mousepad".into(),
+                class: "Mousepad".into(),
+                instance: "mousepad".into(),
+                pid: None,
+                x: 0,
+                y: 0,
+                width: 10,
+                height: 10,
+                active: true,
+                hidden: false,
+            }]),
+            files: BTreeMap::from([
+                (
+                    "/home/user/notes.txt".into(),
+                    StoredFile {
+                        exists: true,
+                        bytes: 17,
+                        base64: b64("shopping\nmilk\n"),
+                    },
+                ),
+                (
+                    "/home/user/gone.txt".into(),
+                    StoredFile {
+                        exists: false,
+                        bytes: 0,
+                        base64: None,
+                    },
+                ),
+            ]),
+            commands: BTreeMap::from([(
+                "ls ~".into(),
+                CommandOutput {
+                    exit_code: 0,
+                    stdout: "notes.txt\n".into(),
+                    stderr: String::new(),
+                    timed_out: false,
+                },
+            )]),
+        }
+    }
+
+    async fn grade_text(check: &str) -> Grade {
+        let task = Task::parse(
+            &format!("id = \"t\"\ninstruction = \"x\"\n[check]\n{check}\n"),
+            "t.toml",
+        )
+        .unwrap();
+        let evidence = StoredEvidence {
+            state: state(),
+            judge: None,
+        };
+        grade("t", task.check.as_ref().unwrap(), &evidence, "recorded").await
+    }
+
+    #[tokio::test]
+    async fn leaves_pass_and_fail_on_what_was_seen() {
+        for (check, want) in [
+            ("file = \"~/notes.txt\"\ncontains = \"milk\"", Some(true)),
+            (
+                "file = \"notes.txt\"\nequals = \"shopping\\nmilk\"",
+                Some(true),
+            ),
+            (
+                "file = \"/home/user/notes.txt\"\nmatches = \"^milk$\"",
+                Some(false),
+            ),
+            (
+                "file = \"/home/user/notes.txt\"\nmatches = \"(?m)^milk$\"",
+                Some(true),
+            ),
+            ("file = \"~/gone.txt\"\nexists = false", Some(true)),
+            ("file = \"~/gone.txt\"", Some(false)),
+            ("command = \"ls ~\"\nstdout = \"notes\"", Some(true)),
+            ("command = \"ls ~\"\nexit_code = 1", Some(false)),
+            ("window = \"Mousepad$\"", Some(true)),
+            ("window_class = \"(?i)firefox\"", Some(false)),
+            (
+                "window_class = \"(?i)firefox\"\npresent = false",
+                Some(true),
+            ),
+            ("not = { file = \"~/gone.txt\" }", Some(true)),
+            // Never recorded, no snapshot: an error, not a failure.
+            ("command = \"pwd\"", None),
+            ("file = \"~/other.txt\"", None),
+            ("judge = \"is it done?\"", None),
+        ] {
+            let g = grade_text(check).await;
+            assert_eq!(g.passed, want, "{check}: {g:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn all_and_any_combine_with_weights() {
+        let g = grade_text(
+            "all = [ { file = \"~/notes.txt\", contains = \"milk\", weight = 3 }, { file = \"~/notes.txt\", contains = \"eggs\" } ]",
+        )
+        .await;
+        assert_eq!(g.passed, Some(false));
+        assert!((g.score - 0.75).abs() < 1e-9, "{}", g.score);
+        let g = grade_text("any = [ { command = \"pwd\" }, { window = \"Mousepad\" } ]").await;
+        assert_eq!((g.passed, g.score), (Some(true), 1.0));
+        // An error in `all` with nothing failed leaves the grade undecided.
+        let g = grade_text("all = [ { command = \"pwd\" }, { window = \"Mousepad\" } ]").await;
+        assert_eq!(g.passed, None);
+        assert!(g.error.unwrap().contains("`pwd` was not run"));
+        // A failure decides `all` even next to an error.
+        let g = grade_text("all = [ { command = \"pwd\" }, { window = \"Nope\" } ]").await;
+        assert_eq!(g.passed, Some(false));
+    }
+
+    #[test]
+    fn judge_verdicts_are_read_leniently_but_not_guessed() {
+        assert_eq!(
+            parse_verdict("Sure.\n```json\n{\"passed\": true, \"reason\": \"saved\"}\n```")
+                .unwrap(),
+            JudgeVerdict {
+                passed: true,
+                reason: "saved".into()
+            }
+        );
+        assert!(!parse_verdict("{\"passed\": \"no\"}").unwrap().passed);
+        assert!(parse_verdict("I think it passed").is_err());
+        assert!(parse_verdict("{\"passed\": 1}").is_err());
+    }
+}
