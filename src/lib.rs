@@ -21,11 +21,13 @@
 
 pub mod action;
 pub mod agent;
+pub mod batch;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod desktop;
 pub mod episode;
+pub mod export;
 pub mod headless;
 pub mod process;
 pub mod record;

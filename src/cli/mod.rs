@@ -1,9 +1,12 @@
 //! The command line: argument types (clap) and dispatch. Each subcommand lives in its own
 //! module; `anyhow` is used from here up, typed errors below.
 
+mod export;
+mod grade;
 pub mod run;
 mod sandbox;
 mod sessions;
+mod tasks;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -38,6 +41,15 @@ pub enum Command {
     /// Desktop sandboxes by hand, E2B style: build, up, ls, act, shot, exec, cp, down, ...
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCmd),
+    /// Run task files K times with N desktops at once; grade, summarize, report.
+    Batch(Box<crate::batch::BatchArgs>),
+    /// Grade recorded episodes again with new or fixed checks (no agent is run).
+    Grade(grade::GradeArgs),
+    /// A recorded episode as an HTML page, an animated GIF or a JSONL trajectory.
+    Export(export::ExportArgs),
+    /// Task files: check them, import OSWorld tasks.
+    #[command(subcommand)]
+    Tasks(tasks::TasksCmd),
     /// Measure speed on this machine against the way the public demos do it.
     Bench(crate::bench::BenchArgs),
 }
@@ -59,6 +71,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Sessions(cmd) => sessions::run(cmd),
         Command::Sandbox(cmd) => sandbox::run(cmd).await,
+        Command::Batch(args) => crate::batch::run(*args).await,
+        Command::Grade(args) => grade::run(args).await,
+        Command::Export(args) => export::run(args),
+        Command::Tasks(cmd) => tasks::run(cmd).await,
         Command::Bench(args) => crate::bench::run(args).await,
     }
 }

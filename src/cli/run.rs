@@ -52,7 +52,7 @@ pub struct RunArgs {
 }
 
 /// Settings shared by `run` and `batch`: the model, the loop, the desktop, the recording.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct CommonArgs {
     /// OpenAI-compatible endpoint, up to /v1.
     #[arg(long, env = "OPENAI_BASE_URL")]
@@ -144,19 +144,23 @@ impl RunArgs {
 }
 
 /// Everything `run` needs, with file < env < flags applied.
+#[derive(Clone)]
 pub struct Resolved {
     pub model: OpenAiConfig,
     pub agent: AgentConfig,
     pub db: PathBuf,
 }
 
-/// Settings from flags, then a task's limits, then the file, then defaults.
-pub fn resolve(
-    args: &CommonArgs,
-    file: &FileConfig,
-    instruction: String,
-    limits: &Limits,
-) -> anyhow::Result<Resolved> {
+fn seconds(v: Option<f64>, default: f64, what: &str) -> anyhow::Result<Duration> {
+    let s = v.unwrap_or(default);
+    if !(s.is_finite() && s > 0.0) {
+        bail!("{what} must be a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// The model endpoint from flags, then the file (also the judge's, for `grade`).
+pub fn model_config(args: &CommonArgs, file: &FileConfig) -> anyhow::Result<OpenAiConfig> {
     let base_url = args
         .base_url
         .clone()
@@ -194,16 +198,35 @@ pub fn resolve(
         };
         extra.extend(obj.clone());
     }
+    Ok(OpenAiConfig {
+        base_url,
+        model: args
+            .model
+            .clone()
+            .or_else(|| file.model.clone())
+            .unwrap_or_else(|| "default".into()),
+        api_key: Secret::new(api_key),
+        timeout: seconds(
+            args.model_timeout.or(file.model_timeout),
+            120.0,
+            "--model-timeout",
+        )?,
+        max_retries: args.max_retries.or(file.max_retries).unwrap_or(5),
+        extra,
+    })
+}
+
+/// Settings from flags, then a task's limits, then the file, then defaults.
+pub fn resolve(
+    args: &CommonArgs,
+    file: &FileConfig,
+    instruction: String,
+    limits: &Limits,
+) -> anyhow::Result<Resolved> {
+    let model = model_config(args, file)?;
     let target: Target = match args.scale.clone().or_else(|| file.scale.clone()) {
         Some(s) => s.parse().map_err(anyhow::Error::msg)?,
         None => Target::Native,
-    };
-    let secs = |v: Option<f64>, default: f64, what: &str| -> anyhow::Result<Duration> {
-        let s = v.unwrap_or(default);
-        if !(s.is_finite() && s > 0.0) {
-            bail!("{what} must be a positive number of seconds");
-        }
-        Ok(Duration::from_secs_f64(s))
     };
     let max_steps = args
         .max_steps
@@ -214,26 +237,11 @@ pub fn resolve(
         bail!("--max-steps must be at least 1");
     }
     Ok(Resolved {
-        model: OpenAiConfig {
-            base_url,
-            model: args
-                .model
-                .clone()
-                .or_else(|| file.model.clone())
-                .unwrap_or_else(|| "default".into()),
-            api_key: Secret::new(api_key),
-            timeout: secs(
-                args.model_timeout.or(file.model_timeout),
-                120.0,
-                "--model-timeout",
-            )?,
-            max_retries: args.max_retries.or(file.max_retries).unwrap_or(5),
-            extra,
-        },
+        model,
         agent: AgentConfig {
             instruction,
             max_steps,
-            timeout: secs(
+            timeout: seconds(
                 args.timeout.or(limits.timeout).or(file.timeout),
                 1800.0,
                 "--timeout",
@@ -245,12 +253,15 @@ pub fn resolve(
             prompts: args.prompts.clone().or_else(|| file.prompts.clone()),
             ..AgentConfig::default()
         },
-        db: args
-            .db
-            .clone()
-            .or_else(|| file.db.clone())
-            .unwrap_or_else(|| PathBuf::from(record::DEFAULT_DB)),
+        db: db_path(args.db.as_ref(), file),
     })
+}
+
+/// The recording: the flag (or SELFAGENT_DB), the file, the default.
+pub fn db_path(flag: Option<&PathBuf>, file: &FileConfig) -> PathBuf {
+    flag.cloned()
+        .or_else(|| file.db.clone())
+        .unwrap_or_else(|| PathBuf::from(record::DEFAULT_DB))
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {

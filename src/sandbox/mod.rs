@@ -20,6 +20,7 @@ mod tunnel;
 
 pub use exec::{ExecOptions, ExecOutput, Process};
 pub use files::{HOME, sandbox_path};
+pub use snapshot::{SnapshotInfo, snapshot_image};
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig, PortBinding};

@@ -226,6 +226,10 @@ pub fn evaluate<'a, E: Evidence>(
                         ("stdout", stdout, &out.stdout),
                         ("stderr", stderr, &out.stderr),
                     ] {
+                        // Like the shell's $(...): without the final newline, so that
+                        // `^1$` matches what `wc -l` prints.
+                        let got = got.strip_suffix('\n').unwrap_or(got);
+                        let got = got.strip_suffix('\r').unwrap_or(got);
                         if let Some(re) = want
                             && !regex_matches(re, got)
                         {
@@ -847,6 +851,7 @@ mod tests {
             ("file = \"~/gone.txt\"\nexists = false", Some(true)),
             ("file = \"~/gone.txt\"", Some(false)),
             ("command = \"ls ~\"\nstdout = \"notes\"", Some(true)),
+            ("command = \"ls ~\"\nstdout = \"^notes.txt$\"", Some(true)),
             ("command = \"ls ~\"\nexit_code = 1", Some(false)),
             ("window = \"Mousepad$\"", Some(true)),
             ("window_class = \"(?i)firefox\"", Some(false)),

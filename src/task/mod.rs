@@ -31,6 +31,7 @@
 
 pub mod check;
 pub mod osworld;
+pub mod regrade;
 pub mod setup;
 
 use serde::{Deserialize, Serialize};

@@ -268,6 +268,8 @@ impl Converter<'_> {
                         self.skip("`exact_match` has no expected text");
                         return None;
                     };
+                    // Checks see stdout without its final newline.
+                    let want = want.strip_suffix('\n').unwrap_or(want);
                     return Some(stdout(format!("(?s)\\A{}\\z", regex::escape(want))));
                 }
                 self.include_exclude(rules, |text, present| {

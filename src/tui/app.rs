@@ -57,6 +57,31 @@ pub struct ActionView {
 }
 
 impl ActionView {
+    /// One entry of a recorded step's `actions` (see `record`).
+    pub fn from_recorded(a: &serde_json::Value) -> Self {
+        if a["ok"] == true {
+            let action: Option<Action> = serde_json::from_value(a["action"].clone()).ok();
+            Self {
+                desc: action
+                    .as_ref()
+                    .map(describe)
+                    .unwrap_or_else(|| a["action"].to_string()),
+                ok: true,
+                error: None,
+                act_ms: a["act_ms"].as_f64(),
+                points: action.as_ref().map(action_points).unwrap_or_default(),
+            }
+        } else {
+            Self {
+                desc: a["input"]["action"].as_str().unwrap_or("?").to_owned(),
+                ok: false,
+                error: a["error"].as_str().map(str::to_owned),
+                act_ms: None,
+                points: Vec::new(),
+            }
+        }
+    }
+
     /// One line: the action, and its error if it failed.
     pub fn line(&self) -> String {
         match &self.error {
@@ -455,40 +480,7 @@ impl App {
                 actions: st
                     .actions
                     .as_array()
-                    .map(|list| {
-                        list.iter()
-                            .map(|a| {
-                                if a["ok"] == true {
-                                    let action: Option<Action> =
-                                        serde_json::from_value(a["action"].clone()).ok();
-                                    ActionView {
-                                        desc: action
-                                            .as_ref()
-                                            .map(describe)
-                                            .unwrap_or_else(|| a["action"].to_string()),
-                                        ok: true,
-                                        error: None,
-                                        act_ms: a["act_ms"].as_f64(),
-                                        points: action
-                                            .as_ref()
-                                            .map(action_points)
-                                            .unwrap_or_default(),
-                                    }
-                                } else {
-                                    ActionView {
-                                        desc: a["input"]["action"]
-                                            .as_str()
-                                            .unwrap_or("?")
-                                            .to_owned(),
-                                        ok: false,
-                                        error: a["error"].as_str().map(str::to_owned),
-                                        act_ms: None,
-                                        points: Vec::new(),
-                                    }
-                                }
-                            })
-                            .collect()
-                    })
+                    .map(|list| list.iter().map(ActionView::from_recorded).collect())
                     .unwrap_or_default(),
                 thought: st.thought.clone(),
                 text: st.text.clone(),

@@ -6,6 +6,12 @@
 //! image; anything wrong is noted in `problems()`, which tests assert to be empty. Replies
 //! are consumed in order; a request after the script ran out gets a final answer and a
 //! problem noted.
+//!
+//! For batches ([`ModelServer::routed`]) many conversations run at once: each request is
+//! routed by a text its messages contain (the task's instruction), and the reply is picked
+//! by how many assistant messages the conversation already has, so concurrent and repeated
+//! episodes of a task each get the whole script. Judge requests (no tools) get the route's
+//! judge reply.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -82,8 +88,27 @@ pub fn answer(text: &str) -> Reply {
     Reply::Json(completion(json!({"role": "assistant", "content": text})))
 }
 
+/// A conversation's script, chosen by a text in its messages.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub needle: String,
+    /// Reply n answers a request with n assistant messages; then "done".
+    pub replies: Vec<Reply>,
+    /// The answer to a judge's request about this task.
+    pub judge: Option<Reply>,
+}
+
+pub fn route(needle: &str, replies: Vec<Reply>) -> Route {
+    Route {
+        needle: needle.to_owned(),
+        replies,
+        judge: None,
+    }
+}
+
 struct Inner {
     script: VecDeque<Reply>,
+    routes: Vec<Route>,
     requests: Vec<Value>,
     auth: Vec<Option<String>>,
     problems: Vec<String>,
@@ -99,8 +124,18 @@ pub struct ModelServer {
 impl ModelServer {
     /// Starts serving `script`; screenshots must be `expect` pixels.
     pub async fn start(script: Vec<Reply>, expect: (u32, u32)) -> Self {
+        Self::serve(script, Vec::new(), expect).await
+    }
+
+    /// Serves conversations by route (see the module docs).
+    pub async fn routed(routes: Vec<Route>, expect: (u32, u32)) -> Self {
+        Self::serve(Vec::new(), routes, expect).await
+    }
+
+    async fn serve(script: Vec<Reply>, routes: Vec<Route>, expect: (u32, u32)) -> Self {
         let inner = Arc::new(Mutex::new(Inner {
             script: script.into(),
+            routes,
             requests: Vec::new(),
             auth: Vec::new(),
             problems: Vec::new(),
@@ -228,7 +263,12 @@ async fn handle(
             }
         };
         let expect = s.expect;
-        let problems = check(&req, expect);
+        let judging = req.get("tools").is_none() && !s.routes.is_empty();
+        let problems = if judging {
+            Vec::new()
+        } else {
+            check(&req, expect)
+        };
         let n = s.requests.len() + 1;
         s.problems
             .extend(problems.into_iter().map(|p| format!("request {n}: {p}")));
@@ -238,12 +278,40 @@ async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
         );
-        s.requests.push(req);
-        match s.script.pop_front() {
-            Some(r) => r,
-            None => {
-                s.problems.push(format!("request {n}: the script ran out"));
-                answer("the script ran out")
+        if !s.routes.is_empty() {
+            let text = req["messages"].to_string();
+            let turns = req["messages"]
+                .as_array()
+                .map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count());
+            s.requests.push(req);
+            let found = s.routes.iter().find(|r| text.contains(&r.needle)).cloned();
+            let reply = match (found, judging) {
+                (None, _) => {
+                    s.problems.push(format!("request {n}: no route matches"));
+                    answer("no route")
+                }
+                (Some(r), true) => r.judge.clone().unwrap_or_else(|| {
+                    s.problems.push(format!(
+                        "request {n}: a judge request for {}, which has no judge reply",
+                        r.needle
+                    ));
+                    answer("{\"passed\": false, \"reason\": \"no judge scripted\"}")
+                }),
+                (Some(r), false) => r
+                    .replies
+                    .get(turns)
+                    .cloned()
+                    .unwrap_or_else(|| answer("done")),
+            };
+            reply
+        } else {
+            s.requests.push(req);
+            match s.script.pop_front() {
+                Some(r) => r,
+                None => {
+                    s.problems.push(format!("request {n}: the script ran out"));
+                    answer("the script ran out")
+                }
             }
         }
     };

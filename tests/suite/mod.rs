@@ -4,4 +4,5 @@ mod desktop;
 mod files;
 mod run;
 mod sandbox;
+mod tasks;
 mod tui;

@@ -1,0 +1,409 @@
+//! `selfagent batch`: every task K times, N desktops at once, each episode recorded and
+//! graded; a progress display while it runs; a summary table, `report.json`, JUnit XML and
+//! an HTML report with thumbnails at the end.
+//!
+//! Episodes are independent: each has its own desktop, its own recorder connection to the
+//! shared database (WAL), and its own model conversation. A failed setup is a harness
+//! error, reported apart from the agent's failures. Ctrl-C stops the running episodes after
+//! their current action, starts no new ones, and still writes the reports.
+
+pub mod report;
+
+use crate::agent::{self, EndedBy, Event};
+use crate::cli::run::{CommonArgs, Resolved, resolve};
+use crate::config;
+use crate::episode::{self, End, Hooks, Plan};
+use crate::record::Db;
+use crate::sandbox::Engine;
+use crate::task::{self, Task};
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use report::{BatchMeta, EpisodeReport, Memory, Report};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+pub const EXIT_HARNESS: u8 = 4;
+pub const EXIT_STOPPED: u8 = 130;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Every task must have checks. Reports go to --report DIR (default: \
+<db dir>/batches/<batch id>/): report.json, junit.xml, report.html.\n\
+Exit codes: 0 the batch ran (whatever the agent scored), 4 some episodes failed because of \
+the harness (a desktop did not start, a setup step failed, checks could not run), \
+130 stopped with Ctrl-C (the reports cover what finished)."
+)]
+pub struct BatchArgs {
+    /// Task files (TOML or JSON) or directories of them.
+    #[arg(required = true, value_name = "TASKS")]
+    pub tasks: Vec<PathBuf>,
+    /// Desktops at once.
+    #[arg(long, short = 'j', default_value_t = 1)]
+    pub parallel: usize,
+    /// Episodes per task.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// Only the tasks whose id matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub filter: Option<String>,
+    /// Where the reports go.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Print report.json on stdout instead of the summary table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// One episode to run.
+struct Job {
+    n: usize,
+    task: Arc<Task>,
+    cfg: Arc<Resolved>,
+    repeat: u32,
+}
+
+/// What is running now, for the progress line.
+#[derive(Default)]
+struct Live {
+    /// Episode number → (task id, current step).
+    running: BTreeMap<usize, (String, u32)>,
+    passed: usize,
+    failed: usize,
+    harness: usize,
+}
+
+impl Live {
+    fn message(&self) -> String {
+        let mut s = format!(
+            "{} passed · {} failed · {} harness errors",
+            self.passed, self.failed, self.harness
+        );
+        if !self.running.is_empty() {
+            let names: Vec<String> = self
+                .running
+                .values()
+                .map(|(t, step)| format!("{t}@{step}"))
+                .collect();
+            s.push_str(&format!(" · running {}", names.join(" ")));
+        }
+        s
+    }
+}
+
+fn print_line(bar: &ProgressBar, line: &str) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
+    if args.parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    let mut tasks = task::load_all(&args.tasks)?;
+    if let Some(f) = &args.filter {
+        let re = regex::Regex::new(f).context("--filter is not a valid regex")?;
+        tasks.retain(|t| re.is_match(&t.id));
+        if tasks.is_empty() {
+            bail!("no task id matches --filter {f}");
+        }
+    }
+    let unchecked: Vec<&str> = tasks
+        .iter()
+        .filter(|t| t.check.is_none())
+        .map(|t| t.id.as_str())
+        .collect();
+    if !unchecked.is_empty() {
+        bail!(
+            "a batch grades every episode, but these tasks have no [check]: {}",
+            unchecked.join(", ")
+        );
+    }
+    let file = config::load(args.common.config.as_deref())?;
+    let mut resolved = Vec::new();
+    for t in &tasks {
+        let cfg = resolve(&args.common, &file, t.instruction.clone(), &t.limits)
+            .with_context(|| format!("task {}", t.id))?;
+        resolved.push(Arc::new(cfg));
+    }
+    let db_path = resolved[0].db.clone();
+    drop(Db::open(&db_path)?);
+    let engine = Engine::connect().await?;
+    let spec = args.common.spec();
+    if !engine.image_exists(&spec.image).await? {
+        bail!(
+            "the desktop image {} is missing: run `selfagent sandbox build` first",
+            spec.image
+        );
+    }
+    let batch_id = crate::record::new_session_id();
+    let report_dir = args.report.clone().unwrap_or_else(|| {
+        db_path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("batches")
+            .join(&batch_id)
+    });
+    std::fs::create_dir_all(&report_dir)
+        .with_context(|| format!("creating the report directory {}", report_dir.display()))?;
+
+    let tasks: Vec<Arc<Task>> = tasks.into_iter().map(Arc::new).collect();
+    let mut queue = VecDeque::new();
+    for r in 1..=args.repeat {
+        for (t, cfg) in tasks.iter().zip(&resolved) {
+            queue.push_back(Job {
+                n: queue.len(),
+                task: t.clone(),
+                cfg: cfg.clone(),
+                repeat: r,
+            });
+        }
+    }
+    let total = queue.len();
+    let parallel = args.parallel.min(total);
+    let started_at = crate::time::now_ms();
+    let started = Instant::now();
+
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} episodes · ETA {eta} · {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(250));
+    print_line(
+        &bar,
+        &format!(
+            "batch {batch_id}: {} tasks × {} = {total} episodes, {parallel} at once, recording to {}",
+            tasks.len(),
+            args.repeat,
+            db_path.display()
+        ),
+    );
+
+    let memory = report::MemorySampler::start();
+    let queue = Arc::new(Mutex::new(queue));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let controls: Arc<Mutex<BTreeMap<usize, mpsc::Sender<agent::Command>>>> = Arc::default();
+    let live = Arc::new(Mutex::new(Live::default()));
+    let (done_tx, mut done_rx) = mpsc::channel::<(Job, anyhow::Result<End>)>(total);
+    let mut workers = Vec::new();
+    for _ in 0..parallel {
+        let queue = queue.clone();
+        let stopping = stopping.clone();
+        let controls = controls.clone();
+        let live = live.clone();
+        let done_tx = done_tx.clone();
+        let engine = engine.clone();
+        let spec = spec.clone();
+        let bar = bar.clone();
+        let snapshot = !args.common.no_snapshot;
+        workers.push(tokio::spawn(async move {
+            loop {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                    break;
+                };
+                let (mut hooks, control) = Hooks::new();
+                if let Ok(mut c) = controls.lock() {
+                    c.insert(job.n, control);
+                }
+                let (tx, mut rx) = mpsc::channel::<Arc<Event>>(1024);
+                hooks.sinks.push(tx);
+                if let Ok(mut l) = live.lock() {
+                    l.running.insert(job.n, (job.task.id.clone(), 0));
+                    bar.set_message(l.message());
+                }
+                let watcher = {
+                    let live = live.clone();
+                    let bar = bar.clone();
+                    let n = job.n;
+                    tokio::spawn(async move {
+                        while let Some(e) = rx.recv().await {
+                            if let Event::StepStarted { step } = &*e
+                                && let Ok(mut l) = live.lock()
+                            {
+                                if let Some(r) = l.running.get_mut(&n) {
+                                    r.1 = *step;
+                                }
+                                bar.set_message(l.message());
+                            }
+                        }
+                    })
+                };
+                let plan = Plan {
+                    cfg: (*job.cfg).clone(),
+                    spec: spec.clone(),
+                    task: Some((*job.task).clone()),
+                    keep: false,
+                    snapshot,
+                    session: None,
+                };
+                let end = episode::run(&engine, plan, hooks).await;
+                let _ = watcher.await;
+                if let Ok(mut c) = controls.lock() {
+                    c.remove(&job.n);
+                }
+                if let Ok(mut l) = live.lock() {
+                    l.running.remove(&job.n);
+                }
+                if done_tx.send((job, end)).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(done_tx);
+
+    let mut episodes: Vec<EpisodeReport> = Vec::new();
+    let mut interrupts = 0;
+    loop {
+        tokio::select! {
+            finished = done_rx.recv() => {
+                let Some((job, end)) = finished else { break };
+                let ep = EpisodeReport::new(&job.task.id, job.repeat, end);
+                if let Ok(mut l) = live.lock() {
+                    match (ep.harness_error.is_some(), ep.passed) {
+                        (true, _) => l.harness += 1,
+                        (false, true) => l.passed += 1,
+                        (false, false) => l.failed += 1,
+                    }
+                    bar.set_message(l.message());
+                }
+                print_line(&bar, &ep.line());
+                bar.inc(1);
+                episodes.push(ep);
+            }
+            _ = tokio::signal::ctrl_c() => {
+                interrupts += 1;
+                if interrupts > 1 {
+                    bar.abandon();
+                    eprintln!("quitting at once; leftover desktops stop at their TTL (`selfagent sandbox prune` removes them now)");
+                    std::process::exit(i32::from(EXIT_STOPPED));
+                }
+                stopping.store(true, Ordering::SeqCst);
+                print_line(&bar, "stopping: the running episodes end after their current action, no new ones start (Ctrl-C again to quit at once)");
+                let senders: Vec<_> = controls.lock().map(|c| c.values().cloned().collect()).unwrap_or_default();
+                for s in senders {
+                    let _ = s.send(agent::Command::Stop).await;
+                }
+            }
+        }
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    bar.finish_and_clear();
+    let memory: Memory = memory.stop();
+    let stopped = stopping.load(Ordering::SeqCst);
+    episodes.sort_by_key(|e| (e.task_id.clone(), e.repeat));
+
+    let first = &resolved[0];
+    let meta = BatchMeta {
+        id: batch_id,
+        started_at: crate::time::iso8601(started_at),
+        wall_ms: started.elapsed().as_millis() as u64,
+        parallel,
+        repeat: args.repeat,
+        model: first.model.model.clone(),
+        base_url: crate::agent::model::redact_url(&first.model.base_url),
+        db: db_path.display().to_string(),
+        tasks: tasks.len(),
+        episodes: total,
+        finished: episodes.len(),
+        not_run: total - episodes.len(),
+        stopped,
+        memory,
+    };
+    let report = Report::new(meta, &tasks, episodes);
+    let db = Db::open(&db_path)?;
+    let written = report.write(&report_dir, &db, &tasks)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    eprintln!(
+        "reports: {} (open {} in a browser)",
+        written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        report_dir.join("report.html").display()
+    );
+    Ok(if stopped {
+        ExitCode::from(EXIT_STOPPED)
+    } else if report.episodes.iter().any(|e| e.harness_error.is_some()) {
+        ExitCode::from(EXIT_HARNESS)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+impl EpisodeReport {
+    fn new(task_id: &str, repeat: u32, end: anyhow::Result<End>) -> Self {
+        let name = |v: serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+        match end {
+            Err(e) => Self {
+                task_id: task_id.to_owned(),
+                repeat,
+                session_id: String::new(),
+                passed: false,
+                score: 0.0,
+                status: "error".into(),
+                ended_by: "harness".into(),
+                harness_error: Some(format!("{e:#}")),
+                steps: 0,
+                wall_ms: 0,
+                tokens_in: 0,
+                tokens_out: 0,
+                answer: None,
+                error: None,
+                grade: None,
+            },
+            Ok(end) => {
+                let o = &end.outcome;
+                let harness_error = end.harness_error();
+                Self {
+                    task_id: task_id.to_owned(),
+                    repeat,
+                    session_id: end.session.clone(),
+                    passed: harness_error.is_none()
+                        && end.grade.as_ref().and_then(|g| g.passed) == Some(true),
+                    score: end.grade.as_ref().map_or(0.0, |g| g.score),
+                    status: name(serde_json::to_value(o.status).unwrap_or_default()),
+                    ended_by: name(serde_json::to_value(o.ended_by).unwrap_or_default()),
+                    harness_error,
+                    steps: o.steps,
+                    wall_ms: o.wall_ms,
+                    tokens_in: o.tokens_in,
+                    tokens_out: o.tokens_out,
+                    answer: o.answer.clone(),
+                    error: if o.ended_by == EndedBy::Harness {
+                        None
+                    } else {
+                        o.error.clone()
+                    },
+                    grade: end.grade,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,676 @@
+//! A batch's results: per-episode entries, per-task summaries (pass rate, pass@k, means),
+//! and the files: `report.json`, `junit.xml` (failed checks are failures, harness errors are
+//! errors, episodes not run are skipped) and `report.html` (a summary table and each
+//! episode with a strip of its frames).
+
+use crate::export::{self, CSS, Episode, html_escape, verdict_span};
+use crate::record::Db;
+use crate::task::Task;
+use crate::task::check::Grade;
+use anyhow::Context;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// One episode of a batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpisodeReport {
+    pub task_id: String,
+    /// 1-based.
+    pub repeat: u32,
+    pub session_id: String,
+    /// The checks passed (false for harness errors).
+    pub passed: bool,
+    pub score: f64,
+    /// How the agent's episode ended: succeeded, failed, stopped, error.
+    pub status: String,
+    pub ended_by: String,
+    /// Set when the harness, not the agent, failed (desktop, setup, checks).
+    pub harness_error: Option<String>,
+    pub steps: u32,
+    pub wall_ms: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub answer: Option<String>,
+    /// The agent's episode error (the model server broke, ...), not a harness error.
+    pub error: Option<String>,
+    pub grade: Option<Grade>,
+}
+
+impl EpisodeReport {
+    /// `PASS`, `FAIL` or `ERROR`.
+    pub fn verdict(&self) -> &'static str {
+        match (&self.harness_error, self.passed) {
+            (Some(_), _) => "ERROR",
+            (None, true) => "PASS",
+            (None, false) => "FAIL",
+        }
+    }
+
+    /// One progress line.
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "{:<5} {} #{}  score {:.2}  {} steps  {:.1} s  {} tok  session {}",
+            self.verdict(),
+            self.task_id,
+            self.repeat,
+            self.score,
+            self.steps,
+            self.wall_ms as f64 / 1000.0,
+            self.tokens_in + self.tokens_out,
+            if self.session_id.is_empty() {
+                "-"
+            } else {
+                &self.session_id
+            }
+        );
+        if let Some(e) = &self.harness_error {
+            s.push_str(&format!("\n      harness error: {e}"));
+        } else if !self.passed
+            && let Some(g) = &self.grade
+        {
+            let failed: Vec<String> = g
+                .result
+                .iter()
+                .flat_map(|r| r.leaves())
+                .filter(|l| l.verdict != crate::task::check::Verdict::Passed)
+                .map(|l| format!("{} ({})", l.check, crate::task::check::excerpt(&l.detail)))
+                .collect();
+            if !failed.is_empty() {
+                s.push_str(&format!("\n      failed: {}", failed.join("; ")));
+            }
+        }
+        s
+    }
+}
+
+/// Per task.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskSummary {
+    pub task_id: String,
+    pub runs: usize,
+    pub passed: usize,
+    pub harness_errors: usize,
+    /// Passed over graded runs (harness errors excluded); `None` when none were graded.
+    pub pass_rate: Option<f64>,
+    /// The chance that at least one of `k` runs passes (the unbiased estimator over the
+    /// graded runs), `k` being `--repeat`.
+    pub pass_at_k: Option<f64>,
+    pub k: u32,
+    pub mean_score: Option<f64>,
+    pub mean_steps: Option<f64>,
+    pub mean_wall_ms: Option<f64>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+}
+
+/// pass@k: 1 − C(n−c, k) / C(n, k), with `k` capped at `n`.
+pub fn pass_at_k(n: usize, c: usize, k: usize) -> Option<f64> {
+    if n == 0 {
+        return None;
+    }
+    let k = k.clamp(1, n);
+    if n - c < k {
+        return Some(1.0);
+    }
+    // C(n−c, k) / C(n, k) = Π_{i=0}^{k−1} (n−c−i) / (n−i)
+    let ratio: f64 = (0..k)
+        .map(|i| (n - c - i) as f64 / (n - i) as f64)
+        .product();
+    Some(1.0 - ratio)
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+impl TaskSummary {
+    fn new(task_id: &str, k: u32, episodes: &[&EpisodeReport]) -> Self {
+        let graded: Vec<&&EpisodeReport> = episodes
+            .iter()
+            .filter(|e| e.harness_error.is_none())
+            .collect();
+        let passed = graded.iter().filter(|e| e.passed).count();
+        Self {
+            task_id: task_id.to_owned(),
+            runs: episodes.len(),
+            passed,
+            harness_errors: episodes.len() - graded.len(),
+            pass_rate: (!graded.is_empty()).then(|| passed as f64 / graded.len() as f64),
+            pass_at_k: pass_at_k(graded.len(), passed, k as usize),
+            k,
+            mean_score: mean(graded.iter().map(|e| e.score)),
+            mean_steps: mean(graded.iter().map(|e| f64::from(e.steps))),
+            mean_wall_ms: mean(graded.iter().map(|e| e.wall_ms as f64)),
+            tokens_in: episodes.iter().map(|e| e.tokens_in).sum(),
+            tokens_out: episodes.iter().map(|e| e.tokens_out).sum(),
+        }
+    }
+}
+
+/// Memory while the batch ran.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Memory {
+    /// The machine's memory in use (MemTotal − MemAvailable) before the first episode.
+    pub host_baseline_bytes: u64,
+    /// Its highest value while the batch ran.
+    pub host_peak_bytes: u64,
+    /// The highest sum over the running containers (their cgroups, page cache included),
+    /// when the cgroups are readable.
+    pub containers_peak_bytes: Option<u64>,
+    pub samples: u64,
+}
+
+/// Samples memory every 250 ms on a thread until stopped.
+pub struct MemorySampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Memory>>,
+}
+
+/// MemTotal − MemAvailable from /proc/meminfo.
+fn host_used() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?))
+}
+
+/// The sum of the Docker containers' memory cgroups (v1 or v2 layouts).
+fn containers_used() -> Option<u64> {
+    let mut total = 0u64;
+    let mut found = false;
+    let mut add = |path: PathBuf| {
+        if let Some(v) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
+            total += v;
+            found = true;
+        }
+    };
+    if let Ok(dir) = std::fs::read_dir("/sys/fs/cgroup/memory/docker") {
+        for e in dir.flatten().filter(|e| e.path().is_dir()) {
+            add(e.path().join("memory.usage_in_bytes"));
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/sys/fs/cgroup/system.slice") {
+        for e in dir.flatten().filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("docker-") && n.ends_with(".scope"))
+        }) {
+            add(e.path().join("memory.current"));
+        }
+    }
+    found.then_some(total)
+}
+
+impl MemorySampler {
+    pub fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let baseline = host_used().unwrap_or(0);
+            let peak = AtomicU64::new(baseline);
+            let mut m = Memory {
+                host_baseline_bytes: baseline,
+                ..Memory::default()
+            };
+            while !flag.load(Ordering::SeqCst) {
+                if let Some(v) = host_used() {
+                    peak.fetch_max(v, Ordering::Relaxed);
+                }
+                if let Some(c) = containers_used() {
+                    m.containers_peak_bytes = Some(m.containers_peak_bytes.unwrap_or(0).max(c));
+                }
+                m.samples += 1;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            m.host_peak_bytes = peak.load(Ordering::Relaxed);
+            m
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(mut self) -> Memory {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The batch as a whole.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchMeta {
+    pub id: String,
+    pub started_at: String,
+    pub wall_ms: u64,
+    pub parallel: usize,
+    pub repeat: u32,
+    pub model: String,
+    pub base_url: String,
+    pub db: String,
+    pub tasks: usize,
+    pub episodes: usize,
+    pub finished: usize,
+    pub not_run: usize,
+    pub stopped: bool,
+    pub memory: Memory,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub batch: BatchMeta,
+    pub passed: usize,
+    pub failed: usize,
+    pub harness_errors: usize,
+    pub summary: Vec<TaskSummary>,
+    pub episodes: Vec<EpisodeReport>,
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|v| format!("{:.0}%", v * 100.0))
+        .unwrap_or_else(|| "–".into())
+}
+
+impl Report {
+    pub fn new(batch: BatchMeta, tasks: &[Arc<Task>], episodes: Vec<EpisodeReport>) -> Self {
+        let summary = tasks
+            .iter()
+            .map(|t| {
+                let eps: Vec<&EpisodeReport> =
+                    episodes.iter().filter(|e| e.task_id == t.id).collect();
+                TaskSummary::new(&t.id, batch.repeat, &eps)
+            })
+            .collect();
+        let harness_errors = episodes
+            .iter()
+            .filter(|e| e.harness_error.is_some())
+            .count();
+        let passed = episodes.iter().filter(|e| e.passed).count();
+        Self {
+            passed,
+            failed: episodes.len() - passed - harness_errors,
+            harness_errors,
+            summary,
+            episodes,
+            batch,
+        }
+    }
+
+    /// The summary table for the terminal.
+    pub fn table(&self) -> String {
+        let b = &self.batch;
+        let w = self
+            .summary
+            .iter()
+            .map(|s| s.task_id.chars().count())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let mut out = format!(
+            "{:<w$}  {:>4}  {:>6}  {:>5}  {:>7}  {:>6}  {:>8}  {:>9}  {:>7}\n",
+            "task",
+            "runs",
+            "passed",
+            "rate",
+            format!("pass@{}", b.repeat),
+            "steps",
+            "time",
+            "tokens",
+            "harness"
+        );
+        for s in &self.summary {
+            let _ = writeln!(
+                out,
+                "{:<w$}  {:>4}  {:>6}  {:>5}  {:>7}  {:>6}  {:>8}  {:>9}  {:>7}",
+                s.task_id,
+                s.runs,
+                s.passed,
+                pct(s.pass_rate),
+                pct(s.pass_at_k),
+                s.mean_steps
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or_else(|| "–".into()),
+                s.mean_wall_ms
+                    .map(|v| format!("{:.1} s", v / 1000.0))
+                    .unwrap_or_else(|| "–".into()),
+                s.tokens_in + s.tokens_out,
+                s.harness_errors
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n{} episodes: {} passed, {} failed, {} harness errors{}; wall {:.1} s with {} at once; memory peak {} above a {} baseline{}",
+            self.episodes.len(),
+            self.passed,
+            self.failed,
+            self.harness_errors,
+            if b.not_run > 0 {
+                format!(", {} not run (stopped)", b.not_run)
+            } else {
+                String::new()
+            },
+            b.wall_ms as f64 / 1000.0,
+            b.parallel,
+            gib(b
+                .memory
+                .host_peak_bytes
+                .saturating_sub(b.memory.host_baseline_bytes)),
+            gib(b.memory.host_baseline_bytes),
+            b.memory
+                .containers_peak_bytes
+                .map(|c| format!(" (containers {})", gib(c)))
+                .unwrap_or_default()
+        );
+        out
+    }
+
+    /// JUnit XML: one test case per episode.
+    pub fn junit(&self) -> String {
+        let x = html_escape;
+        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let _ = writeln!(
+            out,
+            "<testsuites name=\"selfagent batch {}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{:.3}\">",
+            x(&self.batch.id),
+            self.batch.episodes,
+            self.failed,
+            self.harness_errors,
+            self.batch.not_run,
+            self.batch.wall_ms as f64 / 1000.0
+        );
+        let _ = writeln!(
+            out,
+            "  <testsuite name=\"selfagent\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{:.3}\">",
+            self.batch.episodes,
+            self.failed,
+            self.harness_errors,
+            self.batch.not_run,
+            self.batch.wall_ms as f64 / 1000.0
+        );
+        for e in &self.episodes {
+            let _ = write!(
+                out,
+                "    <testcase classname=\"{}\" name=\"{} #{}\" time=\"{:.3}\">",
+                x(&e.task_id),
+                x(&e.task_id),
+                e.repeat,
+                e.wall_ms as f64 / 1000.0
+            );
+            if let Some(h) = &e.harness_error {
+                let _ = write!(
+                    out,
+                    "<error message=\"harness error\" type=\"harness\">{}</error>",
+                    x(h)
+                );
+            } else if !e.passed {
+                let detail = e
+                    .grade
+                    .as_ref()
+                    .map(|g| {
+                        let mut s = g.summary();
+                        for l in g.result.iter().flat_map(|r| r.leaves()) {
+                            s.push_str(&format!("\n{:?} {}: {}", l.verdict, l.check, l.detail));
+                        }
+                        s
+                    })
+                    .unwrap_or_default();
+                let _ = write!(
+                    out,
+                    "<failure message=\"checks failed (score {:.2})\" type=\"checks\">{}</failure>",
+                    e.score,
+                    x(&detail)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "<system-out>session {} · {} steps · ended by {}</system-out></testcase>",
+                x(&e.session_id),
+                e.steps,
+                x(&e.ended_by)
+            );
+        }
+        out.push_str("  </testsuite>\n</testsuites>\n");
+        out
+    }
+
+    /// The HTML report: the summary table, then each episode with a thumbnail strip.
+    pub fn html(&self, db: &Db, tasks: &[Arc<Task>]) -> String {
+        let b = &self.batch;
+        let mut out = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>selfagent batch {id}</title><style>{CSS}</style></head><body>\
+             <h1>Batch {id}</h1><div class=\"meta\"><span>{started}</span><span>model {model}</span><span>{eps} episodes, {par} at once</span>\
+             <span>wall {wall:.1} s</span><span>memory peak {mem}</span></div>\
+             <div class=\"card\"><b>{passed} passed</b> · <b>{failed} failed</b> · <b>{harness} harness errors</b>{not_run}</div>",
+            id = html_escape(&b.id),
+            started = html_escape(&b.started_at),
+            model = html_escape(&b.model),
+            eps = b.episodes,
+            par = b.parallel,
+            wall = b.wall_ms as f64 / 1000.0,
+            mem = gib(b
+                .memory
+                .host_peak_bytes
+                .saturating_sub(b.memory.host_baseline_bytes)),
+            passed = self.passed,
+            failed = self.failed,
+            harness = self.harness_errors,
+            not_run = if b.not_run > 0 {
+                format!(" · {} not run (stopped)", b.not_run)
+            } else {
+                String::new()
+            },
+        );
+        let _ = write!(
+            out,
+            "<h2>Tasks</h2><table><tr><th>task</th><th>runs</th><th>passed</th><th>pass rate</th><th>pass@{}</th><th>mean score</th><th>mean steps</th><th>mean time</th><th>tokens</th><th>harness errors</th></tr>",
+            b.repeat
+        );
+        for s in &self.summary {
+            let _ = write!(
+                out,
+                "<tr><td><a href=\"#{id}\">{id}</a></td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td></tr>",
+                s.runs,
+                s.passed,
+                pct(s.pass_rate),
+                pct(s.pass_at_k),
+                s.mean_score
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_else(|| "–".into()),
+                s.mean_steps
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or_else(|| "–".into()),
+                s.mean_wall_ms
+                    .map(|v| format!("{:.1} s", v / 1000.0))
+                    .unwrap_or_else(|| "–".into()),
+                s.tokens_in + s.tokens_out,
+                s.harness_errors,
+                id = html_escape(&s.task_id),
+            );
+        }
+        out.push_str("</table><h2>Episodes</h2>");
+        for e in &self.episodes {
+            let instruction = tasks
+                .iter()
+                .find(|t| t.id == e.task_id)
+                .map(|t| t.instruction.as_str())
+                .unwrap_or_default();
+            let passed = if e.harness_error.is_some() {
+                None
+            } else {
+                Some(e.passed)
+            };
+            let _ = write!(
+                out,
+                "<div class=\"card\" id=\"{id}\"><b>{verdict}</b> <b>{id}</b> #{r} <span class=\"meta\"><span>score {score:.2}</span><span>{steps} steps</span><span>{wall:.1} s</span><span>{tok} tokens</span><span>ended by {by}</span><span>session <code>{session}</code></span></span><p>{instruction}</p>",
+                verdict = verdict_span(passed, e.verdict()),
+                id = html_escape(&e.task_id),
+                r = e.repeat,
+                score = e.score,
+                steps = e.steps,
+                wall = e.wall_ms as f64 / 1000.0,
+                tok = e.tokens_in + e.tokens_out,
+                by = html_escape(&e.ended_by),
+                session = html_escape(&e.session_id),
+                instruction = html_escape(instruction),
+            );
+            if let Some(h) = &e.harness_error {
+                let _ = write!(
+                    out,
+                    "<pre class=\"err\">harness error: {}</pre>",
+                    html_escape(h)
+                );
+            } else if let Some(g) = &e.grade {
+                out.push_str(&export::checks_html(g));
+            }
+            if !e.session_id.is_empty() {
+                match Episode::load(db, &e.session_id) {
+                    Ok(ep) => out.push_str(&export::thumbnail_strip(db, &ep, 8, 200)),
+                    Err(err) => {
+                        let _ = write!(
+                            out,
+                            "<p class=\"err\">{}</p>",
+                            html_escape(&format!("{err:#}"))
+                        );
+                    }
+                }
+            }
+            out.push_str("</div>");
+        }
+        out.push_str("</body></html>\n");
+        out
+    }
+
+    /// Writes report.json, junit.xml and report.html into `dir`.
+    pub fn write(&self, dir: &Path, db: &Db, tasks: &[Arc<Task>]) -> anyhow::Result<Vec<PathBuf>> {
+        let files = [
+            ("report.json", serde_json::to_string_pretty(self)? + "\n"),
+            ("junit.xml", self.junit()),
+            ("report.html", self.html(db, tasks)),
+        ];
+        let mut out = Vec::new();
+        for (name, text) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            out.push(path);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_at_k_is_the_unbiased_estimator() {
+        assert_eq!(pass_at_k(0, 0, 1), None);
+        assert_eq!(pass_at_k(4, 0, 2), Some(0.0));
+        assert_eq!(pass_at_k(4, 4, 2), Some(1.0));
+        // n=4, c=1, k=2: 1 − C(3,2)/C(4,2) = 1 − 3/6
+        assert!((pass_at_k(4, 1, 2).unwrap() - 0.5).abs() < 1e-12);
+        // k = 1 is the pass rate.
+        assert!((pass_at_k(5, 2, 1).unwrap() - 0.4).abs() < 1e-12);
+        // k above n is capped: any pass of 2 runs.
+        assert_eq!(pass_at_k(2, 1, 5), Some(1.0));
+    }
+
+    fn ep(task: &str, repeat: u32, passed: bool, harness: bool) -> EpisodeReport {
+        EpisodeReport {
+            task_id: task.into(),
+            repeat,
+            session_id: format!("s-{task}-{repeat}"),
+            passed,
+            score: if passed { 1.0 } else { 0.0 },
+            status: "succeeded".into(),
+            ended_by: "model".into(),
+            harness_error: harness.then(|| "setup step 1 of 1 (exec false) failed".into()),
+            steps: 4,
+            wall_ms: 2000,
+            tokens_in: 100,
+            tokens_out: 10,
+            answer: None,
+            error: None,
+            grade: None,
+        }
+    }
+
+    fn meta() -> BatchMeta {
+        BatchMeta {
+            id: "b1".into(),
+            started_at: "2026-11-22T00:00:00Z".into(),
+            wall_ms: 5000,
+            parallel: 2,
+            repeat: 2,
+            model: "m".into(),
+            base_url: "http://x/v1".into(),
+            db: "db".into(),
+            tasks: 2,
+            episodes: 4,
+            finished: 4,
+            not_run: 0,
+            stopped: false,
+            memory: Memory::default(),
+        }
+    }
+
+    fn task(id: &str) -> Arc<Task> {
+        Arc::new(
+            Task::parse(
+                &format!("id = \"{id}\"\ninstruction = \"do <it> & more\"\n"),
+                "t.toml",
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn summaries_keep_harness_errors_apart_and_junit_tells_them_from_failures() {
+        let r = Report::new(
+            meta(),
+            &[task("a"), task("b")],
+            vec![
+                ep("a", 1, true, false),
+                ep("a", 2, false, false),
+                ep("b", 1, false, true),
+                ep("b", 2, false, false),
+            ],
+        );
+        assert_eq!((r.passed, r.failed, r.harness_errors), (1, 2, 1));
+        let a = &r.summary[0];
+        assert_eq!(
+            (a.runs, a.passed, a.pass_rate, a.pass_at_k),
+            (2, 1, Some(0.5), Some(1.0))
+        );
+        let b = &r.summary[1];
+        assert_eq!(
+            (b.runs, b.passed, b.harness_errors, b.pass_rate),
+            (2, 0, 1, Some(0.0))
+        );
+        let xml = r.junit();
+        assert_eq!(xml.matches("<testcase ").count(), 4);
+        assert_eq!(xml.matches("<failure ").count(), 2);
+        assert_eq!(xml.matches("<error ").count(), 1);
+        assert!(xml.contains("failures=\"2\" errors=\"1\""), "{xml}");
+        let table = r.table();
+        assert!(table.contains("pass@2"), "{table}");
+        assert!(table.lines().nth(1).unwrap().starts_with("a "), "{table}");
+    }
+}

@@ -1,0 +1,568 @@
+//! Tasks end to end: `batch` of the example tasks (tests/tasks) with a scripted model that
+//! solves some and fails others on purpose, its reports (JSON, JUnit, HTML rendered in
+//! headless Chromium), re-grading from the final-state snapshot, export, `run --task`,
+//! and the OSWorld import.
+
+use crate::common::model_server::{ModelServer, Reply, Route, answer, call, route};
+use crate::common::{bin, decode_png};
+use pretty_assertions::assert_eq;
+use selfagent::record::Db;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+
+fn tasks_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tasks")
+}
+
+fn typed(text: &str) -> Reply {
+    call(json!({"action": "type", "text": text}))
+}
+
+fn key(k: &str) -> Reply {
+    call(json!({"action": "key", "text": k}))
+}
+
+fn judge_says(passed: bool) -> Reply {
+    answer(&json!({"passed": passed, "reason": "scripted judge"}).to_string())
+}
+
+/// Keyboard-only solutions of the example tasks; three fail on purpose.
+fn routes() -> Vec<Route> {
+    vec![
+        route(
+            "directory named 'reports'",
+            vec![typed("mkdir ~/reports\n")],
+        ),
+        // Fails: the wrong words.
+        route(
+            "hello from selfagent",
+            vec![typed("echo 'hello from someone' > ~/greeting.txt\n")],
+        ),
+        route(
+            "remember the milk",
+            vec![key("ctrl+End"), typed("remember the milk\n"), key("ctrl+s")],
+        ),
+        route(
+            "buy bread",
+            vec![
+                typed("buy bread"),
+                key("ctrl+s"),
+                typed("todo.txt"),
+                key("Return"),
+            ],
+        ),
+        route(
+            "rename the file draft.txt",
+            vec![key("Home"), key("F2"), typed("final\n")],
+        ),
+        // Fails: gives up at once.
+        route(
+            "folder named 'Projects'",
+            vec![answer("I cannot find the file manager.")],
+        ),
+        route("Ada Lovelace", vec![typed("Ada Lovelace\n")]),
+        route("Continue to the next page", vec![key("Tab"), key("Return")]),
+        // Fails: the judge says no.
+        Route {
+            judge: Some(judge_says(false)),
+            ..route("list the files in /etc", vec![typed("ls /etc\n")])
+        },
+    ]
+}
+
+const BROKEN: &str = r#"
+id = "broken-setup"
+instruction = "never runs: the setup fails"
+[[setup]]
+exec = "echo 'no such fixture' >&2; exit 3"
+[check]
+command = "true"
+"#;
+
+async fn selfagent(args: &[&str], home: &Path) -> Output {
+    tokio::process::Command::new(bin())
+        .args(args)
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("SELFAGENT_DB")
+        .env("HOME", home)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Removes the snapshot images of these sessions.
+fn remove_snapshots(sessions: &[String]) {
+    for s in sessions {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &selfagent::sandbox::snapshot_image(s)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Renders `html` in headless Chromium and returns the screenshot.
+fn render(html: &Path, png: &Path) -> image::RgbImage {
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new("which")
+                .arg(c)
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .expect("headless Chromium is needed to check the HTML report (.ci/run installs the `chromium` package)");
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,2400",
+            &format!("--screenshot={}", png.display()),
+            &format!("file://{}", html.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        png.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    decode_png(&std::fs::read(png).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_grades_reports_regrades_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let db = home.join("rec.db");
+    let report = home.join("report");
+    let extra = home.join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    std::fs::write(extra.join("broken.toml"), BROKEN).unwrap();
+    let server = ModelServer::routed(routes(), (1280, 800)).await;
+
+    let out = selfagent(
+        &[
+            "batch",
+            tasks_dir().to_str().unwrap(),
+            extra.to_str().unwrap(),
+            "--parallel",
+            "4",
+            "--base-url",
+            &server.base_url(),
+            "--model",
+            "scripted",
+            "--db",
+            db.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        home,
+    )
+    .await;
+    let log = text(&out);
+    // A harness error (the broken setup) makes the batch exit 4.
+    assert_eq!(out.status.code(), Some(4), "{log}");
+    assert!(server.problems().is_empty(), "{:?}", server.problems());
+
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let episodes = r["episodes"].as_array().unwrap();
+    let verdicts: BTreeMap<&str, (bool, bool)> = episodes
+        .iter()
+        .map(|e| {
+            (
+                e["task_id"].as_str().unwrap(),
+                (
+                    e["passed"].as_bool().unwrap(),
+                    !e["harness_error"].is_null(),
+                ),
+            )
+        })
+        .collect();
+    let want: BTreeMap<&str, (bool, bool)> = [
+        ("broken-setup", (false, true)),
+        ("editor-append", (true, false)),
+        ("editor-new-file", (true, false)),
+        ("files-new-folder", (false, false)),
+        ("files-rename", (true, false)),
+        ("firefox-form", (true, false)),
+        ("firefox-link", (true, false)),
+        ("terminal-judge", (false, false)),
+        ("terminal-mkdir", (true, false)),
+        ("terminal-write-file", (false, false)),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(verdicts, want, "{log}");
+    assert!(
+        episodes
+            .iter()
+            .find(|e| e["task_id"] == "broken-setup")
+            .unwrap()["harness_error"]
+            .as_str()
+            .unwrap()
+            .contains("no such fixture"),
+        "the harness error names the setup's stderr: {log}"
+    );
+    assert_eq!(
+        (
+            r["passed"].as_u64(),
+            r["failed"].as_u64(),
+            r["harness_errors"].as_u64()
+        ),
+        (Some(6), Some(3), Some(1))
+    );
+
+    // One recorded session per episode; every agent episode graded once.
+    let rec = Db::open(&db).unwrap();
+    let mut sessions = Vec::new();
+    for e in episodes {
+        let id = e["session_id"].as_str().unwrap();
+        let s = rec.session(id).unwrap();
+        assert_eq!(s.task_id.as_deref(), e["task_id"].as_str());
+        let grades = rec.grades(id).unwrap();
+        if e["harness_error"].is_null() {
+            assert_eq!(grades.len(), 1, "{id}");
+            assert_eq!(grades[0].passed, e["passed"].as_bool());
+        } else {
+            assert_eq!(s.status, "error");
+            assert!(grades.is_empty());
+        }
+        sessions.push(id.to_owned());
+    }
+    assert_eq!(rec.task_sessions().unwrap().len(), 10);
+
+    // JUnit: failed checks are failures, the harness error is an error.
+    let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<testcase ").count(), 10);
+    assert_eq!(junit.matches("<failure ").count(), 3);
+    assert_eq!(junit.matches("<error ").count(), 1);
+
+    // The HTML report renders: a page with pictures, not a blank or broken one.
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(
+        html.matches("data:image/jpeg;base64,").count() >= 9,
+        "thumbnails for every agent episode"
+    );
+    let shot = render(&report.join("report.html"), &home.join("report.png"));
+    let colours: std::collections::HashSet<[u8; 3]> = shot.pixels().map(|p| p.0).collect();
+    assert!(
+        colours.len() > 2000,
+        "the rendered report has {} colours",
+        colours.len()
+    );
+    std::fs::copy(
+        home.join("report.png"),
+        std::env::temp_dir().join("selfagent-batch-report.png"),
+    )
+    .ok();
+
+    // Re-grade the failed terminal-write-file episode with a changed check that reads
+    // something the original checks never read: only the snapshot can answer it.
+    let write_session = episodes
+        .iter()
+        .find(|e| e["task_id"] == "terminal-write-file")
+        .unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let fixed = home.join("fixed.toml");
+    let original = std::fs::read_to_string(tasks_dir().join("terminal-write-file.toml")).unwrap();
+    let check_at = original.find("[check]").unwrap();
+    std::fs::write(
+        &fixed,
+        format!(
+            "{}[check]\ncommand = \"grep -c someone /home/user/greeting.txt\"\nstdout = \"^1$\"\n",
+            &original[..check_at]
+        ),
+    )
+    .unwrap();
+    let from_recording = selfagent(
+        &[
+            "grade",
+            &write_session,
+            "--task",
+            fixed.to_str().unwrap(),
+            "--no-snapshot",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        home,
+    )
+    .await;
+    assert_eq!(
+        from_recording.status.code(),
+        Some(4),
+        "{}",
+        text(&from_recording)
+    );
+    let regraded = selfagent(
+        &[
+            "grade",
+            &write_session,
+            "--task",
+            fixed.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--json",
+        ],
+        home,
+    )
+    .await;
+    assert_eq!(regraded.status.code(), Some(0), "{}", text(&regraded));
+    let list: Value = serde_json::from_slice(&regraded.stdout).unwrap();
+    assert_eq!(list[0]["before"]["passed"], json!(null), "{list}");
+    assert_eq!(list[0]["after"]["passed"], json!(true), "{list}");
+    assert!(
+        list[0]["after"]["evidence"]
+            .as_str()
+            .unwrap()
+            .starts_with("snapshot ")
+    );
+    let history = rec.grades(&write_session).unwrap();
+    assert_eq!(
+        history.iter().map(|g| g.passed).collect::<Vec<_>>(),
+        vec![Some(false), None, Some(true)],
+        "the old grades stay in the history"
+    );
+    // With the recorded task again: the original verdict.
+    let again = selfagent(
+        &["grade", &write_session, "--db", db.to_str().unwrap()],
+        home,
+    )
+    .await;
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+
+    // Export the editor episode three ways.
+    let editor = episodes
+        .iter()
+        .find(|e| e["task_id"] == "editor-append")
+        .unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let steps = rec.steps(&editor).unwrap();
+    let page = home.join("ep.html");
+    let gif = home.join("ep.gif");
+    let traj = home.join("traj");
+    for (flag, path) in [("--html", &page), ("--gif", &gif), ("--jsonl", &traj)] {
+        let o = selfagent(
+            &[
+                "export",
+                &editor,
+                flag,
+                "-o",
+                path.to_str().unwrap(),
+                "--db",
+                db.to_str().unwrap(),
+            ],
+            home,
+        )
+        .await;
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let page = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(page.matches("<img ").count(), steps.len() + 1);
+    assert!(page.contains("remember the milk"));
+    let frames = {
+        use image::AnimationDecoder;
+        let d =
+            image::codecs::gif::GifDecoder::new(std::io::Cursor::new(std::fs::read(&gif).unwrap()))
+                .unwrap();
+        d.into_frames().collect_frames().unwrap()
+    };
+    assert_eq!(frames.len(), steps.len() + 1);
+    assert_eq!(frames[0].buffer().width(), 640);
+    let lines: Vec<Value> = std::fs::read_to_string(traj.join("traj.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "three actions and the final answer");
+    assert_eq!(lines[1]["action"]["action"], "type");
+    assert_eq!(lines[3]["done"], true);
+    assert_eq!(lines[3]["reward"], 1.0);
+    for l in &lines {
+        let f = traj.join(l["screenshot_file"].as_str().unwrap());
+        assert_eq!(
+            decode_png(&std::fs::read(f).unwrap()).dimensions(),
+            (1280, 800)
+        );
+    }
+    remove_snapshots(&sessions);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_with_a_task_reports_a_failed_setup_as_a_harness_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let task = home.join("broken.toml");
+    std::fs::write(&task, BROKEN).unwrap();
+    let db = home.join("rec.db");
+    let server = ModelServer::start(vec![], (1280, 800)).await;
+    let out = selfagent(
+        &[
+            "run",
+            "--headless",
+            "--task",
+            task.to_str().unwrap(),
+            "--base-url",
+            &server.base_url(),
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        home,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no such fixture"),
+        "{}",
+        text(&out)
+    );
+    assert!(server.requests().is_empty(), "the model was never asked");
+    let rec = Db::open(&db).unwrap();
+    let s = &rec.task_sessions().unwrap()[0];
+    assert_eq!(
+        (s.status.as_str(), s.task_id.as_deref(), s.steps),
+        ("error", Some("broken-setup"), 0)
+    );
+    assert!(
+        s.error.as_deref().unwrap().contains("setup step 1 of 1"),
+        "{:?}",
+        s.error
+    );
+}
+
+/// Small OSWorld tasks in their exact format: one runs here, the others are skipped with
+/// their reasons.
+#[tokio::test(flavor = "multi_thread")]
+async fn osworld_tasks_import_into_runnable_tasks_or_clear_skips() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let runnable = json!({
+        "id": "b6781586-6346-41cd-935a-a6b1487918fc",
+        "snapshot": "os",
+        "instruction": "Create a folder named 'reports' in the home directory, using the terminal.",
+        "source": "https://www.example.com/osworld-style",
+        "config": [
+            {"type": "execute", "parameters": {"command": ["python", "-c", "import pathlib; pathlib.Path('/home/user/seed.txt').write_text('x')"]}},
+            {"type": "launch", "parameters": {"command": ["gnome-terminal"]}},
+            {"type": "sleep", "parameters": {"seconds": 0.5}}
+        ],
+        "trajectory": "trajectories/",
+        "related_apps": ["os"],
+        "evaluator": {
+            "func": "exact_match",
+            "result": {"type": "vm_command_line", "command": "[ -d /home/user/reports ] && echo yes || echo no", "shell": true},
+            "expected": {"type": "rule", "rules": {"expected": "yes\n"}}
+        }
+    });
+    let needs_chrome = json!({
+        "id": "06fe7178-4491-4589-810f-2e2bc9502122",
+        "snapshot": "chrome",
+        "instruction": "Can you make my computer bring back the last tab I shut down?",
+        "source": "https://www.wikihow.com/",
+        "config": [
+            {"type": "launch", "parameters": {"command": ["google-chrome", "--remote-debugging-port=1337"]}},
+            {"type": "chrome_open_tabs", "parameters": {"urls_to_open": ["https://www.lonelyplanet.com"]}}
+        ],
+        "trajectory": "trajectories/",
+        "related_apps": ["chrome"],
+        "evaluator": {
+            "func": "is_expected_tabs",
+            "result": {"type": "open_tabs_info"},
+            "expected": {"type": "rule", "rules": {"type": "url", "urls": ["https://www.lonelyplanet.com"]}}
+        }
+    });
+    let infeasible = json!({
+        "id": "f5c13cdd-205c-4719-a562-348ae5cd1d91",
+        "snapshot": "os",
+        "instruction": "Make my monitor refresh at 240 Hz.",
+        "source": "",
+        "config": [],
+        "trajectory": "trajectories/",
+        "related_apps": ["os"],
+        "evaluator": {"func": "infeasible"}
+    });
+    let a = home.join("runnable.json");
+    let b = home.join("more.json");
+    std::fs::write(&a, runnable.to_string()).unwrap();
+    std::fs::write(&b, json!([needs_chrome, infeasible]).to_string()).unwrap();
+    let out_dir = home.join("imported");
+    let out = selfagent(
+        &[
+            "tasks",
+            "import-osworld",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        home,
+    )
+    .await;
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("1 converted, 2 skipped"), "{log}");
+    assert!(
+        log.contains("skipped 06fe7178-4491-4589-810f-2e2bc9502122"),
+        "{log}"
+    );
+    assert!(log.contains("Google Chrome"), "{log}");
+    assert!(log.contains("infeasible"), "{log}");
+    let files: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        files,
+        vec![out_dir.join("b6781586-6346-41cd-935a-a6b1487918fc.toml")]
+    );
+
+    // The imported task runs here: setup (python3, the terminal), the agent, the check.
+    let server = ModelServer::start(
+        vec![typed("mkdir ~/reports\n"), answer("Done.")],
+        (1280, 800),
+    )
+    .await;
+    let db = home.join("rec.db");
+    let run = selfagent(
+        &[
+            "run",
+            "--headless",
+            "--task",
+            files[0].to_str().unwrap(),
+            "--base-url",
+            &server.base_url(),
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        home,
+    )
+    .await;
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    assert!(server.problems().is_empty(), "{:?}", server.problems());
+    let rec = Db::open(&db).unwrap();
+    let s = &rec.task_sessions().unwrap()[0];
+    assert_eq!(rec.latest_grade(&s.id).unwrap().unwrap().passed, Some(true));
+    remove_snapshots(&[s.id.clone()]);
+}
