@@ -285,7 +285,7 @@ async fn handle(
                 .map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count());
             s.requests.push(req);
             let found = s.routes.iter().find(|r| text.contains(&r.needle)).cloned();
-            let reply = match (found, judging) {
+            match (found, judging) {
                 (None, _) => {
                     s.problems.push(format!("request {n}: no route matches"));
                     answer("no route")
@@ -302,8 +302,7 @@ async fn handle(
                     .get(turns)
                     .cloned()
                     .unwrap_or_else(|| answer("done")),
-            };
-            reply
+            }
         } else {
             s.requests.push(req);
             match s.script.pop_front() {

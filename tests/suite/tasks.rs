@@ -564,5 +564,5 @@ async fn osworld_tasks_import_into_runnable_tasks_or_clear_skips() {
     let rec = Db::open(&db).unwrap();
     let s = &rec.task_sessions().unwrap()[0];
     assert_eq!(rec.latest_grade(&s.id).unwrap().unwrap().passed, Some(true));
-    remove_snapshots(&[s.id.clone()]);
+    remove_snapshots(std::slice::from_ref(&s.id));
 }
