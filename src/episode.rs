@@ -34,6 +34,9 @@ pub struct Plan {
     pub session: Option<String>,
 }
 
+/// The longest wait for the screen to be quiet before the checks run.
+const FINAL_SETTLE: Duration = Duration::from_secs(5);
+
 /// Called once with the live sandbox.
 pub type OnDesktop = Box<dyn FnOnce(&Sandbox) + Send>;
 
@@ -287,6 +290,9 @@ async fn with_desktop(
     let Some((task, check)) = task.and_then(|t| t.check.as_ref().map(|c| (t, c))) else {
         return (outcome, None);
     };
+    // The last action's effects may still be under way (a save, a page load, a rename):
+    // the checks see the desktop once it has been quiet for a moment.
+    setup::settle_after(&desktop, Instant::now(), FINAL_SETTLE).await;
     let grade = if let Err(e) = run_steps(&desktop, "post", &task.post, emitter).await {
         let g = Grade::error(&task.id, "live", e);
         emitter

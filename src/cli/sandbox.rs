@@ -45,6 +45,17 @@ pub enum SandboxCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Final-state snapshot images of graded episodes (what `grade` re-grades from).
+    Snapshots {
+        /// Remove them: all, or with --older-than only the older ones.
+        #[arg(long)]
+        prune: bool,
+        /// With --prune: only those older than this many days.
+        #[arg(long, value_name = "DAYS", requires = "prune")]
+        older_than: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Save a screenshot (PNG) of a desktop.
     Shot {
         id: String,
@@ -194,6 +205,44 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
                 println!("{}", &id[..id.len().min(12)]);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        SandboxCmd::Snapshots {
+            prune,
+            older_than,
+            json,
+        } => {
+            let list = engine.snapshots().await?;
+            let now = crate::time::now_ms() / 1000;
+            let chosen: Vec<_> = list
+                .into_iter()
+                .filter(|s| match older_than {
+                    Some(days) => (now - s.created) as f64 > days * 86_400.0,
+                    None => true,
+                })
+                .collect();
+            if prune {
+                for s in &chosen {
+                    engine.remove_snapshot(&s.image).await?;
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string(&chosen)?);
+            } else {
+                let verb = if prune { "removed " } else { "" };
+                for s in &chosen {
+                    println!(
+                        "{verb}{}  task {}  {}  {:.1} MB",
+                        s.image,
+                        if s.task.is_empty() { "-" } else { &s.task },
+                        crate::time::short(s.created * 1000),
+                        s.size as f64 / 1e6
+                    );
+                }
+                if chosen.is_empty() {
+                    println!("no snapshots");
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
         }
         SandboxCmd::Prune { json } => {
             let report = engine.prune().await?;

@@ -58,6 +58,9 @@ fn split_parent(path: &str) -> (String, String) {
 enum Entry {
     Data(Vec<u8>),
     Link(String),
+    /// Docker found the path, then it was gone when the archive was written (a file being
+    /// renamed or deleted right then).
+    Vanished,
 }
 
 fn first_entry(path: &str, tar: &[u8]) -> Result<Entry, SandboxError> {
@@ -66,9 +69,7 @@ fn first_entry(path: &str, tar: &[u8]) -> Result<Entry, SandboxError> {
         .entries()
         .map_err(|e| SandboxError::io(format!("reading {path}"), e))?;
     let Some(entry) = entries.next() else {
-        return Err(SandboxError::Invalid(format!(
-            "{path}: empty archive from Docker"
-        )));
+        return Ok(Entry::Vanished);
     };
     let mut entry = entry.map_err(|e| SandboxError::io(format!("reading {path}"), e))?;
     match entry.header().entry_type() {
@@ -218,8 +219,13 @@ impl Sandbox {
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
         let path = sandbox_path(path)?;
         let tar = self.get_tar(&path).await?;
+        let gone = |path: &str| SandboxError::NoSuchFile {
+            sandbox: self.short_id().to_owned(),
+            path: path.to_owned(),
+        };
         match first_entry(&path, &tar)? {
             Entry::Data(data) => Ok(data),
+            Entry::Vanished => Err(gone(&path)),
             Entry::Link(target) => {
                 // Docker archives the link itself.
                 let (parent, _) = split_parent(&path);
@@ -231,6 +237,7 @@ impl Sandbox {
                 let tar = self.get_tar(&resolved).await?;
                 match first_entry(&resolved, &tar)? {
                     Entry::Data(data) => Ok(data),
+                    Entry::Vanished => Err(gone(&resolved)),
                     Entry::Link(_) => Err(SandboxError::Invalid(format!(
                         "{path} is a link to a link; read {resolved} instead"
                     ))),

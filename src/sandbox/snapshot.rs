@@ -174,17 +174,24 @@ impl Engine {
             .list_images(Some(
                 ListImagesOptionsBuilder::default()
                     .filters(&filters)
-                    .shared_size(true)
                     .build(),
             ))
             .await
             .doing(|| "listing snapshot images".into())?;
+        // A snapshot's own size: its size less its parent's (the desktop image).
+        let all = self
+            .docker()
+            .list_images(Some(ListImagesOptionsBuilder::default().all(true).build()))
+            .await
+            .doing(|| "listing images".into())?;
+        let sizes: HashMap<&str, i64> = all.iter().map(|i| (i.id.as_str(), i.size)).collect();
         let mut out: Vec<SnapshotInfo> = images
-            .into_iter()
+            .iter()
             .flat_map(|i| {
                 let label = |k: &str| i.labels.get(k).cloned().unwrap_or_default();
                 let (session, task) = (label(LABEL_SNAPSHOT), label(LABEL_TASK));
-                let (created, size) = (i.created, i.size - i.shared_size.max(0));
+                let parent = sizes.get(i.parent_id.as_str()).copied().unwrap_or(0);
+                let (created, size) = (i.created, (i.size - parent).max(0));
                 i.repo_tags
                     .iter()
                     .filter(|t| t.starts_with(&format!("{SNAPSHOT_REPO}:")))

@@ -28,9 +28,13 @@ fn judge_says(passed: bool) -> Reply {
     answer(&json!({"passed": passed, "reason": "scripted judge"}).to_string())
 }
 
-/// Keyboard-only solutions of the example tasks; three fail on purpose.
+/// Keyboard-only solutions of the example tasks; three fail on purpose. Each reply comes
+/// after 600 ms, as a (very fast) model's would: an instant script outpaces the apps on a
+/// loaded two-core machine (a key pressed before the dialog it is meant for has opened),
+/// which tests the script, not selfagent.
 fn routes() -> Vec<Route> {
-    vec![
+    let think = |r: Reply| Reply::Slow(std::time::Duration::from_millis(600), Box::new(r));
+    let routes = vec![
         route(
             "directory named 'reports'",
             vec![typed("mkdir ~/reports\n")],
@@ -69,7 +73,14 @@ fn routes() -> Vec<Route> {
             judge: Some(judge_says(false)),
             ..route("list the files in /etc", vec![typed("ls /etc\n")])
         },
-    ]
+    ];
+    routes
+        .into_iter()
+        .map(|r| Route {
+            replies: r.replies.into_iter().map(think).collect(),
+            ..r
+        })
+        .collect()
 }
 
 const BROKEN: &str = r#"
