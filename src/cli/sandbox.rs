@@ -242,7 +242,7 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
                     println!("no snapshots");
                 }
             }
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
         SandboxCmd::Prune { json } => {
             let report = engine.prune().await?;
