@@ -39,6 +39,28 @@ pub enum Reply {
     Garbage(String),
     /// Wait, then answer.
     Slow(Duration, Box<Reply>),
+    /// In routed conversations: answer with the reply once the latest screenshot passes
+    /// the test; until then answer a short `wait`, as a model that sees the app is not
+    /// ready yet would (those waits do not advance the script).
+    When(fn(&image::RgbImage) -> bool, Box<Reply>),
+}
+
+/// The text of the `wait` replies `Reply::When` inserts.
+const NOT_READY: &str = "The screen is not ready yet; waiting.";
+
+/// The newest screenshot in a request.
+fn latest_screenshot(req: &Value) -> Option<image::RgbImage> {
+    let url = req["messages"]
+        .as_array()?
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .filter_map(|p| p["image_url"]["url"].as_str())
+        .last()?;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(url.strip_prefix("data:image/png;base64,")?)
+        .ok()?;
+    Some(image::load_from_memory(&png).ok()?.to_rgb8())
 }
 
 /// A completion whose message is `message`.
@@ -244,6 +266,7 @@ fn respond(reply: Reply) -> std::pin::Pin<Box<dyn std::future::Future<Output = R
                 tokio::time::sleep(d).await;
                 respond(*inner).await
             }
+            Reply::When(_, inner) => respond(*inner).await,
         }
     })
 }
@@ -280,9 +303,16 @@ async fn handle(
         );
         if !s.routes.is_empty() {
             let text = req["messages"].to_string();
-            let turns = req["messages"]
+            let assistant: Vec<&Value> = req["messages"]
                 .as_array()
-                .map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count());
+                .map(|m| m.iter().filter(|m| m["role"] == "assistant").collect())
+                .unwrap_or_default();
+            let waits = assistant
+                .iter()
+                .filter(|m| m["content"].as_str() == Some(NOT_READY))
+                .count();
+            let turns = assistant.len() - waits;
+            let shot = latest_screenshot(&req);
             s.requests.push(req);
             let found = s.routes.iter().find(|r| text.contains(&r.needle)).cloned();
             match (found, judging) {
@@ -297,11 +327,28 @@ async fn handle(
                     ));
                     answer("{\"passed\": false, \"reason\": \"no judge scripted\"}")
                 }),
-                (Some(r), false) => r
-                    .replies
-                    .get(turns)
-                    .cloned()
-                    .unwrap_or_else(|| answer("done")),
+                (Some(r), false) => match r.replies.get(turns).cloned() {
+                    None => answer("done"),
+                    Some(Reply::When(ready, reply)) => {
+                        if shot.as_ref().is_some_and(ready) {
+                            *reply
+                        } else if waits >= 100 {
+                            s.problems
+                                .push(format!("request {n}: the screen never became ready"));
+                            *reply
+                        } else {
+                            Reply::Json(completion(json!({
+                                "role": "assistant",
+                                "content": NOT_READY,
+                                "tool_calls": [{"id": "wait", "type": "function", "function": {
+                                    "name": "computer",
+                                    "arguments": json!({"action": "wait", "duration": 0.3}).to_string()
+                                }}]
+                            })))
+                        }
+                    }
+                    Some(reply) => reply,
+                },
             }
         } else {
             s.requests.push(req);

@@ -24,16 +24,53 @@ fn key(k: &str) -> Reply {
     call(json!({"action": "key", "text": k}))
 }
 
+/// Sampled pixels (every other one) in a box that pass `test`.
+fn count(img: &image::RgbImage, x: (u32, u32), y: (u32, u32), test: fn([u8; 3]) -> bool) -> usize {
+    (y.0..y.1.min(img.height()))
+        .step_by(2)
+        .flat_map(|yy| {
+            (x.0..x.1.min(img.width()))
+                .step_by(2)
+                .map(move |xx| (xx, yy))
+        })
+        .filter(|&(xx, yy)| test(img.get_pixel(xx, yy).0))
+        .count()
+}
+
+/// The page's text is painted (Firefox shows a blank page for a while after its title is set).
+fn page_painted(img: &image::RgbImage) -> bool {
+    count(img, (40, 700), (130, 320), |p| {
+        u32::from(p[0]) + u32::from(p[1]) + u32::from(p[2]) < 450
+    }) > 20
+}
+
+/// A GTK file dialog is open (its selected "Home" place is a block of selection blue).
+fn file_dialog_open(img: &image::RgbImage) -> bool {
+    count(img, (0, 640), (30, 400), |p| {
+        p[2] > 200 && p[0] < 100 && (100..170).contains(&p[1])
+    }) > 800
+}
+
+/// `reply` once the screenshot passes `ready`.
+fn when(ready: fn(&image::RgbImage) -> bool, reply: Reply) -> Reply {
+    Reply::When(ready, Box::new(reply))
+}
+
 fn judge_says(passed: bool) -> Reply {
     answer(&json!({"passed": passed, "reason": "scripted judge"}).to_string())
 }
 
-/// Keyboard-only solutions of the example tasks; three fail on purpose. Each reply comes
+/// Scripted solutions of the example tasks (keyboard, one click); three fail on purpose. Each reply comes
 /// after 600 ms, as a (very fast) model's would: an instant script outpaces the apps on a
 /// loaded two-core machine (a key pressed before the dialog it is meant for has opened),
 /// which tests the script, not selfagent.
 fn routes() -> Vec<Route> {
-    let think = |r: Reply| Reply::Slow(std::time::Duration::from_millis(600), Box::new(r));
+    fn think(r: Reply) -> Reply {
+        match r {
+            Reply::When(ready, inner) => Reply::When(ready, Box::new(think(*inner))),
+            r => Reply::Slow(std::time::Duration::from_millis(600), Box::new(r)),
+        }
+    }
     let routes = vec![
         route(
             "directory named 'reports'",
@@ -53,7 +90,7 @@ fn routes() -> Vec<Route> {
             vec![
                 typed("buy bread"),
                 key("ctrl+s"),
-                typed("todo.txt"),
+                when(file_dialog_open, typed("todo.txt")),
                 key("Return"),
             ],
         ),
@@ -66,8 +103,19 @@ fn routes() -> Vec<Route> {
             "folder named 'Projects'",
             vec![answer("I cannot find the file manager.")],
         ),
-        route("Ada Lovelace", vec![typed("Ada Lovelace\n")]),
-        route("Continue to the next page", vec![key("Tab"), key("Return")]),
+        route(
+            "Ada Lovelace",
+            vec![when(page_painted, typed("Ada Lovelace\n"))],
+        ),
+        // Where the link is on the 1280x800 desktop (Tab order depends on where Firefox put
+        // the focus, which varies with load).
+        route(
+            "Continue to the next page",
+            vec![when(
+                page_painted,
+                call(json!({"action": "left_click", "coordinate": [190, 185]})),
+            )],
+        ),
         // Fails: the judge says no.
         Route {
             judge: Some(judge_says(false)),
@@ -576,4 +624,202 @@ async fn osworld_tasks_import_into_runnable_tasks_or_clear_skips() {
     let s = &rec.task_sessions().unwrap()[0];
     assert_eq!(rec.latest_grade(&s.id).unwrap().unwrap().passed, Some(true));
     remove_snapshots(std::slice::from_ref(&s.id));
+}
+
+/// Ctrl-C during a batch: the running episode stops after its current action, no new one
+/// starts, the reports cover what finished, and nothing recorded is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_stops_a_batch_and_keeps_what_finished() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let db = home.join("rec.db");
+    let report = home.join("report");
+    let slow = |r: Reply| Reply::Slow(std::time::Duration::from_millis(400), Box::new(r));
+    let wait = || slow(call(json!({"action": "wait", "duration": 0.2})));
+    let server = ModelServer::routed(
+        vec![
+            route(
+                "directory named 'reports'",
+                vec![slow(typed("mkdir ~/reports\n"))],
+            ),
+            // Long enough to be interrupted.
+            route("hello from selfagent", (0..40).map(|_| wait()).collect()),
+        ],
+        (1280, 800),
+    )
+    .await;
+    let mut child = tokio::process::Command::new(bin())
+        .args([
+            "batch",
+            tasks_dir().join("terminal-mkdir.toml").to_str().unwrap(),
+            tasks_dir()
+                .join("terminal-write-file.toml")
+                .to_str()
+                .unwrap(),
+            tasks_dir().join("editor-append.toml").to_str().unwrap(),
+            "--base-url",
+            &server.base_url(),
+            "--db",
+            db.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ])
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("SELFAGENT_DB")
+        .env("HOME", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // The first episode finishes; the second is running once the model has been asked twice.
+    tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            let first_done = l.starts_with("PASS") || l.starts_with("FAIL");
+            seen.push(l);
+            if first_done {
+                break;
+            }
+        }
+        while server
+            .requests()
+            .iter()
+            .filter(|r| r.to_string().contains("hello from selfagent"))
+            .count()
+            < 2
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the batch did not get going: {seen:?}"));
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            seen.push(l);
+        }
+        child.wait().await.unwrap()
+    })
+    .await
+    .expect("the batch stops after Ctrl-C");
+    assert_eq!(rest.code(), Some(130), "{seen:#?}");
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let eps = r["episodes"].as_array().unwrap();
+    assert_eq!(r["batch"]["stopped"], true);
+    assert_eq!(
+        (eps.len(), r["batch"]["not_run"].as_u64()),
+        (2, Some(1)),
+        "{r:#}"
+    );
+    let by_task = |t: &str| eps.iter().find(|e| e["task_id"] == t).unwrap().clone();
+    assert_eq!(by_task("terminal-mkdir")["passed"], true);
+    let stopped = by_task("terminal-write-file");
+    assert_eq!(
+        (stopped["status"].as_str(), stopped["ended_by"].as_str()),
+        (Some("stopped"), Some("user")),
+        "{stopped:#}"
+    );
+    let rec = Db::open(&db).unwrap();
+    let sessions = rec.task_sessions().unwrap();
+    assert_eq!(
+        sessions.len(),
+        2,
+        "no session for the episode that never started"
+    );
+    let s = rec
+        .session(stopped["session_id"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(s.status, "stopped");
+    assert!(s.steps >= 1 && rec.steps(&s.id).unwrap().len() as i64 == s.steps);
+    assert!(junit_has(&report, "skipped=\"1\""));
+    remove_snapshots(&sessions.iter().map(|s| s.id.clone()).collect::<Vec<_>>());
+}
+
+fn junit_has(report: &Path, needle: &str) -> bool {
+    std::fs::read_to_string(report.join("junit.xml"))
+        .unwrap()
+        .contains(needle)
+}
+
+/// Bad task files, tasks without checks, sessions without a task, and a damaged recording
+/// are clear errors, before any desktop starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_to_the_evaluation_commands_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let bad = home.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "id = \"x\"\ninstruction = \"do it\"\n[check]\nfile = \"~/a\"\nexists = \"yes\"\n",
+    )
+    .unwrap();
+    let unchecked = home.join("unchecked.toml");
+    std::fs::write(&unchecked, "id = \"no-checks\"\ninstruction = \"do it\"\n").unwrap();
+
+    let out = selfagent(&["tasks", "check", bad.to_str().unwrap()], home).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("bad.toml: line 5, column"),
+        "{}",
+        text(&out)
+    );
+
+    let out = selfagent(
+        &[
+            "batch",
+            bad.to_str().unwrap(),
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        ],
+        home,
+    )
+    .await;
+    assert!(text(&out).contains("bad.toml: line 5"), "{}", text(&out));
+    let out = selfagent(
+        &[
+            "batch",
+            unchecked.to_str().unwrap(),
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        ],
+        home,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("no [check]: no-checks"),
+        "{}",
+        text(&out)
+    );
+
+    // A session recorded without a task cannot be re-graded from its recording alone.
+    let db = home.join("rec.db");
+    drop(Db::open(&db).unwrap());
+    let out = selfagent(&["grade", "nope", "--db", db.to_str().unwrap()], home).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("nope"), "{}", text(&out));
+
+    let junk = home.join("junk.db");
+    std::fs::write(&junk, b"this is not a database, and must stay as it is").unwrap();
+    for args in [
+        vec!["export", "x", "--html", "--db", junk.to_str().unwrap()],
+        vec!["grade", "--all", "--db", junk.to_str().unwrap()],
+    ] {
+        let out = selfagent(&args, home).await;
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains("junk.db"), "{}", text(&out));
+    }
+    assert_eq!(
+        std::fs::read(&junk).unwrap(),
+        b"this is not a database, and must stay as it is"
+    );
 }
