@@ -53,10 +53,10 @@ fn latest_screenshot(req: &Value) -> Option<image::RgbImage> {
     let url = req["messages"]
         .as_array()?
         .iter()
+        .rev()
         .filter_map(|m| m["content"].as_array())
-        .flatten()
-        .filter_map(|p| p["image_url"]["url"].as_str())
-        .last()?;
+        .flat_map(|parts| parts.iter().rev())
+        .find_map(|p| p["image_url"]["url"].as_str())?;
     let png = base64::engine::general_purpose::STANDARD
         .decode(url.strip_prefix("data:image/png;base64,")?)
         .ok()?;
