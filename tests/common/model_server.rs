@@ -332,7 +332,7 @@ async fn handle(
                     Some(Reply::When(ready, reply)) => {
                         if shot.as_ref().is_some_and(ready) {
                             *reply
-                        } else if waits >= 100 {
+                        } else if waits >= 60 {
                             s.problems
                                 .push(format!("request {n}: the screen never became ready"));
                             *reply

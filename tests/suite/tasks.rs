@@ -44,6 +44,11 @@ fn page_painted(img: &image::RgbImage) -> bool {
     }) > 20
 }
 
+/// A page is painted and no link (blue text) is on it.
+fn link_gone(img: &image::RgbImage) -> bool {
+    page_painted(img) && count(img, (40, 700), (130, 320), |p| p[2] > 180 && p[0] < 80 && p[1] < 80) == 0
+}
+
 /// A GTK file dialog is open (its selected "Home" place is a block of selection blue).
 fn file_dialog_open(img: &image::RgbImage) -> bool {
     count(img, (0, 640), (30, 400), |p| {
@@ -111,10 +116,15 @@ fn routes() -> Vec<Route> {
         // the focus, which varies with load).
         route(
             "Continue to the next page",
-            vec![when(
-                page_painted,
-                call(json!({"action": "left_click", "coordinate": [190, 185]})),
-            )],
+            vec![
+                when(
+                    page_painted,
+                    call(json!({"action": "left_click", "coordinate": [190, 185]})),
+                ),
+                // Done once the next page shows (under load the navigation can take longer
+                // than the screen stays quiet after the click).
+                when(link_gone, answer("I followed the link.")),
+            ],
         ),
         // Fails: the judge says no.
         Route {
@@ -269,6 +279,16 @@ async fn a_batch_grades_reports_regrades_and_exports() {
     ]
     .into_iter()
     .collect();
+    if verdicts != want {
+        // Keep the evidence: the recording and the reports outlive the temporary directory.
+        let keep = std::env::temp_dir().join("selfagent-failed-batch");
+        let _ = std::fs::create_dir_all(&keep);
+        let _ = std::fs::copy(&db, keep.join("rec.db"));
+        for f in ["report.json", "junit.xml", "report.html"] {
+            let _ = std::fs::copy(report.join(f), keep.join(f));
+        }
+        eprintln!("recording and reports kept in {}", keep.display());
+    }
     assert_eq!(verdicts, want, "{log}");
     assert!(
         episodes
