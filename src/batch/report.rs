@@ -107,6 +107,34 @@ pub struct TaskSummary {
     pub tokens_out: u64,
 }
 
+impl TaskSummary {
+    /// Column names of [`TaskSummary::cells`].
+    pub fn headers(k: u32) -> [String; 10] {
+        let k = format!("pass@{k}");
+        [
+            "task", "runs", "passed", "rate", &k, "score", "steps", "time", "tokens", "harness",
+        ]
+        .map(str::to_owned)
+    }
+
+    /// The row as the terminal table and the HTML show it.
+    pub fn cells(&self) -> [String; 10] {
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "–".into());
+        [
+            self.task_id.clone(),
+            self.runs.to_string(),
+            self.passed.to_string(),
+            pct(self.pass_rate),
+            pct(self.pass_at_k),
+            or_dash(self.mean_score.map(|v| format!("{v:.2}"))),
+            or_dash(self.mean_steps.map(|v| format!("{v:.1}"))),
+            or_dash(self.mean_wall_ms.map(|v| format!("{:.1} s", v / 1000.0))),
+            (self.tokens_in + self.tokens_out).to_string(),
+            self.harness_errors.to_string(),
+        ]
+    }
+}
+
 /// pass@k: 1 − C(n−c, k) / C(n, k), with `k` capped at `n`.
 pub fn pass_at_k(n: usize, c: usize, k: usize) -> Option<f64> {
     if n == 0 {
@@ -324,36 +352,16 @@ impl Report {
             .max()
             .unwrap_or(4)
             .max(4);
-        let mut out = format!(
-            "{:<w$}  {:>4}  {:>6}  {:>5}  {:>7}  {:>6}  {:>8}  {:>9}  {:>7}\n",
-            "task",
-            "runs",
-            "passed",
-            "rate",
-            format!("pass@{}", b.repeat),
-            "steps",
-            "time",
-            "tokens",
-            "harness"
-        );
-        for s in &self.summary {
-            let _ = writeln!(
-                out,
-                "{:<w$}  {:>4}  {:>6}  {:>5}  {:>7}  {:>6}  {:>8}  {:>9}  {:>7}",
-                s.task_id,
-                s.runs,
-                s.passed,
-                pct(s.pass_rate),
-                pct(s.pass_at_k),
-                s.mean_steps
-                    .map(|v| format!("{v:.1}"))
-                    .unwrap_or_else(|| "–".into()),
-                s.mean_wall_ms
-                    .map(|v| format!("{:.1} s", v / 1000.0))
-                    .unwrap_or_else(|| "–".into()),
-                s.tokens_in + s.tokens_out,
-                s.harness_errors
-            );
+        let headers = TaskSummary::headers(b.repeat);
+        let mut rows = vec![headers];
+        rows.extend(self.summary.iter().map(|s| s.cells()));
+        let mut out = String::new();
+        for row in rows {
+            let _ = write!(out, "{:<w$}", row[0]);
+            for cell in &row[1..] {
+                let _ = write!(out, "  {cell:>7}");
+            }
+            out.push('\n');
         }
         let _ = writeln!(
             out,
@@ -478,32 +486,22 @@ impl Report {
                 String::new()
             },
         );
-        let _ = write!(
-            out,
-            "<h2>Tasks</h2><table><tr><th>task</th><th>runs</th><th>passed</th><th>pass rate</th><th>pass@{}</th><th>mean score</th><th>mean steps</th><th>mean time</th><th>tokens</th><th>harness errors</th></tr>",
-            b.repeat
-        );
+        out.push_str("<h2>Tasks</h2><table><tr>");
+        for h in TaskSummary::headers(b.repeat) {
+            let _ = write!(out, "<th>{h}</th>");
+        }
+        out.push_str("</tr>");
         for s in &self.summary {
+            let cells = s.cells();
             let _ = write!(
                 out,
-                "<tr><td><a href=\"#{id}\">{id}</a></td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td></tr>",
-                s.runs,
-                s.passed,
-                pct(s.pass_rate),
-                pct(s.pass_at_k),
-                s.mean_score
-                    .map(|v| format!("{v:.2}"))
-                    .unwrap_or_else(|| "–".into()),
-                s.mean_steps
-                    .map(|v| format!("{v:.1}"))
-                    .unwrap_or_else(|| "–".into()),
-                s.mean_wall_ms
-                    .map(|v| format!("{:.1} s", v / 1000.0))
-                    .unwrap_or_else(|| "–".into()),
-                s.tokens_in + s.tokens_out,
-                s.harness_errors,
-                id = html_escape(&s.task_id),
+                "<tr><td><a href=\"#{id}\">{id}</a></td>",
+                id = html_escape(&cells[0])
             );
+            for c in &cells[1..] {
+                let _ = write!(out, "<td class=num>{}</td>", html_escape(c));
+            }
+            out.push_str("</tr>");
         }
         out.push_str("</table><h2>Episodes</h2>");
         for e in &self.episodes {

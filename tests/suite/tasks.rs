@@ -46,7 +46,10 @@ fn page_painted(img: &image::RgbImage) -> bool {
 
 /// A page is painted and no link (blue text) is on it.
 fn link_gone(img: &image::RgbImage) -> bool {
-    page_painted(img) && count(img, (40, 700), (130, 320), |p| p[2] > 180 && p[0] < 80 && p[1] < 80) == 0
+    page_painted(img)
+        && count(img, (40, 700), (130, 320), |p| {
+            p[2] > 180 && p[0] < 80 && p[1] < 80
+        }) == 0
 }
 
 /// A GTK file dialog is open (its selected "Home" place is a block of selection blue).
@@ -160,6 +163,22 @@ async fn selfagent(args: &[&str], home: &Path) -> Output {
         .output()
         .await
         .unwrap()
+}
+
+/// `selfagent run --headless --task TASK` against `server`.
+async fn run_task(task: &Path, server: &ModelServer, db: &Path, home: &Path) -> Output {
+    let url = server.base_url();
+    let args = [
+        "run",
+        "--headless",
+        "--task",
+        task.to_str().unwrap(),
+        "--base-url",
+        &url,
+        "--db",
+        db.to_str().unwrap(),
+    ];
+    selfagent(&args, home).await
 }
 
 fn text(o: &Output) -> String {
@@ -496,20 +515,7 @@ async fn run_with_a_task_reports_a_failed_setup_as_a_harness_error() {
     std::fs::write(&task, BROKEN).unwrap();
     let db = home.join("rec.db");
     let server = ModelServer::start(vec![], (1280, 800)).await;
-    let out = selfagent(
-        &[
-            "run",
-            "--headless",
-            "--task",
-            task.to_str().unwrap(),
-            "--base-url",
-            &server.base_url(),
-            "--db",
-            db.to_str().unwrap(),
-        ],
-        home,
-    )
-    .await;
+    let out = run_task(&task, &server, &db, home).await;
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("no such fixture"),
@@ -624,20 +630,7 @@ async fn osworld_tasks_import_into_runnable_tasks_or_clear_skips() {
     )
     .await;
     let db = home.join("rec.db");
-    let run = selfagent(
-        &[
-            "run",
-            "--headless",
-            "--task",
-            files[0].to_str().unwrap(),
-            "--base-url",
-            &server.base_url(),
-            "--db",
-            db.to_str().unwrap(),
-        ],
-        home,
-    )
-    .await;
+    let run = run_task(&files[0], &server, &db, home).await;
     assert_eq!(run.status.code(), Some(0), "{}", text(&run));
     assert!(server.problems().is_empty(), "{:?}", server.problems());
     let rec = Db::open(&db).unwrap();
