@@ -276,6 +276,66 @@ fn finished() {
 }
 
 #[test]
+fn finished_and_graded() {
+    use crate::task::check::{CheckResult, Grade, Verdict};
+    let leaf = |check: &str, verdict, detail: &str| CheckResult {
+        check: check.into(),
+        verdict,
+        score: if verdict == Verdict::Passed { 1.0 } else { 0.0 },
+        weight: 1.0,
+        detail: detail.into(),
+        children: vec![],
+    };
+    let mut app = live_app();
+    app.on_event(&Event::Setup {
+        phase: "setup".into(),
+        index: 2,
+        total: 2,
+        step: "wait for a window with class /(?i)xfce4-terminal/".into(),
+        ms: 12.0,
+        error: None,
+    });
+    finish(
+        &mut app,
+        Status::Succeeded,
+        EndedBy::Model,
+        Some("The date is in ~/today.txt."),
+        None,
+    );
+    app.on_event(&Event::Graded {
+        grade: Grade {
+            task_id: "terminal-date".into(),
+            passed: Some(false),
+            score: 0.5,
+            evidence: "live".into(),
+            result: Some(CheckResult {
+                check: "all".into(),
+                verdict: Verdict::Failed,
+                score: 0.5,
+                weight: 1.0,
+                detail: "1 of 2 passed".into(),
+                children: vec![
+                    leaf(
+                        "~/today.txt exists",
+                        Verdict::Passed,
+                        "29 bytes: \"Sun Nov 22\"",
+                    ),
+                    leaf(
+                        "`wc -l < ~/today.txt`, stdout /^2$/",
+                        Verdict::Failed,
+                        "stdout does not match /^2$/",
+                    ),
+                ],
+            }),
+            error: None,
+            checks: None,
+        },
+        state: None,
+    });
+    insta::assert_snapshot!(draw(&app, 140, 36));
+}
+
+#[test]
 fn error() {
     let mut app = live_app();
     app.on_event(&Event::ModelRetry {
