@@ -242,11 +242,7 @@ pub fn evaluate<'a, E: Evidence>(
                         excerpt(&out.stdout),
                         excerpt(&out.stderr)
                     );
-                    if problems.is_empty() {
-                        (true, seen)
-                    } else {
-                        (false, format!("{} ({seen})", problems.join(", ")))
-                    }
+                    judged(&problems, seen)
                 });
                 CheckResult::leaf(what, w, outcome)
             }
@@ -273,7 +269,7 @@ pub fn evaluate<'a, E: Evidence>(
                         if let Some(e) = equals
                             && trim_newlines(&text) != trim_newlines(e)
                         {
-                            problems.push(format!("is not {:?}", excerpt(e)));
+                            problems.push(format!("is not {}", excerpt(e)));
                         }
                         if let Some(re) = matches
                             && !regex_matches(re, &text)
@@ -281,11 +277,7 @@ pub fn evaluate<'a, E: Evidence>(
                             problems.push(format!("does not match /{re}/"));
                         }
                         let seen = format!("{} bytes: {}", d.len(), excerpt(&text));
-                        if problems.is_empty() {
-                            (true, seen)
-                        } else {
-                            (false, format!("{} ({seen})", problems.join(", ")))
-                        }
+                        judged(&problems, seen)
                     }
                 });
                 CheckResult::leaf(what, w, outcome)
@@ -416,6 +408,15 @@ pub async fn grade<E: Evidence>(task_id: &str, check: &Check, evidence: &E, sour
     }
 }
 
+/// Passed when nothing is wrong; the detail says what was seen, after what is wrong.
+fn judged(problems: &[String], seen: String) -> (bool, String) {
+    if problems.is_empty() {
+        (true, seen)
+    } else {
+        (false, format!("{} ({seen})", problems.join(", ")))
+    }
+}
+
 /// A check in words.
 pub fn describe(kind: &CheckKind) -> String {
     match kind {
@@ -452,7 +453,7 @@ pub fn describe(kind: &CheckKind) -> String {
                 parts.push(format!("contains {c:?}"));
             }
             if let Some(e) = equals {
-                parts.push(format!("equals {:?}", excerpt(e)));
+                parts.push(format!("equals {}", excerpt(e)));
             }
             if let Some(m) = matches {
                 parts.push(format!("matches /{m}/"));
