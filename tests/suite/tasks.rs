@@ -447,6 +447,30 @@ async fn a_batch_grades_reports_regrades_and_exports() {
     )
     .await;
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    // --all with task files: only the sessions of those tasks.
+    let mkdir = tasks_dir().join("terminal-mkdir.toml");
+    let all = selfagent(
+        &[
+            "grade",
+            "--all",
+            "--task",
+            mkdir.to_str().unwrap(),
+            "--json",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        home,
+    )
+    .await;
+    assert_eq!(all.status.code(), Some(0), "{}", text(&all));
+    let list: Value = serde_json::from_slice(&all.stdout).unwrap();
+    let graded: Vec<(&str, &Value)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["task_id"].as_str().unwrap(), &r["after"]["passed"]))
+        .collect();
+    assert_eq!(graded, vec![("terminal-mkdir", &json!(true))]);
 
     // Export the editor episode three ways.
     let editor = episodes
