@@ -168,25 +168,16 @@ impl Engine {
 
     /// Every snapshot image, newest first.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotInfo>, SandboxError> {
-        let filters = HashMap::from([("label", vec![LABEL_SNAPSHOT])]);
+        // All images in one call: the snapshots, and their parents for their own sizes.
         let images = self
-            .docker()
-            .list_images(Some(
-                ListImagesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .doing(|| "listing snapshot images".into())?;
-        // A snapshot's own size: its size less its parent's (the desktop image).
-        let all = self
             .docker()
             .list_images(Some(ListImagesOptionsBuilder::default().all(true).build()))
             .await
-            .doing(|| "listing images".into())?;
-        let sizes: HashMap<&str, i64> = all.iter().map(|i| (i.id.as_str(), i.size)).collect();
+            .doing(|| "listing snapshot images".into())?;
+        let sizes: HashMap<&str, i64> = images.iter().map(|i| (i.id.as_str(), i.size)).collect();
         let mut out: Vec<SnapshotInfo> = images
             .iter()
+            .filter(|i| i.labels.contains_key(LABEL_SNAPSHOT))
             .flat_map(|i| {
                 let label = |k: &str| i.labels.get(k).cloned().unwrap_or_default();
                 let (session, task) = (label(LABEL_SNAPSHOT), label(LABEL_TASK));

@@ -528,6 +528,19 @@ async fn a_batch_grades_reports_regrades_and_exports() {
             (1280, 800)
         );
     }
+    // Every graded episode left a snapshot image, listed with its task.
+    let listed = selfagent(&["sandbox", "snapshots", "--json"], home).await;
+    assert!(listed.status.success(), "{}", text(&listed));
+    let listed: Vec<Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    for e in episodes.iter().filter(|e| e["harness_error"].is_null()) {
+        let s = e["session_id"].as_str().unwrap();
+        let found = listed
+            .iter()
+            .find(|l| l["session"] == s)
+            .unwrap_or_else(|| panic!("no snapshot of {s}"));
+        assert_eq!(found["task"], e["task_id"]);
+        assert_eq!(found["image"], selfagent::sandbox::snapshot_image(s));
+    }
     remove_snapshots(&sessions);
 }
 
