@@ -186,11 +186,12 @@ pub fn checks_html(grade: &Grade) -> String {
     if let Some(r) = &grade.result {
         html.push_str("<ul class=\"checks\">");
         for leaf in r.leaves() {
-            let (class, mark) = match leaf.verdict {
-                crate::task::check::Verdict::Passed => ("pass", "✓"),
-                crate::task::check::Verdict::Failed => ("fail", "✗"),
-                crate::task::check::Verdict::Error => ("err", "!"),
+            let class = match leaf.verdict {
+                crate::task::check::Verdict::Passed => "pass",
+                crate::task::check::Verdict::Failed => "fail",
+                crate::task::check::Verdict::Error => "err",
             };
+            let mark = leaf.verdict.mark();
             let _ = write!(
                 html,
                 "<li><span class=\"{class}\">{mark}</span> <code>{}</code> — {}</li>",

@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// One episode of a batch.
@@ -193,6 +193,14 @@ pub struct Memory {
     pub samples: u64,
 }
 
+impl Memory {
+    /// How far the machine's memory use rose above its baseline.
+    pub fn host_rise_bytes(&self) -> u64 {
+        self.host_peak_bytes
+            .saturating_sub(self.host_baseline_bytes)
+    }
+}
+
 /// Samples memory every 250 ms on a thread until stopped.
 pub struct MemorySampler {
     stop: Arc<AtomicBool>,
@@ -246,14 +254,14 @@ impl MemorySampler {
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let baseline = host_used().unwrap_or(0);
-            let peak = AtomicU64::new(baseline);
             let mut m = Memory {
                 host_baseline_bytes: baseline,
+                host_peak_bytes: baseline,
                 ..Memory::default()
             };
             while !flag.load(Ordering::SeqCst) {
                 if let Some(v) = host_used() {
-                    peak.fetch_max(v, Ordering::Relaxed);
+                    m.host_peak_bytes = m.host_peak_bytes.max(v);
                 }
                 if let Some(c) = containers_used() {
                     m.containers_peak_bytes = Some(m.containers_peak_bytes.unwrap_or(0).max(c));
@@ -261,7 +269,6 @@ impl MemorySampler {
                 m.samples += 1;
                 std::thread::sleep(Duration::from_millis(250));
             }
-            m.host_peak_bytes = peak.load(Ordering::Relaxed);
             m
         });
         Self {
@@ -377,10 +384,7 @@ impl Report {
             },
             b.wall_ms as f64 / 1000.0,
             b.parallel,
-            gib(b
-                .memory
-                .host_peak_bytes
-                .saturating_sub(b.memory.host_baseline_bytes)),
+            gib(b.memory.host_rise_bytes()),
             gib(b.memory.host_baseline_bytes),
             b.memory
                 .containers_peak_bytes
@@ -473,10 +477,7 @@ impl Report {
             eps = b.episodes,
             par = b.parallel,
             wall = b.wall_ms as f64 / 1000.0,
-            mem = gib(b
-                .memory
-                .host_peak_bytes
-                .saturating_sub(b.memory.host_baseline_bytes)),
+            mem = gib(b.memory.host_rise_bytes()),
             passed = self.passed,
             failed = self.failed,
             harness = self.harness_errors,

@@ -68,13 +68,9 @@ fn line(r: &Regraded) -> String {
         r.after.evidence
     );
     for l in r.after.result.iter().flat_map(|x| x.leaves()) {
-        let mark = match l.verdict {
-            crate::task::check::Verdict::Passed => "✓",
-            crate::task::check::Verdict::Failed => "✗",
-            crate::task::check::Verdict::Error => "!",
-        };
         s.push_str(&format!(
-            "\n    {mark} {}: {}",
+            "\n    {} {}: {}",
+            l.verdict.mark(),
             l.check,
             crate::task::check::excerpt(&l.detail)
         ));

@@ -662,6 +662,22 @@ impl Writer {
         redact(s, &self.secrets)
     }
 
+    /// A row of `events` for the current session (none before it started).
+    fn insert_event(
+        &self,
+        step: Option<u32>,
+        kind: &str,
+        data: Option<String>,
+    ) -> rusqlite::Result<()> {
+        if let Some(session) = &self.session {
+            self.db.conn.execute(
+                "INSERT INTO events (session_id, at, step, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![session, crate::time::now_ms(), step, kind, data],
+            )?;
+        }
+        Ok(())
+    }
+
     /// A copy of `value` with every secret redacted from its JSON form.
     fn redacted<T: Serialize + serde::de::DeserializeOwned + Clone>(&self, value: &T) -> T {
         serde_json::to_string(value)
@@ -803,12 +819,8 @@ impl Writer {
             // What the loop waits for is shown live; the interventions that cause it are recorded.
             Event::Paused { .. } | Event::AwaitingApproval { .. } => {}
             Event::Intervention { step, kind, text } => {
-                if let Some(session) = &self.session {
-                    self.db.conn.execute(
-                        "INSERT INTO events (session_id, at, step, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        params![session, crate::time::now_ms(), step, kind, text.as_deref().map(|t| self.redact(t))],
-                    )?;
-                }
+                let data = text.as_deref().map(|t| self.redact(t));
+                self.insert_event(Some(*step), kind, data)?;
             }
             Event::Setup {
                 phase,
@@ -818,13 +830,8 @@ impl Writer {
                 ms,
                 error,
             } => {
-                if let Some(session) = &self.session {
-                    let data = json!({"index": index, "total": total, "step": self.redact(step), "ms": ms, "error": error.as_deref().map(|e| self.redact(e))});
-                    self.db.conn.execute(
-                        "INSERT INTO events (session_id, at, step, kind, data) VALUES (?1, ?2, NULL, ?3, ?4)",
-                        params![session, crate::time::now_ms(), phase, data.to_string()],
-                    )?;
-                }
+                let data = json!({"index": index, "total": total, "step": self.redact(step), "ms": ms, "error": error.as_deref().map(|e| self.redact(e))});
+                self.insert_event(None, phase, Some(data.to_string()))?;
             }
             Event::Graded { grade, state } => {
                 if let Some(session) = self.session.clone() {

@@ -45,6 +45,17 @@ pub enum Verdict {
     Error,
 }
 
+impl Verdict {
+    /// `✓`, `✗` or `!`, as listings of checks show it.
+    pub fn mark(self) -> &'static str {
+        match self {
+            Verdict::Passed => "✓",
+            Verdict::Failed => "✗",
+            Verdict::Error => "!",
+        }
+    }
+}
+
 /// The result of one check (and of its children, for `all`, `any` and `not`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {

@@ -396,13 +396,13 @@ fn detail(f: &mut Frame, area: Rect, app: &App) {
             Style::new().add_modifier(Modifier::BOLD),
         ));
         for leaf in g.result.iter().flat_map(|r| r.leaves()) {
-            let (mark, color) = match leaf.verdict {
-                Verdict::Passed => ("✓", Color::Green),
-                Verdict::Failed => ("✗", Color::Red),
-                Verdict::Error => ("!", Color::Yellow),
+            let color = match leaf.verdict {
+                Verdict::Passed => Color::Green,
+                Verdict::Failed => Color::Red,
+                Verdict::Error => Color::Yellow,
             };
             lines.push(Line::from(vec![
-                Span::styled(format!(" {mark} "), Style::new().fg(color)),
+                Span::styled(format!(" {} ", leaf.verdict.mark()), Style::new().fg(color)),
                 Span::raw(leaf.check.clone()),
                 Span::styled(
                     format!("  {}", leaf.detail),
