@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod model_server;
+pub mod screens;
 
 use selfagent::action::Action;
 use selfagent::desktop::{ConnectOptions, Desktop, SettleOptions, Window, WindowMatch};
@@ -66,6 +67,37 @@ pub struct Guard(pub String);
 impl Drop for Guard {
     fn drop(&mut self) {
         docker_rm(&self.0);
+    }
+}
+
+/// Removes, on drop (also when a test panics), the final-state snapshot images of every
+/// session recorded in a database: tests clean up what they make.
+pub struct SnapshotsOf(pub std::path::PathBuf);
+
+impl Drop for SnapshotsOf {
+    fn drop(&mut self) {
+        if !self.0.exists() {
+            return;
+        }
+        let Ok(db) = selfagent::record::Db::open(&self.0) else {
+            return;
+        };
+        let images: Vec<String> = db
+            .sessions(100_000)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| selfagent::sandbox::snapshot_image(&s.id))
+            .collect();
+        if images.is_empty() {
+            return;
+        }
+        let _ = Command::new("docker")
+            .arg("rmi")
+            .arg("-f")
+            .args(&images)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

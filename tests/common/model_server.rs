@@ -43,10 +43,23 @@ pub enum Reply {
     /// the test; until then answer a short `wait`, as a model that sees the app is not
     /// ready yet would (those waits do not advance the script).
     When(fn(&image::RgbImage) -> bool, Box<Reply>),
+    /// In routed conversations: answer with the reply, then do not move on until a
+    /// screenshot passes the test (the effect is on screen): wait meanwhile, and send the
+    /// reply again every `every` waits, as a careful model retries what an app ignored (a
+    /// GTK file chooser ignores Return until it has resolved its folder).
+    Until {
+        done: fn(&image::RgbImage) -> bool,
+        every: usize,
+        reply: Box<Reply>,
+    },
 }
 
-/// The text of the `wait` replies `Reply::When` inserts.
+/// The text of the `wait` replies `Reply::When` and `Reply::Until` insert.
 const NOT_READY: &str = "The screen is not ready yet; waiting.";
+/// The text of the replies `Reply::Until` sends again.
+const RETRY: &str = "That did not take effect yet; trying again.";
+/// Waits in a row after which a conversation's screen is taken never to get ready.
+const PATIENCE: usize = 60;
 
 /// The newest screenshot in a request.
 fn latest_screenshot(req: &Value) -> Option<image::RgbImage> {
@@ -110,6 +123,31 @@ pub fn answer(text: &str) -> Reply {
     Reply::Json(completion(json!({"role": "assistant", "content": text})))
 }
 
+/// A short `wait` that does not advance a routed script.
+fn not_ready() -> Reply {
+    Reply::Json(completion(json!({
+        "role": "assistant",
+        "content": NOT_READY,
+        "tool_calls": [{"id": "wait", "type": "function", "function": {
+            "name": "computer",
+            "arguments": json!({"action": "wait", "duration": 0.3}).to_string()
+        }}]
+    })))
+}
+
+/// `reply` sent again by `Reply::Until`: marked so that it does not advance the script.
+fn retried(reply: Reply) -> Reply {
+    match reply {
+        Reply::Json(mut v) => {
+            v["choices"][0]["message"]["content"] = json!(RETRY);
+            Reply::Json(v)
+        }
+        Reply::Slow(d, inner) => Reply::Slow(d, Box::new(retried(*inner))),
+        Reply::When(_, inner) | Reply::Until { reply: inner, .. } => retried(*inner),
+        other => other,
+    }
+}
+
 /// A conversation's script, chosen by a text in its messages.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -128,8 +166,17 @@ pub fn route(needle: &str, replies: Vec<Reply>) -> Route {
     }
 }
 
+/// A sequential script's `Reply::Until` whose effect is not on screen yet: the test, how
+/// often to retry, the reply, and the waits so far.
+type Pending = (fn(&image::RgbImage) -> bool, usize, Box<Reply>, usize);
+
 struct Inner {
     script: VecDeque<Reply>,
+    pending: Option<Pending>,
+    /// Waits and retries served (they are not in the script).
+    waits: usize,
+    /// Waits for the `When` at the head of the script.
+    waits_here: usize,
     routes: Vec<Route>,
     requests: Vec<Value>,
     auth: Vec<Option<String>>,
@@ -157,6 +204,9 @@ impl ModelServer {
     async fn serve(script: Vec<Reply>, routes: Vec<Route>, expect: (u32, u32)) -> Self {
         let inner = Arc::new(Mutex::new(Inner {
             script: script.into(),
+            pending: None,
+            waits: 0,
+            waits_here: 0,
             routes,
             requests: Vec::new(),
             auth: Vec::new(),
@@ -189,6 +239,12 @@ impl ModelServer {
 
     pub fn problems(&self) -> Vec<String> {
         self.inner.lock().unwrap().problems.clone()
+    }
+
+    /// The waits and retries served for `Reply::When` and `Reply::Until` (each is a step
+    /// of the episode that the script does not list).
+    pub fn waits(&self) -> usize {
+        self.inner.lock().unwrap().waits
     }
 
     pub fn remaining(&self) -> usize {
@@ -266,9 +322,57 @@ fn respond(reply: Reply) -> std::pin::Pin<Box<dyn std::future::Future<Output = R
                 tokio::time::sleep(d).await;
                 respond(*inner).await
             }
-            Reply::When(_, inner) => respond(*inner).await,
+            Reply::When(_, inner) | Reply::Until { reply: inner, .. } => respond(*inner).await,
         }
     })
+}
+
+/// The next reply of a sequential script: `When` waits for its screen, `Until` is retried
+/// until its effect shows.
+fn sequential(s: &mut Inner, n: usize, shot: Option<&image::RgbImage>) -> Reply {
+    if let Some((done, every, reply, since)) = s.pending.take()
+        && !shot.is_some_and(done)
+    {
+        if since >= PATIENCE {
+            s.problems
+                .push(format!("request {n}: a reply never took effect on screen"));
+        } else {
+            s.waits += 1;
+            let next = if (since + 1) % every.max(1) == 0 {
+                retried(*reply.clone())
+            } else {
+                not_ready()
+            };
+            s.pending = Some((done, every, reply, since + 1));
+            return next;
+        }
+    }
+    match s.script.pop_front() {
+        Some(Reply::When(ready, reply)) => {
+            if shot.is_some_and(ready) || s.waits_here >= PATIENCE {
+                if s.waits_here >= PATIENCE {
+                    s.problems
+                        .push(format!("request {n}: the screen never became ready"));
+                }
+                s.waits_here = 0;
+                *reply
+            } else {
+                s.waits += 1;
+                s.waits_here += 1;
+                s.script.push_front(Reply::When(ready, reply));
+                not_ready()
+            }
+        }
+        Some(Reply::Until { done, every, reply }) => {
+            s.pending = Some((done, every, reply.clone(), 0));
+            *reply
+        }
+        Some(r) => r,
+        None => {
+            s.problems.push(format!("request {n}: the script ran out"));
+            answer("the script ran out")
+        }
+    }
 }
 
 async fn handle(
@@ -303,15 +407,19 @@ async fn handle(
         );
         if !s.routes.is_empty() {
             let text = req["messages"].to_string();
-            let assistant: Vec<&Value> = req["messages"]
+            let assistant: Vec<&str> = req["messages"]
                 .as_array()
-                .map(|m| m.iter().filter(|m| m["role"] == "assistant").collect())
+                .map(|m| {
+                    m.iter()
+                        .filter(|m| m["role"] == "assistant")
+                        .map(|m| m["content"].as_str().unwrap_or_default())
+                        .collect()
+                })
                 .unwrap_or_default();
-            let waits = assistant
-                .iter()
-                .filter(|m| m["content"].as_str() == Some(NOT_READY))
-                .count();
-            let turns = assistant.len() - waits;
+            let scripted = |c: &str| c != NOT_READY && c != RETRY;
+            let turns = assistant.iter().filter(|c| scripted(c)).count();
+            // Waits and retries since the last scripted reply.
+            let since = assistant.iter().rev().take_while(|c| !scripted(c)).count();
             let shot = latest_screenshot(&req);
             s.requests.push(req);
             let found = s.routes.iter().find(|r| text.contains(&r.needle)).cloned();
@@ -327,38 +435,51 @@ async fn handle(
                     ));
                     answer("{\"passed\": false, \"reason\": \"no judge scripted\"}")
                 }),
-                (Some(r), false) => match r.replies.get(turns).cloned() {
-                    None => answer("done"),
-                    Some(Reply::When(ready, reply)) => {
-                        if shot.as_ref().is_some_and(ready) {
-                            *reply
-                        } else if waits >= 60 {
-                            s.problems
-                                .push(format!("request {n}: the screen never became ready"));
-                            *reply
-                        } else {
-                            Reply::Json(completion(json!({
-                                "role": "assistant",
-                                "content": NOT_READY,
-                                "tool_calls": [{"id": "wait", "type": "function", "function": {
-                                    "name": "computer",
-                                    "arguments": json!({"action": "wait", "duration": 0.3}).to_string()
-                                }}]
-                            })))
+                (Some(r), false) => {
+                    let pending = turns
+                        .checked_sub(1)
+                        .and_then(|i| r.replies.get(i))
+                        .and_then(|prev| match prev {
+                            Reply::Until { done, every, reply } => {
+                                (!shot.as_ref().is_some_and(done)).then(|| (every, reply.clone()))
+                            }
+                            _ => None,
+                        });
+                    match (pending, r.replies.get(turns).cloned()) {
+                        (Some(_), _) if since >= PATIENCE => {
+                            s.problems.push(format!(
+                                "request {n}: reply {turns} of {} never took effect on screen",
+                                r.needle
+                            ));
+                            answer("gave up")
                         }
+                        (Some((every, reply)), _) => {
+                            if (since + 1) % (*every).max(1) == 0 {
+                                retried(*reply)
+                            } else {
+                                not_ready()
+                            }
+                        }
+                        (None, None) => answer("done"),
+                        (None, Some(Reply::When(ready, reply))) => {
+                            if shot.as_ref().is_some_and(ready) {
+                                *reply
+                            } else if since >= PATIENCE {
+                                s.problems
+                                    .push(format!("request {n}: the screen never became ready"));
+                                *reply
+                            } else {
+                                not_ready()
+                            }
+                        }
+                        (None, Some(reply)) => reply,
                     }
-                    Some(reply) => reply,
-                },
-            }
-        } else {
-            s.requests.push(req);
-            match s.script.pop_front() {
-                Some(r) => r,
-                None => {
-                    s.problems.push(format!("request {n}: the script ran out"));
-                    answer("the script ran out")
                 }
             }
+        } else {
+            let shot = latest_screenshot(&req);
+            s.requests.push(req);
+            sequential(&mut s, n, shot.as_ref())
         }
     };
     respond(reply).await

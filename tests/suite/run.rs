@@ -3,6 +3,7 @@
 use crate::common::model_server::{
     ModelServer, Reply, answer, call, call_lenient, calls, completion,
 };
+use crate::common::screens::terminal_ready;
 use crate::common::{Guard, bin, cli, decode_png, stderr, stdout};
 use pretty_assertions::assert_eq;
 use selfagent::record::Db;
@@ -117,8 +118,13 @@ async fn a_headless_run_does_the_task_and_records_every_step() {
     let server = ModelServer::start(
         vec![
             call(json!({"action": "key", "text": "ctrl+alt+t"})),
-            call(json!({"action": "wait", "duration": 3})),
-            call(json!({"action": "type", "text": "echo hello-from-the-agent > /tmp/agent.txt\n"})),
+            // Typed once the terminal shows its prompt (waits until then are extra steps).
+            Reply::When(
+                terminal_ready,
+                Box::new(call(
+                    json!({"action": "type", "text": "echo hello-from-the-agent > /tmp/agent.txt\n"}),
+                )),
+            ),
             answer("I wrote hello-from-the-agent to /tmp/agent.txt."),
         ],
         (1280, 800),
@@ -137,6 +143,9 @@ async fn a_headless_run_does_the_task_and_records_every_step() {
     assert_eq!(code, Some(0), "stderr: {err}");
     assert_eq!(server.problems(), Vec::<String>::new());
     assert_eq!(server.remaining(), 0);
+    // Three scripted steps, and the waits for the terminal before the second.
+    let waits = server.waits();
+    let n = 3 + waits;
     assert!(
         server
             .auth()
@@ -152,7 +161,7 @@ async fn a_headless_run_does_the_task_and_records_every_step() {
             .iter()
             .all(|e| e["session"] == session.as_str() && e["sandbox"] == sandbox.as_str())
     );
-    assert_eq!(of_type(&events, "step_finished").len(), 4);
+    assert_eq!(of_type(&events, "step_finished").len(), n);
     let finished = of_type(&events, "finished");
     assert_eq!(finished[0]["status"], "succeeded");
 
@@ -171,7 +180,7 @@ async fn a_headless_run_does_the_task_and_records_every_step() {
     let s = db.session(&session).unwrap();
     assert_eq!(
         (s.status.as_str(), s.steps, s.tokens_in, s.tokens_out),
-        ("succeeded", 4, 400, 40)
+        ("succeeded", n as i64, 100 * n as i64, 10 * n as i64)
     );
     assert_eq!(s.sandbox.as_deref(), Some(sandbox.as_str()));
     assert_eq!(
@@ -181,7 +190,7 @@ async fn a_headless_run_does_the_task_and_records_every_step() {
     let steps = db.steps(&session).unwrap();
     assert_eq!(
         steps.iter().map(|s| s.idx).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4]
+        (1..=n as i64).collect::<Vec<_>>()
     );
     for st in &steps {
         let frame = db.frame(st.frame_after.unwrap()).unwrap().unwrap();
@@ -192,9 +201,10 @@ async fn a_headless_run_does_the_task_and_records_every_step() {
         steps[0].actions[0]["action"],
         json!({"action": "key", "text": "ctrl+alt+t"})
     );
-    assert_eq!(steps[2].actions[0]["action"]["action"], "type");
+    let typed = &steps[1 + waits];
+    assert_eq!(typed.actions[0]["action"]["action"], "type");
     // The request is stored with frame references instead of pixels.
-    let (request, response) = db.exchange(&session, 3).unwrap();
+    let (request, response) = db.exchange(&session, typed.idx).unwrap();
     let request = request.to_string();
     assert!(
         request.contains("\"frame:") && !request.contains("base64"),
@@ -204,13 +214,8 @@ async fn a_headless_run_does_the_task_and_records_every_step() {
         response["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
         "computer"
     );
-    // The terminal is on the screen after step 2.
-    let after_wait = decode_png(
-        &db.frame(steps[1].frame_after.unwrap())
-            .unwrap()
-            .unwrap()
-            .png,
-    );
+    // The terminal is on the screen when the text is typed.
+    let after_wait = decode_png(&db.frame(typed.frame_before.unwrap()).unwrap().unwrap().png);
     let before = decode_png(
         &db.frame(steps[0].frame_before.unwrap())
             .unwrap()
@@ -265,7 +270,7 @@ async fn a_headless_run_does_the_task_and_records_every_step() {
         "sessions",
         "frame",
         &session,
-        "3",
+        &typed.idx.to_string(),
         "-o",
         png.to_str().unwrap(),
         "--db",
@@ -295,12 +300,17 @@ async fn faults_are_retried_or_fed_back_and_the_episode_still_completes() {
                 body: "{\"error\":{\"message\":\"slow down\"}}".into(),
                 retry_after: Some(1),
             },
-            call_lenient(json!({"action": "wait", "duration": 3})),
+            call_lenient(json!({"action": "wait", "duration": 0.5})),
             // Too slow for --model-timeout 2: abandoned and retried.
             Reply::Slow(Duration::from_secs(5), Box::new(answer("too late"))),
             Reply::Garbage("{\"choices\": [".into()),
             call(json!({"action": "key", "text": "ctrl+Bogus"})),
-            call(json!({"action": "type", "text": "echo recovered > /tmp/faults.txt\n"})),
+            Reply::When(
+                terminal_ready,
+                Box::new(call(
+                    json!({"action": "type", "text": "echo recovered > /tmp/faults.txt\n"}),
+                )),
+            ),
             call(json!({"action": "left_click", "coordinate": [5000, 10]})),
             call(json!({"action": "mouse_move", "coordinate": [640, 400]})),
             broken_args,
