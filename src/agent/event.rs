@@ -21,12 +21,17 @@ pub struct Frame {
     pub png: Arc<Vec<u8>>,
 }
 
+/// The SHA-256 of `bytes` in lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl Frame {
     pub fn new(png: Arc<Vec<u8>>, width: u32, height: u32) -> Self {
-        let sha256 = Sha256::digest(png.as_slice())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = sha256_hex(png.as_slice());
         Self {
             sha256,
             width,

@@ -38,7 +38,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let db = Db::open(&args.db.db)?;
+    let db = Db::open_read(&args.db.db)?;
     let ep = Episode::load(&db, &args.session)?;
     let format = if args.html {
         Format::Html

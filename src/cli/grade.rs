@@ -80,7 +80,11 @@ fn line(r: &Regraded) -> String {
 
 pub async fn run(args: GradeArgs) -> anyhow::Result<ExitCode> {
     let file = config::load(args.config.as_deref())?;
-    let db = Db::open(&db_path(Some(&args.db.db), &file))?;
+    let path = db_path(Some(&args.db.db), &file);
+    if !path.exists() {
+        return Err(crate::record::RecordError::Missing(path.display().to_string()).into());
+    }
+    let db = Db::open(&path)?;
     let tasks: Vec<Task> = if args.task.is_empty() {
         Vec::new()
     } else {

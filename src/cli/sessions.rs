@@ -93,7 +93,7 @@ fn actions_summary(actions: &Value) -> String {
 pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         SessionsCmd::Ls { db, json, limit } => {
-            let db = Db::open(&db.db)?;
+            let db = Db::open_read(&db.db)?;
             let rows = db.sessions(limit)?;
             if json {
                 println!("{}", serde_json::to_string(&rows)?);
@@ -119,7 +119,7 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
             }
         }
         SessionsCmd::Show { id, db, json } => {
-            let db = Db::open(&db.db)?;
+            let db = Db::open_read(&db.db)?;
             let s = db.session(&id)?;
             let steps = db.steps(&s.id)?;
             let events = db.events(&s.id)?;
@@ -201,7 +201,7 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
             before,
             db,
         } => {
-            let db = Db::open(&db.db)?;
+            let db = Db::open_read(&db.db)?;
             let s = db.session(&id)?;
             let st = db
                 .steps(&s.id)?

@@ -13,7 +13,7 @@
 
 use crate::agent::event::{Event, Frame, SessionInfo};
 use crate::task::check::{FinalState, Grade};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -27,6 +27,18 @@ pub const GRADER: &str = "checks";
 
 /// Where recordings go unless `--db` says otherwise.
 pub const DEFAULT_DB: &str = "recordings/selfagent.db";
+
+/// `PRAGMA application_id` of a recording ("SAG1"): tells it from other SQLite files.
+const APPLICATION_ID: i64 = 0x5341_4731;
+
+/// In recorded requests and responses, strings at least this long are stored once (in
+/// `texts`) and referred to as `{"$text": id}`: a long reply that every later request
+/// repeats costs its bytes once, not once per step.
+const SHARED_TEXT: usize = 1024;
+const TEXT_REF: &str = "$text";
+
+/// How long a busy database is waited for before an operation fails.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Append-only: never edit or remove a shipped migration.
 const MIGRATIONS: &[&str] = &[
@@ -109,6 +121,12 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     CREATE INDEX sessions_task ON sessions(task_id);",
+    // 3: long texts stored once; recorded requests refer to them as {"$text": id}.
+    "CREATE TABLE texts (
+        id INTEGER PRIMARY KEY,
+        sha256 TEXT NOT NULL UNIQUE,
+        text TEXT NOT NULL
+    );",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +143,8 @@ pub enum RecordError {
     },
     #[error("recording {path}: {error}")]
     Sql { path: String, error: String },
+    #[error("no recording at {0} (run an episode first, or pass --db PATH)")]
+    Missing(String),
     #[error("no session '{0}' in the recording (see `selfagent sessions ls`)")]
     NoSession(String),
     #[error("'{0}' matches several sessions; give more of the id")]
@@ -232,6 +252,7 @@ pub struct FrameRow {
 pub struct Db {
     conn: Connection,
     path: String,
+    read_only: bool,
 }
 
 fn json_or_empty(s: Option<String>) -> Value {
@@ -239,9 +260,82 @@ fn json_or_empty(s: Option<String>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// What a file turned out to be when it was opened.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    /// Empty, or not there yet: a new recording.
+    Fresh,
+    /// A recording, at this schema version.
+    Ours(i64),
+    /// Someone else's database, and why we think so.
+    Foreign(String),
+}
+
+/// Tells a recording from a new file and from another program's database, reading only
+/// (nothing is written, so a foreign file stays as it was).
+fn classify(conn: &Connection) -> rusqlite::Result<Kind> {
+    // One read transaction: the three answers come from the same state of the file, not
+    // from before and after another process's migration.
+    conn.execute_batch("BEGIN")?;
+    let kind = classify_in(conn);
+    let _ = conn.execute_batch("COMMIT");
+    kind
+}
+
+fn classify_in(conn: &Connection) -> rusqlite::Result<Kind> {
+    let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(if app == APPLICATION_ID {
+        Kind::Ours(version)
+    } else if app != 0 {
+        Kind::Foreign(format!("its application id is {app:#x}"))
+    } else if tables.is_empty() && version == 0 {
+        Kind::Fresh
+    } else if version >= 1 && ["frames", "sessions", "steps"].iter().all(|t| tables.iter().any(|n| n == t)) {
+        // Recordings from before the application id was set.
+        Kind::Ours(version)
+    } else {
+        let shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
+        Kind::Foreign(format!(
+            "it holds other tables ({}) at schema version {version}",
+            if shown.is_empty() { "none".into() } else { shown.join(", ") }
+        ))
+    })
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// `path` as an SQLite URI that opens it read-only without locking or WAL files (for a
+/// recording on read-only media, whose `-shm` cannot be made).
+fn immutable_uri(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut uri = String::from("file:");
+    for b in abs.to_string_lossy().bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
+}
+
 impl Db {
-    /// Opens (creating if needed) a recording, brings its schema up to date, and marks the
-    /// sessions of processes that died as `interrupted`.
+    /// Opens (creating if needed) a recording for writing, brings its schema up to date,
+    /// and marks the sessions of processes that died as `interrupted`. A file that is not
+    /// a recording is refused and left byte for byte as it was. Several processes may open
+    /// a new file at once: the schema is made in one exclusive transaction, and a busy
+    /// database is waited for.
     pub fn open(path: &Path) -> Result<Self, RecordError> {
         let shown = path.display().to_string();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -255,43 +349,140 @@ impl Db {
             error: e.to_string(),
         };
         let conn = Connection::open(path).map_err(corrupt)?;
-        // Touch the file: a non-database fails here, before anything is written.
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(corrupt)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-        )
-        .map_err(corrupt)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(corrupt)?;
+        // Reading first: a non-database, or another program's database, fails here, before
+        // anything is written (not even the journal mode).
         let known = MIGRATIONS.len() as i64;
+        match classify(&conn).map_err(corrupt)? {
+            Kind::Foreign(why) => {
+                return Err(RecordError::Corrupt {
+                    path: shown,
+                    error: format!("not a selfagent recording: {why}"),
+                });
+            }
+            Kind::Ours(v) if v > known => {
+                return Err(RecordError::TooNew {
+                    path: shown,
+                    found: v,
+                    known,
+                });
+            }
+            Kind::Fresh | Kind::Ours(_) => {}
+        }
+        // Switching to WAL takes an exclusive lock, and SQLite reports a lock held by a
+        // process doing the same without waiting (it would deadlock): retry then.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match conn.execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            ) {
+                Ok(()) => break,
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(corrupt(e)),
+            }
+        }
+        let mut db = Self {
+            conn,
+            path: shown,
+            read_only: false,
+        };
+        db.migrate()?;
+        db.mark_interrupted()?;
+        Ok(db)
+    }
+
+    /// Opens an existing recording for reading only: nothing in it is changed (no
+    /// migration, no journal mode, no `interrupted` marks; sessions of dead processes are
+    /// shown as `interrupted` all the same). Works on read-only files and media.
+    pub fn open_read(path: &Path) -> Result<Self, RecordError> {
+        let shown = path.display().to_string();
+        if !path.exists() {
+            return Err(RecordError::Missing(shown));
+        }
+        let corrupt = |e: rusqlite::Error| RecordError::Corrupt {
+            path: shown.clone(),
+            error: e.to_string(),
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+        let checked = |conn: Connection| -> rusqlite::Result<(Connection, Kind)> {
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            let kind = classify(&conn)?;
+            Ok((conn, kind))
+        };
+        // A WAL recording needs its -shm file, which a read-only directory cannot hold:
+        // then read it as an immutable file.
+        let (conn, kind) = match Connection::open_with_flags(path, flags).and_then(checked) {
+            Ok(opened) => opened,
+            Err(_) => Connection::open_with_flags(immutable_uri(path), flags)
+                .and_then(checked)
+                .map_err(corrupt)?,
+        };
+        let known = MIGRATIONS.len() as i64;
+        match kind {
+            Kind::Foreign(why) => Err(RecordError::Corrupt {
+                path: shown,
+                error: format!("not a selfagent recording: {why}"),
+            }),
+            Kind::Ours(v) if v > known => Err(RecordError::TooNew {
+                path: shown,
+                found: v,
+                known,
+            }),
+            Kind::Fresh | Kind::Ours(_) => Ok(Self {
+                conn,
+                path: shown,
+                read_only: true,
+            }),
+        }
+    }
+
+    /// Applies the missing migrations in one exclusive transaction (another process may
+    /// have applied them meanwhile: the version is read again inside it).
+    fn migrate(&mut self) -> Result<(), RecordError> {
+        let known = MIGRATIONS.len() as i64;
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| RecordError::Sql {
+            path: path.clone(),
+            error: format!("migrating: {e}"),
+        };
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        let app: i64 = self
+            .conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(err)?;
+        if version == known && app == APPLICATION_ID {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+            .map_err(err)?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
         if version > known {
             return Err(RecordError::TooNew {
-                path: shown,
+                path: path.clone(),
                 found: version,
                 known,
             });
         }
-        let mut db = Self { conn, path: shown };
-        if version < known {
-            let tx = db.conn.transaction().map_err(|e| db_err(&db.path, e))?;
-            for sql in &MIGRATIONS[version as usize..] {
-                tx.execute_batch(sql).map_err(|e| RecordError::Sql {
-                    path: path.display().to_string(),
-                    error: format!("migrating: {e}"),
-                })?;
-            }
-            tx.pragma_update(None, "user_version", known)
-                .map_err(|e| RecordError::Sql {
-                    path: path.display().to_string(),
-                    error: e.to_string(),
-                })?;
-            tx.commit().map_err(|e| RecordError::Sql {
-                path: path.display().to_string(),
-                error: e.to_string(),
-            })?;
+        for sql in &MIGRATIONS[version as usize..] {
+            tx.execute_batch(sql).map_err(err)?;
         }
-        db.mark_interrupted()?;
-        Ok(db)
+        tx.pragma_update(None, "user_version", known).map_err(err)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     fn sql(&self, e: rusqlite::Error) -> RecordError {
@@ -333,6 +524,18 @@ impl Db {
         &self.path
     }
 
+    /// A row as it stands: a session still `running` whose process is gone is shown as
+    /// `interrupted` (a read-only recording cannot be marked so).
+    fn as_it_stands(&self, mut row: SessionRow) -> SessionRow {
+        if self.read_only && row.status == "running" {
+            let owner = row.meta["owner"].as_str().unwrap_or_default();
+            if owner.is_empty() || crate::process::owner_gone(owner) {
+                row.status = "interrupted".into();
+            }
+        }
+        row
+    }
+
     /// Sessions, newest first.
     pub fn sessions(&self, limit: usize) -> Result<Vec<SessionRow>, RecordError> {
         let mut stmt = self
@@ -343,6 +546,7 @@ impl Db {
             .map_err(|e| self.sql(e))?;
         stmt.query_map([limit as i64], session_row)
             .map_err(|e| self.sql(e))?
+            .map(|r| r.map(|row| self.as_it_stands(row)))
             .collect::<Result<_, _>>()
             .map_err(|e| self.sql(e))
     }
@@ -366,6 +570,7 @@ impl Db {
             .map_err(|e| self.sql(e))?
             .collect::<Result<_, _>>()
             .map_err(|e| self.sql(e))?;
+        let rows: Vec<SessionRow> = rows.into_iter().map(|r| self.as_it_stands(r)).collect();
         match rows.len() {
             0 => Err(RecordError::NoSession(id.to_owned())),
             1 => Ok(rows
@@ -412,15 +617,48 @@ impl Db {
         .map_err(|e| self.sql(e))
     }
 
-    /// The recorded request and response of one step.
+    /// The recorded request and response of one step, with shared texts filled in.
     pub fn exchange(&self, session: &str, idx: i64) -> Result<(Value, Value), RecordError> {
-        self.conn
+        let (mut request, mut response) = self
+            .conn
             .query_row(
                 "SELECT request, response FROM steps WHERE session_id = ?1 AND idx = ?2",
                 params![session, idx],
                 |r| Ok((json_or_empty(r.get(0)?), json_or_empty(r.get(1)?))),
             )
-            .map_err(|e| self.sql(e))
+            .map_err(|e| self.sql(e))?;
+        self.fill_texts(&mut request)?;
+        self.fill_texts(&mut response)?;
+        Ok((request, response))
+    }
+
+    /// Replaces `{"$text": id}` references with the texts they name.
+    fn fill_texts(&self, v: &mut Value) -> Result<(), RecordError> {
+        match v {
+            Value::Object(map) => {
+                if map.len() == 1
+                    && let Some(id) = map.get(TEXT_REF).and_then(Value::as_i64)
+                {
+                    let text: String = self
+                        .conn
+                        .prepare_cached("SELECT text FROM texts WHERE id = ?1")
+                        .and_then(|mut st| st.query_row([id], |r| r.get(0)))
+                        .map_err(|e| self.sql(e))?;
+                    *v = Value::String(text);
+                    return Ok(());
+                }
+                for item in map.values_mut() {
+                    self.fill_texts(item)?;
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    self.fill_texts(item)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     pub fn frame(&self, id: i64) -> Result<Option<FrameRow>, RecordError> {
@@ -559,6 +797,7 @@ impl Db {
             .map_err(|e| self.sql(e))?;
         stmt.query_map([], session_row)
             .map_err(|e| self.sql(e))?
+            .map(|r| r.map(|row| self.as_it_stands(row)))
             .collect::<Result<_, _>>()
             .map_err(|e| self.sql(e))
     }
@@ -654,6 +893,7 @@ struct Writer {
     session: Option<String>,
     pending: HashMap<u32, PendingStep>,
     frames: HashMap<String, i64>,
+    texts: HashMap<String, i64>,
     stats: RecorderStats,
 }
 
@@ -693,6 +933,54 @@ impl Writer {
         let id = self.db.insert_frame(frame)?;
         self.frames.insert(frame.sha256.clone(), id);
         Ok(id)
+    }
+
+    /// Long strings become `{"$text": id}` references to rows of `texts`, each stored once.
+    fn share_texts(&mut self, v: &mut Value) -> Result<(), rusqlite::Error> {
+        match v {
+            Value::String(text) if text.len() >= SHARED_TEXT => {
+                let sha = crate::agent::event::sha256_hex(text.as_bytes());
+                let id = match self.texts.get(&sha) {
+                    Some(id) => *id,
+                    None => {
+                        self.db
+                            .conn
+                            .prepare_cached(
+                                "INSERT OR IGNORE INTO texts (sha256, text) VALUES (?1, ?2)",
+                            )?
+                            .execute(params![sha, text.as_str()])?;
+                        let id: i64 = self
+                            .db
+                            .conn
+                            .prepare_cached("SELECT id FROM texts WHERE sha256 = ?1")?
+                            .query_row([&sha], |r| r.get(0))?;
+                        self.texts.insert(sha, id);
+                        id
+                    }
+                };
+                *v = json!({ TEXT_REF: id });
+            }
+            Value::Array(items) => {
+                for item in items {
+                    self.share_texts(item)?;
+                }
+            }
+            Value::Object(map) => {
+                for item in map.values_mut() {
+                    self.share_texts(item)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A request or response as stored: secrets redacted, long texts shared.
+    fn stored_json(&mut self, v: &Value) -> Result<String, rusqlite::Error> {
+        let mut clean: Value =
+            serde_json::from_str(&self.redact(&v.to_string())).unwrap_or(Value::Null);
+        self.share_texts(&mut clean)?;
+        Ok(clean.to_string())
     }
 
     /// `sha256:<hex>` image references become `frame:<id>`.
@@ -755,8 +1043,8 @@ impl Writer {
                         let mut req = x.request.clone();
                         self.frame_refs(&mut req);
                         (
-                            Some(self.redact(&req.to_string())),
-                            Some(self.redact(&x.response.to_string())),
+                            Some(self.stored_json(&req)?),
+                            Some(self.stored_json(&x.response)?),
                         )
                     }
                     None => (None, None),
@@ -932,8 +1220,9 @@ impl Writer {
             Ok(()) => self.db.conn.execute_batch("COMMIT")?,
             Err(e) => {
                 let _ = self.db.conn.execute_batch("ROLLBACK");
-                // The frame id cache may name rows the rollback removed.
+                // The id caches may name rows the rollback removed.
                 self.frames.clear();
+                self.texts.clear();
                 return Err(e);
             }
         }
@@ -995,6 +1284,7 @@ impl Writer {
 pub struct Recorder {
     thread: Option<std::thread::JoinHandle<RecorderStats>>,
     path: PathBuf,
+    failed: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Recorder {
@@ -1007,6 +1297,7 @@ impl Recorder {
     ) -> Result<Self, RecordError> {
         let db = Db::open(path)?;
         let path_buf = path.to_owned();
+        let (failed_tx, failed) = tokio::sync::watch::channel(None);
         let thread = std::thread::Builder::new()
             .name("selfagent-recorder".into())
             .spawn(move || {
@@ -1016,15 +1307,23 @@ impl Recorder {
                     session: None,
                     pending: HashMap::new(),
                     frames: HashMap::new(),
+                    texts: HashMap::new(),
                     stats: RecorderStats::default(),
                 };
                 while let Some(event) = events.blocking_recv() {
                     if writer.stats.error.is_some() {
+                        // After a failure only the end is tried (a full disk may still
+                        // take an update in place); the rest is not recorded.
+                        if matches!(&*event, Event::Finished(_)) {
+                            let _ = writer.handle(&event);
+                        }
                         continue;
                     }
                     if let Err(e) = writer.handle(&event) {
-                        tracing::error!("recording to {}: {e}", writer.db.path);
-                        writer.stats.error = Some(e.to_string());
+                        tracing::debug!("recording to {}: {e}", writer.db.path);
+                        let message = format!("writing {}: {e}", writer.db.path);
+                        writer.stats.error = Some(message.clone());
+                        let _ = failed_tx.send(Some(message));
                     }
                 }
                 let _ = writer
@@ -1043,7 +1342,14 @@ impl Recorder {
         Ok(Self {
             thread: Some(thread),
             path: path_buf,
+            failed,
         })
+    }
+
+    /// Resolves with the error once writing has failed (a full disk, a removed file): an
+    /// episode that cannot be recorded must stop.
+    pub fn failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.failed.clone()
     }
 
     pub fn path(&self) -> &Path {
@@ -1241,10 +1547,12 @@ mod tests {
     fn a_newer_schema_is_refused_and_an_old_one_upgraded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.db");
-        Connection::open(&path)
-            .unwrap()
-            .pragma_update(None, "user_version", 99)
+        let newer = Connection::open(&path).unwrap();
+        newer.pragma_update(None, "user_version", 99).unwrap();
+        newer
+            .pragma_update(None, "application_id", APPLICATION_ID)
             .unwrap();
+        drop(newer);
         assert!(matches!(
             Db::open(&path),
             Err(RecordError::TooNew { found: 99, .. })
@@ -1258,6 +1566,127 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn another_programs_database_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, setup) in [
+            // Tables of its own at user_version 0 (most programs never set it).
+            ("notes.db", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes (body) VALUES ('mine');"),
+            // Another program's application id.
+            ("app.db", "PRAGMA application_id = 1234; CREATE TABLE t (x);"),
+            // Tables named like ours but no schema version.
+            ("lookalike.db", "CREATE TABLE sessions (id TEXT); CREATE TABLE frames (id); CREATE TABLE steps (id);"),
+        ] {
+            let path = dir.path().join(name);
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(setup).unwrap();
+            drop(conn);
+            let before = std::fs::read(&path).unwrap();
+            let err = Db::open(&path).err().expect("refused").to_string();
+            assert!(err.contains("not a selfagent recording"), "{name}: {err}");
+            let err = Db::open_read(&path).err().expect("refused").to_string();
+            assert!(err.contains("not a selfagent recording"), "{name}: {err}");
+            assert_eq!(std::fs::read(&path).unwrap(), before, "{name} was changed");
+            let mode: String = Connection::open(&path)
+                .unwrap()
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "delete", "{name}: the journal mode was switched");
+        }
+    }
+
+    #[test]
+    fn processes_opening_a_new_recording_at_once_do_not_race_the_migration() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("r.db");
+            let barrier = Arc::new(std::sync::Barrier::new(6));
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        Db::open(&path).map(|db| db.sessions(1).map(|s| s.len()))
+                    })
+                })
+                .collect();
+            for h in handles {
+                let opened = h.join().unwrap();
+                assert!(
+                    matches!(opened, Ok(Ok(0))),
+                    "round {round}: {:?}",
+                    opened.err()
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn reading_changes_nothing_and_works_on_read_only_media() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let (a, b) = (frame(1), frame(2));
+        let mut events = vec![Event::SessionStarted(info("s3"))];
+        events.extend(step_events(1, &a, &b));
+        record(&path, events).await;
+        let before = std::fs::read(&path).unwrap();
+        // Cleanly closed: no -wal or -shm beside it, as on read-only media, where the
+        // immutable form reads it without making one.
+        assert!(!dir.path().join("r.db-shm").exists());
+        let conn = Connection::open_with_flags(
+            immutable_uri(&path),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM steps", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        drop(conn);
+        assert!(!dir.path().join("r.db-shm").exists());
+        let db = Db::open_read(&path).unwrap();
+        assert!(db.is_read_only());
+        assert_eq!(db.steps("s3").unwrap().len(), 1);
+        drop(db);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        // Missing files are not created.
+        let missing = dir.path().join("typo.db");
+        let err = Db::open_read(&missing).err().expect("an error").to_string();
+        assert!(err.contains("typo.db"), "{err}");
+        assert!(!missing.exists());
+    }
+
+    #[tokio::test]
+    async fn a_long_text_repeated_in_every_request_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let long = "x".repeat(200_000);
+        let (a, b) = (frame(1), frame(2));
+        let mut events = vec![Event::SessionStarted(info("s4"))];
+        for step in 1..=10u32 {
+            let mut evs = step_events(step, &a, &b);
+            if let Event::ModelReply { exchange, .. } = &mut evs[2] {
+                // The conversation so far repeats the long reply in every request.
+                let history: Vec<Value> = (0..step).map(|_| json!({"role": "assistant", "content": long})).collect();
+                *exchange = Some(Arc::new(Exchange {
+                    request: json!({"messages": history}),
+                    response: json!({"choices": [{"message": {"content": long}}]}),
+                }));
+            }
+            events.extend(evs);
+        }
+        record(&path, events).await;
+        let db = Db::open_read(&path).unwrap();
+        let (request, response) = db.exchange("s4", 10).unwrap();
+        assert_eq!(request["messages"].as_array().unwrap().len(), 10);
+        assert_eq!(request["messages"][9]["content"], json!(long));
+        assert_eq!(response["choices"][0]["message"]["content"], json!(long));
+        drop(db);
+        let size = std::fs::metadata(&path).unwrap().len();
+        // Once would be 200 KB; once per repetition would be 55 x 200 KB = 11 MB.
+        assert!(size < 1_000_000, "{size} bytes");
     }
 
     #[test]

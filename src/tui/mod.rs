@@ -124,7 +124,7 @@ impl Runner {
         if let Some(db) = &self.db {
             return Ok(db.clone());
         }
-        let db = Arc::new(Mutex::new(Db::open(&self.db_path)?));
+        let db = Arc::new(Mutex::new(Db::open_read(&self.db_path)?));
         self.db = Some(db.clone());
         Ok(db)
     }
@@ -407,7 +407,7 @@ pub async fn live(setup: LiveSetup) -> anyhow::Result<()> {
 /// `selfagent replay [SESSION]`: a recorded episode, or the sessions list.
 pub async fn replay(db_path: &Path, session: Option<&str>, timing: bool) -> anyhow::Result<()> {
     // Fail before touching the terminal if the recording or session is not there.
-    let db = Db::open(db_path)?;
+    let db = Db::open_read(db_path)?;
     if let Some(id) = session {
         db.session(id)?;
     }
