@@ -28,8 +28,9 @@ pub struct Plan {
     pub task: Option<Task>,
     /// Keep the desktop afterwards (until its TTL).
     pub keep: bool,
-    /// Commit the final state to an image for re-grading (tasks with checks only).
-    pub snapshot: bool,
+    /// Commit the final state to an image for re-grading (tasks with checks only), when
+    /// the desktop changed at most this many bytes; `None`: never.
+    pub snapshot: Option<u64>,
     /// The session id to record under (a fresh one when `None`).
     pub session: Option<String>,
 }
@@ -240,7 +241,7 @@ async fn with_desktop(
     sandbox: &Sandbox,
     cfg: &Resolved,
     task: Option<&Task>,
-    snapshot: bool,
+    snapshot: Option<u64>,
     session: &str,
     model: &Arc<OpenAiModel>,
     frames: &Arc<Mutex<Vec<Arc<Vec<u8>>>>>,
@@ -304,16 +305,12 @@ async fn with_desktop(
         g
     } else {
         // The snapshot first: it is the state the agent left, before any check touched it.
-        let image = if snapshot {
-            match sandbox.commit_snapshot(session, Some(&task.id)).await {
-                Ok(image) => Some(image),
-                Err(e) => {
-                    tracing::warn!("no snapshot of the final state: {e}");
-                    None
-                }
-            }
-        } else {
-            None
+        let (image, skipped) = match snapshot {
+            Some(limit) => match take_snapshot(sandbox, session, &task.id, limit).await {
+                Ok(image) => (Some(image), None),
+                Err(why) => (None, Some(why)),
+            },
+            None => (None, None),
         };
         let judge = check_has_judge(check).then(|| Judge {
             model: model.clone(),
@@ -329,6 +326,7 @@ async fn with_desktop(
         let g = check::grade(&task.id, check, &evidence, "live").await;
         let state = FinalState {
             snapshot: image,
+            snapshot_skipped: skipped,
             ..evidence.into_state()
         };
         emitter
@@ -340,6 +338,29 @@ async fn with_desktop(
         g
     };
     (outcome, Some(grade))
+}
+
+/// Commits the final state, unless the desktop changed more than `limit` bytes (an agent can
+/// fill its disk, or make a sparse file of any size, which a commit would store in full).
+async fn take_snapshot(
+    sandbox: &Sandbox,
+    session: &str,
+    task: &str,
+    limit: u64,
+) -> Result<String, String> {
+    let changed = sandbox
+        .changed_bytes()
+        .await
+        .map_err(|e| format!("the desktop's changes could not be measured: {e}"))?;
+    if changed > limit {
+        return Err(format!(
+            "the desktop changed {changed} bytes, more than the snapshot limit of {limit} (--snapshot-max-size)"
+        ));
+    }
+    sandbox
+        .commit_snapshot(session, Some(task))
+        .await
+        .map_err(|e| format!("committing the snapshot failed: {e}"))
 }
 
 /// Whether a check (or one of its children) asks a judge.

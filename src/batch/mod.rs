@@ -211,7 +211,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         let engine = engine.clone();
         let spec = spec.clone();
         let bar = bar.clone();
-        let snapshot = !args.common.no_snapshot;
+        let snapshot = args.common.snapshot();
         workers.push(tokio::spawn(async move {
             loop {
                 if stopping.load(Ordering::SeqCst) {

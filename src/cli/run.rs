@@ -100,6 +100,10 @@ pub struct CommonArgs {
     /// only what the checks read at the end).
     #[arg(long)]
     pub no_snapshot: bool,
+    /// Skip the final-state snapshot (and record why) when the desktop changed more than
+    /// this (apparent sizes: a sparse file counts in full).
+    #[arg(long, default_value = "1g", value_parser = crate::cli::parse_size)]
+    pub snapshot_max_size: i64,
     /// The configuration file (default: ~/.config/selfagent/config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -115,6 +119,11 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// The snapshot limit of graded episodes, `None` with --no-snapshot.
+    pub fn snapshot(&self) -> Option<u64> {
+        (!self.no_snapshot).then_some(self.snapshot_max_size as u64)
+    }
+
     /// The desktop these settings ask for.
     pub fn spec(&self) -> SandboxSpec {
         SandboxSpec {
@@ -318,7 +327,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         spec: args.common.spec(),
         task,
         keep: args.keep,
-        snapshot: !args.common.no_snapshot,
+        snapshot: args.common.snapshot(),
         session: None,
     };
     let end = episode::run(&engine, plan, hooks).await;
@@ -379,7 +388,7 @@ async fn ui(
         keep: args.keep,
         instruction,
         task,
-        snapshot: !args.common.no_snapshot,
+        snapshot: args.common.snapshot(),
     })
     .await?;
     Ok(ExitCode::SUCCESS)

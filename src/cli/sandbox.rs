@@ -97,8 +97,21 @@ pub enum SandboxCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Copy files or directories: `cp ./local ID:/path` or `cp ID:/path ./local`.
-    Cp { src: String, dst: String },
+    /// Copy files or directories: `cp ./local ID:/path` or `cp ID:/path ./local`. Out of a
+    /// desktop, what the agent made is treated as hostile: the copy stays below the local
+    /// path (links leading elsewhere and special files are refused and listed), sparse
+    /// files stay sparse, and more than --max-size of file data stops it. Exit code 2 when
+    /// something was not copied (each is listed on stderr).
+    Cp {
+        src: String,
+        dst: String,
+        /// Most bytes of file data to copy out of a desktop (apparent sizes).
+        #[arg(long, default_value = "1g", value_parser = crate::cli::parse_size)]
+        max_size: i64,
+        /// Print what was copied as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the windows of a desktop.
     Windows {
         id: String,
@@ -329,7 +342,12 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8))
         }
-        SandboxCmd::Cp { src, dst } => cp(&engine, &src, &dst).await,
+        SandboxCmd::Cp {
+            src,
+            dst,
+            max_size,
+            json,
+        } => cp(&engine, &src, &dst, max_size as u64, json).await,
         SandboxCmd::Windows { id, json } => {
             let desktop = connect(&engine, &id).await?;
             let windows = desktop.windows().await?;
@@ -693,24 +711,52 @@ fn split_remote(s: &str) -> Option<(&str, &str)> {
     (!id.is_empty() && !id.contains('/') && !path.is_empty()).then_some((id, path))
 }
 
-async fn cp(engine: &Engine, src: &str, dst: &str) -> anyhow::Result<ExitCode> {
+async fn cp(
+    engine: &Engine,
+    src: &str,
+    dst: &str,
+    max_size: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let bytes = match (split_remote(src), split_remote(dst)) {
+    let report = match (split_remote(src), split_remote(dst)) {
         (None, Some((id, path))) => {
             let sandbox = engine.get(id).await?;
-            sandbox.upload(std::path::Path::new(src), path).await?
+            let bytes = sandbox.upload(std::path::Path::new(src), path).await?;
+            crate::sandbox::CopyReport {
+                bytes,
+                ..Default::default()
+            }
         }
         (Some((id, path)), None) => {
             let sandbox = engine.get(id).await?;
-            sandbox.download(path, std::path::Path::new(dst)).await?
+            sandbox
+                .download(path, std::path::Path::new(dst), max_size)
+                .await?
         }
         (Some(_), Some(_)) => {
             bail!("copy between two sandboxes is not supported: copy through a local path")
         }
         (None, None) => bail!("one side must be a sandbox path, as ID:/path"),
     };
-    eprintln!("{bytes} bytes in {} ms", started.elapsed().as_millis());
-    Ok(ExitCode::SUCCESS)
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for r in &report.refused {
+            eprintln!("not copied: {r}");
+        }
+        eprintln!(
+            "{} bytes in {} ms",
+            report.bytes,
+            started.elapsed().as_millis()
+        );
+    }
+    // Something was left out: say so in the exit code too.
+    Ok(if report.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 #[cfg(test)]

@@ -295,14 +295,22 @@ fn classify_in(conn: &Connection) -> rusqlite::Result<Kind> {
         Kind::Foreign(format!("its application id is {app:#x}"))
     } else if tables.is_empty() && version == 0 {
         Kind::Fresh
-    } else if version >= 1 && ["frames", "sessions", "steps"].iter().all(|t| tables.iter().any(|n| n == t)) {
+    } else if version >= 1
+        && ["frames", "sessions", "steps"]
+            .iter()
+            .all(|t| tables.iter().any(|n| n == t))
+    {
         // Recordings from before the application id was set.
         Kind::Ours(version)
     } else {
         let shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
         Kind::Foreign(format!(
             "it holds other tables ({}) at schema version {version}",
-            if shown.is_empty() { "none".into() } else { shown.join(", ") }
+            if shown.is_empty() {
+                "none".into()
+            } else {
+                shown.join(", ")
+            }
         ))
     })
 }
@@ -1573,11 +1581,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (name, setup) in [
             // Tables of its own at user_version 0 (most programs never set it).
-            ("notes.db", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes (body) VALUES ('mine');"),
+            (
+                "notes.db",
+                "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes (body) VALUES ('mine');",
+            ),
             // Another program's application id.
-            ("app.db", "PRAGMA application_id = 1234; CREATE TABLE t (x);"),
+            (
+                "app.db",
+                "PRAGMA application_id = 1234; CREATE TABLE t (x);",
+            ),
             // Tables named like ours but no schema version.
-            ("lookalike.db", "CREATE TABLE sessions (id TEXT); CREATE TABLE frames (id); CREATE TABLE steps (id);"),
+            (
+                "lookalike.db",
+                "CREATE TABLE sessions (id TEXT); CREATE TABLE frames (id); CREATE TABLE steps (id);",
+            ),
         ] {
             let path = dir.path().join(name);
             let conn = Connection::open(&path).unwrap();
@@ -1669,7 +1686,9 @@ mod tests {
             let mut evs = step_events(step, &a, &b);
             if let Event::ModelReply { exchange, .. } = &mut evs[2] {
                 // The conversation so far repeats the long reply in every request.
-                let history: Vec<Value> = (0..step).map(|_| json!({"role": "assistant", "content": long})).collect();
+                let history: Vec<Value> = (0..step)
+                    .map(|_| json!({"role": "assistant", "content": long}))
+                    .collect();
                 *exchange = Some(Arc::new(Exchange {
                     request: json!({"messages": history}),
                     response: json!({"choices": [{"message": {"content": long}}]}),

@@ -19,7 +19,7 @@ pub mod snapshot;
 mod tunnel;
 
 pub use exec::{ExecOptions, ExecOutput, Process};
-pub use files::{HOME, sandbox_path};
+pub use files::{CopyReport, FileStat, HOME, MAX_READ, sandbox_path, unpack};
 pub use snapshot::{SnapshotInfo, snapshot_image};
 
 use bollard::Docker;
@@ -90,6 +90,8 @@ pub enum SandboxError {
     },
     #[error("no such file in sandbox {sandbox}: {path}")]
     NoSuchFile { sandbox: String, path: String },
+    #[error("{path} is too large: {size} bytes, more than the limit of {limit}")]
+    TooLarge { path: String, size: u64, limit: u64 },
     #[error("building the desktop image failed: {0}")]
     Build(String),
     #[error("{0}")]

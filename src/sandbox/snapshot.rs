@@ -46,6 +46,25 @@ pub struct SnapshotInfo {
 }
 
 impl Sandbox {
+    /// Bytes the desktop's filesystem has changed (its writable layer, apparent sizes: a
+    /// sparse file counts in full, as a commit would store it).
+    pub async fn changed_bytes(&self) -> Result<u64, SandboxError> {
+        let info = self
+            .engine
+            .docker()
+            .inspect_container(
+                self.id(),
+                Some(
+                    bollard::query_parameters::InspectContainerOptionsBuilder::default()
+                        .size(true)
+                        .build(),
+                ),
+            )
+            .await
+            .doing(|| format!("measuring the changes of sandbox {}", self.short_id()))?;
+        Ok(info.size_rw.unwrap_or(0).max(0) as u64)
+    }
+
     /// Commits the container's filesystem to [`snapshot_image`]`(session)` and returns the
     /// image name. The container keeps running (it is paused for the commit).
     pub async fn commit_snapshot(

@@ -16,7 +16,7 @@
 use super::{Check, CheckKind};
 use crate::agent::model::{Model, OpenAiModel};
 use crate::desktop::Window;
-use crate::sandbox::{ExecOptions, Sandbox, SandboxError};
+use crate::sandbox::{ExecOptions, FileStat, Sandbox, SandboxError};
 use base64::Engine as _;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,9 @@ use std::time::Duration;
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Files larger than this are not kept in the recorded final state (the snapshot has them).
 const MAX_STORED_FILE: usize = 4 << 20;
+/// The most a file check reads: a larger file (an agent can make a sparse file of any
+/// size) is an error for checks of its content, and is never read into memory.
+pub const MAX_CHECK_READ: u64 = 16 << 20;
 /// Screenshots the judge sees: the first one and the last few.
 const JUDGE_FRAMES: usize = 4;
 /// The embedded judge prompt (prompts/judge.md).
@@ -181,6 +184,9 @@ pub struct FinalState {
     /// The snapshot image, when one was committed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// Why no snapshot was committed, when one was wanted (too large, the commit failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_skipped: Option<String>,
     /// The windows when the episode ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub windows: Option<Vec<Window>>,
@@ -190,6 +196,14 @@ pub struct FinalState {
     /// By command line.
     #[serde(default)]
     pub commands: BTreeMap<String, CommandOutput>,
+}
+
+/// A file as a check sees it: its size, and its bytes when they were asked for and it is
+/// not larger than [`MAX_CHECK_READ`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSeen {
+    pub size: u64,
+    pub data: Option<Vec<u8>>,
 }
 
 /// A judge's answer.
@@ -202,8 +216,12 @@ pub struct JudgeVerdict {
 /// Answers to the questions checks ask. Errors are messages for the grade's details.
 pub trait Evidence: Sync {
     fn command(&self, command: &str) -> impl Future<Output = Result<CommandOutput, String>> + Send;
-    /// The file's bytes, `None` if it does not exist.
-    fn file(&self, path: &str) -> impl Future<Output = Result<Option<Vec<u8>>, String>> + Send;
+    /// The file, `None` if it does not exist; its bytes only when `read` (and not too large).
+    fn file(
+        &self,
+        path: &str,
+        read: bool,
+    ) -> impl Future<Output = Result<Option<FileSeen>, String>> + Send;
     fn windows(&self) -> impl Future<Output = Result<Vec<Window>, String>> + Send;
     fn judge(&self, question: &str) -> impl Future<Output = Result<JudgeVerdict, String>> + Send;
 }
@@ -265,11 +283,22 @@ pub fn evaluate<'a, E: Evidence>(
                 matches,
             } => {
                 let what = describe(&check.kind);
-                let outcome = evidence.file(path).await.map(|data| match (data, exists) {
-                    (None, false) => (true, "does not exist".to_owned()),
-                    (None, true) => (false, "does not exist".to_owned()),
-                    (Some(d), false) => (false, format!("exists ({} bytes)", d.len())),
-                    (Some(d), true) => {
+                let read = contains.is_some() || equals.is_some() || matches.is_some();
+                let outcome = evidence.file(path, read).await.and_then(|seen| match (seen, exists) {
+                    (None, false) => Ok((true, "does not exist".to_owned())),
+                    (None, true) => Ok((false, "does not exist".to_owned())),
+                    (Some(f), false) => Ok((false, format!("exists ({} bytes)", f.size))),
+                    (Some(f), true) if !read => Ok((true, format!("exists ({} bytes)", f.size))),
+                    (Some(FileSeen { size, data: None }), true) => match equals {
+                        // Far longer than the expected text: not equal, whatever it holds.
+                        Some(e) if size > e.len() as u64 + 2 && contains.is_none() && matches.is_none() => {
+                            Ok((false, format!("is not {} ({size} bytes)", excerpt(e))))
+                        }
+                        _ => Err(format!(
+                            "the file is {size} bytes; checks read at most {MAX_CHECK_READ} bytes"
+                        )),
+                    },
+                    (Some(FileSeen { data: Some(d), .. }), true) => {
                         let text = String::from_utf8_lossy(&d);
                         let mut problems = Vec::new();
                         if let Some(c) = contains
@@ -288,7 +317,7 @@ pub fn evaluate<'a, E: Evidence>(
                             problems.push(format!("does not match /{re}/"));
                         }
                         let seen = format!("{} bytes: {}", d.len(), excerpt(&text));
-                        judged(&problems, seen)
+                        Ok(judged(&problems, seen))
                     }
                 });
                 CheckResult::leaf(what, w, outcome)
@@ -643,10 +672,25 @@ impl Evidence for SandboxEvidence {
         })
     }
 
-    async fn file(&self, path: &str) -> Result<Option<Vec<u8>>, String> {
-        match self.sandbox.read_file(path).await {
-            Ok(d) => Ok(Some(d)),
+    async fn file(&self, path: &str, read: bool) -> Result<Option<FileSeen>, String> {
+        if !read {
+            match self.sandbox.stat(path).await.map_err(|e| e.to_string())? {
+                None => return Ok(None),
+                Some(FileStat::File { size }) => return Ok(Some(FileSeen { size, data: None })),
+                Some(FileStat::Directory) => return Err(format!("{path} is a directory")),
+                Some(FileStat::Special) => return Err(format!("{path} is not a regular file")),
+                // Whether a link's target exists, and its size: read below (a large target
+                // is refused by its size, unread).
+                Some(FileStat::Link(_)) => {}
+            }
+        }
+        match self.sandbox.read_file_limited(path, MAX_CHECK_READ).await {
+            Ok(d) => Ok(Some(FileSeen {
+                size: d.len() as u64,
+                data: read.then_some(d),
+            })),
             Err(SandboxError::NoSuchFile { .. }) => Ok(None),
+            Err(SandboxError::TooLarge { size, .. }) => Ok(Some(FileSeen { size, data: None })),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -676,7 +720,7 @@ impl Evidence for StoredEvidence {
         })
     }
 
-    async fn file(&self, path: &str) -> Result<Option<Vec<u8>>, String> {
+    async fn file(&self, path: &str, read: bool) -> Result<Option<FileSeen>, String> {
         let key = crate::sandbox::sandbox_path(path).map_err(|e| e.to_string())?;
         let missing = || {
             format!(
@@ -687,15 +731,32 @@ impl Evidence for StoredEvidence {
         if !stored.exists {
             return Ok(None);
         }
-        let b64 = stored.base64.as_ref().ok_or_else(|| {
-            format!(
-                "{key} ({} bytes) was too large to record, and there is no snapshot image",
+        if !read {
+            return Ok(Some(FileSeen {
+                size: stored.bytes,
+                data: None,
+            }));
+        }
+        let Some(b64) = stored.base64.as_ref() else {
+            if stored.bytes > MAX_CHECK_READ {
+                return Ok(Some(FileSeen {
+                    size: stored.bytes,
+                    data: None,
+                }));
+            }
+            return Err(format!(
+                "{key} ({} bytes) was not kept in the recording, and there is no snapshot image",
                 stored.bytes
-            )
-        })?;
+            ));
+        };
         base64::engine::general_purpose::STANDARD
             .decode(b64)
-            .map(Some)
+            .map(|d| {
+                Some(FileSeen {
+                    size: stored.bytes,
+                    data: Some(d),
+                })
+            })
             .map_err(|e| format!("the recorded copy of {key} is damaged: {e}"))
     }
 
@@ -752,19 +813,32 @@ impl<E: Evidence> Evidence for Recorded<E> {
         Ok(out)
     }
 
-    async fn file(&self, path: &str) -> Result<Option<Vec<u8>>, String> {
+    async fn file(&self, path: &str, read: bool) -> Result<Option<FileSeen>, String> {
         let key = crate::sandbox::sandbox_path(path).map_err(|e| e.to_string())?;
-        let data = self.inner.file(&key).await?;
+        // Read once per grading: a content read answers later size-only questions too.
+        if let Some(kept) = self.with_seen(|s| s.files.get(&key).cloned())
+            && (!read || kept.base64.is_some() || !kept.exists)
+        {
+            return Ok(kept.exists.then(|| FileSeen {
+                size: kept.bytes,
+                data: kept
+                    .base64
+                    .filter(|_| read)
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok()),
+            }));
+        }
+        let seen = self.inner.file(&key, read).await?;
         let stored = StoredFile {
-            exists: data.is_some(),
-            bytes: data.as_ref().map_or(0, |d| d.len() as u64),
-            base64: data
+            exists: seen.is_some(),
+            bytes: seen.as_ref().map_or(0, |f| f.size),
+            base64: seen
                 .as_ref()
+                .and_then(|f| f.data.as_ref())
                 .filter(|d| d.len() <= MAX_STORED_FILE)
                 .map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
         };
         self.with_seen(|s| s.files.insert(key, stored));
-        Ok(data)
+        Ok(seen)
     }
 
     async fn windows(&self) -> Result<Vec<Window>, String> {
@@ -788,6 +862,7 @@ mod tests {
         let b64 = |s: &str| Some(base64::engine::general_purpose::STANDARD.encode(s));
         FinalState {
             snapshot: None,
+            snapshot_skipped: None,
             windows: Some(vec![Window {
                 id: 1,
                 title: "notes.txt - Mousepad".into(),

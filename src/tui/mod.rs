@@ -42,7 +42,7 @@ pub struct LiveSetup {
     /// A task file's setup, limits and checks.
     pub task: Option<Task>,
     /// Snapshot the final state of graded episodes.
-    pub snapshot: bool,
+    pub snapshot: Option<u64>,
 }
 
 /// Messages into the UI loop from the background.
