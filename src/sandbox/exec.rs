@@ -14,7 +14,7 @@ const MAX_OUTPUT: usize = 64 << 20;
 
 #[derive(Debug, Clone, Default)]
 pub struct ExecOptions {
-    /// User to run as (default: the desktop's user).
+    /// User to run as (default: the desktop's user, uid 1000).
     pub user: Option<String>,
     pub workdir: Option<String>,
     pub env: Vec<(String, String)>,
@@ -101,7 +101,11 @@ impl Sandbox {
                     attach_stderr: Some(true),
                     attach_stdin: Some(opts.stdin.is_some()),
                     env: Some(exec_env(&opts.env)),
-                    user: opts.user.clone(),
+                    user: Some(
+                        opts.user
+                            .clone()
+                            .unwrap_or_else(|| super::DESKTOP_USER.to_owned()),
+                    ),
                     working_dir: opts.workdir.clone(),
                     ..Default::default()
                 },
@@ -248,16 +252,8 @@ impl Sandbox {
     }
 }
 
-/// The environment of every exec: the container's own secrets blanked (exec'd processes
-/// otherwise inherit the container's environment), then the caller's variables.
+/// The environment of every exec: the caller's variables (the container's own environment
+/// holds no secret: the credentials never pass through it).
 fn exec_env(extra: &[(String, String)]) -> Vec<String> {
-    [
-        super::ENV_VNC_PASSWORD,
-        super::ENV_X11_COOKIE,
-        super::ENV_VIEW_TOKEN,
-    ]
-    .iter()
-    .map(|k| format!("{k}="))
-    .chain(extra.iter().map(|(k, v)| format!("{k}={v}")))
-    .collect()
+    extra.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }

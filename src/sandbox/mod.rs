@@ -46,16 +46,23 @@ pub const LABEL_NAME: &str = "selfagent.name";
 pub const LABEL_OWNER: &str = "selfagent.owner";
 pub const LABEL_NETWORK: &str = "selfagent.network";
 
-/// A tmpfs in every desktop, for the credentials the desktop's programs read.
-const SECRETS_DIR: &str = "/run/selfagent";
-
-const ENV_VNC_PASSWORD: &str = "SELFAGENT_VNC_PASSWORD";
-const ENV_X11_COOKIE: &str = "SELFAGENT_X11_COOKIE";
-const ENV_VIEW_TOKEN: &str = "SELFAGENT_VIEW_TOKEN";
+/// Where the credentials go before the container starts (root only; the entrypoint reads
+/// and deletes the file). Never the environment: docker keeps that in the container's
+/// config, and every image committed from it carries it.
+const BOOT_DIR: &str = "/etc/selfagent";
+/// Tmpfs mounts (never in an image or a snapshot): the services' credentials (uid 999,
+/// the X server and the view), and root's copy, read back by [`Engine::get`].
+const SERVICES_DIR: &str = "/run/selfagent";
+const ROOT_DIR: &str = "/run/selfagent-root";
+/// The user the desktop's services run as (see sandbox/rootfs/usr/local/bin/selfagent-desktop).
+pub(crate) const SERVICES_USER: &str = "selfagent";
+/// The desktop's user: the agent's programs, and every command selfagent runs for it.
+pub(crate) const DESKTOP_USER: &str = "user";
 
 const PORT_VNC: u16 = 5900;
 const PORT_X11: u16 = 6000;
-const PORT_VIEW: u16 = 6080;
+/// A privileged port: only the view (given the capability) may bind it, not the agent.
+const PORT_VIEW: u16 = 80;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -261,6 +268,33 @@ impl Secrets {
     /// Every secret value, for redaction.
     pub fn values(&self) -> [&str; 3] {
         [&self.vnc_password, &self.x11_cookie, &self.view_token]
+    }
+
+    /// The boot file the entrypoint reads (`KEY=value` lines).
+    fn boot_file(&self, with_view: bool) -> String {
+        let mut text = format!(
+            "VNC_PASSWORD={}\nX11_COOKIE={}\n",
+            self.vnc_password, self.x11_cookie
+        );
+        if with_view {
+            text.push_str(&format!("VIEW_TOKEN={}\n", self.view_token));
+        }
+        text
+    }
+
+    fn parse_boot_file(text: &str) -> Self {
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        Self {
+            vnc_password: value("VNC_PASSWORD"),
+            x11_cookie: value("X11_COOKIE"),
+            view_token: value("VIEW_TOKEN"),
+        }
     }
 
     pub(crate) fn cookie_bytes(&self) -> Vec<u8> {
@@ -490,12 +524,7 @@ impl Engine {
             format!("SELFAGENT_HEIGHT={}", spec.height),
             format!("SELFAGENT_DPI={}", spec.dpi),
             format!("SELFAGENT_TTL={}", spec.ttl),
-            format!("{ENV_VNC_PASSWORD}={}", secrets.vnc_password),
-            format!("{ENV_X11_COOKIE}={}", secrets.x11_cookie),
         ];
-        if spec.network == Network::Bridge {
-            env.push(format!("{ENV_VIEW_TOKEN}={}", secrets.view_token));
-        }
         env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
 
         let mut labels = HashMap::from([
@@ -550,15 +579,34 @@ impl Engine {
             nano_cpus: Some((spec.cpus * 1e9) as i64),
             pids_limit: Some(spec.pids),
             shm_size: Some(spec.shm),
+            // Root in the container keeps only what the entrypoint needs to start the
+            // desktop's users and to stop them; the agent's processes (uid 1000) get none.
             cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(
+                ["SETUID", "SETGID", "KILL", "NET_BIND_SERVICE"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
             security_opt: Some(vec!["no-new-privileges:true".into()]),
+            // Ports below 1024 privileged again (docker makes them free for all), so the
+            // agent cannot bind the view's port.
+            sysctls: Some(HashMap::from([(
+                "net.ipv4.ip_unprivileged_port_start".to_owned(),
+                "1024".to_owned(),
+            )])),
             init: Some(true),
             // The desktop's credentials live here: never in the container's filesystem,
             // so never in a snapshot of it.
-            tmpfs: Some(HashMap::from([(
-                SECRETS_DIR.to_owned(),
-                "rw,nosuid,nodev,noexec,mode=0700,uid=1000,gid=1000,size=1m".to_owned(),
-            )])),
+            tmpfs: Some(HashMap::from([
+                (
+                    SERVICES_DIR.to_owned(),
+                    "rw,nosuid,nodev,noexec,mode=0700,uid=999,gid=999,size=1m".to_owned(),
+                ),
+                (
+                    ROOT_DIR.to_owned(),
+                    "rw,nosuid,nodev,noexec,mode=0700,uid=0,gid=0,size=64k".to_owned(),
+                ),
+            ])),
             port_bindings: bindings,
             network_mode: Some(network_mode.into()),
             ..Default::default()
@@ -584,6 +632,11 @@ impl Engine {
             .doing(|| format!("creating a container from image {}", spec.image))?;
         let id = created.id;
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "container created");
+        if let Err(e) = self.write_boot_file(&id, &secrets, spec.network == Network::Bridge).await
+        {
+            let _ = self.remove(&id).await;
+            return Err(e);
+        }
         if let Err(e) = self.docker.start_container(&id, None).await {
             let _ = self.remove(&id).await;
             return Err(SandboxError::Docker {
@@ -592,7 +645,7 @@ impl Engine {
             });
         }
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "container started");
-        match self.get(&id).await {
+        match self.handle(&id, Some(secrets)).await {
             Ok(sandbox) => Ok(sandbox),
             Err(SandboxError::NotRunning { .. }) => {
                 // It died at once: say why, from its own output.
@@ -635,8 +688,98 @@ impl Engine {
         }
     }
 
+    /// Puts the credentials where the entrypoint reads them, before the container starts.
+    async fn write_boot_file(
+        &self,
+        id: &str,
+        secrets: &Secrets,
+        with_view: bool,
+    ) -> Result<(), SandboxError> {
+        let text = secrets.boot_file(with_view);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(text.len() as u64);
+        h.set_mode(0o600);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(now_secs());
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_data(&mut h, "boot", text.as_bytes())
+            .map_err(|e| SandboxError::io("packing the credentials", e))?;
+        let tar = builder
+            .into_inner()
+            .map_err(|e| SandboxError::io("packing the credentials", e))?;
+        self.docker
+            .upload_to_container(
+                id,
+                Some(
+                    bollard::query_parameters::UploadToContainerOptionsBuilder::default()
+                        .path(BOOT_DIR)
+                        .build(),
+                ),
+                bollard::body_full(tar.into()),
+            )
+            .await
+            .doing(|| {
+                format!(
+                    "giving sandbox {} its credentials (is the image a selfagent desktop? rebuild it with `selfagent sandbox build`)",
+                    &id[..12.min(id.len())]
+                )
+            })
+    }
+
+    /// The credentials of a running desktop, from root's copy inside it (a desktop still
+    /// starting has not made it yet: waited for briefly).
+    async fn read_secrets(&self, id: &str) -> Result<Secrets, SandboxError> {
+        let probe = Sandbox {
+            engine: self.clone(),
+            id: id.to_owned(),
+            name: String::new(),
+            width: 0,
+            height: 0,
+            network: Network::None,
+            secrets: Secrets::parse_boot_file(""),
+            published: None,
+            tunnel: Arc::new(OnceCell::new()),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = probe
+                .exec(
+                    &["cat", &format!("{ROOT_DIR}/secrets")],
+                    &ExecOptions {
+                        user: Some("root".into()),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let secrets = Secrets::parse_boot_file(&out.stdout_text());
+            if out.success() && !secrets.vnc_password.is_empty() {
+                return Ok(secrets);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(SandboxError::Invalid(format!(
+                    "container {} has selfagent labels but no credentials; was it started by this version of selfagent?",
+                    &id[..12.min(id.len())]
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The handle of a running sandbox, by id, id prefix or name.
     pub async fn get(&self, id_or_name: &str) -> Result<Sandbox, SandboxError> {
+        self.handle(id_or_name, None).await
+    }
+
+    /// The handle of a running sandbox; its credentials are read from inside it unless
+    /// given (by [`Engine::create`], which made them).
+    async fn handle(
+        &self,
+        id_or_name: &str,
+        secrets: Option<Secrets>,
+    ) -> Result<Sandbox, SandboxError> {
         let resolved = self.resolve(id_or_name).await?;
         let info = self
             .docker
@@ -665,16 +808,10 @@ impl Engine {
             })
             .collect();
         let var = |k: &str| env.get(k).cloned().unwrap_or_default();
-        let secrets = Secrets {
-            vnc_password: var(ENV_VNC_PASSWORD),
-            x11_cookie: var(ENV_X11_COOKIE),
-            view_token: var(ENV_VIEW_TOKEN),
+        let secrets = match secrets {
+            Some(s) => s,
+            None => self.read_secrets(&id).await?,
         };
-        if secrets.vnc_password.is_empty() || secrets.x11_cookie.is_empty() {
-            return Err(SandboxError::Invalid(format!(
-                "container {id} has selfagent labels but no credentials; was it started by selfagent?"
-            )));
-        }
         let network = if labels.get(LABEL_NETWORK).map(String::as_str) == Some("none") {
             Network::None
         } else {

@@ -2,8 +2,8 @@
 //! (`selfagent-final:<session>`), and short-lived inspector containers started from such an
 //! image, so checks can run again long after the desktop is gone.
 //!
-//! A snapshot holds no credential: the desktop keeps them on a tmpfs (never committed) and
-//! the committed image's environment has them blanked. Running processes and windows are
+//! A snapshot holds no credential: the desktop keeps them on tmpfs mounts (never committed),
+//! and they never pass through the container's environment or config. Running processes and windows are
 //! not part of a filesystem; the window list is recorded separately (see `task::check`).
 
 use super::{
@@ -74,16 +74,9 @@ impl Sandbox {
     ) -> Result<String, SandboxError> {
         let image = snapshot_image(session);
         let (repo, tag) = image.split_once(':').unwrap_or((SNAPSHOT_REPO, "latest"));
-        // Docker merges the container's settings into the image's; blanking the credential
-        // variables and naming every selfagent label keeps the container's out.
-        let env = [
-            super::ENV_VNC_PASSWORD,
-            super::ENV_X11_COOKIE,
-            super::ENV_VIEW_TOKEN,
-        ]
-        .iter()
-        .map(|k| format!("{k}="))
-        .collect();
+        // Docker merges the container's settings into the image's: naming every selfagent
+        // label keeps the container's out. (No credential is in its environment or files:
+        // they live on tmpfs mounts, which a commit does not include.)
         let labels = HashMap::from([
             (LABEL_SNAPSHOT.to_owned(), session.to_owned()),
             (LABEL_TASK.to_owned(), task.unwrap_or_default().to_owned()),
@@ -102,7 +95,6 @@ impl Sandbox {
             .pause(true)
             .build();
         let config = ContainerConfig {
-            env: Some(env),
             labels: Some(labels),
             ..Default::default()
         };

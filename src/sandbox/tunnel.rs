@@ -55,6 +55,8 @@ async fn relay(sandbox: &Sandbox, mut local: TcpStream, port: u16) -> Result<(),
                 attach_stdin: Some(true),
                 attach_stdout: Some(true),
                 attach_stderr: Some(false),
+                // Not the agent's user: the agent must not be able to kill its tunnels.
+                user: Some(super::SERVICES_USER.to_owned()),
                 ..Default::default()
             },
         )

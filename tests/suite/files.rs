@@ -128,7 +128,7 @@ async fn directories_copy_both_ways() {
     d.sh("echo made-inside > ~/tree/a/inside.txt").await;
 
     let back = dir.path().join("back");
-    d.sandbox.download("~/tree", &back).await.unwrap();
+    d.sandbox.download("~/tree", &back, u64::MAX).await.unwrap();
     assert_eq!(
         std::fs::read(back.join("a/b/leaf.bin")).unwrap(),
         vec![0, 255, 10, 13]

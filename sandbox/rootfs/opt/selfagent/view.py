@@ -1,6 +1,7 @@
 """The live view of a selfagent desktop: noVNC served by websockify, behind a token.
 
-Every HTTP request and every WebSocket upgrade must carry the view token, either as the
+It runs as the desktop's service user (not the agent's), on port 80, and reads its token
+from a file only that user can read. Every HTTP request and every WebSocket upgrade must carry the view token, either as the
 `token` query parameter (the view URL has it) or as the cookie this server sets when it
 first sees a valid one (so the page's scripts and its WebSocket carry it too). Anything else
 gets 403. Each connection runs in its own process, so several viewers can watch at once.
@@ -15,9 +16,14 @@ import urllib.parse
 
 from websockify import websocketproxy
 
-TOKEN = os.environ.pop("SELFAGENT_VIEW_TOKEN", "")
+TOKEN_FILE = "/run/selfagent/view-token"
+try:
+    with open(TOKEN_FILE) as f:
+        TOKEN = f.read().strip()
+except OSError as e:
+    sys.exit(f"view.py: cannot read the token: {e}")
 if len(TOKEN) < 16:
-    sys.exit("view.py: SELFAGENT_VIEW_TOKEN must be at least 16 characters")
+    sys.exit("view.py: the view token must be at least 16 characters")
 # Cookies are per host, not per port: name the cookie after the token so that views of
 # several desktops on 127.0.0.1 do not overwrite each other's cookie.
 COOKIE = "selfagent_view_" + hashlib.sha256(TOKEN.encode()).hexdigest()[:12]
@@ -88,7 +94,7 @@ def main():
     server = websocketproxy.WebSocketProxy(
         RequestHandlerClass=TokenHandler,
         listen_host="0.0.0.0",
-        listen_port=6080,
+        listen_port=80,
         target_host="127.0.0.1",
         target_port=5900,
         web="/usr/share/novnc",
