@@ -632,7 +632,9 @@ impl Engine {
             .doing(|| format!("creating a container from image {}", spec.image))?;
         let id = created.id;
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "container created");
-        if let Err(e) = self.write_boot_file(&id, &secrets, spec.network == Network::Bridge).await
+        if let Err(e) = self
+            .write_boot_file(&id, &secrets, spec.network == Network::Bridge)
+            .await
         {
             let _ = self.remove(&id).await;
             return Err(e);

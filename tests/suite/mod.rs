@@ -2,6 +2,7 @@ mod cli;
 mod control;
 mod desktop;
 mod files;
+mod hostile;
 mod run;
 mod sandbox;
 mod tasks;
