@@ -179,6 +179,12 @@ pub enum Action {
     Fail {
         reason: String,
     },
+    /// The model asks the person for help (UI-TARS `call_user()`, a pending question): the
+    /// TUI asks; a headless episode ends `needs_user`.
+    CallUser {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        question: Option<String>,
+    },
     // Setup-only actions, not offered to models by default.
     Launch {
         app: String,
@@ -235,6 +241,7 @@ impl Action {
             Self::Zoom { .. } => "zoom",
             Self::Done { .. } => "done",
             Self::Fail { .. } => "fail",
+            Self::CallUser { .. } => "call_user",
             Self::Launch { .. } => "launch",
             Self::Open { .. } => "open",
             Self::Exec { .. } => "exec",
@@ -259,8 +266,17 @@ impl Action {
                 | Self::Zoom { .. }
                 | Self::Done { .. }
                 | Self::Fail { .. }
+                | Self::CallUser { .. }
                 | Self::Wait { .. }
                 | Self::WriteFile { .. }
+        )
+    }
+
+    /// Whether the action ends the episode (done, fail) or hands it to a person.
+    pub fn is_end(&self) -> bool {
+        matches!(
+            self,
+            Self::Done { .. } | Self::Fail { .. } | Self::CallUser { .. }
         )
     }
 
@@ -278,6 +294,26 @@ impl Action {
                 Point::new(region.x1, region.y1),
             ],
             _ => Vec::new(),
+        }
+    }
+
+    /// The same action with every point passed through `f`, which may refuse a point (one
+    /// outside the model's coordinate space).
+    pub fn try_map_points<E>(
+        self,
+        mut f: impl FnMut(Point) -> Result<Point, E>,
+    ) -> Result<Self, E> {
+        let mut error = None;
+        let mapped = self.map_points(|p| match f(p) {
+            Ok(q) => q,
+            Err(e) => {
+                error.get_or_insert(e);
+                p
+            }
+        });
+        match error {
+            Some(e) => Err(e),
+            None => Ok(mapped),
         }
     }
 
@@ -718,6 +754,12 @@ fn parse_named(name: &str, args: &Args<'_>) -> Result<Action, InvalidAction> {
         "done" | "terminate" | "finish" => Action::Done {
             answer: args
                 .str_opt("answer")?
+                .or(args.str_opt("text")?)
+                .map(str::to_owned),
+        },
+        "call_user" | "ask_user" => Action::CallUser {
+            question: args
+                .str_opt("question")?
                 .or(args.str_opt("text")?)
                 .map(str::to_owned),
         },

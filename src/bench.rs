@@ -19,7 +19,7 @@
 //!   bytes stored per step.
 
 use crate::action::Action;
-use crate::agent::model::{Completion, Model, ModelError, Retry, parse_response};
+use crate::agent::model::{Check, Model, ModelError, ModelRequest, RawReply, Retry};
 use crate::agent::{self, AgentConfig, Emitter, Event, SessionInfo};
 use crate::desktop::{ConnectOptions, Desktop, SettleOptions, WindowMatch};
 use crate::record::{self, Recorder};
@@ -385,11 +385,12 @@ impl Model for InstantModel {
         "instant"
     }
 
-    async fn complete(
+    async fn send(
         &self,
-        _request: &Value,
+        _request: &ModelRequest,
+        _check: Check<'_>,
         _on_retry: &(dyn Fn(Retry) + Send + Sync),
-    ) -> Result<Completion, ModelError> {
+    ) -> Result<RawReply, ModelError> {
         let n = self
             .calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -406,11 +407,8 @@ impl Model for InstantModel {
         } else {
             json!({"content": "done"})
         };
-        let raw = json!({"choices": [{"message": message}], "usage": {"prompt_tokens": 1000, "completion_tokens": 20}});
-        let reply = parse_response(&raw)?;
-        Ok(Completion {
-            reply,
-            raw,
+        Ok(RawReply {
+            body: json!({"choices": [{"message": message}], "usage": {"prompt_tokens": 1000, "completion_tokens": 20}}),
             attempts: 1,
             elapsed: Duration::ZERO,
         })
@@ -455,7 +453,8 @@ async fn loop_steps(
             task_id: None,
             model: "instant".into(),
             base_url: "in-process".into(),
-            protocol: "openai-tools".into(),
+            protocol: "tools".into(),
+            coords: "native".into(),
             image: String::new(),
             width: w,
             height: h,

@@ -27,6 +27,14 @@ pub struct FileConfig {
     /// Seconds for a whole episode.
     pub timeout: Option<f64>,
     pub scale: Option<String>,
+    /// The model's protocol (see `--protocol`).
+    pub protocol: Option<String>,
+    /// The model's coordinate space (see `--coords`).
+    pub coords: Option<String>,
+    /// The largest model reply accepted, in bytes.
+    pub max_reply_bytes: Option<i64>,
+    /// Actions done per model reply.
+    pub max_actions: Option<usize>,
     pub keep_images: Option<usize>,
     pub image_in_tool: Option<bool>,
     /// Seconds for one model call.

@@ -7,13 +7,13 @@
 //! harness (the desktop does not come up, a setup step fails) are recorded as sessions that
 //! ended by [`EndedBy::Harness`], never as the agent's failure.
 
-use crate::agent::model::{OpenAiModel, redact_url};
-use crate::agent::protocol::Scaling;
+use crate::agent::model::{HttpModel, redact_url};
+use crate::agent::protocol;
 use crate::agent::{self, Command, Emitter, EndedBy, Event, Outcome, SessionInfo, Status};
-use crate::cli::run::Resolved;
 use crate::desktop::{ConnectOptions, Desktop};
 use crate::record::{self, Recorder};
 use crate::sandbox::{Engine, Sandbox, SandboxSpec};
+use crate::settings::Resolved;
 use crate::task::check::{self, FinalState, Grade, Judge, Recorded, SandboxEvidence};
 use crate::task::{SetupStep, Task, setup};
 use std::sync::{Arc, Mutex};
@@ -104,7 +104,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
         snapshot,
         session,
     } = plan;
-    let model = Arc::new(OpenAiModel::new(cfg.model.clone())?);
+    let model = Arc::new(HttpModel::new(cfg.model.clone())?);
     let session = session.unwrap_or_else(record::new_session_id);
     let spec = SandboxSpec {
         session: Some(session.clone()),
@@ -135,6 +135,39 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
     for sink in hooks.sinks {
         emitter.add(sink);
     }
+    // The loop hears the person's commands, and a recording that fails: an episode that
+    // cannot be recorded stops rather than go on unrecorded.
+    let control = {
+        let (tx, rx) = mpsc::channel(64);
+        let mut from_person = hooks.control;
+        let mut failed = recorder.failure();
+        tokio::spawn(async move {
+            let (mut person, mut watching) = (true, true);
+            while person || watching {
+                tokio::select! {
+                    cmd = from_person.recv(), if person => match cmd {
+                        Some(c) => {
+                            if tx.send(c).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => person = false,
+                    },
+                    changed = failed.changed(), if watching => {
+                        let gone = changed.is_err();
+                        let reason = if gone { None } else { failed.borrow().clone() };
+                        if let Some(r) = reason {
+                            let _ = tx.send(Command::Abort(format!("the recording failed: {r}"))).await;
+                            watching = false;
+                        } else if gone {
+                            watching = false;
+                        }
+                    }
+                }
+            }
+        });
+        rx
+    };
     // Screenshots for a judge, if the task has one.
     let frames: Arc<Mutex<Vec<Arc<Vec<u8>>>>> = Arc::default();
     let collector = {
@@ -155,7 +188,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
     };
 
     let info = |sandbox: &str, (w, h): (u32, u32)| {
-        let scaling = Scaling::new((w, h), cfg.agent.target);
+        let geometry = protocol::geometry(&cfg.agent.protocol, (w, h));
         SessionInfo {
             session: session.clone(),
             sandbox: sandbox.to_owned(),
@@ -163,12 +196,13 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
             task_id: task.as_ref().map(|t| t.id.clone()),
             model: cfg.model.model.clone(),
             base_url: redact_url(&cfg.model.base_url),
-            protocol: "openai-tools".into(),
+            protocol: cfg.agent.protocol.name.to_string(),
+            coords: cfg.agent.protocol.space.to_string(),
             image: spec.image.clone(),
             width: w,
             height: h,
-            sent_width: scaling.sent.0,
-            sent_height: scaling.sent.1,
+            sent_width: geometry.sent.0,
+            sent_height: geometry.sent.1,
             max_steps: cfg.agent.max_steps,
             timeout_s: cfg.agent.timeout.as_secs_f64(),
             task: task.as_ref().and_then(|t| serde_json::to_value(t).ok()),
@@ -195,7 +229,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
                 &model,
                 &frames,
                 &emitter,
-                hooks.control,
+                control,
                 hooks.on_desktop,
                 &info,
             )
@@ -243,7 +277,7 @@ async fn with_desktop(
     task: Option<&Task>,
     snapshot: Option<u64>,
     session: &str,
-    model: &Arc<OpenAiModel>,
+    model: &Arc<HttpModel>,
     frames: &Arc<Mutex<Vec<Arc<Vec<u8>>>>>,
     emitter: &Emitter,
     control: mpsc::Receiver<Command>,
@@ -314,9 +348,10 @@ async fn with_desktop(
         };
         let judge = check_has_judge(check).then(|| Judge {
             model: model.clone(),
+            protocol: cfg.agent.protocol.name,
             instruction: task.instruction.clone(),
             frames: frames.lock().map(|f| f.clone()).unwrap_or_default(),
-            prompts: cfg.agent.prompts.clone(),
+            prompts: cfg.agent.protocol.prompts.clone(),
         });
         let evidence = Recorded::new(SandboxEvidence {
             sandbox: sandbox.clone(),

@@ -14,10 +14,12 @@
 //!   recording), shared by `run` and `batch`.
 //! - [`headless`]: the events as progress lines or JSON Lines.
 //! - [`tui`]: the terminal UI: live runs, replay, the sessions list.
-//! - [`config`]: the configuration file.
+//! - [`config`]: the configuration file; [`settings`]: file, environment and flags resolved
+//!   into what an episode needs.
 //! - [`bench`]: `selfagent bench`, measured against the way the public demos do it.
 //! - [`cli`]: the command line.
-//! - [`process`], [`time`]: process ownership and wall-clock helpers.
+//! - [`process`], [`time`], [`signals`]: process ownership, wall-clock helpers, stop
+//!   signals (SIGINT, SIGTERM, SIGHUP).
 
 pub mod action;
 pub mod agent;
@@ -32,6 +34,8 @@ pub mod headless;
 pub mod process;
 pub mod record;
 pub mod sandbox;
+pub mod settings;
+pub mod signals;
 pub mod task;
 pub mod time;
 pub mod tui;

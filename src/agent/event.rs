@@ -2,7 +2,8 @@
 //! (later) the TUI all consume, and that replay reproduces from a recording.
 
 use crate::action::Action;
-use crate::agent::model::{ToolCall, Usage};
+use crate::agent::model::Usage;
+use crate::agent::protocol::Call;
 use crate::desktop::SettleReport;
 use serde::Serialize;
 use serde_json::Value;
@@ -57,6 +58,8 @@ pub enum Status {
     Interrupted,
     /// The desktop or the model server broke.
     Error,
+    /// The model asked a person for help (`call_user`) where nobody could answer.
+    NeedsUser,
 }
 
 impl Status {
@@ -68,6 +71,7 @@ impl Status {
             Self::Stopped => "stopped",
             Self::Interrupted => "interrupted",
             Self::Error => "error",
+            Self::NeedsUser => "needs_user",
         }
     }
 
@@ -79,6 +83,7 @@ impl Status {
             "stopped" => Self::Stopped,
             "interrupted" => Self::Interrupted,
             "error" => Self::Error,
+            "needs_user" => Self::NeedsUser,
             _ => return None,
         })
     }
@@ -102,6 +107,8 @@ pub struct SessionInfo {
     /// Without credentials.
     pub base_url: String,
     pub protocol: String,
+    /// The model's coordinate space (`native`, `smart`, `1000`, `999`, `unit`).
+    pub coords: String,
     pub image: String,
     pub width: u32,
     pub height: u32,
@@ -127,9 +134,12 @@ pub enum EndedBy {
     User,
     /// The desktop or the model server broke.
     Error,
-    /// The harness failed before the agent started: the desktop did not come up, or a
-    /// task's setup step failed. Not the agent's doing.
+    /// The harness failed: the desktop did not come up or died, a task's setup step
+    /// failed. Not the agent's doing.
     Harness,
+    /// The recording could not be written (a full disk): the episode stopped rather than
+    /// go on unrecorded.
+    Recording,
 }
 
 /// How an episode ended, with its totals.
@@ -178,7 +188,9 @@ pub enum Event {
         thought: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         text: Option<String>,
-        calls: Vec<ToolCall>,
+        /// The actions the model asked for, each in screen pixels or with why it cannot
+        /// be done.
+        calls: Vec<Call>,
         usage: Usage,
         model_ms: f64,
         attempts: u32,

@@ -2,65 +2,53 @@
 //!
 //! [`run`] owns the step cycle and reports everything as [`Event`]s through an
 //! [`Emitter`]; the headless printer, the recorder and the TUI are consumers of those
-//! events. A step is one model call and the actions it asked for. Mistakes in an action
-//! (bad arguments, an unknown key, an off-screen point) go back to the model as the tool's
-//! result; a desktop that breaks or a model server that keeps failing ends the episode with
-//! status `error`. After acting, the loop settles (waits for the screen to stop changing)
-//! instead of sleeping.
+//! events. It knows no wire format (the [`protocol::Protocol`] does) and no container (the
+//! [`Computer`] does). A step is one model call and the actions it asked for. Mistakes in
+//! an action (bad arguments, an unknown key, a point outside the model's space) go back to
+//! the model as the action's result; a desktop that breaks ends the episode as the harness's
+//! failure, with the step in progress recorded; a model server that keeps failing ends it
+//! with status `error`. After acting, the loop settles (waits for the screen to stop
+//! changing) instead of sleeping. The episode's deadline and a stop hold within moments,
+//! also in the middle of an action.
 
+pub mod computer;
+pub mod control;
 pub mod event;
 pub mod model;
 pub mod protocol;
 
+pub use computer::Computer;
+pub use control::Command;
 pub use event::{Emitter, EndedBy, Event, Exchange, Frame, Outcome, SessionInfo, Status};
-pub use model::{Model, OpenAiConfig, OpenAiModel};
+pub use model::{EndpointConfig, HttpModel, Model};
 
 use crate::action::{Action, InvalidAction};
-use crate::desktop::{ActionError, Desktop, SettleOptions};
-use model::{Retry, ToolCall};
-use protocol::{Conversation, Scaling, Target};
-use serde_json::Value;
+use crate::desktop::{ActionError, SettleOptions};
+use control::{Controls, Stop};
+use model::{RawReply, Retry};
+use protocol::{CallResult, Decision, Protocol, ProtocolConfig, Shot};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-/// The embedded default prompts (prompts/ in the source tree).
-const SYSTEM_PROMPT: &str = include_str!("../../prompts/system.md");
-
-/// The system prompt: `dir/system.md` when given and present, else the embedded one, with
-/// `{width}`, `{height}` and `{date}` filled in.
-pub fn system_prompt(
-    dir: Option<&std::path::Path>,
-    width: u32,
-    height: u32,
-) -> std::io::Result<String> {
-    let template = match dir.map(|d| d.join("system.md")) {
-        Some(path) if path.exists() => std::fs::read_to_string(path)?,
-        _ => SYSTEM_PROMPT.to_owned(),
-    };
-    Ok(template
-        .replace("{width}", &width.to_string())
-        .replace("{height}", &height.to_string())
-        .replace("{date}", &crate::time::date(crate::time::now_ms())))
-}
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub instruction: String,
     pub max_steps: u32,
     pub timeout: Duration,
-    pub target: Target,
-    /// Screenshots kept as images in each request.
-    pub keep_images: usize,
-    pub image_in_tool: bool,
-    /// Offer launch/open/exec to the model.
-    pub allow_setup_actions: bool,
+    pub protocol: ProtocolConfig,
     pub settle: SettleOptions,
-    /// A directory overriding the embedded prompts.
-    pub prompts: Option<std::path::PathBuf>,
     /// Replies in a row with no usable action before the episode ends as an error.
     pub max_bad_replies: u32,
+    /// Actions done per reply; more are refused (fed back to the model), so a reply of
+    /// hundreds of calls does not run them all.
+    pub max_actions: usize,
 }
+
+/// The default of [`AgentConfig::max_actions`]: above what real models batch (Claude sends a
+/// few `tool_use` blocks, OpenAI's GA batches a handful).
+pub const DEFAULT_MAX_ACTIONS: usize = 16;
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -68,221 +56,11 @@ impl Default for AgentConfig {
             instruction: String::new(),
             max_steps: 50,
             timeout: Duration::from_secs(30 * 60),
-            target: Target::Native,
-            keep_images: 3,
-            image_in_tool: false,
-            allow_setup_actions: false,
+            protocol: ProtocolConfig::default(),
             settle: SettleOptions::default(),
-            prompts: None,
             max_bad_replies: 3,
+            max_actions: DEFAULT_MAX_ACTIONS,
         }
-    }
-}
-
-/// A screenshot as observed and as sent.
-struct Observed {
-    frame: Frame,
-    sent_png: Vec<u8>,
-}
-
-async fn observe(desktop: &Desktop, scaling: &Scaling) -> Result<Observed, String> {
-    let shot = desktop.screenshot().await.map_err(|e| e.to_string())?;
-    let frame = Frame::new(shot.png.clone(), shot.width, shot.height);
-    let sent_png = scaling
-        .image_for_model(&shot.png)
-        .map_err(|e| format!("scaling a screenshot: {e}"))?;
-    Ok(Observed { frame, sent_png })
-}
-
-/// What a person can tell a running episode (the TUI's keys; Ctrl-C sends `Stop`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// Finish the current step, then wait.
-    Pause,
-    Resume,
-    /// From a pause: run one step, then pause again.
-    Step,
-    /// End the episode (status `stopped`).
-    Stop,
-    /// A message for the model, sent with the next request.
-    Message(String),
-    /// Ask before every action (`true`) or not.
-    ApproveMode(bool),
-    /// Answers to an approval request.
-    Approve,
-    Deny,
-    /// Pause so a person can use the desktop (through the view).
-    TakeOver,
-    /// Resume after a take-over: the next step starts from a fresh screenshot.
-    HandBack,
-}
-
-impl Command {
-    fn kind(&self) -> &'static str {
-        match self {
-            Self::Pause => "pause",
-            Self::Resume => "resume",
-            Self::Step => "step",
-            Self::Stop => "stop",
-            Self::Message(_) => "message",
-            Self::ApproveMode(true) => "approve_on",
-            Self::ApproveMode(false) => "approve_off",
-            Self::Approve => "approve",
-            Self::Deny => "deny",
-            Self::TakeOver => "take_over",
-            Self::HandBack => "hand_back",
-        }
-    }
-}
-
-/// The loop's view of the commands it has been sent.
-struct Controls {
-    rx: mpsc::Receiver<Command>,
-    closed: bool,
-    paused: bool,
-    single_step: bool,
-    approve: bool,
-    stop: bool,
-    taken_over: bool,
-    handed_back: bool,
-    messages: Vec<String>,
-    answer: Option<bool>,
-}
-
-/// The loop was told to stop.
-struct Stop;
-
-impl Controls {
-    fn new(rx: mpsc::Receiver<Command>) -> Self {
-        Self {
-            rx,
-            closed: false,
-            paused: false,
-            single_step: false,
-            approve: false,
-            stop: false,
-            taken_over: false,
-            handed_back: false,
-            messages: Vec::new(),
-            answer: None,
-        }
-    }
-
-    async fn apply(&mut self, cmd: Command, step: u32, emit: &Emitter) {
-        let text = match &cmd {
-            Command::Message(m) => Some(m.clone()),
-            _ => None,
-        };
-        match cmd {
-            Command::Pause => self.paused = true,
-            Command::Resume => {
-                self.paused = false;
-                self.single_step = false;
-            }
-            Command::Step => {
-                self.paused = false;
-                self.single_step = true;
-            }
-            Command::Stop => self.stop = true,
-            Command::Message(ref m) => self.messages.push(m.clone()),
-            Command::ApproveMode(on) => self.approve = on,
-            Command::Approve => self.answer = Some(true),
-            Command::Deny => self.answer = Some(false),
-            Command::TakeOver => {
-                self.paused = true;
-                self.taken_over = true;
-            }
-            Command::HandBack => {
-                self.paused = false;
-                self.single_step = false;
-                if self.taken_over {
-                    self.handed_back = true;
-                }
-                self.taken_over = false;
-            }
-        }
-        emit.emit(Event::Intervention {
-            step,
-            kind: cmd.kind().to_owned(),
-            text,
-        })
-        .await;
-    }
-
-    /// Applies the commands already sent, without waiting.
-    async fn drain(&mut self, step: u32, emit: &Emitter) -> Result<(), Stop> {
-        while !self.closed {
-            match self.rx.try_recv() {
-                Ok(cmd) => self.apply(cmd, step, emit).await,
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => self.closed = true,
-            }
-        }
-        if self.stop { Err(Stop) } else { Ok(()) }
-    }
-
-    /// Waits for the next command and applies it (never resolves once the sender is gone).
-    async fn next(&mut self, step: u32, emit: &Emitter) {
-        if self.closed {
-            return std::future::pending().await;
-        }
-        match self.rx.recv().await {
-            Some(cmd) => self.apply(cmd, step, emit).await,
-            None => self.closed = true,
-        }
-    }
-
-    /// While paused (or taken over), waits for resume, step, hand back or stop.
-    async fn wait_while_paused(&mut self, step: u32, emit: &Emitter) -> Result<(), Stop> {
-        self.drain(step, emit).await?;
-        if self.paused {
-            let reason = if self.taken_over {
-                "taken_over"
-            } else {
-                "paused"
-            };
-            emit.emit(Event::Paused {
-                step,
-                reason: reason.into(),
-            })
-            .await;
-            while self.paused && !self.stop {
-                self.next(step, emit).await;
-            }
-        }
-        if self.stop { Err(Stop) } else { Ok(()) }
-    }
-
-    /// In approve mode, asks for this action and waits for the answer.
-    async fn approve(
-        &mut self,
-        step: u32,
-        index: usize,
-        action: &Action,
-        emit: &Emitter,
-    ) -> Result<bool, Stop> {
-        self.drain(step, emit).await?;
-        if !self.approve {
-            return Ok(true);
-        }
-        self.answer = None;
-        emit.emit(Event::AwaitingApproval {
-            step,
-            index,
-            action: action.clone(),
-        })
-        .await;
-        while self.answer.is_none() && !self.stop {
-            self.next(step, emit).await;
-            // Approve mode turned off while waiting: go ahead.
-            if !self.approve && self.answer.is_none() {
-                self.answer = Some(true);
-            }
-        }
-        if self.stop {
-            return Err(Stop);
-        }
-        Ok(self.answer.take().unwrap_or(true))
     }
 }
 
@@ -290,131 +68,255 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Runs one episode on `desktop` with `model`, reporting through `emit`, until the model
+/// How an episode ends: status, who ended it, the answer, the error.
+struct Ending {
+    status: Status,
+    ended_by: EndedBy,
+    answer: Option<String>,
+    error: Option<String>,
+}
+
+impl Ending {
+    fn new(status: Status, ended_by: EndedBy) -> Self {
+        Self {
+            status,
+            ended_by,
+            answer: None,
+            error: None,
+        }
+    }
+
+    fn error(mut self, e: impl Into<String>) -> Self {
+        self.error = Some(e.into());
+        self
+    }
+
+    fn answer(mut self, a: Option<String>) -> Self {
+        self.answer = a;
+        self
+    }
+}
+
+/// Something that ends the episode in the middle of a step.
+enum Interrupt {
+    Stopped,
+    TimedOut,
+    Aborted(String),
+}
+
+/// A screenshot as observed and as sent.
+struct Observed {
+    frame: Frame,
+    shot: Shot,
+}
+
+/// Runs one episode on `computer` with `model`, reporting through `emit`, until the model
 /// finishes, a limit is reached, the desktop or model breaks, or a [`Command::Stop`]
 /// arrives on `control`. The caller emits [`Event::SessionStarted`] first (it knows the
 /// ids).
-pub async fn run<M: Model>(
+pub async fn run<C: Computer, M: Model>(
     cfg: &AgentConfig,
-    desktop: &Desktop,
+    computer: &C,
     model: &M,
     emit: &Emitter,
     control: mpsc::Receiver<Command>,
 ) -> Outcome {
-    let mut controls = Controls::new(control);
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + cfg.timeout;
-    let mut outcome = Outcome {
-        status: Status::Running,
-        ended_by: EndedBy::Error,
-        answer: None,
-        error: None,
-        steps: 0,
-        tokens_in: 0,
-        tokens_out: 0,
-        wall_ms: 0,
-    };
-    let scaling = Scaling::new(desktop.size(), cfg.target);
-    let result = episode(
+    let mut ep = Episode {
         cfg,
-        desktop,
+        computer,
         model,
         emit,
-        &mut controls,
-        &scaling,
-        deadline,
-        &mut outcome,
-    )
-    .await;
-    let (status, ended_by, answer, error) = match result {
-        Ok((status, ended_by, answer, error)) => (status, ended_by, answer, error),
-        Err(e) => (Status::Error, EndedBy::Error, None, Some(e)),
+        controls: Controls::new(control),
+        deadline: tokio::time::Instant::now() + cfg.timeout,
+        totals: Outcome {
+            status: Status::Running,
+            ended_by: EndedBy::Error,
+            answer: None,
+            error: None,
+            steps: 0,
+            tokens_in: 0,
+            tokens_out: 0,
+            wall_ms: 0,
+        },
     };
-    outcome.status = status;
-    outcome.ended_by = ended_by;
-    outcome.answer = answer;
-    outcome.error = error;
+    let ending = ep.episode().await;
+    let mut outcome = ep.totals;
+    outcome.status = ending.status;
+    outcome.ended_by = ending.ended_by;
+    outcome.answer = ending.answer;
+    outcome.error = ending.error;
     outcome.wall_ms = started.elapsed().as_millis() as u64;
     emit.emit(Event::Finished(outcome.clone())).await;
     outcome
 }
 
-type Ending = (Status, EndedBy, Option<String>, Option<String>);
-
-fn stopped() -> Ending {
-    (
-        Status::Stopped,
-        EndedBy::User,
-        None,
-        Some("stopped by the user".into()),
-    )
+struct Episode<'a, C, M> {
+    cfg: &'a AgentConfig,
+    computer: &'a C,
+    model: &'a M,
+    emit: &'a Emitter,
+    controls: Controls,
+    deadline: tokio::time::Instant,
+    totals: Outcome,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn episode<M: Model>(
-    cfg: &AgentConfig,
-    desktop: &Desktop,
-    model: &M,
-    emit: &Emitter,
-    controls: &mut Controls,
-    scaling: &Scaling,
-    deadline: tokio::time::Instant,
-    totals: &mut Outcome,
-) -> Result<Ending, String> {
-    let system = system_prompt(cfg.prompts.as_deref(), scaling.sent.0, scaling.sent.1)
-        .map_err(|e| format!("reading the prompts: {e}"))?;
-    let tools = vec![protocol::computer_tool(
-        scaling.sent.0,
-        scaling.sent.1,
-        cfg.allow_setup_actions,
-    )];
-    let mut conv = Conversation::new(&system, cfg.keep_images, cfg.image_in_tool);
-    let mut current = observe(desktop, scaling).await?;
-    conv.user_task(&cfg.instruction, &current.frame.sha256, &current.sent_png);
-    let mut bad_replies = 0;
+/// What one step came to: the next step, or the end.
+enum Next {
+    Continue(Observed),
+    End(Ending),
+}
 
-    for step in 1..=cfg.max_steps {
-        if controls.wait_while_paused(step, emit).await.is_err() {
-            return Ok(stopped());
+impl<C: Computer, M: Model> Episode<'_, C, M> {
+    fn ending(&self, i: Interrupt) -> Ending {
+        match i {
+            Interrupt::Stopped => {
+                Ending::new(Status::Stopped, EndedBy::User).error("stopped by the user")
+            }
+            Interrupt::TimedOut => Ending::new(Status::Failed, EndedBy::TimeLimit).error(format!(
+                "the time limit ({:.0} s) was reached",
+                self.cfg.timeout.as_secs_f64()
+            )),
+            Interrupt::Aborted(reason) => {
+                Ending::new(Status::Error, EndedBy::Recording).error(reason)
+            }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(timeout_ending(cfg));
+    }
+
+    fn stop_reason(&self) -> Interrupt {
+        match &self.controls.aborted {
+            Some(r) => Interrupt::Aborted(r.clone()),
+            None => Interrupt::Stopped,
         }
-        if std::mem::take(&mut controls.handed_back) {
-            // A person used the desktop: show the model what it looks like now.
-            current = observe(desktop, scaling).await?;
-            conv.screenshot(
-                &current.frame.sha256,
-                &current.sent_png,
-                "A person took control of the desktop for a while and has handed it back. This is the screen now:",
-            );
+    }
+
+    /// Runs `work` unless the deadline passes or a stop arrives first (commands that come
+    /// meanwhile are applied: a pause takes effect after the step).
+    async fn guarded<T>(
+        &mut self,
+        step: u32,
+        work: impl Future<Output = T>,
+    ) -> Result<T, Interrupt> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                _ = self.controls.next(step, self.emit) => {
+                    if self.controls.stop {
+                        return Err(self.stop_reason());
+                    }
+                }
+                _ = tokio::time::sleep_until(self.deadline) => return Err(Interrupt::TimedOut),
+            }
         }
-        for message in std::mem::take(&mut controls.messages) {
-            conv.user_text(&format!("A message from the person watching: {message}"));
-        }
-        let step_started = Instant::now();
-        totals.steps = step;
-        emit.emit(Event::StepStarted { step }).await;
-        emit.emit(Event::Observation {
-            step,
-            frame: current.frame.clone(),
+    }
+
+    /// A desktop failure: the reason, said as what happened to the desktop when it is gone.
+    async fn desktop_failed(&self, error: String) -> Ending {
+        let why = self.computer.why_gone().await.unwrap_or(error);
+        Ending::new(Status::Error, EndedBy::Harness).error(why)
+    }
+
+    async fn observe(&self, protocol: &dyn Protocol) -> Result<Observed, String> {
+        let shot = self
+            .computer
+            .screenshot()
+            .await
+            .map_err(|e| e.to_string())?;
+        let frame = Frame::new(shot.png.clone(), shot.width, shot.height);
+        let png = protocol
+            .geometry()
+            .image_for_model(&shot.png)
+            .map_err(|e| format!("scaling a screenshot: {e}"))?;
+        Ok(Observed {
+            shot: Shot {
+                sha256: frame.sha256.clone(),
+                png: Arc::new(png),
+            },
+            frame,
         })
-        .await;
+    }
 
-        // Decide.
-        let request = conv.request(&tools);
-        let recorded = conv.recorded(&tools);
-        let (retry_tx, mut retry_rx) = tokio::sync::mpsc::unbounded_channel::<Retry>();
+    async fn episode(&mut self) -> Ending {
+        let mut protocol = match protocol::create(&self.cfg.protocol, self.computer.size()) {
+            Ok(p) => p,
+            Err(e) => return Ending::new(Status::Error, EndedBy::Error).error(e),
+        };
+        let mut current = match self.observe(protocol.as_ref()).await {
+            Ok(o) => o,
+            Err(e) => return self.desktop_failed(e).await,
+        };
+        protocol.begin(&self.cfg.instruction, &current.shot);
+        let mut bad_replies = 0;
+        for step in 1..=self.cfg.max_steps {
+            if self
+                .controls
+                .wait_while_paused(step, self.emit)
+                .await
+                .is_err()
+            {
+                return self.ending(self.stop_reason());
+            }
+            if tokio::time::Instant::now() >= self.deadline {
+                return self.ending(Interrupt::TimedOut);
+            }
+            if std::mem::take(&mut self.controls.handed_back) {
+                // A person used the desktop: show the model what it looks like now.
+                current = match self.observe(protocol.as_ref()).await {
+                    Ok(o) => o,
+                    Err(e) => return self.desktop_failed(e).await,
+                };
+                protocol.results(
+                    &[],
+                    &current.shot,
+                    "A person took control of the desktop for a while and has handed it back. This is the screen now:",
+                );
+            }
+            for message in std::mem::take(&mut self.controls.messages) {
+                protocol.user_message(&format!("A message from the person watching: {message}"));
+            }
+            match self
+                .step(step, protocol.as_mut(), current, &mut bad_replies)
+                .await
+            {
+                Next::Continue(after) => current = after,
+                Next::End(ending) => return ending,
+            }
+            if std::mem::take(&mut self.controls.single_step) {
+                self.controls.paused = true;
+            }
+            if bad_replies >= self.cfg.max_bad_replies {
+                return Ending::new(Status::Error, EndedBy::Error).error(format!(
+                    "{bad_replies} replies in a row had no usable action (see the recorded errors)"
+                ));
+            }
+        }
+        Ending::new(Status::Failed, EndedBy::StepLimit).error(format!(
+            "the step limit ({}) was reached",
+            self.cfg.max_steps
+        ))
+    }
+
+    /// Asks the model, with retries reported as events; a stop or the deadline interrupts.
+    async fn decide(
+        &mut self,
+        step: u32,
+        protocol: &dyn Protocol,
+    ) -> Result<Result<(RawReply, Decision, Value), String>, Interrupt> {
+        let (request, recorded) = protocol.request();
+        let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Retry>();
         let on_retry = move |r: Retry| {
             let _ = retry_tx.send(r);
         };
-        let call = model.complete(&request, &on_retry);
+        let check = |raw: &Value| protocol.decode(raw).map(|_| ());
+        let model = self.model;
+        let call = model.send(&request, &check, &on_retry);
         tokio::pin!(call);
-        let completion = loop {
+        let reply = loop {
             tokio::select! {
                 r = &mut call => break r,
                 Some(r) = retry_rx.recv() => {
-                    emit.emit(Event::ModelRetry {
+                    self.emit.emit(Event::ModelRetry {
                         step,
                         attempt: r.attempt,
                         error: r.error,
@@ -422,316 +324,277 @@ async fn episode<M: Model>(
                     })
                     .await;
                 }
-                _ = controls.next(step, emit) => {
-                    if controls.stop {
-                        return Ok(stopped());
+                _ = self.controls.next(step, self.emit) => {
+                    if self.controls.stop {
+                        return Err(self.stop_reason());
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => return Ok(timeout_ending(cfg)),
+                _ = tokio::time::sleep_until(self.deadline) => return Err(Interrupt::TimedOut),
             }
         };
-        let completion =
-            completion.map_err(|e| format!("the model call of step {step} failed: {e}"))?;
-        let reply = completion.reply;
-        totals.tokens_in += reply.usage.input;
-        totals.tokens_out += reply.usage.output;
-        // Text next to tool calls is the model's thinking; alone, it is the answer.
-        let thought = match (&reply.reasoning, reply.tool_calls.is_empty()) {
-            (Some(r), _) => Some(r.clone()),
-            (None, false) => reply.text.clone(),
-            (None, true) => None,
-        };
-        emit.emit(Event::ModelReply {
-            step,
-            thought,
-            text: reply.text.clone(),
-            calls: reply.tool_calls.clone(),
-            usage: reply.usage,
-            model_ms: ms(completion.elapsed),
-            attempts: completion.attempts,
-            exchange: Some(Arc::new(Exchange {
-                request: recorded,
-                response: completion.raw,
-            })),
+        Ok(match reply {
+            Err(e) => Err(format!("the model call of step {step} failed: {e}")),
+            Ok(raw) => match protocol.decode(&raw.body) {
+                Ok(decision) => Ok((raw, decision, recorded)),
+                Err(e) => Err(format!(
+                    "the model's reply of step {step} is not usable: {e}"
+                )),
+            },
         })
-        .await;
-        conv.assistant(reply.text.as_deref(), &reply.tool_calls);
+    }
 
-        if reply.tool_calls.is_empty() {
-            emit.emit(Event::StepFinished {
+    /// One step: decide, act, settle, observe.
+    async fn step(
+        &mut self,
+        step: u32,
+        protocol: &mut dyn Protocol,
+        current: Observed,
+        bad_replies: &mut u32,
+    ) -> Next {
+        let step_started = Instant::now();
+        self.totals.steps = step;
+        self.emit.emit(Event::StepStarted { step }).await;
+        self.emit
+            .emit(Event::Observation {
                 step,
                 frame: current.frame.clone(),
-                step_ms: ms(step_started.elapsed()),
             })
             .await;
-            return Ok((Status::Succeeded, EndedBy::Model, reply.text, None));
+        let finish = |frame: &Frame| Event::StepFinished {
+            step,
+            frame: frame.clone(),
+            step_ms: ms(step_started.elapsed()),
+        };
+
+        let (raw, decision, recorded) = match self.decide(step, protocol).await {
+            Err(i) => return Next::End(self.ending(i)),
+            Ok(Err(e)) => return Next::End(Ending::new(Status::Error, EndedBy::Error).error(e)),
+            Ok(Ok(d)) => d,
+        };
+        self.totals.tokens_in += decision.usage.input;
+        self.totals.tokens_out += decision.usage.output;
+        self.emit
+            .emit(Event::ModelReply {
+                step,
+                thought: decision.thought.clone(),
+                text: decision.text.clone(),
+                calls: decision.calls.clone(),
+                usage: decision.usage,
+                model_ms: ms(raw.elapsed),
+                attempts: raw.attempts,
+                exchange: Some(Arc::new(Exchange {
+                    request: recorded,
+                    response: raw.body.clone(),
+                })),
+            })
+            .await;
+        protocol.assistant(&raw.body, &decision);
+
+        if decision.calls.is_empty() {
+            self.emit.emit(finish(&current.frame)).await;
+            return Next::End(
+                Ending::new(Status::Succeeded, EndedBy::Model).answer(decision.text.clone()),
+            );
         }
 
         // Act.
-        let mark = desktop.mark();
+        let mark = self.computer.mark();
         let mut acted = false;
         let mut usable = false;
         let mut ending: Option<Ending> = None;
-        let mut images = Vec::new();
-        for (index, call) in reply.tool_calls.iter().enumerate() {
+        let mut results = Vec::with_capacity(decision.calls.len());
+        for (index, call) in decision.calls.iter().enumerate() {
+            let refuse = |text: String| CallResult {
+                id: call.id.clone(),
+                text,
+                is_error: true,
+                image: None,
+            };
             if ending.is_some() {
-                conv.tool_result(&call.id, "skipped: the episode had already ended");
+                results.push(refuse("skipped: the episode had already ended".into()));
                 continue;
             }
-            let action = match parse_call(call, scaling, cfg.allow_setup_actions) {
-                Ok(a) => a,
+            if index >= self.cfg.max_actions {
+                let e = InvalidAction::new(format!(
+                    "not done: at most {} actions are done per turn (this reply had {})",
+                    self.cfg.max_actions,
+                    decision.calls.len()
+                ));
+                self.reject(step, index, &call.input, &e).await;
+                results.push(refuse(e.to_string()));
+                continue;
+            }
+            let action = match &call.action {
+                Ok(a) => a.clone(),
                 Err(e) => {
-                    reject(&mut conv, emit, step, index, call, &e).await;
+                    self.reject(step, index, &call.input, e).await;
+                    results.push(refuse(e.to_string()));
                     continue;
                 }
             };
             usable = true;
-            let t = Instant::now();
-            match &action {
-                Action::Done { answer } => {
-                    conv.tool_result(&call.id, "ok");
-                    ending = Some((Status::Succeeded, EndedBy::Model, answer.clone(), None));
-                }
-                Action::Fail { reason } => {
-                    conv.tool_result(&call.id, "ok");
-                    ending = Some((
-                        Status::Failed,
-                        EndedBy::Model,
-                        Some(reason.clone()),
-                        Some(format!("the model gave up: {reason}")),
-                    ));
-                }
-                _ => {}
-            }
-            if ending.is_some() {
-                emit.emit(Event::ActionDone {
-                    step,
-                    index,
-                    action,
-                    text: None,
-                    act_ms: 0.0,
+            if action.is_end() {
+                ending = Some(end_of(&action));
+                self.emit
+                    .emit(Event::ActionDone {
+                        step,
+                        index,
+                        action,
+                        text: None,
+                        act_ms: 0.0,
+                        image: None,
+                    })
+                    .await;
+                results.push(CallResult {
+                    id: call.id.clone(),
+                    text: "ok".into(),
+                    is_error: false,
                     image: None,
-                })
-                .await;
+                });
                 continue;
             }
-            match controls.approve(step, index, &action, emit).await {
-                Err(Stop) => return Ok(stopped()),
+            match self.controls.approve(step, index, &action, self.emit).await {
+                Err(Stop) => return Next::End(self.ending(self.stop_reason())),
                 Ok(false) => {
                     let denied =
                         InvalidAction::new("the person watching did not allow this action");
-                    reject(&mut conv, emit, step, index, call, &denied).await;
+                    self.reject(step, index, &call.input, &denied).await;
+                    results.push(refuse(denied.to_string()));
                     continue;
                 }
                 Ok(true) => {}
             }
-            let result = desktop.act(&action).await;
-            match result {
+            let t = Instant::now();
+            let computer = self.computer;
+            let outcome = match self.guarded(step, computer.act(&action)).await {
+                Ok(r) => r,
+                Err(i) => {
+                    // Cut short: nothing may stay pressed.
+                    computer.release_input().await;
+                    let reason = match &i {
+                        Interrupt::TimedOut => "the time limit was reached during this action",
+                        _ => "the episode was stopped during this action",
+                    };
+                    self.reject(step, index, &call.input, &InvalidAction::new(reason))
+                        .await;
+                    self.emit.emit(finish(&current.frame)).await;
+                    return Next::End(self.ending(i));
+                }
+            };
+            match outcome {
                 Ok(out) => {
                     acted |= action.may_change_screen();
                     let mut text = out.text.clone();
                     if let Some(p) = out.cursor {
-                        let p = scaling.to_model(p);
-                        text = Some(format!("X={},Y={}", p.x, p.y));
+                        let (x, y) = protocol.geometry().to_model(p);
+                        text = Some(format!("X={x},Y={y}"));
                     }
-                    conv.tool_result(&call.id, text.as_deref().unwrap_or("ok"));
                     let image = out
                         .image
                         .as_ref()
                         .filter(|_| !matches!(action, Action::Screenshot))
                         .map(|i| Frame::new(i.png.clone(), i.width, i.height));
-                    if let Some(img) = &image {
-                        images.push(img.clone());
-                    }
-                    emit.emit(Event::ActionDone {
-                        step,
-                        index,
-                        action,
-                        text,
-                        act_ms: ms(t.elapsed()),
-                        image,
-                    })
-                    .await;
+                    results.push(CallResult {
+                        id: call.id.clone(),
+                        text: text.clone().unwrap_or_else(|| "ok".into()),
+                        is_error: false,
+                        image: image.as_ref().map(|f| Shot {
+                            sha256: f.sha256.clone(),
+                            png: f.png.clone(),
+                        }),
+                    });
+                    self.emit
+                        .emit(Event::ActionDone {
+                            step,
+                            index,
+                            action,
+                            text,
+                            act_ms: ms(t.elapsed()),
+                            image,
+                        })
+                        .await;
                 }
                 Err(ActionError::Invalid(e)) => {
-                    reject(&mut conv, emit, step, index, call, &e).await
+                    self.reject(step, index, &call.input, &e).await;
+                    results.push(refuse(e.to_string()));
                 }
-                Err(ActionError::Desktop(e)) => return Err(e.to_string()),
+                Err(ActionError::Desktop(e)) => {
+                    // The step in progress is recorded with what broke it.
+                    let ending = self.desktop_failed(e.to_string()).await;
+                    let reason = ending.error.clone().unwrap_or_default();
+                    self.reject(step, index, &call.input, &InvalidAction::new(reason))
+                        .await;
+                    self.emit.emit(finish(&current.frame)).await;
+                    return Next::End(ending);
+                }
             }
         }
         if let Some(ending) = ending {
-            emit.emit(Event::StepFinished {
-                step,
-                frame: current.frame.clone(),
-                step_ms: ms(step_started.elapsed()),
-            })
-            .await;
-            return Ok(ending);
+            self.emit.emit(finish(&current.frame)).await;
+            return Next::End(ending);
         }
 
         // Settle, observe.
         if acted {
-            let report = desktop.settle(mark, cfg.settle).await;
-            emit.emit(Event::Settled { step, report }).await;
+            let computer = self.computer;
+            match self
+                .guarded(step, computer.settle(mark, self.cfg.settle))
+                .await
+            {
+                Ok(report) => self.emit.emit(Event::Settled { step, report }).await,
+                Err(i) => {
+                    self.emit.emit(finish(&current.frame)).await;
+                    return Next::End(self.ending(i));
+                }
+            }
         }
-        let after = observe(desktop, scaling).await?;
-        for img in &images {
-            conv.screenshot(
-                &img.sha256,
-                &img.png,
-                "The zoomed region, at full resolution:",
-            );
-        }
-        conv.screenshot(
-            &after.frame.sha256,
-            &after.sent_png,
-            "The screen after your actions:",
-        );
-        conv.prune_images();
-        emit.emit(Event::StepFinished {
-            step,
-            frame: after.frame.clone(),
-            step_ms: ms(step_started.elapsed()),
-        })
-        .await;
-        current = after;
-        if std::mem::take(&mut controls.single_step) {
-            controls.paused = true;
-        }
-
-        bad_replies = if usable { 0 } else { bad_replies + 1 };
-        if bad_replies >= cfg.max_bad_replies {
-            return Err(format!(
-                "{bad_replies} replies in a row had no usable action (see the recorded errors)"
-            ));
-        }
+        let after = match self.observe(protocol).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.emit.emit(finish(&current.frame)).await;
+                return Next::End(self.desktop_failed(e).await);
+            }
+        };
+        protocol.results(&results, &after.shot, "The screen after your actions:");
+        self.emit.emit(finish(&after.frame)).await;
+        *bad_replies = if usable { 0 } else { *bad_replies + 1 };
+        Next::Continue(after)
     }
-    Ok((
-        Status::Failed,
-        EndedBy::StepLimit,
-        None,
-        Some(format!("the step limit ({}) was reached", cfg.max_steps)),
-    ))
+
+    /// An action that did not happen: reported (its error goes back to the model with the
+    /// results).
+    async fn reject(&self, step: u32, index: usize, input: &Value, error: &InvalidAction) {
+        self.emit
+            .emit(Event::ActionFailed {
+                step,
+                index,
+                input: input.clone(),
+                error: error.to_string(),
+            })
+            .await;
+    }
 }
 
-/// A tool call that did not happen: the error goes back to the model and is reported.
-async fn reject(
-    conv: &mut Conversation,
-    emit: &Emitter,
-    step: u32,
-    index: usize,
-    call: &ToolCall,
-    error: &InvalidAction,
-) {
-    conv.tool_result(&call.id, &format!("error: {error}"));
-    emit.emit(Event::ActionFailed {
-        step,
-        index,
-        input: call.arguments.clone(),
-        error: error.to_string(),
-    })
-    .await;
-}
+use serde_json::Value;
 
-fn timeout_ending(cfg: &AgentConfig) -> Ending {
-    (
-        Status::Failed,
-        EndedBy::TimeLimit,
-        None,
-        Some(format!(
-            "the time limit ({:.0} s) was reached",
-            cfg.timeout.as_secs_f64()
-        )),
-    )
-}
-
-/// A tool call as an action in screen pixels, or the reason it is not one.
-fn parse_call(
-    call: &ToolCall,
-    scaling: &Scaling,
-    allow_setup: bool,
-) -> Result<Action, InvalidAction> {
-    if call.name != "computer" {
-        return Err(InvalidAction::new(format!(
-            "there is no tool named '{}'; use the `computer` tool",
-            call.name
-        )));
-    }
-    if let Value::String(raw) = &call.arguments
-        && serde_json::from_str::<Value>(raw).is_err()
-    {
-        return Err(InvalidAction::new(format!(
-            "the arguments are not valid JSON: {}",
-            raw.chars().take(200).collect::<String>()
-        )));
-    }
-    let action = Action::from_tool_input(&call.arguments)?;
-    if action.is_setup_only() && !allow_setup {
-        return Err(InvalidAction::new(format!(
-            "`{}` is not available; use the mouse and keyboard",
-            action.name()
-        )));
-    }
-    Ok(action.map_points(|p| scaling.to_screen(p)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn call(name: &str, args: Value) -> ToolCall {
-        ToolCall {
-            id: "c".into(),
-            name: name.into(),
-            arguments: args,
+/// How an ending action ends the episode.
+fn end_of(action: &Action) -> Ending {
+    match action {
+        Action::Fail { reason } => Ending::new(Status::Failed, EndedBy::Model)
+            .answer(Some(reason.clone()))
+            .error(format!("the model gave up: {reason}")),
+        Action::CallUser { question } => Ending::new(Status::NeedsUser, EndedBy::Model)
+            .answer(question.clone())
+            .error(format!(
+                "the model asks for help{}",
+                question
+                    .as_deref()
+                    .map(|q| format!(": {q}"))
+                    .unwrap_or_default()
+            )),
+        Action::Done { answer } => {
+            Ending::new(Status::Succeeded, EndedBy::Model).answer(answer.clone())
         }
-    }
-
-    #[test]
-    fn calls_become_screen_actions_or_model_facing_errors() {
-        let s = Scaling::new((1280, 800), Target::Xga);
-        let a = parse_call(
-            &call(
-                "computer",
-                json!({"action":"left_click","coordinate":[512,384]}),
-            ),
-            &s,
-            false,
-        )
-        .unwrap();
-        assert_eq!(a.points(), vec![crate::action::Point::new(640, 400)]);
-        for (c, needle) in [
-            (call("browser", json!({})), "no tool named 'browser'"),
-            (call("computer", json!("{\"action\":")), "not valid JSON"),
-            (
-                call("computer", json!({"action":"exec","command":"ls"})),
-                "not available",
-            ),
-            (
-                call("computer", json!({"action":"key","text":"ctrl+Bogus"})),
-                "unknown key",
-            ),
-        ] {
-            let e = parse_call(&c, &s, false).unwrap_err().to_string();
-            assert!(e.contains(needle), "{e}");
-        }
-        assert!(
-            parse_call(
-                &call("computer", json!({"action":"exec","command":"ls"})),
-                &s,
-                true
-            )
-            .is_ok()
-        );
-    }
-
-    #[test]
-    fn prompts_are_filled_in_and_overridable() {
-        let p = system_prompt(None, 1024, 768).unwrap();
-        assert!(p.contains("1024x768") && !p.contains("{width}") && !p.contains("{date}"));
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("system.md"), "custom {width}").unwrap();
-        assert_eq!(system_prompt(Some(dir.path()), 9, 9).unwrap(), "custom 9");
+        _ => Ending::new(Status::Succeeded, EndedBy::Model),
     }
 }

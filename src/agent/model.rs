@@ -1,19 +1,18 @@
-//! The model: any OpenAI-compatible chat completions endpoint, or anything else that
-//! implements [`Model`] (the bench's instant model, a replay).
+//! The model endpoint: one HTTP transport that every wire format shares (retries with
+//! backoff, `Retry-After`, a cap on the reply's size, and the redaction of every secret it
+//! sends from everything it returns), behind the small [`Model`] trait so the loop can also
+//! run against an in-process model (the bench, tests).
 //!
-//! Requests and responses are JSON values, parsed leniently: the variants vLLM, Ollama,
-//! llama.cpp, LM Studio and OpenRouter send (tool calls without `type`, `arguments` as an
-//! object, content as a list of parts, unknown `finish_reason`, no `created`, reasoning in
-//! `reasoning_content` or `reasoning`, tool calls written as `<tool_call>` text by open
-//! models) all become one [`Reply`].
+//! What a request and a reply *mean* is the protocol's business (`agent::protocol`): this
+//! module moves JSON. A reply the protocol cannot use is retried like a broken body.
 //!
-//! The HTTP client is reqwest rather than async-openai: with our own request and response
-//! types, async-openai's `byot` calls add little, and its errors drop the HTTP status for
-//! error bodies that are not OpenAI-shaped (vLLM, llama.cpp, plain-text 429s) and hide
-//! `Retry-After`, both of which retries need.
+//! The HTTP client is reqwest rather than async-openai: the protocols need raw JSON (the
+//! dialects of vLLM, Ollama, llama.cpp and LM Studio; Anthropic's and OpenAI's other APIs),
+//! async-openai's errors drop the HTTP status of bodies that are not OpenAI-shaped and hide
+//! `Retry-After`, and reading the body ourselves is what lets us cap it.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -45,41 +44,22 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// One tool call of a reply.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ToolCall {
-    pub id: String,
-    pub name: String,
-    /// The arguments: an object, or the raw string when it was not valid JSON.
-    pub arguments: Value,
-}
-
 /// Token counts of one model call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub input: u64,
     pub output: u64,
+    /// Prompt tokens read from the provider's cache (Anthropic `cache_read_input_tokens`,
+    /// OpenAI `cached_tokens`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read: u64,
+    /// Prompt tokens written to the provider's cache (Anthropic).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write: u64,
 }
 
-/// What the model said, whatever dialect it said it in.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Reply {
-    /// Visible text (the answer, when there are no tool calls).
-    pub text: Option<String>,
-    /// Reasoning the server returned separately (`reasoning_content`, `reasoning`).
-    pub reasoning: Option<String>,
-    pub tool_calls: Vec<ToolCall>,
-    pub finish_reason: Option<String>,
-    pub usage: Usage,
-}
-
-/// A completed model call: the reply, the raw response body, and how it went.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    pub reply: Reply,
-    pub raw: Value,
-    pub attempts: u32,
-    pub elapsed: Duration,
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +72,10 @@ pub enum ModelError {
     Connect { url: String, error: String },
     #[error("the model server sent a reply that is not usable: {0}")]
     Malformed(String),
+    #[error(
+        "the model server's reply is larger than {limit} bytes (--max-reply-bytes); it was cut off and not used"
+    )]
+    TooLarge { limit: usize },
     #[error("gave up after {attempts} attempts; last error: {last}")]
     GaveUp { attempts: u32, last: String },
 }
@@ -101,7 +85,10 @@ impl ModelError {
     pub fn retryable(&self) -> bool {
         match self {
             Self::Http { status, .. } => *status == 429 || *status == 408 || *status >= 500,
-            Self::Timeout(_) | Self::Connect { .. } | Self::Malformed(_) => true,
+            Self::Timeout(_)
+            | Self::Connect { .. }
+            | Self::Malformed(_)
+            | Self::TooLarge { .. } => true,
             Self::GaveUp { .. } => false,
         }
     }
@@ -115,34 +102,74 @@ pub struct Retry {
     pub wait: Duration,
 }
 
-/// Anything that answers chat-completion requests.
+/// How the key travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer KEY` (OpenAI and compatible servers).
+    Bearer,
+    /// `x-api-key: KEY` (Anthropic).
+    XApiKey,
+}
+
+/// One request as a protocol encodes it.
+#[derive(Debug, Clone)]
+pub struct ModelRequest {
+    /// Appended to the base URL: `/chat/completions`, `/responses`, `/v1/messages`.
+    pub path: String,
+    pub body: Value,
+    /// Besides the key (`anthropic-version`, `anthropic-beta`).
+    pub headers: Vec<(String, String)>,
+    pub auth: Auth,
+}
+
+/// A reply's body as it came, and how getting it went.
+#[derive(Debug, Clone)]
+pub struct RawReply {
+    pub body: Value,
+    pub attempts: u32,
+    pub elapsed: Duration,
+}
+
+/// A check of a reply's body: `Err` makes the transport retry (a protocol that cannot read
+/// it).
+pub type Check<'a> = &'a (dyn Fn(&Value) -> Result<(), String> + Send + Sync);
+
+/// Anything that answers model requests.
 pub trait Model: Send + Sync {
     /// A short name for records and logs.
     fn name(&self) -> &str;
 
-    /// Answers one request; `on_retry` hears about each retry before its wait.
-    fn complete(
+    /// Answers one request; a body `check` refuses is retried; `on_retry` hears about each
+    /// retry before its wait.
+    fn send(
         &self,
-        request: &Value,
+        request: &ModelRequest,
+        check: Check<'_>,
         on_retry: &(dyn Fn(Retry) + Send + Sync),
-    ) -> impl std::future::Future<Output = Result<Completion, ModelError>> + Send;
+    ) -> impl std::future::Future<Output = Result<RawReply, ModelError>> + Send;
 }
 
-/// Settings of an OpenAI-compatible endpoint.
+/// Settings of an endpoint.
 #[derive(Debug, Clone)]
-pub struct OpenAiConfig {
-    /// Up to and including `/v1`: requests go to `{base_url}/chat/completions`.
+pub struct EndpointConfig {
+    /// Requests go to `{base_url}{path}` (the protocol's path).
     pub base_url: String,
     pub model: String,
     pub api_key: Secret,
     /// Per request.
     pub timeout: Duration,
     pub max_retries: u32,
+    /// Replies larger than this are cut off and retried (an endless or enormous reply must
+    /// not take the machine down).
+    pub max_reply_bytes: usize,
     /// Fields merged into every request (`temperature`, `max_tokens`, vendor options).
     pub extra: Map<String, Value>,
 }
 
-impl Default for OpenAiConfig {
+/// The default cap on a reply's size: far above any real computer-use reply (kilobytes).
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 4 << 20;
+
+impl Default for EndpointConfig {
     fn default() -> Self {
         Self {
             base_url: "http://127.0.0.1:8000/v1".into(),
@@ -150,6 +177,7 @@ impl Default for OpenAiConfig {
             api_key: Secret::default(),
             timeout: Duration::from_secs(120),
             max_retries: 5,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             extra: Map::new(),
         }
     }
@@ -172,14 +200,30 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-pub struct OpenAiModel {
-    config: OpenAiConfig,
-    http: reqwest::Client,
-    url: String,
+/// Replaces every secret in `text` with `[redacted]` (secrets shorter than 4 characters
+/// are ignored: they would mangle ordinary text).
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "[redacted]");
+        }
+    }
+    out
 }
 
-impl OpenAiModel {
-    pub fn new(config: OpenAiConfig) -> Result<Self, ModelError> {
+/// An endpoint over HTTP.
+pub struct HttpModel {
+    config: EndpointConfig,
+    http: reqwest::Client,
+    /// What this transport sends that must never come back out of it: the key, and the
+    /// credentials of the base URL. A server that echoes them (in an error body, in a
+    /// reply) has them replaced before anything else sees the text.
+    secrets: Vec<String>,
+}
+
+impl HttpModel {
+    pub fn new(config: EndpointConfig) -> Result<Self, ModelError> {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(Duration::from_secs(10))
@@ -188,8 +232,28 @@ impl OpenAiModel {
                 url: redact_url(&config.base_url),
                 error: e.to_string(),
             })?;
-        let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
-        Ok(Self { config, http, url })
+        let mut secrets = Vec::new();
+        if !config.api_key.is_empty() {
+            secrets.push(config.api_key.expose().to_owned());
+        }
+        if let Some((_, rest)) = config.base_url.split_once("://")
+            && let Some((userinfo, _)) = rest.split('/').next().and_then(|a| a.rsplit_once('@'))
+        {
+            secrets.extend(userinfo.split(':').map(str::to_owned));
+        }
+        Ok(Self {
+            config,
+            http,
+            secrets,
+        })
+    }
+
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    fn redact(&self, text: &str) -> String {
+        redact(text, &self.secrets)
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> ModelError {
@@ -198,20 +262,31 @@ impl OpenAiModel {
         } else {
             ModelError::Connect {
                 url: redact_url(&self.config.base_url),
-                error: e.to_string(),
+                error: self.redact(&error_chain(e)),
             }
         }
     }
 
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.base_url.trim_end_matches('/'))
+    }
+
     async fn attempt(
         &self,
+        request: &ModelRequest,
         body: &Value,
     ) -> Result<(Value, Option<Duration>), (ModelError, Option<Duration>)> {
-        let mut req = self.http.post(&self.url).json(body);
-        if !self.config.api_key.is_empty() {
-            req = req.bearer_auth(self.config.api_key.expose());
+        let mut req = self.http.post(self.url(&request.path)).json(body);
+        for (k, v) in &request.headers {
+            req = req.header(k, v);
         }
-        let response = req
+        if !self.config.api_key.is_empty() {
+            req = match request.auth {
+                Auth::Bearer => req.bearer_auth(self.config.api_key.expose()),
+                Auth::XApiKey => req.header("x-api-key", self.config.api_key.expose()),
+            };
+        }
+        let mut response = req
             .send()
             .await
             .map_err(|e| (self.transport_error(&e), None))?;
@@ -223,18 +298,31 @@ impl OpenAiModel {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| Duration::from_secs_f64(s.min(120.0)));
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| (self.transport_error(&e), retry_after))?;
+        // Read it ourselves, a chunk at a time, so that an endless or enormous body stops
+        // at the cap instead of filling memory.
+        let limit = self.config.max_reply_bytes;
+        let mut bytes: Vec<u8> = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if bytes.len() + chunk.len() > limit {
+                        return Err((ModelError::TooLarge { limit }, retry_after));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err((self.transport_error(&e), retry_after)),
+            }
+        }
+        let text = self.redact(&String::from_utf8_lossy(&bytes));
         if !(200..300).contains(&status) {
-            let body = String::from_utf8_lossy(&bytes).chars().take(2000).collect();
+            let body = text.chars().take(2000).collect();
             return Err((ModelError::Http { status, body }, retry_after));
         }
-        match serde_json::from_slice::<Value>(&bytes) {
+        match serde_json::from_str::<Value>(&text) {
             Ok(v) => Ok((v, retry_after)),
             Err(e) => {
-                let start: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
+                let start: String = text.chars().take(200).collect();
                 Err((
                     ModelError::Malformed(format!("not JSON ({e}): {start}")),
                     retry_after,
@@ -242,6 +330,21 @@ impl OpenAiModel {
             }
         }
     }
+}
+
+/// An error with its causes, as one line ("error sending request: ... Connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// The wait before retry number `attempt` (1-based): exponential from 0.5 s to 20 s with
@@ -255,21 +358,21 @@ pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
     Duration::from_secs_f64((base * jitter).min(20.0))
 }
 
-impl Model for OpenAiModel {
+impl Model for HttpModel {
     fn name(&self) -> &str {
         &self.config.model
     }
 
-    async fn complete(
+    async fn send(
         &self,
-        request: &Value,
+        request: &ModelRequest,
+        check: Check<'_>,
         on_retry: &(dyn Fn(Retry) + Send + Sync),
-    ) -> Result<Completion, ModelError> {
+    ) -> Result<RawReply, ModelError> {
         let started = Instant::now();
-        let mut body = request.clone();
+        let mut body = request.body.clone();
         if let Some(obj) = body.as_object_mut() {
-            obj.insert("model".into(), json!(self.config.model));
-            obj.insert("stream".into(), json!(false));
+            obj.insert("model".into(), Value::String(self.config.model.clone()));
             for (k, v) in &self.config.extra {
                 obj.insert(k.clone(), v.clone());
             }
@@ -277,17 +380,16 @@ impl Model for OpenAiModel {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (error, retry_after) = match self.attempt(&body).await {
-                Ok((raw, retry_after)) => match parse_response(&raw) {
-                    Ok(reply) => {
-                        return Ok(Completion {
-                            reply,
-                            raw,
+            let (error, retry_after) = match self.attempt(request, &body).await {
+                Ok((raw, retry_after)) => match check(&raw) {
+                    Ok(()) => {
+                        return Ok(RawReply {
+                            body: raw,
                             attempts: attempt,
                             elapsed: started.elapsed(),
                         });
                     }
-                    Err(e) => (e, retry_after),
+                    Err(e) => (ModelError::Malformed(self.redact(&e)), retry_after),
                 },
                 Err(e) => e,
             };
@@ -311,251 +413,9 @@ impl Model for OpenAiModel {
     }
 }
 
-fn text_of(content: &Value) -> Option<String> {
-    match content {
-        Value::String(s) => Some(s.clone()),
-        // A list of parts: join the text ones.
-        Value::Array(parts) => {
-            let text: Vec<&str> = parts
-                .iter()
-                .filter_map(|p| match p {
-                    Value::String(s) => Some(s.as_str()),
-                    Value::Object(o) => o.get("text").and_then(Value::as_str),
-                    _ => None,
-                })
-                .collect();
-            (!text.is_empty()).then(|| text.join(""))
-        }
-        _ => None,
-    }
-    .map(|s| s.trim().to_owned())
-    .filter(|s| !s.is_empty())
-}
-
-fn arguments_of(v: Option<&Value>) -> Value {
-    match v {
-        // The usual case: a JSON string. Keep the raw string when it does not parse, so
-        // the error can be fed back to the model.
-        Some(Value::String(s)) => serde_json::from_str::<Value>(s)
-            .ok()
-            .filter(Value::is_object)
-            .unwrap_or_else(|| Value::String(s.clone())),
-        Some(v @ Value::Object(_)) => v.clone(),
-        Some(Value::Null) | None => json!({}),
-        Some(other) => other.clone(),
-    }
-}
-
-/// Tool calls written into the text as `<tool_call>{"name":..,"arguments":..}</tool_call>`
-/// (Hermes/Qwen style, when the server does not parse them).
-fn tool_calls_in_text(text: &str) -> (Vec<ToolCall>, String) {
-    let mut calls = Vec::new();
-    let mut rest = String::new();
-    let mut remaining = text;
-    while let Some(start) = remaining.find("<tool_call>") {
-        rest.push_str(&remaining[..start]);
-        let after = &remaining[start + "<tool_call>".len()..];
-        let (inner, tail) = after.split_once("</tool_call>").unwrap_or((after, ""));
-        if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(inner.trim()) {
-            calls.push(ToolCall {
-                id: format!("call_{}", calls.len()),
-                name: o
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                arguments: arguments_of(o.get("arguments").or(o.get("parameters"))),
-            });
-        } else {
-            rest.push_str(&remaining[start..start + "<tool_call>".len()]);
-            rest.push_str(inner);
-        }
-        remaining = tail;
-    }
-    rest.push_str(remaining);
-    (calls, rest)
-}
-
-/// Reads a chat completion response in any of the dialects servers speak.
-pub fn parse_response(raw: &Value) -> Result<Reply, ModelError> {
-    if let Some(err) = raw.get("error").filter(|e| !e.is_null()) {
-        return Err(ModelError::Malformed(format!(
-            "the server returned an error object: {err}"
-        )));
-    }
-    let choice = raw
-        .get("choices")
-        .and_then(Value::as_array)
-        .and_then(|c| c.first())
-        .ok_or_else(|| ModelError::Malformed("no choices in the response".into()))?;
-    let message = choice
-        .get("message")
-        .or_else(|| choice.get("delta"))
-        .ok_or_else(|| ModelError::Malformed("no message in the first choice".into()))?;
-    let mut text = message.get("content").and_then(text_of);
-    let reasoning = ["reasoning_content", "reasoning", "thinking"]
-        .iter()
-        .find_map(|k| message.get(*k).and_then(text_of));
-    let mut tool_calls: Vec<ToolCall> = message
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .map(|calls| {
-            calls
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    let f = c.get("function").unwrap_or(c);
-                    ToolCall {
-                        id: c
-                            .get("id")
-                            .and_then(Value::as_str)
-                            .filter(|s| !s.is_empty())
-                            .map_or_else(|| format!("call_{i}"), str::to_owned),
-                        name: f
-                            .get("name")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned(),
-                        arguments: arguments_of(f.get("arguments").or(f.get("parameters"))),
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    // The legacy single function call.
-    if tool_calls.is_empty()
-        && let Some(f) = message.get("function_call").filter(|f| f.is_object())
-    {
-        tool_calls.push(ToolCall {
-            id: "call_0".into(),
-            name: f
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            arguments: arguments_of(f.get("arguments")),
-        });
-    }
-    if tool_calls.is_empty()
-        && let Some(t) = &text
-        && t.contains("<tool_call>")
-    {
-        let (calls, rest) = tool_calls_in_text(t);
-        if !calls.is_empty() {
-            tool_calls = calls;
-            text = Some(rest.trim().to_owned()).filter(|s| !s.is_empty());
-        }
-    }
-    let usage = raw.get("usage").map_or_else(Usage::default, |u| Usage {
-        input: ["prompt_tokens", "input_tokens"]
-            .iter()
-            .find_map(|k| u.get(*k).and_then(Value::as_u64))
-            .unwrap_or(0),
-        output: ["completion_tokens", "output_tokens"]
-            .iter()
-            .find_map(|k| u.get(*k).and_then(Value::as_u64))
-            .unwrap_or(0),
-    });
-    Ok(Reply {
-        text,
-        reasoning,
-        tool_calls,
-        finish_reason: choice
-            .get("finish_reason")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        usage,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pretty_assertions::assert_eq;
-
-    #[test]
-    fn openai_replies_parse() {
-        let raw = json!({
-            "id": "x", "object": "chat.completion", "created": 1,
-            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-                "role": "assistant", "content": "Clicking the button.",
-                "tool_calls": [{"id": "call_a", "type": "function", "function": {
-                    "name": "computer", "arguments": "{\"action\":\"left_click\",\"coordinate\":[1,2]}"}}]}}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 7}
-        });
-        let r = parse_response(&raw).unwrap();
-        assert_eq!(r.text.as_deref(), Some("Clicking the button."));
-        assert_eq!(
-            r.tool_calls,
-            vec![ToolCall {
-                id: "call_a".into(),
-                name: "computer".into(),
-                arguments: json!({"action": "left_click", "coordinate": [1, 2]}),
-            }]
-        );
-        assert_eq!(
-            r.usage,
-            Usage {
-                input: 100,
-                output: 7
-            }
-        );
-    }
-
-    #[test]
-    fn lenient_variants_parse() {
-        // vLLM/Ollama style: no `type`, arguments as an object, reasoning_content, no
-        // created, unknown finish_reason, content as parts.
-        let raw = json!({
-            "choices": [{"finish_reason": "eos_token", "message": {
-                "content": [{"type": "text", "text": "ok"}],
-                "reasoning_content": "I should type.",
-                "tool_calls": [{"function": {"name": "computer", "arguments": {"action": "type", "text": "hi"}}}]}}]
-        });
-        let r = parse_response(&raw).unwrap();
-        assert_eq!(r.reasoning.as_deref(), Some("I should type."));
-        assert_eq!(r.finish_reason.as_deref(), Some("eos_token"));
-        assert_eq!(r.tool_calls[0].id, "call_0");
-        assert_eq!(
-            r.tool_calls[0].arguments,
-            json!({"action": "type", "text": "hi"})
-        );
-        assert_eq!(r.usage, Usage::default());
-
-        // Arguments that are not JSON are kept raw, to be fed back as an error.
-        let raw = json!({"choices": [{"message": {"tool_calls": [
-            {"function": {"name": "computer", "arguments": "{\"action\": left_click"}}]}}]});
-        assert_eq!(
-            parse_response(&raw).unwrap().tool_calls[0].arguments,
-            json!("{\"action\": left_click")
-        );
-
-        // Tool calls left in the text by the server.
-        let raw = json!({"choices": [{"message": {"content":
-            "Let me look.\n<tool_call>\n{\"name\": \"computer\", \"arguments\": {\"action\": \"screenshot\"}}\n</tool_call>"}}]});
-        let r = parse_response(&raw).unwrap();
-        assert_eq!(r.text.as_deref(), Some("Let me look."));
-        assert_eq!(r.tool_calls[0].arguments, json!({"action": "screenshot"}));
-
-        // The legacy function_call.
-        let raw = json!({"choices": [{"message": {"function_call": {"name": "computer", "arguments": "{\"action\":\"wait\"}"}}}]});
-        assert_eq!(
-            parse_response(&raw).unwrap().tool_calls[0].arguments,
-            json!({"action": "wait"})
-        );
-    }
-
-    #[test]
-    fn unusable_replies_are_errors() {
-        for raw in [
-            json!({}),
-            json!({"choices": []}),
-            json!({"choices": [{}]}),
-            json!({"error": {"message": "overloaded"}}),
-        ] {
-            assert!(parse_response(&raw).is_err(), "{raw}");
-        }
-    }
 
     #[test]
     fn urls_lose_their_credentials() {
@@ -584,5 +444,96 @@ mod tests {
     #[test]
     fn secrets_do_not_print() {
         assert_eq!(format!("{:?}", Secret::new("sk-123")), "Secret(..)");
+    }
+
+    #[test]
+    fn redaction_replaces_every_secret() {
+        assert_eq!(
+            redact(
+                "key=abcd1234 and abcd1234",
+                &["abcd1234".into(), "x".into()]
+            ),
+            "key=[redacted] and [redacted]"
+        );
+    }
+
+    /// A one-shot HTTP server on loopback that answers every request with `response`.
+    async fn serve(response: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let response = response.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 65536];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(&response).await;
+                    // An endless body: keep sending until the client hangs up.
+                    if response.ends_with(b"\r\n\r\n") {
+                        let chunk = format!("{:x}\r\n{}\r\n", 65536, "x".repeat(65536));
+                        while s.write_all(chunk.as_bytes()).await.is_ok() {}
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn endpoint(base_url: String, key: &str) -> HttpModel {
+        HttpModel::new(EndpointConfig {
+            base_url,
+            api_key: Secret::new(key),
+            max_retries: 0,
+            max_reply_bytes: 1 << 20,
+            ..EndpointConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn request() -> ModelRequest {
+        ModelRequest {
+            path: "/chat/completions".into(),
+            body: serde_json::json!({}),
+            headers: vec![],
+            auth: Auth::XApiKey,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endless_reply_stops_at_the_cap() {
+        let url = serve(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                .to_vec(),
+        )
+        .await;
+        let e = endpoint(url, "k")
+            .send(&request(), &|_| Ok(()), &|_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ModelError::GaveUp { last, .. } if last.contains("larger than 1048576")),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_the_server_echoes_never_comes_out() {
+        let key = "sk-echo-0123456789abcdef";
+        let body = format!("{{\"error\": \"bad header x-api-key: {key}\"}}");
+        let url = serve(
+            format!(
+                "HTTP/1.1 401 Unauthorized\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+        .await;
+        let e = endpoint(url, key)
+            .send(&request(), &|_| Ok(()), &|_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains(key) && e.contains("[redacted]"), "{e}");
     }
 }

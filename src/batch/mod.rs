@@ -10,11 +10,11 @@
 pub mod report;
 
 use crate::agent::{self, EndedBy, Event};
-use crate::cli::run::{CommonArgs, Resolved, resolve};
 use crate::config;
 use crate::episode::{self, End, Hooks, Plan};
 use crate::record::Db;
 use crate::sandbox::Engine;
+use crate::settings::{CommonArgs, Resolved, resolve};
 use crate::task::{self, Task};
 use anyhow::{Context, bail};
 use clap::Args;
@@ -273,6 +273,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
 
     let mut episodes: Vec<EpisodeReport> = Vec::new();
     let mut interrupts = 0;
+    let mut stop_signals = crate::signals::StopSignals::new();
     loop {
         tokio::select! {
             finished = done_rx.recv() => {
@@ -290,7 +291,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
                 bar.inc(1);
                 episodes.push(ep);
             }
-            _ = tokio::signal::ctrl_c() => {
+            name = stop_signals.recv() => {
                 interrupts += 1;
                 if interrupts > 1 {
                     bar.abandon();
@@ -298,7 +299,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
                     std::process::exit(i32::from(EXIT_STOPPED));
                 }
                 stopping.store(true, Ordering::SeqCst);
-                print_line(&bar, "stopping: the running episodes end after their current action, no new ones start (Ctrl-C again to quit at once)");
+                print_line(&bar, &format!("{name}: stopping; the running episodes end after their current action, no new ones start (again to quit at once)"));
                 let senders: Vec<_> = controls.lock().map(|c| c.values().cloned().collect()).unwrap_or_default();
                 for s in senders {
                     let _ = s.send(agent::Command::Stop).await;

@@ -41,11 +41,23 @@ pub struct EpisodeReport {
 }
 
 impl EpisodeReport {
-    /// `PASS`, `FAIL` or `ERROR`.
+    /// Stopped by the user (Ctrl-C, a signal): neither passed nor failed, and not counted in
+    /// pass rates.
+    pub fn stopped(&self) -> bool {
+        self.harness_error.is_none() && self.status == "stopped"
+    }
+
+    /// Counted in pass rates: neither a harness error nor stopped.
+    pub fn graded(&self) -> bool {
+        self.harness_error.is_none() && !self.stopped()
+    }
+
+    /// `PASS`, `FAIL`, `STOP` or `ERROR`.
     pub fn verdict(&self) -> &'static str {
         match (&self.harness_error, self.passed) {
             (Some(_), _) => "ERROR",
             (None, true) => "PASS",
+            (None, false) if self.stopped() => "STOP",
             (None, false) => "FAIL",
         }
     }
@@ -70,6 +82,7 @@ impl EpisodeReport {
         if let Some(e) = &self.harness_error {
             s.push_str(&format!("\n      harness error: {e}"));
         } else if !self.passed
+            && !self.stopped()
             && let Some(g) = &self.grade
         {
             let failed: Vec<String> = g
@@ -94,7 +107,10 @@ pub struct TaskSummary {
     pub runs: usize,
     pub passed: usize,
     pub harness_errors: usize,
-    /// Passed over graded runs (harness errors excluded); `None` when none were graded.
+    /// Episodes stopped by the user (not counted in the rates).
+    pub stopped: usize,
+    /// Passed over graded runs (harness errors and stopped episodes excluded); `None` when
+    /// none were graded.
     pub pass_rate: Option<f64>,
     /// The chance that at least one of `k` runs passes (the unbiased estimator over the
     /// graded runs), `k` being `--repeat`.
@@ -158,16 +174,17 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
 
 impl TaskSummary {
     fn new(task_id: &str, k: u32, episodes: &[&EpisodeReport]) -> Self {
-        let graded: Vec<&&EpisodeReport> = episodes
-            .iter()
-            .filter(|e| e.harness_error.is_none())
-            .collect();
+        let graded: Vec<&&EpisodeReport> = episodes.iter().filter(|e| e.graded()).collect();
         let passed = graded.iter().filter(|e| e.passed).count();
         Self {
             task_id: task_id.to_owned(),
             runs: episodes.len(),
             passed,
-            harness_errors: episodes.len() - graded.len(),
+            harness_errors: episodes
+                .iter()
+                .filter(|e| e.harness_error.is_some())
+                .count(),
+            stopped: episodes.iter().filter(|e| e.stopped()).count(),
             pass_rate: (!graded.is_empty()).then(|| passed as f64 / graded.len() as f64),
             pass_at_k: pass_at_k(graded.len(), passed, k as usize),
             k,
@@ -311,6 +328,8 @@ pub struct Report {
     pub passed: usize,
     pub failed: usize,
     pub harness_errors: usize,
+    /// Episodes stopped by the user: neither passed nor failed.
+    pub stopped: usize,
     pub summary: Vec<TaskSummary>,
     pub episodes: Vec<EpisodeReport>,
 }
@@ -339,10 +358,12 @@ impl Report {
             .filter(|e| e.harness_error.is_some())
             .count();
         let passed = episodes.iter().filter(|e| e.passed).count();
+        let stopped = episodes.iter().filter(|e| e.stopped()).count();
         Self {
             passed,
-            failed: episodes.len() - passed - harness_errors,
+            failed: episodes.len() - passed - harness_errors - stopped,
             harness_errors,
+            stopped,
             summary,
             episodes,
             batch,
@@ -372,11 +393,16 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\n{} episodes: {} passed, {} failed, {} harness errors{}; wall {:.1} s with {} at once; memory peak {} above a {} baseline{}",
+            "\n{} episodes: {} passed, {} failed, {} harness errors{}{}; wall {:.1} s with {} at once; memory peak {} above a {} baseline{}",
             self.episodes.len(),
             self.passed,
             self.failed,
             self.harness_errors,
+            if self.stopped > 0 {
+                format!(", {} stopped", self.stopped)
+            } else {
+                String::new()
+            },
             if b.not_run > 0 {
                 format!(", {} not run (stopped)", b.not_run)
             } else {
@@ -405,7 +431,7 @@ impl Report {
             self.batch.episodes,
             self.failed,
             self.harness_errors,
-            self.batch.not_run,
+            self.batch.not_run + self.stopped,
             self.batch.wall_ms as f64 / 1000.0
         );
         let _ = writeln!(
@@ -414,7 +440,7 @@ impl Report {
             self.batch.episodes,
             self.failed,
             self.harness_errors,
-            self.batch.not_run,
+            self.batch.not_run + self.stopped,
             self.batch.wall_ms as f64 / 1000.0
         );
         for e in &self.episodes {
@@ -432,6 +458,8 @@ impl Report {
                     "<error message=\"harness error\" type=\"harness\">{}</error>",
                     x(h)
                 );
+            } else if e.stopped() {
+                let _ = write!(out, "<skipped message=\"stopped by the user\"/>");
             } else if !e.passed {
                 let detail = e
                     .grade
@@ -470,7 +498,7 @@ impl Report {
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>selfagent batch {id}</title><style>{CSS}</style></head><body>\
              <h1>Batch {id}</h1><div class=\"meta\"><span>{started}</span><span>model {model}</span><span>{eps} episodes, {par} at once</span>\
              <span>wall {wall:.1} s</span><span>memory peak {mem}</span></div>\
-             <div class=\"card\"><b>{passed} passed</b> · <b>{failed} failed</b> · <b>{harness} harness errors</b>{not_run}</div>",
+             <div class=\"card\"><b>{passed} passed</b> · <b>{failed} failed</b> · <b>{harness} harness errors</b>{stopped}{not_run}</div>",
             id = html_escape(&b.id),
             started = html_escape(&b.started_at),
             model = html_escape(&b.model),
@@ -481,6 +509,11 @@ impl Report {
             passed = self.passed,
             failed = self.failed,
             harness = self.harness_errors,
+            stopped = if self.stopped > 0 {
+                format!(" · <b>{} stopped</b>", self.stopped)
+            } else {
+                String::new()
+            },
             not_run = if b.not_run > 0 {
                 format!(" · {} not run (stopped)", b.not_run)
             } else {

@@ -1,19 +1,17 @@
 //! `selfagent grade`: grade recorded episodes again with new or fixed checks, without the
 //! agent. The new grade joins the session's history; `sessions show` lists them all.
 
-use super::run::{CommonArgs, db_path, model_config};
 use super::sessions::DbArg;
-use crate::agent::model::OpenAiModel;
 use crate::config;
 use crate::record::{Db, SessionRow};
 use crate::sandbox::Engine;
+use crate::settings::{CommonArgs, db_path, judge_model};
 use crate::task::regrade::{self, Graders, Regraded};
 use crate::task::{self, Task};
 use anyhow::{Context, bail};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(Debug, Args)]
 #[command(
@@ -49,6 +47,9 @@ pub struct GradeArgs {
     pub model: Option<String>,
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
+    /// The judge's protocol (chosen from the model id when not given).
+    #[arg(long, value_name = "NAME")]
+    pub protocol: Option<String>,
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -139,10 +140,10 @@ pub async fn run(args: GradeArgs) -> anyhow::Result<ExitCode> {
             base_url: args.base_url.clone(),
             model: args.model.clone(),
             api_key_env: args.api_key_env.clone(),
+            protocol: args.protocol.clone(),
             ..CommonArgs::default()
         };
-        let cfg = model_config(&common, &file).context("a check asks a judge model")?;
-        Some(Arc::new(OpenAiModel::new(cfg)?))
+        Some(judge_model(&common, &file).context("a check asks a judge model")?)
     } else {
         None
     };

@@ -249,6 +249,35 @@ enum Step {
     Pause(Duration),
 }
 
+fn pointer_at((x, y): (u16, u16), buttons: u8) -> Step {
+    Step::Send(Input::Pointer { x, y, buttons })
+}
+
+/// The input an action sends, planned before anything is sent.
+struct InputPlan {
+    steps: Vec<Step>,
+    /// Waited out first: the chain window of an earlier click at the same spot.
+    wait_first: Duration,
+    /// Where the pointer is afterwards, and which buttons stay down.
+    pointer: (u16, u16),
+    buttons: u8,
+    /// Where a click ended (for the click chain).
+    clicked_at: Option<(u16, u16)>,
+}
+
+enum Plan {
+    Input(InputPlan),
+    /// Back or forward: a move over VNC, then XTEST.
+    XtestClick {
+        x: u16,
+        y: u16,
+        button: Button,
+        count: u8,
+    },
+    /// Not input (wait, screenshot, zoom, setup actions, ...).
+    Other,
+}
+
 /// A short pause between press and motion in drags, so toolkits see a drag, not a jump.
 const DRAG_PAUSE: Duration = Duration::from_millis(16);
 /// How long the screen must stay unchanged for a fresh desktop to count as drawn.
@@ -282,6 +311,8 @@ pub struct Desktop {
     input: tokio::sync::Mutex<InputState>,
     shot_cache: std::sync::Mutex<Option<Screenshot>>,
     reactions: std::sync::Mutex<std::collections::VecDeque<Duration>>,
+    /// Keys sent down and not yet up.
+    held: std::sync::Mutex<std::collections::BTreeSet<u32>>,
 }
 
 impl std::fmt::Debug for Desktop {
@@ -418,6 +449,7 @@ impl Desktop {
             }),
             shot_cache: std::sync::Mutex::new(None),
             reactions: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            held: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         };
         // The update without the drawn cursor normally came in while the window manager
         // started; on a desktop that was already up, wait briefly for it.
@@ -725,15 +757,34 @@ impl Desktop {
             match step {
                 Step::Send(input) => batch.push(input),
                 Step::Pause(d) => {
-                    self.vnc
-                        .send(std::mem::take(&mut batch))
-                        .await
-                        .map_err(|e| self.vnc_err(e))?;
+                    self.send_batch(std::mem::take(&mut batch)).await?;
                     tokio::time::sleep(d).await;
                 }
             }
         }
-        self.vnc.send(batch).await.map_err(|e| self.vnc_err(e))
+        self.send_batch(batch).await
+    }
+
+    /// Sends input events, keeping track of the keys left down (for `release_input`).
+    async fn send_batch(&self, batch: Vec<Input>) -> Result<(), DesktopError> {
+        let keys: Vec<(u32, bool)> = batch
+            .iter()
+            .filter_map(|i| match i {
+                Input::Key { keysym, down } => Some((*keysym, *down)),
+                _ => None,
+            })
+            .collect();
+        self.vnc.send(batch).await.map_err(|e| self.vnc_err(e))?;
+        if let Ok(mut held) = self.held.lock() {
+            for (keysym, down) in keys {
+                if down {
+                    held.insert(keysym);
+                } else {
+                    held.remove(&keysym);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The point an action targets: its own, or where the pointer is.
@@ -754,23 +805,64 @@ impl Desktop {
 
     /// Performs one action. Mistakes in the action (an off-screen point, an unknown key)
     /// are [`ActionError::Invalid`] and nothing is sent; a broken desktop is
-    /// [`ActionError::Desktop`].
+    /// [`ActionError::Desktop`]. Input actions are planned first (the events as data) and
+    /// then sent; an action dropped half-way (an interrupted episode) leaves keys or
+    /// buttons down, which [`Desktop::release_input`] lets go.
     pub async fn act(&self, action: &Action) -> Result<ActionOutput, ActionError> {
         self.ensure_open()?;
         let mut st = self.input.lock().await;
-        let mut steps = Vec::new();
-        let mut out = ActionOutput::default();
-        let mut clicked_at = None;
-        let mut chain_wait = Duration::ZERO;
-        match action {
-            Action::MouseMove { coordinate } => {
-                let (x, y) = self.check_point(*coordinate)?;
-                steps.push(Step::Send(Input::Pointer {
+        match self.plan(action, &st)? {
+            Plan::Input(plan) => {
+                if !plan.wait_first.is_zero() {
+                    tokio::time::sleep(plan.wait_first).await;
+                }
+                self.run_steps(plan.steps).await?;
+                (st.x, st.y) = plan.pointer;
+                st.buttons = plan.buttons;
+                if let Some((x, y)) = plan.clicked_at {
+                    st.last_click = Some((Instant::now(), x, y));
+                }
+                Ok(ActionOutput::default())
+            }
+            Plan::XtestClick {
+                x,
+                y,
+                button,
+                count,
+            } => {
+                // Buttons 8 and 9 have no RFB bits: move over VNC, click through XTEST.
+                self.run_steps(vec![Step::Send(Input::Pointer {
                     x,
                     y,
                     buttons: st.buttons,
-                }));
+                })])
+                .await?;
+                self.x11
+                    .click_button(x_button(button), x as i16, y as i16, count)
+                    .await
+                    .map_err(|e| self.x11_err(e))?;
                 (st.x, st.y) = (x, y);
+                Ok(ActionOutput::default())
+            }
+            Plan::Other => {
+                drop(st);
+                self.perform(action).await
+            }
+        }
+    }
+
+    /// The input events of an action, without sending anything (so that a mistake sends
+    /// nothing); [`Plan::Other`] for actions that are not input.
+    fn plan(&self, action: &Action, st: &InputState) -> Result<Plan, InvalidAction> {
+        let mut steps = Vec::new();
+        let mut pointer = (st.x, st.y);
+        let mut buttons = st.buttons;
+        let mut clicked_at = None;
+        let mut wait_first = Duration::ZERO;
+        match action {
+            Action::MouseMove { coordinate } => {
+                pointer = self.check_point(*coordinate)?;
+                steps.push(pointer_at(pointer, buttons));
             }
             Action::Click {
                 coordinate,
@@ -778,85 +870,55 @@ impl Desktop {
                 count,
                 modifiers,
             } => {
-                let (x, y) = self.target(*coordinate, &st)?;
-                let mods = Self::modifier_keysyms(modifiers)?;
+                let (x, y) = self.target(*coordinate, st)?;
                 let count = (*count).clamp(1, 3);
-                match button_mask(*button) {
-                    Some(mask) => {
-                        push_keys(&mut steps, &mods, true);
-                        if let Some((at, lx, ly)) = st.last_click
-                            && (i32::from(lx) - i32::from(x)).abs() <= CLICK_CHAIN_DISTANCE
-                            && (i32::from(ly) - i32::from(y)).abs() <= CLICK_CHAIN_DISTANCE
-                            && at.elapsed() < CLICK_CHAIN_WINDOW
-                        {
-                            chain_wait = CLICK_CHAIN_WINDOW - at.elapsed();
-                        }
-                        steps.push(Step::Send(Input::Pointer {
-                            x,
-                            y,
-                            buttons: st.buttons,
-                        }));
-                        for i in 0..count {
-                            if i > 0 {
-                                steps.push(Step::Pause(MULTI_CLICK_GAP));
-                            }
-                            steps.push(Step::Send(Input::Pointer {
-                                x,
-                                y,
-                                buttons: st.buttons | mask,
-                            }));
-                            steps.push(Step::Send(Input::Pointer {
-                                x,
-                                y,
-                                buttons: st.buttons & !mask,
-                            }));
-                        }
-                        push_keys(&mut steps, &mods, false);
-                        (st.x, st.y) = (x, y);
-                        clicked_at = Some((x, y));
+                let Some(mask) = button_mask(*button) else {
+                    if !modifiers.is_empty() {
+                        return Err(InvalidAction::new(
+                            "modifiers with the back/forward buttons are not supported",
+                        ));
                     }
-                    None => {
-                        if !mods.is_empty() {
-                            return Err(InvalidAction::new(
-                                "modifiers with the back/forward buttons are not supported",
-                            )
-                            .into());
-                        }
-                        // Buttons 8 and 9 have no RFB bits: XTEST moves and clicks.
-                        self.run_steps(vec![Step::Send(Input::Pointer {
-                            x,
-                            y,
-                            buttons: st.buttons,
-                        })])
-                        .await?;
-                        self.x11
-                            .click_button(x_button(*button), x as i16, y as i16, count)
-                            .await
-                            .map_err(|e| self.x11_err(e))?;
-                        (st.x, st.y) = (x, y);
-                    }
+                    return Ok(Plan::XtestClick {
+                        x,
+                        y,
+                        button: *button,
+                        count,
+                    });
+                };
+                let mods = Self::modifier_keysyms(modifiers)?;
+                if let Some((at, lx, ly)) = st.last_click
+                    && (i32::from(lx) - i32::from(x)).abs() <= CLICK_CHAIN_DISTANCE
+                    && (i32::from(ly) - i32::from(y)).abs() <= CLICK_CHAIN_DISTANCE
+                    && at.elapsed() < CLICK_CHAIN_WINDOW
+                {
+                    wait_first = CLICK_CHAIN_WINDOW - at.elapsed();
                 }
+                push_keys(&mut steps, &mods, true);
+                steps.push(pointer_at((x, y), buttons));
+                for i in 0..count {
+                    if i > 0 {
+                        steps.push(Step::Pause(MULTI_CLICK_GAP));
+                    }
+                    steps.push(pointer_at((x, y), buttons | mask));
+                    steps.push(pointer_at((x, y), buttons & !mask));
+                }
+                push_keys(&mut steps, &mods, false);
+                pointer = (x, y);
+                clicked_at = Some((x, y));
             }
             Action::MouseDown { coordinate, button } | Action::MouseUp { coordinate, button } => {
-                let (x, y) = self.target(*coordinate, &st)?;
+                pointer = self.target(*coordinate, st)?;
                 let Some(mask) = button_mask(*button) else {
                     return Err(InvalidAction::new(
                         "mouse_down/mouse_up support left, middle and right buttons",
-                    )
-                    .into());
+                    ));
                 };
-                let down = matches!(action, Action::MouseDown { .. });
-                st.buttons = if down {
-                    st.buttons | mask
+                buttons = if matches!(action, Action::MouseDown { .. }) {
+                    buttons | mask
                 } else {
-                    st.buttons & !mask
+                    buttons & !mask
                 };
-                steps.push(Step::Send(Input::Pointer {
-                    x,
-                    y,
-                    buttons: st.buttons,
-                }));
-                (st.x, st.y) = (x, y);
+                steps.push(pointer_at(pointer, buttons));
             }
             Action::Drag { path, button } => {
                 let points: Vec<(u16, u16)> = path
@@ -864,24 +926,16 @@ impl Desktop {
                     .map(|p| self.check_point(*p))
                     .collect::<Result<_, _>>()?;
                 let Some(mask) = button_mask(*button) else {
-                    return Err(
-                        InvalidAction::new("drags support left, middle and right buttons").into(),
-                    );
+                    return Err(InvalidAction::new(
+                        "drags support left, middle and right buttons",
+                    ));
                 };
                 let (Some(&first), Some(&last)) = (points.first(), points.last()) else {
-                    return Err(InvalidAction::new("a drag needs at least two points").into());
+                    return Err(InvalidAction::new("a drag needs at least two points"));
                 };
-                let held = st.buttons | mask;
-                steps.push(Step::Send(Input::Pointer {
-                    x: first.0,
-                    y: first.1,
-                    buttons: st.buttons,
-                }));
-                steps.push(Step::Send(Input::Pointer {
-                    x: first.0,
-                    y: first.1,
-                    buttons: held,
-                }));
+                let held = buttons | mask;
+                steps.push(pointer_at(first, buttons));
+                steps.push(pointer_at(first, held));
                 steps.push(Step::Pause(DRAG_PAUSE));
                 for pair in points.windows(2) {
                     let (a, b) = (pair[0], pair[1]);
@@ -892,25 +946,16 @@ impl Desktop {
                     let n = (dist / DRAG_STEP_PX).ceil().max(1.0) as u32;
                     for i in 1..=n {
                         let t = f64::from(i) / f64::from(n);
-                        let x =
-                            (f64::from(a.0) + (f64::from(b.0) - f64::from(a.0)) * t).round() as u16;
-                        let y =
-                            (f64::from(a.1) + (f64::from(b.1) - f64::from(a.1)) * t).round() as u16;
-                        steps.push(Step::Send(Input::Pointer {
-                            x,
-                            y,
-                            buttons: held,
-                        }));
+                        let lerp = |a: u16, b: u16| {
+                            (f64::from(a) + (f64::from(b) - f64::from(a)) * t).round() as u16
+                        };
+                        steps.push(pointer_at((lerp(a.0, b.0), lerp(a.1, b.1)), held));
                         steps.push(Step::Pause(Duration::from_millis(4)));
                     }
                 }
                 steps.push(Step::Pause(DRAG_PAUSE));
-                steps.push(Step::Send(Input::Pointer {
-                    x: last.0,
-                    y: last.1,
-                    buttons: st.buttons,
-                }));
-                (st.x, st.y) = last;
+                steps.push(pointer_at(last, buttons));
+                pointer = last;
             }
             Action::Scroll {
                 coordinate,
@@ -918,14 +963,10 @@ impl Desktop {
                 dy,
                 modifiers,
             } => {
-                let (x, y) = self.target(*coordinate, &st)?;
+                let at = self.target(*coordinate, st)?;
                 let mods = Self::modifier_keysyms(modifiers)?;
                 push_keys(&mut steps, &mods, true);
-                steps.push(Step::Send(Input::Pointer {
-                    x,
-                    y,
-                    buttons: st.buttons,
-                }));
+                steps.push(pointer_at(at, buttons));
                 // Wheel buttons: 4 up, 5 down, 6 left, 7 right (mask bits 8, 16, 32, 64).
                 let vertical = if *dy < 0 { 8u8 } else { 16 };
                 let horizontal = if *dx < 0 { 32u8 } else { 64 };
@@ -937,20 +978,12 @@ impl Desktop {
                         if i > 0 {
                             steps.push(Step::Pause(SCROLL_GAP));
                         }
-                        steps.push(Step::Send(Input::Pointer {
-                            x,
-                            y,
-                            buttons: st.buttons | bit,
-                        }));
-                        steps.push(Step::Send(Input::Pointer {
-                            x,
-                            y,
-                            buttons: st.buttons,
-                        }));
+                        steps.push(pointer_at(at, buttons | bit));
+                        steps.push(pointer_at(at, buttons));
                     }
                 }
                 push_keys(&mut steps, &mods, false);
-                (st.x, st.y) = (x, y);
+                pointer = at;
             }
             Action::Type { text } => {
                 for c in text.chars() {
@@ -978,48 +1011,32 @@ impl Desktop {
                 steps.push(Step::Pause(action::secs(*duration)));
                 push_keys(&mut steps, &syms, false);
             }
-            Action::Wait { duration } => {
-                drop(st);
-                tokio::time::sleep(action::secs(*duration)).await;
-                return Ok(out);
-            }
-            Action::Screenshot => {
-                out.image = Some(self.screenshot().await?);
-            }
+            _ => return Ok(Plan::Other),
+        }
+        Ok(Plan::Input(InputPlan {
+            steps,
+            wait_first,
+            pointer,
+            buttons,
+            clicked_at,
+        }))
+    }
+
+    /// The actions that are not input: waiting, looking, and the setup actions.
+    async fn perform(&self, action: &Action) -> Result<ActionOutput, ActionError> {
+        let mut out = ActionOutput::default();
+        match action {
+            Action::Wait { duration } => tokio::time::sleep(action::secs(*duration)).await,
+            Action::Screenshot => out.image = Some(self.screenshot().await?),
             Action::CursorPosition => {
                 let (x, y) = self.x11.pointer().await.map_err(|e| self.x11_err(e))?;
                 out.cursor = Some(Point::new(x, y));
                 out.text = Some(format!("X={x},Y={y}"));
             }
-            Action::Zoom { region } => {
-                let a = self.check_point(Point::new(region.x0, region.y0))?;
-                let (w, h) = self.size();
-                if region.x1 > w as i32 || region.y1 > h as i32 {
-                    return Err(InvalidAction::new(format!(
-                        "zoom region reaches outside the {w}x{h} screen"
-                    ))
-                    .into());
-                }
-                let rect = Rect {
-                    x: u32::from(a.0),
-                    y: u32::from(a.1),
-                    width: (region.x1 - region.x0) as u32,
-                    height: (region.y1 - region.y0) as u32,
-                };
-                let generation = self.frame_stamp().generation;
-                let cropped = self
-                    .vnc
-                    .shared
-                    .fb
-                    .lock()
-                    .ok()
-                    .and_then(|fb| fb.crop(rect))
-                    .ok_or_else(|| InvalidAction::new("empty zoom region"))?;
-                let (cw, ch, rgb) = cropped;
-                out.image = Some(Screenshot::encode(cw, ch, rgb, generation).await?);
-            }
+            Action::Zoom { region } => out.image = Some(self.zoom(region).await?),
             Action::Done { answer } => out.text = answer.clone(),
             Action::Fail { reason } => out.text = Some(reason.clone()),
+            Action::CallUser { question } => out.text = question.clone(),
             Action::Launch { app } => {
                 let command = format!("selfagent-launch {}", shell_quote(app));
                 let p = self.sandbox.spawn(&command).await?;
@@ -1062,15 +1079,74 @@ impl Desktop {
                 self.sandbox.write_file(path, content.as_bytes()).await?;
                 out.text = Some(format!("wrote {} bytes to {path}", content.len()));
             }
-        }
-        if !chain_wait.is_zero() {
-            tokio::time::sleep(chain_wait).await;
-        }
-        self.run_steps(steps).await?;
-        if let Some((x, y)) = clicked_at {
-            st.last_click = Some((Instant::now(), x, y));
+            // Input actions are planned and sent by `act`.
+            Action::MouseMove { .. }
+            | Action::Click { .. }
+            | Action::MouseDown { .. }
+            | Action::MouseUp { .. }
+            | Action::Drag { .. }
+            | Action::Scroll { .. }
+            | Action::Type { .. }
+            | Action::Key { .. }
+            | Action::HoldKey { .. } => {}
         }
         Ok(out)
+    }
+
+    /// A region of the screen at full resolution.
+    async fn zoom(&self, region: &action::Region) -> Result<Screenshot, ActionError> {
+        let a = self.check_point(Point::new(region.x0, region.y0))?;
+        let (w, h) = self.size();
+        if region.x1 > w as i32 || region.y1 > h as i32 {
+            return Err(InvalidAction::new(format!(
+                "zoom region reaches outside the {w}x{h} screen"
+            ))
+            .into());
+        }
+        let rect = Rect {
+            x: u32::from(a.0),
+            y: u32::from(a.1),
+            width: (region.x1 - region.x0) as u32,
+            height: (region.y1 - region.y0) as u32,
+        };
+        let generation = self.frame_stamp().generation;
+        let (cw, ch, rgb) = self
+            .vnc
+            .shared
+            .fb
+            .lock()
+            .ok()
+            .and_then(|fb| fb.crop(rect))
+            .ok_or_else(|| InvalidAction::new("empty zoom region"))?;
+        Ok(Screenshot::encode(cw, ch, rgb, generation).await?)
+    }
+
+    /// Lets go of every key and button still down (after an action was interrupted).
+    pub async fn release_input(&self) {
+        let mut st = self.input.lock().await;
+        let keys: Vec<u32> = self
+            .held
+            .lock()
+            .map(|h| h.iter().copied().collect())
+            .unwrap_or_default();
+        let mut events: Vec<Input> = keys
+            .into_iter()
+            .map(|keysym| Input::Key {
+                keysym,
+                down: false,
+            })
+            .collect();
+        events.push(Input::Pointer {
+            x: st.x,
+            y: st.y,
+            buttons: 0,
+        });
+        st.buttons = 0;
+        if self.vnc.send(events).await.is_ok()
+            && let Ok(mut held) = self.held.lock()
+        {
+            held.clear();
+        }
     }
 
     /// Where the pointer is (from the X server, so moves by other viewers count).

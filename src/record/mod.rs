@@ -1391,7 +1391,8 @@ mod tests {
             task_id: None,
             model: "m".into(),
             base_url: "http://u:p@host/v1".into(),
-            protocol: "openai-tools".into(),
+            protocol: "tools".into(),
+            coords: "native".into(),
             image: "img".into(),
             width: 4,
             height: 2,
@@ -1432,6 +1433,7 @@ mod tests {
                 usage: Usage {
                     input: 10,
                     output: 2,
+                    ..Usage::default()
                 },
                 model_ms: 5.0,
                 attempts: 1,

@@ -882,8 +882,7 @@ mod tests {
             meta.blocks() * 512
         );
         let err = unpack(&mut tar.as_slice(), "big", &dir.path().join("b2"), 1 << 20)
-            .err()
-            .expect("over the limit")
+            .expect_err("over the limit")
             .to_string();
         assert!(err.contains("limit"), "{err}");
     }

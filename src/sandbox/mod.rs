@@ -408,6 +408,47 @@ impl Sandbox {
         }
     }
 
+    /// Why the desktop can no longer be used, when that is so: it exited (with its exit
+    /// code), it was removed, or the engine is unreachable. A desktop whose display server
+    /// died stops within moments; that is waited for (up to 2 s). `None` while it runs.
+    pub async fn why_gone(&self) -> Option<String> {
+        for _ in 0..20 {
+            match self.engine.docker().inspect_container(&self.id, None).await {
+                Ok(info) => {
+                    let state = info.state.unwrap_or_default();
+                    if state.running != Some(true) {
+                        let code = state
+                            .exit_code
+                            .map_or_else(|| "unknown".to_owned(), |c| c.to_string());
+                        let oom = if state.oom_killed == Some(true) {
+                            ", out of memory"
+                        } else {
+                            ""
+                        };
+                        return Some(format!(
+                            "the desktop {} exited (exit code {code}{oom})",
+                            self.short_id()
+                        ));
+                    }
+                }
+                Err(e) if is_not_found(&e) => {
+                    return Some(format!(
+                        "the desktop {} is gone (its container was removed)",
+                        self.short_id()
+                    ));
+                }
+                Err(e) => {
+                    return Some(format!(
+                        "the Docker engine does not answer about desktop {}: {e}",
+                        self.short_id()
+                    ));
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        None
+    }
+
     /// Why the container stopped: its exit code and last output (after [`Sandbox::wait_exit`]).
     pub async fn died(&self) -> SandboxError {
         self.engine.died(&self.id).await

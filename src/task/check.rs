@@ -14,13 +14,14 @@
 //! harness, never to the agent.
 
 use super::{Check, CheckKind};
-use crate::agent::model::{Model, OpenAiModel};
+use crate::agent::model::{HttpModel, Model};
+use crate::agent::protocol::{self, ProtocolName};
 use crate::desktop::Window;
 use crate::sandbox::{ExecOptions, FileStat, Sandbox, SandboxError};
 use base64::Engine as _;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -545,9 +546,11 @@ pub fn excerpt(s: &str) -> String {
     }
 }
 
-/// Screenshots and the instruction, for a judge.
+/// Screenshots and the instruction, for a judge: a model asked through the same protocol
+/// seam as the agent (its own wire format).
 pub struct Judge {
-    pub model: Arc<OpenAiModel>,
+    pub model: Arc<HttpModel>,
+    pub protocol: ProtocolName,
     pub instruction: String,
     /// PNGs of the episode, in order.
     pub frames: Vec<Arc<Vec<u8>>>,
@@ -558,7 +561,7 @@ pub struct Judge {
 impl Judge {
     /// The request to the judge: the prompt, the instruction, the question, and the first
     /// and last screenshots of the episode.
-    pub fn request(&self, question: &str) -> Result<Value, String> {
+    pub fn request(&self, question: &str) -> Result<crate::agent::model::ModelRequest, String> {
         let template = match self.prompts.as_ref().map(|d| d.join("judge.md")) {
             Some(p) if p.exists() => {
                 std::fs::read_to_string(&p).map_err(|e| format!("reading {}: {e}", p.display()))?
@@ -576,38 +579,30 @@ impl Judge {
         if picked.is_empty() {
             return Err("the episode has no screenshots to judge".into());
         }
-        let mut content = vec![json!({"type": "text", "text": format!(
+        let text = format!(
             "Task given to the agent:\n{}\n\nQuestion:\n{question}\n\n{} screenshot(s) follow, oldest first (screenshots {} of {n}).",
             self.instruction,
             picked.len(),
-            picked.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join(", "),
-        )})];
-        for i in picked {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(self.frames[i].as_slice());
-            content.push(json!({"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{b64}")}}));
-        }
-        Ok(json!({
-            "messages": [
-                {"role": "system", "content": template},
-                {"role": "user", "content": content},
-            ],
-        }))
+            picked
+                .iter()
+                .map(|i| (i + 1).to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        let pngs: Vec<Arc<Vec<u8>>> = picked.iter().map(|i| self.frames[*i].clone()).collect();
+        Ok(protocol::question(self.protocol, &template, &text, &pngs))
     }
 
     pub async fn ask(&self, question: &str) -> Result<JudgeVerdict, String> {
         let request = self.request(question)?;
-        let completion = self
+        let kind = self.protocol;
+        let check = move |raw: &Value| protocol::answer_text(kind, raw).map(|_| ());
+        let raw = self
             .model
-            .complete(&request, &|_| {})
+            .send(&request, &check, &|_| {})
             .await
             .map_err(|e| format!("the judge model: {e}"))?;
-        let text = completion
-            .reply
-            .text
-            .clone()
-            .or(completion.reply.reasoning)
-            .unwrap_or_default();
-        parse_verdict(&text)
+        parse_verdict(&protocol::answer_text(kind, &raw.body)?)
     }
 }
 

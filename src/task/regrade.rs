@@ -3,7 +3,8 @@
 //! container started from it), or, without one, from what the checks read when the episode
 //! ended. Every grade is added to the session's history; none is replaced.
 
-use crate::agent::model::OpenAiModel;
+use crate::agent::model::HttpModel;
+use crate::agent::protocol::ProtocolName;
 use crate::episode::check_has_judge;
 use crate::record::{Db, SessionRow};
 use crate::sandbox::Engine;
@@ -59,8 +60,8 @@ pub fn recorded_frames(db: &Db, session: &str) -> anyhow::Result<Vec<Arc<Vec<u8>
 pub struct Graders<'a> {
     /// The Docker engine, for snapshot images; `None`: recorded state only.
     pub engine: Option<&'a Engine>,
-    /// The judge model, for checks that ask one.
-    pub judge: Option<Arc<OpenAiModel>>,
+    /// The judge model and its protocol, for checks that ask one.
+    pub judge: Option<(Arc<HttpModel>, ProtocolName)>,
     pub prompts: Option<PathBuf>,
 }
 
@@ -82,8 +83,9 @@ pub async fn regrade(
         .and_then(|g| serde_json::from_value::<Grade>(g.details).ok());
     let state = db.final_state(&session.id)?.unwrap_or_default();
     let judge = match (check_has_judge(check), &with.judge) {
-        (true, Some(model)) => Some(Judge {
+        (true, Some((model, protocol))) => Some(Judge {
             model: model.clone(),
+            protocol: *protocol,
             instruction: task.instruction.clone(),
             frames: recorded_frames(db, &session.id)?,
             prompts: with.prompts.clone(),

@@ -17,10 +17,10 @@ pub mod view;
 mod snapshots_test;
 
 use crate::agent::{self, Command, Event, Outcome};
-use crate::cli::run::Resolved;
 use crate::episode::{self, Hooks, Plan};
 use crate::record::Db;
 use crate::sandbox::{Engine, SandboxSpec};
+use crate::settings::Resolved;
 use crate::task::Task;
 use anyhow::Context;
 use app::{App, Effect, RunState, Screen};

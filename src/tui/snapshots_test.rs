@@ -6,7 +6,8 @@ use super::app::{App, Screen};
 use super::shot::Shots;
 use super::view;
 use crate::action::{Action, Button, Point};
-use crate::agent::model::{ToolCall, Usage};
+use crate::agent::model::Usage;
+use crate::agent::protocol::Call;
 use crate::agent::{EndedBy, Event, Frame, Outcome, SessionInfo, Status};
 use crate::desktop::SettleReport;
 use crate::record::{SessionRow, StepRow};
@@ -28,6 +29,7 @@ fn started() -> Event {
         task_id: None,
         model: "ui-tars-1.5".into(),
         base_url: "http://127.0.0.1:8000/v1".into(),
+        coords: "native".into(),
         protocol: "openai-tools".into(),
         image: "selfagent-desktop:latest".into(),
         width: 1280,
@@ -45,14 +47,15 @@ fn reply(step: u32, thought: &str) -> Event {
         step,
         thought: Some(thought.into()),
         text: Some(thought.into()),
-        calls: vec![ToolCall {
+        calls: vec![Call {
             id: "c".into(),
-            name: "computer".into(),
-            arguments: json!({}),
+            input: json!({"action": "screenshot"}),
+            action: Ok(Action::Screenshot),
         }],
         usage: Usage {
             input: 1500 + u64::from(step) * 200,
             output: 30,
+            ..Usage::default()
         },
         model_ms: 1234.0,
         attempts: 1,
@@ -255,6 +258,7 @@ fn finished() {
         usage: Usage {
             input: 2300,
             output: 12,
+            ..Usage::default()
         },
         model_ms: 800.0,
         attempts: 1,

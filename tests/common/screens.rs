@@ -60,3 +60,10 @@ pub fn terminal_ready(img: &image::RgbImage) -> bool {
             p[1] > 180 && p[0] < 140 && p[2] < 140
         }) > 20
 }
+
+/// The sign-up page of tests/tasks/firefox-form.toml says "Thank you!" under its form.
+pub fn form_submitted(img: &image::RgbImage) -> bool {
+    count(img, (56, 180), (292, 320), |p| {
+        u32::from(p[0]) + u32::from(p[1]) + u32::from(p[2]) < 300
+    }) > 40
+}

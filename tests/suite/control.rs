@@ -2,7 +2,7 @@
 //! real loop on a real desktop, with an in-process scripted model that keeps its requests.
 
 use crate::common::desktop;
-use selfagent::agent::model::{Completion, Model, ModelError, Retry, parse_response};
+use selfagent::agent::model::{Check, Model, ModelError, ModelRequest, RawReply, Retry};
 use selfagent::agent::{self, AgentConfig, Command, Emitter, Event, Status};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -29,22 +29,21 @@ impl Model for Scripted {
         "scripted"
     }
 
-    async fn complete(
+    async fn send(
         &self,
-        request: &Value,
+        request: &ModelRequest,
+        _: Check<'_>,
         _: &(dyn Fn(Retry) + Send + Sync),
-    ) -> Result<Completion, ModelError> {
-        self.requests.lock().unwrap().push(request.clone());
+    ) -> Result<RawReply, ModelError> {
+        self.requests.lock().unwrap().push(request.body.clone());
         let message = match self.replies.lock().unwrap().pop_front() {
             Some(a) => {
                 json!({"tool_calls": [{"id": "c", "function": {"name": "computer", "arguments": a.to_string()}}]})
             }
             None => json!({"content": "finished"}),
         };
-        let raw = json!({"choices": [{"message": message}]});
-        Ok(Completion {
-            reply: parse_response(&raw)?,
-            raw,
+        Ok(RawReply {
+            body: json!({"choices": [{"message": message}]}),
             attempts: 1,
             elapsed: Duration::ZERO,
         })

@@ -562,53 +562,57 @@ async fn bad_input_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_stops_cleanly_and_removes_the_desktop() {
-    let script = (0..30)
-        .map(|i| {
-            Reply::Slow(
-                Duration::from_millis(300),
-                Box::new(call(
-                    json!({"action": "mouse_move", "coordinate": [200 + i * 5, 200]}),
-                )),
-            )
-        })
-        .collect();
-    let server = ModelServer::start(script, (1280, 800)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("rec.db");
-    let (mut child, mut lines) = spawn_run(&server, dir.path(), &db_path, "move around");
-    let pid = child.id().unwrap();
-    let mut sandbox = String::new();
-    let mut finished = 0;
-    while let Some(line) = lines.next_line().await.unwrap() {
-        let v: Value = serde_json::from_str(&line).unwrap();
-        sandbox = v["sandbox"].as_str().unwrap().to_owned();
-        if v["type"] == "step_finished" {
-            finished += 1;
-            if finished == 2 {
-                assert!(
-                    std::process::Command::new("kill")
-                        .args(["-INT", &pid.to_string()])
-                        .status()
-                        .unwrap()
-                        .success()
-                );
+    // SIGINT (Ctrl-C), SIGTERM (a service manager, `kill`) and SIGHUP (a closed terminal)
+    // all stop the same way.
+    for signal in ["INT", "TERM", "HUP"] {
+        let script = (0..30)
+            .map(|i| {
+                Reply::Slow(
+                    Duration::from_millis(300),
+                    Box::new(call(
+                        json!({"action": "mouse_move", "coordinate": [200 + i * 5, 200]}),
+                    )),
+                )
+            })
+            .collect();
+        let server = ModelServer::start(script, (1280, 800)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("rec.db");
+        let (mut child, mut lines) = spawn_run(&server, dir.path(), &db_path, "move around");
+        let pid = child.id().unwrap();
+        let mut sandbox = String::new();
+        let mut finished = 0;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            sandbox = v["sandbox"].as_str().unwrap().to_owned();
+            if v["type"] == "step_finished" {
+                finished += 1;
+                if finished == 2 {
+                    assert!(
+                        std::process::Command::new("kill")
+                            .args([&format!("-{signal}"), &pid.to_string()])
+                            .status()
+                            .unwrap()
+                            .success()
+                    );
+                }
             }
         }
+        let _guard = Guard(sandbox.clone());
+        let status = child.wait().await.unwrap();
+        assert_eq!(status.code(), Some(130), "SIG{signal}");
+        let db = Db::open(&db_path).unwrap();
+        let s = &db.sessions(1).unwrap()[0];
+        assert_eq!(s.status, "stopped", "SIG{signal}");
+        assert!(s.steps >= 2 && db.steps(&s.id).unwrap().len() as i64 == s.steps);
+        // The desktop was removed on the way out.
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--no-trunc"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(&sandbox),
+            "SIG{signal}: the desktop is still there"
+        );
     }
-    let _guard = Guard(sandbox.clone());
-    let status = child.wait().await.unwrap();
-    assert_eq!(status.code(), Some(130));
-    let db = Db::open(&db_path).unwrap();
-    let s = &db.sessions(1).unwrap()[0];
-    assert_eq!(s.status, "stopped");
-    assert!(s.steps >= 2 && db.steps(&s.id).unwrap().len() as i64 == s.steps);
-    // The desktop was removed on the way out.
-    let out = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--no-trunc"])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains(&sandbox),
-        "the desktop is still there"
-    );
 }

@@ -4,7 +4,9 @@
 //! and the OSWorld import.
 
 use crate::common::model_server::{ModelServer, Reply, Route, answer, call, route};
-use crate::common::screens::{file_dialog_open, link_gone, page_painted, rename_dialog_open};
+use crate::common::screens::{
+    file_dialog_open, form_submitted, link_gone, page_painted, rename_dialog_open,
+};
 use crate::common::{SnapshotsOf, bin, decode_png};
 use pretty_assertions::assert_eq;
 use selfagent::record::Db;
@@ -99,9 +101,18 @@ fn routes() -> Vec<Route> {
             "folder named 'Projects'",
             vec![answer("I cannot find the file manager.")],
         ),
+        // Into the name field (clicked, whatever had the focus), then Return until the
+        // page thanks us.
         route(
             "Ada Lovelace",
-            vec![when(page_painted, typed("Ada Lovelace\n"))],
+            vec![
+                when(
+                    page_painted,
+                    call(json!({"action": "left_click", "coordinate": [220, 262]})),
+                ),
+                typed("Ada Lovelace"),
+                until(form_submitted, key("Return")),
+            ],
         ),
         // Where the link is on the 1280x800 desktop (Tab order depends on where Firefox put
         // the focus, which varies with load).
@@ -652,10 +663,11 @@ async fn osworld_tasks_import_into_runnable_tasks_or_clear_skips() {
     assert_eq!(rec.latest_grade(&s.id).unwrap().unwrap().passed, Some(true));
 }
 
-/// Ctrl-C during a batch: the running episode stops after its current action, no new one
-/// starts, the reports cover what finished, and nothing recorded is lost.
+/// SIGTERM (as Ctrl-C) during a batch: the running episode stops after its current action,
+/// no new one starts, the reports cover what finished (the stopped episode as `stopped`,
+/// not failed, outside the pass rate), and nothing recorded is lost.
 #[tokio::test(flavor = "multi_thread")]
-async fn ctrl_c_stops_a_batch_and_keeps_what_finished() {
+async fn sigterm_stops_a_batch_and_keeps_what_finished() {
     use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path();
@@ -725,7 +737,7 @@ async fn ctrl_c_stops_a_batch_and_keeps_what_finished() {
     .unwrap_or_else(|_| panic!("the batch did not get going: {seen:?}"));
     let pid = child.id().unwrap();
     std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
     let rest = tokio::time::timeout(std::time::Duration::from_secs(60), async {
@@ -755,6 +767,26 @@ async fn ctrl_c_stops_a_batch_and_keeps_what_finished() {
         (Some("stopped"), Some("user")),
         "{stopped:#}"
     );
+    assert_eq!(
+        (
+            r["passed"].as_u64(),
+            r["failed"].as_u64(),
+            r["stopped"].as_u64()
+        ),
+        (Some(1), Some(0), Some(1)),
+        "{r:#}"
+    );
+    let summary = r["summary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_id"] == "terminal-write-file")
+        .unwrap();
+    assert_eq!(
+        (summary["stopped"].as_u64(), &summary["pass_rate"]),
+        (Some(1), &json!(null)),
+        "a stopped episode is not in the pass rate: {summary:#}"
+    );
     let rec = Db::open(&db).unwrap();
     let sessions = rec.task_sessions().unwrap();
     assert_eq!(
@@ -767,7 +799,8 @@ async fn ctrl_c_stops_a_batch_and_keeps_what_finished() {
         .unwrap();
     assert_eq!(s.status, "stopped");
     assert!(s.steps >= 1 && rec.steps(&s.id).unwrap().len() as i64 == s.steps);
-    assert!(junit_has(&report, "skipped=\"1\""));
+    assert!(junit_has(&report, "skipped=\"2\""));
+    assert!(junit_has(&report, "stopped by the user"));
 }
 
 fn junit_has(report: &Path, needle: &str) -> bool {

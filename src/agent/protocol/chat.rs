@@ -1,0 +1,305 @@
+//! Chat completions (`POST {base}/chat/completions`), read leniently: the dialects vLLM,
+//! Ollama, llama.cpp, LM Studio and OpenRouter send (tool calls without `type`, `arguments`
+//! as an object, content as a list of parts, unknown `finish_reason`, no `created`,
+//! reasoning in `reasoning_content` or `reasoning`, tool calls written as `<tool_call>`
+//! text) all become one [`ChatReply`]. Shared by every protocol served over chat
+//! completions.
+
+use crate::agent::model::{Auth, ModelRequest, Usage};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// A one-shot chat request: a system prompt, then a user message of text and images.
+pub fn question(system: &str, text: &str, pngs: &[std::sync::Arc<Vec<u8>>]) -> ModelRequest {
+    use base64::Engine as _;
+    let mut content = vec![json!({"type": "text", "text": text})];
+    for png in pngs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(png.as_slice());
+        content.push(json!({"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{b64}")}}));
+    }
+    ModelRequest {
+        path: "/chat/completions".into(),
+        body: json!({
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": content},
+            ],
+            "stream": false,
+        }),
+        headers: Vec::new(),
+        auth: Auth::Bearer,
+    }
+}
+
+/// The text of a chat reply (its reasoning when it has no visible text).
+pub fn answer_text(raw: &Value) -> Result<String, String> {
+    let reply = parse_chat(raw)?;
+    reply
+        .text
+        .or(reply.reasoning)
+        .ok_or_else(|| "the reply has no text".to_owned())
+}
+
+/// One tool call of a chat reply.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments: an object, or the raw string when it was not valid JSON.
+    pub arguments: Value,
+}
+
+/// What a chat completion said.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChatReply {
+    /// Visible text.
+    pub text: Option<String>,
+    /// Reasoning the server returned separately (`reasoning_content`, `reasoning`).
+    pub reasoning: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+    pub finish_reason: Option<String>,
+    pub usage: Usage,
+}
+
+fn text_of(content: &Value) -> Option<String> {
+    match content {
+        Value::String(s) => Some(s.clone()),
+        // A list of parts: join the text ones.
+        Value::Array(parts) => {
+            let text: Vec<&str> = parts
+                .iter()
+                .filter_map(|p| match p {
+                    Value::String(s) => Some(s.as_str()),
+                    Value::Object(o) => o.get("text").and_then(Value::as_str),
+                    _ => None,
+                })
+                .collect();
+            (!text.is_empty()).then(|| text.join(""))
+        }
+        _ => None,
+    }
+    .map(|s| s.trim().to_owned())
+    .filter(|s| !s.is_empty())
+}
+
+fn arguments_of(v: Option<&Value>) -> Value {
+    match v {
+        // The usual case: a JSON string. Keep the raw string when it does not parse, so
+        // the error can be fed back to the model.
+        Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+            .ok()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| Value::String(s.clone())),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(Value::Null) | None => json!({}),
+        Some(other) => other.clone(),
+    }
+}
+
+/// Tool calls written into the text as `<tool_call>{"name":..,"arguments":..}</tool_call>`
+/// (Hermes/Qwen style, when the server does not parse them).
+fn tool_calls_in_text(text: &str) -> (Vec<ToolCall>, String) {
+    let mut calls = Vec::new();
+    let mut rest = String::new();
+    let mut remaining = text;
+    while let Some(start) = remaining.find("<tool_call>") {
+        rest.push_str(&remaining[..start]);
+        let after = &remaining[start + "<tool_call>".len()..];
+        let (inner, tail) = after.split_once("</tool_call>").unwrap_or((after, ""));
+        if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(inner.trim()) {
+            calls.push(ToolCall {
+                id: format!("call_{}", calls.len()),
+                name: o
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                arguments: arguments_of(o.get("arguments").or(o.get("parameters"))),
+            });
+        } else {
+            rest.push_str(&remaining[start..start + "<tool_call>".len()]);
+            rest.push_str(inner);
+        }
+        remaining = tail;
+    }
+    rest.push_str(remaining);
+    (calls, rest)
+}
+
+/// Reads a chat completion response in any of the dialects servers speak.
+pub fn parse_chat(raw: &Value) -> Result<ChatReply, String> {
+    if let Some(err) = raw.get("error").filter(|e| !e.is_null()) {
+        return Err(format!("the server returned an error object: {err}"));
+    }
+    let choice = raw
+        .get("choices")
+        .and_then(Value::as_array)
+        .and_then(|c| c.first())
+        .ok_or_else(|| "no choices in the response".to_owned())?;
+    let message = choice
+        .get("message")
+        .or_else(|| choice.get("delta"))
+        .ok_or_else(|| "no message in the first choice".to_owned())?;
+    let mut text = message.get("content").and_then(text_of);
+    let reasoning = ["reasoning_content", "reasoning", "thinking"]
+        .iter()
+        .find_map(|k| message.get(*k).and_then(text_of));
+    let mut tool_calls: Vec<ToolCall> = message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map(|calls| {
+            calls
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let f = c.get("function").unwrap_or(c);
+                    ToolCall {
+                        id: c
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .filter(|s| !s.is_empty())
+                            .map_or_else(|| format!("call_{i}"), str::to_owned),
+                        name: f
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        arguments: arguments_of(f.get("arguments").or(f.get("parameters"))),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // The legacy single function call.
+    if tool_calls.is_empty()
+        && let Some(f) = message.get("function_call").filter(|f| f.is_object())
+    {
+        tool_calls.push(ToolCall {
+            id: "call_0".into(),
+            name: f
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            arguments: arguments_of(f.get("arguments")),
+        });
+    }
+    if tool_calls.is_empty()
+        && let Some(t) = &text
+        && t.contains("<tool_call>")
+    {
+        let (calls, rest) = tool_calls_in_text(t);
+        if !calls.is_empty() {
+            tool_calls = calls;
+            text = Some(rest.trim().to_owned()).filter(|s| !s.is_empty());
+        }
+    }
+    let usage = raw.get("usage").map_or_else(Usage::default, |u| Usage {
+        input: ["prompt_tokens", "input_tokens"]
+            .iter()
+            .find_map(|k| u.get(*k).and_then(Value::as_u64))
+            .unwrap_or(0),
+        output: ["completion_tokens", "output_tokens"]
+            .iter()
+            .find_map(|k| u.get(*k).and_then(Value::as_u64))
+            .unwrap_or(0),
+        cache_read: u["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or(0),
+        cache_write: 0,
+    });
+    Ok(ChatReply {
+        text,
+        reasoning,
+        tool_calls,
+        finish_reason: choice
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        usage,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+
+    #[test]
+    fn openai_replies_parse() {
+        let raw = json!({
+            "id": "x", "object": "chat.completion", "created": 1,
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": "Clicking the button.",
+                "tool_calls": [{"id": "call_a", "type": "function", "function": {
+                    "name": "computer", "arguments": "{\"action\":\"left_click\",\"coordinate\":[1,2]}"}}]}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 7}
+        });
+        let r = parse_chat(&raw).unwrap();
+        assert_eq!(r.text.as_deref(), Some("Clicking the button."));
+        assert_eq!(
+            r.tool_calls,
+            vec![ToolCall {
+                id: "call_a".into(),
+                name: "computer".into(),
+                arguments: json!({"action": "left_click", "coordinate": [1, 2]}),
+            }]
+        );
+        assert_eq!((r.usage.input, r.usage.output), (100, 7));
+    }
+
+    #[test]
+    fn lenient_variants_parse() {
+        // vLLM/Ollama style: no `type`, arguments as an object, reasoning_content, no
+        // created, unknown finish_reason, content as parts.
+        let raw = json!({
+            "choices": [{"finish_reason": "eos_token", "message": {
+                "content": [{"type": "text", "text": "ok"}],
+                "reasoning_content": "I should type.",
+                "tool_calls": [{"function": {"name": "computer", "arguments": {"action": "type", "text": "hi"}}}]}}]
+        });
+        let r = parse_chat(&raw).unwrap();
+        assert_eq!(r.reasoning.as_deref(), Some("I should type."));
+        assert_eq!(r.finish_reason.as_deref(), Some("eos_token"));
+        assert_eq!(r.tool_calls[0].id, "call_0");
+        assert_eq!(
+            r.tool_calls[0].arguments,
+            json!({"action": "type", "text": "hi"})
+        );
+        assert_eq!(r.usage, Usage::default());
+
+        // Arguments that are not JSON are kept raw, to be fed back as an error.
+        let raw = json!({"choices": [{"message": {"tool_calls": [
+            {"function": {"name": "computer", "arguments": "{\"action\": left_click"}}]}}]});
+        assert_eq!(
+            parse_chat(&raw).unwrap().tool_calls[0].arguments,
+            json!("{\"action\": left_click")
+        );
+
+        // Tool calls left in the text by the server.
+        let raw = json!({"choices": [{"message": {"content":
+            "Let me look.\n<tool_call>\n{\"name\": \"computer\", \"arguments\": {\"action\": \"screenshot\"}}\n</tool_call>"}}]});
+        let r = parse_chat(&raw).unwrap();
+        assert_eq!(r.text.as_deref(), Some("Let me look."));
+        assert_eq!(r.tool_calls[0].arguments, json!({"action": "screenshot"}));
+
+        // The legacy function_call.
+        let raw = json!({"choices": [{"message": {"function_call": {"name": "computer", "arguments": "{\"action\":\"wait\"}"}}}]});
+        assert_eq!(
+            parse_chat(&raw).unwrap().tool_calls[0].arguments,
+            json!({"action": "wait"})
+        );
+    }
+
+    #[test]
+    fn unusable_replies_are_errors() {
+        for raw in [
+            json!({}),
+            json!({"choices": []}),
+            json!({"choices": [{}]}),
+            json!({"error": {"message": "overloaded"}}),
+        ] {
+            assert!(parse_chat(&raw).is_err(), "{raw}");
+        }
+    }
+}

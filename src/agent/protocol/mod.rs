@@ -1,0 +1,630 @@
+//! Protocols: what each real computer-use model expects and emits, one file per wire
+//! format, behind one trait the loop uses without knowing any of them.
+//!
+//! A [`Protocol`] owns the system prompt or tool declaration, the conversation, how a
+//! request is encoded ([`ModelRequest`]: path, headers, body; and the same body without
+//! pixels for the recording), how a reply decodes into a [`Decision`] (a thought, calls
+//! each holding an [`Action`] in screen pixels or the reason it is unusable, or a final
+//! answer), and how results and the next screenshot go back. HTTP, retries and backoff are
+//! the transport's (`agent::model`). Coordinates: each protocol sends the screenshot at the
+//! size its model really sees and maps the model's coordinates back with the same
+//! arithmetic ([`Geometry`]); a coordinate outside the model's space is an unusable action,
+//! never clamped.
+//!
+//! | name        | wire format                         | coordinates                  |
+//! |-------------|-------------------------------------|------------------------------|
+//! | `tools`     | chat completions, `computer` function | pixels of the sent image   |
+//!
+//! Facts per model family, with their sources: `docs/PROTOCOLS.md`.
+
+mod chat;
+pub mod tools;
+
+pub use chat::{ChatReply, parse_chat};
+
+use crate::action::{Action, InvalidAction, Point};
+use crate::agent::model::{ModelRequest, Usage};
+use base64::Engine as _;
+use image::imageops::FilterType;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The protocols, by the names `--protocol` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolName {
+    /// OpenAI function calling with one `computer` function (Anthropic's input shape).
+    Tools,
+}
+
+impl ProtocolName {
+    pub const ALL: [Self; 1] = [Self::Tools];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Tools => "tools",
+        }
+    }
+}
+
+impl std::fmt::Display for ProtocolName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ProtocolName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                format!(
+                    "'{s}' is not a protocol: {}",
+                    Self::ALL.map(|p| p.as_str()).join(", ")
+                )
+            })
+    }
+}
+
+/// The size screenshots are sent at, for protocols whose model takes any size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The screen's own size.
+    Native,
+    /// 1024x768 (XGA), as Anthropic recommends.
+    Xga,
+    /// 1280x800 (WXGA).
+    Wxga,
+    /// The longest side at most this many pixels, aspect ratio kept.
+    MaxSide(u32),
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "native" => Ok(Self::Native),
+            "xga" => Ok(Self::Xga),
+            "wxga" => Ok(Self::Wxga),
+            other => other
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (64..=8192).contains(n))
+                .map(Self::MaxSide)
+                .ok_or_else(|| {
+                    format!(
+                        "'{s}' is not a target size: native, xga, wxga, or a longest side in pixels"
+                    )
+                }),
+        }
+    }
+}
+
+impl Target {
+    /// The size sent for a screen of `screen` pixels.
+    pub fn size(self, screen: (u32, u32)) -> (u32, u32) {
+        match self {
+            Self::Native => screen,
+            Self::Xga => (1024, 768),
+            Self::Wxga => (1280, 800),
+            Self::MaxSide(max) => {
+                let longest = screen.0.max(screen.1);
+                if longest <= max {
+                    screen
+                } else {
+                    let f = f64::from(max) / f64::from(longest);
+                    (
+                        ((f64::from(screen.0) * f).round() as u32).max(1),
+                        ((f64::from(screen.1) * f).round() as u32).max(1),
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// What a model's coordinates mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CoordSpace {
+    /// Pixels of the image sent (whatever size that is).
+    Native,
+    /// Pixels of the image after Qwen's `smart_resize` (UI-TARS-1.5, Qwen2.5-VL, OpenCUA):
+    /// the image is sent at that size.
+    Smart,
+    /// 0 to 1000 of the width and height (UI-TARS-1.0/2, Qwen3-VL, Doubao).
+    #[serde(rename = "1000")]
+    Thousand,
+    /// 0 to 999 (GLM-4.5V, OSWorld's Qwen3-VL harness).
+    #[serde(rename = "999")]
+    NineNineNine,
+    /// 0 to 1 (OpenCUA-Qwen2-7B, AgentNet data).
+    Unit,
+}
+
+impl CoordSpace {
+    pub const ALL: [Self; 5] = [
+        Self::Native,
+        Self::Smart,
+        Self::Thousand,
+        Self::NineNineNine,
+        Self::Unit,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Smart => "smart",
+            Self::Thousand => "1000",
+            Self::NineNineNine => "999",
+            Self::Unit => "unit",
+        }
+    }
+
+    /// The largest coordinate of a relative space.
+    fn relative_max(&self) -> Option<f64> {
+        match self {
+            Self::Thousand => Some(1000.0),
+            Self::NineNineNine => Some(999.0),
+            Self::Unit => Some(1.0),
+            Self::Native | Self::Smart => None,
+        }
+    }
+}
+
+impl std::fmt::Display for CoordSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CoordSpace {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                format!("'{s}' is not a coordinate space: native, smart, 1000, 999 or unit")
+            })
+    }
+}
+
+/// Qwen's `smart_resize` (height, width): both multiples of `factor`, the pixel count
+/// between `min_pixels` and `max_pixels`, the aspect ratio nearly kept. Rounding is
+/// Python's (half to even), as the models were trained with: `round(36.5) == 36`, where
+/// JavaScript's `Math.round` gives 37 (a known off-by-a-row bug, UI-TARS-desktop#1730).
+pub fn smart_resize(
+    height: u32,
+    width: u32,
+    factor: u32,
+    min_pixels: u64,
+    max_pixels: u64,
+) -> (u32, u32) {
+    let (h, w, f) = (f64::from(height), f64::from(width), f64::from(factor));
+    let round_by = |n: f64| (n / f).round_ties_even() * f;
+    let floor_by = |n: f64| (n / f).floor() * f;
+    let ceil_by = |n: f64| (n / f).ceil() * f;
+    let mut h_bar = f.max(round_by(h));
+    let mut w_bar = f.max(round_by(w));
+    if h_bar * w_bar > max_pixels as f64 {
+        let beta = ((h * w) / max_pixels as f64).sqrt();
+        h_bar = f.max(floor_by(h / beta));
+        w_bar = f.max(floor_by(w / beta));
+    } else if h_bar * w_bar < min_pixels as f64 {
+        let beta = (min_pixels as f64 / (h * w)).sqrt();
+        h_bar = ceil_by(h * beta);
+        w_bar = ceil_by(w * beta);
+    }
+    (h_bar as u32, w_bar as u32)
+}
+
+/// How the screen maps to what the model sees and says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Geometry {
+    pub screen: (u32, u32),
+    /// The size of the screenshot sent.
+    pub sent: (u32, u32),
+    pub space: CoordSpace,
+}
+
+impl Geometry {
+    /// Pixels of an image of `sent` size (`Native`, or `Smart` with `sent` its result).
+    pub fn pixels(screen: (u32, u32), sent: (u32, u32), space: CoordSpace) -> Self {
+        Self {
+            screen,
+            sent,
+            space,
+        }
+    }
+
+    /// The model's coordinate space, in words, for prompts and errors.
+    pub fn describe(&self) -> String {
+        match self.space.relative_max() {
+            Some(1.0) => "fractions 0 to 1 of the width and height".into(),
+            Some(m) => format!("0 to {m} of the width and height"),
+            None => format!("pixels of the {}x{} screenshot", self.sent.0, self.sent.1),
+        }
+    }
+
+    /// A point the model gave, in screen pixels. The arithmetic: `x_screen = round(x *
+    /// W / w)` for pixels of a `w`-wide image, `round(x * W / max)` for a relative space,
+    /// rounding half up, the result at most `W - 1`. A point outside the model's space is
+    /// refused, never clamped.
+    pub fn to_screen(&self, x: f64, y: f64) -> Result<Point, InvalidAction> {
+        let (sw, sh) = (f64::from(self.screen.0), f64::from(self.screen.1));
+        let (mx, my) = match self.space.relative_max() {
+            Some(m) => (m, m),
+            None => (f64::from(self.sent.0), f64::from(self.sent.1)),
+        };
+        let inside = |v: f64, max: f64| {
+            v.is_finite()
+                && v >= 0.0
+                && if self.space.relative_max().is_some() {
+                    v <= max
+                } else {
+                    v < max
+                }
+        };
+        if !inside(x, mx) || !inside(y, my) {
+            return Err(InvalidAction::new(format!(
+                "coordinate ({x}, {y}) is outside your coordinate space ({})",
+                self.describe()
+            )));
+        }
+        let map = |v: f64, from: f64, to: f64| ((v * to / from + 0.5).floor()).min(to - 1.0);
+        Ok(Point::new(map(x, mx, sw) as i32, map(y, my, sh) as i32))
+    }
+
+    /// A screen point in the model's space (for `cursor_position` answers).
+    pub fn to_model(&self, p: Point) -> (f64, f64) {
+        let (sw, sh) = (f64::from(self.screen.0), f64::from(self.screen.1));
+        let (mx, my) = match self.space.relative_max() {
+            Some(m) => (m, m),
+            None => (f64::from(self.sent.0), f64::from(self.sent.1)),
+        };
+        let round = |v: f64| {
+            if self.space == CoordSpace::Unit {
+                (v * 1000.0).round() / 1000.0
+            } else {
+                v.round()
+            }
+        };
+        (
+            round(f64::from(p.x) * mx / sw),
+            round(f64::from(p.y) * my / sh),
+        )
+    }
+
+    /// An action the model gave in its space, in screen pixels (its integer points are in
+    /// the model's space).
+    pub fn action_to_screen(&self, action: Action) -> Result<Action, InvalidAction> {
+        if self.is_identity() {
+            return Ok(action);
+        }
+        action.try_map_points(|p| self.to_screen(f64::from(p.x), f64::from(p.y)))
+    }
+
+    pub fn is_identity(&self) -> bool {
+        self.screen == self.sent && self.space == CoordSpace::Native
+    }
+
+    /// The PNG to send for a screen PNG: the same bytes, or resized to `sent`.
+    pub fn image_for_model(&self, png: &[u8]) -> Result<Vec<u8>, image::ImageError> {
+        if self.screen == self.sent {
+            return Ok(png.to_vec());
+        }
+        let img = image::load_from_memory_with_format(png, image::ImageFormat::Png)?.to_rgb8();
+        let small = image::imageops::resize(&img, self.sent.0, self.sent.1, FilterType::Triangle);
+        crate::desktop::encode_png(self.sent.0, self.sent.1, small.as_raw())
+    }
+}
+
+/// A screenshot in the conversation: its frame id (the SHA-256 of the screen PNG) and the
+/// PNG as the model sees it.
+#[derive(Debug, Clone)]
+pub struct Shot {
+    pub sha256: String,
+    pub png: Arc<Vec<u8>>,
+}
+
+/// One action of a reply: the protocol's id for its result, the input as the model wrote
+/// it (recorded, and shown when it is unusable), and the action in screen pixels or why
+/// it cannot be done.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Call {
+    pub id: String,
+    pub input: Value,
+    #[serde(serialize_with = "ser_action")]
+    pub action: Result<Action, InvalidAction>,
+}
+
+fn ser_action<S: serde::Serializer>(
+    a: &Result<Action, InvalidAction>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match a {
+        Ok(action) => action.serialize(s),
+        Err(e) => serde_json::json!({"error": e.to_string()}).serialize(s),
+    }
+}
+
+/// What a reply says, whatever the wire format.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Decision {
+    /// Reasoning, thinking, `Thought:` text.
+    pub thought: Option<String>,
+    /// Visible text; with no calls, the final answer.
+    pub text: Option<String>,
+    pub calls: Vec<Call>,
+    pub usage: Usage,
+}
+
+/// What became of one call, for the next request.
+#[derive(Debug, Clone)]
+pub struct CallResult {
+    pub id: String,
+    /// The text for the model (`ok`, a cursor position, an error).
+    pub text: String,
+    pub is_error: bool,
+    /// An image the action produced (`zoom`), as the model sees it.
+    pub image: Option<Shot>,
+}
+
+/// One wire format's conversation (see the module docs). Object-safe: the loop holds a
+/// `Box<dyn Protocol>`.
+pub trait Protocol: Send + Sync {
+    fn name(&self) -> ProtocolName;
+
+    fn geometry(&self) -> Geometry;
+
+    /// The task and the first screenshot.
+    fn begin(&mut self, instruction: &str, shot: &Shot);
+
+    /// A message from the person watching, with the next request.
+    fn user_message(&mut self, text: &str);
+
+    /// The next request, and its body with frame references instead of pixels (for the
+    /// recording).
+    fn request(&self) -> (ModelRequest, Value);
+
+    /// What a reply says; `Err` when it cannot be read at all (the transport retries).
+    fn decode(&self, raw: &Value) -> Result<Decision, String>;
+
+    /// The model's turn, as the conversation keeps it.
+    fn assistant(&mut self, raw: &Value, decision: &Decision);
+
+    /// The results of the turn's calls, in order, and the screen after them (`note` says
+    /// what it is).
+    fn results(&mut self, results: &[CallResult], shot: &Shot, note: &str);
+}
+
+/// Images a conversation refers to by frame id, with the most recent `keep` sent as pixels
+/// and older ones replaced by a note (so a request does not grow without bound).
+#[derive(Debug, Clone, Default)]
+pub struct Images {
+    data: HashMap<String, Arc<Vec<u8>>>,
+    /// Frame ids in the order they entered the conversation.
+    order: Vec<String>,
+    keep: usize,
+}
+
+/// The text that stands in for an older screenshot.
+pub const OMITTED: &str = "[an earlier screenshot, omitted]";
+
+impl Images {
+    pub fn new(keep: usize) -> Self {
+        Self {
+            keep: keep.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a screenshot; returns its reference (`sha256:<hex>`).
+    pub fn add(&mut self, shot: &Shot) -> String {
+        self.data.insert(shot.sha256.clone(), shot.png.clone());
+        self.order.push(shot.sha256.clone());
+        // Forget pixels no request will send again.
+        let cut = self.order.len().saturating_sub(self.keep);
+        let recent: std::collections::HashSet<&String> = self.order[cut..].iter().collect();
+        self.data.retain(|sha, _| recent.contains(sha));
+        format!("sha256:{}", shot.sha256)
+    }
+
+    /// Whether the reference is one of the images still sent.
+    pub fn is_recent(&self, reference: &str) -> bool {
+        reference.strip_prefix("sha256:").is_some_and(|sha| {
+            self.data.contains_key(sha) && {
+                let cut = self.order.len().saturating_sub(self.keep);
+                self.order[cut..].iter().any(|s| s == sha)
+            }
+        })
+    }
+
+    /// The PNG of a recent reference, base64.
+    pub fn base64(&self, reference: &str) -> Option<String> {
+        let sha = reference.strip_prefix("sha256:")?;
+        let png = self.data.get(sha)?;
+        Some(base64::engine::general_purpose::STANDARD.encode(png.as_slice()))
+    }
+
+    /// The PNG of a recent reference as a data URL.
+    pub fn data_url(&self, reference: &str) -> Option<String> {
+        self.base64(reference)
+            .map(|b| format!("data:image/png;base64,{b}"))
+    }
+}
+
+/// The system prompt template `name` from `dir` when given and present, else the embedded
+/// one, with `{width}`, `{height}`, `{date}` and `{coordinates}` filled in.
+pub fn prompt(
+    dir: Option<&std::path::Path>,
+    name: &str,
+    embedded: &str,
+    geometry: &Geometry,
+) -> std::io::Result<String> {
+    let template = match dir.map(|d| d.join(name)) {
+        Some(path) if path.exists() => std::fs::read_to_string(path)?,
+        _ => embedded.to_owned(),
+    };
+    Ok(template
+        .replace("{width}", &geometry.sent.0.to_string())
+        .replace("{height}", &geometry.sent.1.to_string())
+        .replace("{coordinates}", &geometry.describe())
+        .replace("{date}", &crate::time::date(crate::time::now_ms())))
+}
+
+/// Settings of a protocol: how to talk to the model, beyond the endpoint.
+#[derive(Debug, Clone)]
+pub struct ProtocolConfig {
+    pub name: ProtocolName,
+    /// The coordinate space (from the model id, or `--coords`).
+    pub space: CoordSpace,
+    /// For protocols whose model takes any size: the size sent.
+    pub target: Target,
+    /// Screenshots kept as images in each request.
+    pub keep_images: usize,
+    /// `tools`: screenshots in the tool message (servers that take that).
+    pub image_in_tool: bool,
+    /// Offer launch, open and exec to the model.
+    pub allow_setup_actions: bool,
+    /// A directory overriding the embedded prompts.
+    pub prompts: Option<std::path::PathBuf>,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        Self {
+            name: ProtocolName::Tools,
+            space: CoordSpace::Native,
+            target: Target::Native,
+            keep_images: 3,
+            image_in_tool: false,
+            allow_setup_actions: false,
+            prompts: None,
+        }
+    }
+}
+
+/// A one-shot question about screenshots (a task's judge), in the wire format of
+/// `protocol`: the system prompt, the text, then the images.
+pub fn question(
+    protocol: ProtocolName,
+    system: &str,
+    text: &str,
+    pngs: &[Arc<Vec<u8>>],
+) -> ModelRequest {
+    match protocol {
+        ProtocolName::Tools => chat::question(system, text, pngs),
+    }
+}
+
+/// The text of a reply to [`question`].
+pub fn answer_text(protocol: ProtocolName, raw: &Value) -> Result<String, String> {
+    match protocol {
+        ProtocolName::Tools => chat::answer_text(raw),
+    }
+}
+
+/// The protocol and coordinate space for a model id, case-insensitively.
+pub fn detect(model: &str) -> (ProtocolName, CoordSpace) {
+    let _ = model.to_ascii_lowercase();
+    (ProtocolName::Tools, CoordSpace::Native)
+}
+
+/// The geometry a protocol uses on a `screen`-sized desktop.
+pub fn geometry(cfg: &ProtocolConfig, screen: (u32, u32)) -> Geometry {
+    let sent = match cfg.space {
+        CoordSpace::Smart => {
+            let (h, w) = smart_resize(screen.1, screen.0, 28, 3136, 12_845_056);
+            (w, h)
+        }
+        _ => cfg.target.size(screen),
+    };
+    Geometry::pixels(screen, sent, cfg.space)
+}
+
+/// Starts a conversation in the configured protocol for a `screen`-sized desktop.
+pub fn create(cfg: &ProtocolConfig, screen: (u32, u32)) -> Result<Box<dyn Protocol>, String> {
+    let geometry = geometry(cfg, screen);
+    Ok(match cfg.name {
+        ProtocolName::Tools => Box::new(tools::Tools::new(cfg, geometry)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+
+    #[test]
+    fn smart_resize_rounds_as_python_does() {
+        // 1022 / 28 = 36.5: Python's round gives 36 (1008), JavaScript's 37 (1036).
+        assert_eq!(smart_resize(1022, 1522, 28, 3136, 12_845_056).0, 1008);
+        assert_eq!(
+            smart_resize(800, 1280, 28, 100 * 28 * 28, 16384 * 28 * 28),
+            (812, 1288)
+        );
+        assert_eq!(smart_resize(1080, 1920, 28, 3136, 12_845_056), (1092, 1932));
+        assert_eq!(smart_resize(800, 1280, 32, 3136, 12_845_056), (800, 1280));
+        // Above the pixel budget: scaled down, still multiples of the factor.
+        let (h, w) = smart_resize(4320, 7680, 28, 3136, 1_003_520);
+        assert!(h % 28 == 0 && w % 28 == 0 && u64::from(h) * u64::from(w) <= 1_003_520);
+    }
+
+    #[test]
+    fn coordinates_map_back_and_refuse_what_is_outside() {
+        let g = Geometry::pixels((1280, 800), (1024, 768), CoordSpace::Native);
+        assert_eq!(g.to_screen(512.0, 384.0).unwrap(), Point::new(640, 400));
+        assert_eq!(g.to_screen(1023.0, 767.0).unwrap(), Point::new(1279, 799));
+        assert!(g.to_screen(1024.0, 10.0).is_err(), "x == width is outside");
+        assert!(g.to_screen(-1.0, 10.0).is_err());
+        assert_eq!(g.to_model(Point::new(640, 400)), (512.0, 384.0));
+
+        let k = Geometry::pixels((1280, 800), (1280, 800), CoordSpace::Thousand);
+        assert_eq!(k.to_screen(500.0, 500.0).unwrap(), Point::new(640, 400));
+        assert_eq!(k.to_screen(1000.0, 1000.0).unwrap(), Point::new(1279, 799));
+        assert!(k.to_screen(1001.0, 3.0).is_err());
+        let u = Geometry::pixels((1920, 1080), (1920, 1080), CoordSpace::Unit);
+        assert_eq!(u.to_screen(0.5, 0.5).unwrap(), Point::new(960, 540));
+        assert!(u.to_screen(1.2, 0.5).is_err());
+        // Half-pixel points round up, the same way every time.
+        let s = Geometry::pixels((1280, 800), (1288, 812), CoordSpace::Smart);
+        assert_eq!(s.to_screen(644.0, 406.0).unwrap(), Point::new(640, 400));
+    }
+
+    #[test]
+    fn names_parse() {
+        assert_eq!("TOOLS".parse::<ProtocolName>(), Ok(ProtocolName::Tools));
+        assert!("smoke-signals".parse::<ProtocolName>().is_err());
+        assert_eq!("1000".parse::<CoordSpace>(), Ok(CoordSpace::Thousand));
+        assert_eq!("unit".parse::<CoordSpace>(), Ok(CoordSpace::Unit));
+        assert_eq!("xga".parse::<Target>(), Ok(Target::Xga));
+        assert_eq!("1024".parse::<Target>(), Ok(Target::MaxSide(1024)));
+        assert!("huge".parse::<Target>().is_err());
+        assert_eq!(Target::MaxSide(1280).size((1920, 1080)), (1280, 720));
+    }
+
+    #[test]
+    fn only_recent_images_keep_their_pixels() {
+        let mut im = Images::new(2);
+        let shot = |s: &str| Shot {
+            sha256: s.into(),
+            png: Arc::new(s.as_bytes().to_vec()),
+        };
+        let a = im.add(&shot("a"));
+        let b = im.add(&shot("b"));
+        let c = im.add(&shot("c"));
+        assert!(!im.is_recent(&a) && im.is_recent(&b) && im.is_recent(&c));
+        assert_eq!(im.base64(&a), None);
+        assert!(
+            im.data_url(&c)
+                .unwrap()
+                .starts_with("data:image/png;base64,")
+        );
+    }
+}

@@ -1,0 +1,433 @@
+//! `tools`: OpenAI function calling (chat completions) with one `computer` function whose
+//! arguments follow Anthropic's computer tool input (computer_20250124), screenshots as
+//! image parts, coordinates in pixels of the screenshot the model saw.
+//!
+//! Screenshots go in as user messages after the tool results (OpenAI accepts images only
+//! there; `image_in_tool` puts them in the tool message for servers that take that). Only
+//! the last `keep_images` are sent as images; older ones become a note, as Anthropic's demo
+//! does, so requests do not grow without bound.
+
+use super::chat::{ToolCall, parse_chat};
+use super::{
+    Call, CallResult, Decision, Geometry, Images, OMITTED, Protocol, ProtocolConfig, ProtocolName,
+    Shot, prompt,
+};
+use crate::action::{Action, InvalidAction};
+use crate::agent::model::{Auth, ModelRequest};
+use serde_json::{Value, json};
+
+/// The embedded system prompt (prompts/system.md).
+const SYSTEM_PROMPT: &str = include_str!("../../../prompts/system.md");
+
+/// The `computer` tool, described for a screen of `w`x`h` pixels.
+pub fn computer_tool(w: u32, h: u32, allow_setup: bool) -> Value {
+    let mut actions = vec![
+        "key",
+        "type",
+        "mouse_move",
+        "left_click",
+        "right_click",
+        "middle_click",
+        "double_click",
+        "triple_click",
+        "left_click_drag",
+        "left_mouse_down",
+        "left_mouse_up",
+        "scroll",
+        "hold_key",
+        "wait",
+        "screenshot",
+        "cursor_position",
+        "zoom",
+        "done",
+        "fail",
+    ];
+    if allow_setup {
+        actions.extend(["launch", "open", "exec"]);
+    }
+    let description = format!(
+        "Use a mouse and keyboard to interact with a Linux desktop (XFCE), and take screenshots.\n\
+         * The screen is {w}x{h} pixels. Coordinates are [x, y] pixels in that space, (0, 0) at the top left.\n\
+         * Every action returns a new screenshot, taken once the screen has stopped changing.\n\
+         * `key` takes xdotool key names and combos: \"Return\", \"ctrl+s\", \"alt+F4\", \"ctrl+a Delete\".\n\
+         * `type` types text exactly as given (any language); use \\n for Enter.\n\
+         * `scroll` needs scroll_direction (up, down, left, right) and scroll_amount (wheel clicks).\n\
+         * `key` (or `text`) on clicks and scrolls names modifier keys to hold, e.g. \"shift\".\n\
+         * `zoom` returns the region [x0, y0, x1, y1] at full resolution.\n\
+         * When the task is complete, call `done` with your answer in `text`, or simply reply \
+         without a tool call. If it cannot be done, call `fail` with the reason in `text`."
+    );
+    json!({
+        "type": "function",
+        "function": {
+            "name": "computer",
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "action": {"type": "string", "enum": actions, "description": "What to do."},
+                    "coordinate": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
+                        "description": format!("[x, y] in pixels (0..{w}, 0..{h}): where to click, move, scroll; the end of a drag.")},
+                    "start_coordinate": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
+                        "description": "[x, y] where left_click_drag starts."},
+                    "text": {"type": "string", "description": "Text to type, keys to press, or the answer/reason for done/fail."},
+                    "scroll_direction": {"type": "string", "enum": ["up", "down", "left", "right"]},
+                    "scroll_amount": {"type": "integer", "minimum": 0, "description": "Wheel clicks."},
+                    "duration": {"type": "number", "description": "Seconds, for wait and hold_key."},
+                    "key": {"type": "string", "description": "Modifier keys held during a click or scroll."},
+                    "region": {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4,
+                        "description": "[x0, y0, x1, y1] for zoom."},
+                    "app": {"type": "string", "description": "For launch: terminal, browser, files, editor, or a command."},
+                    "target": {"type": "string", "description": "For open: a path or URL."},
+                    "command": {"type": "string", "description": "For exec: a shell command line."}
+                },
+                "required": ["action"]
+            }
+        }
+    })
+}
+
+/// The conversation of one episode in the `tools` protocol.
+pub struct Tools {
+    geometry: Geometry,
+    messages: Vec<Value>,
+    images: Images,
+    tools: Vec<Value>,
+    image_in_tool: bool,
+    allow_setup: bool,
+}
+
+impl Tools {
+    pub fn new(cfg: &ProtocolConfig, geometry: Geometry) -> Result<Self, String> {
+        let system = prompt(
+            cfg.prompts.as_deref(),
+            "system.md",
+            SYSTEM_PROMPT,
+            &geometry,
+        )
+        .map_err(|e| format!("reading the prompts: {e}"))?;
+        Ok(Self {
+            geometry,
+            messages: vec![json!({"role": "system", "content": system})],
+            images: Images::new(cfg.keep_images),
+            tools: vec![computer_tool(
+                geometry.sent.0,
+                geometry.sent.1,
+                cfg.allow_setup_actions,
+            )],
+            image_in_tool: cfg.image_in_tool,
+            allow_setup: cfg.allow_setup_actions,
+        })
+    }
+
+    fn image_part(&mut self, shot: &Shot) -> Value {
+        let reference = self.images.add(shot);
+        json!({"type": "image_url", "image_url": {"url": reference}})
+    }
+
+    /// The messages with each image part decided by `image(reference, recent)`.
+    fn render(&self, image: impl Fn(&str) -> Value) -> Vec<Value> {
+        self.messages
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                if let Some(parts) = m["content"].as_array_mut() {
+                    for p in parts.iter_mut() {
+                        if let Some(r) = p["image_url"]["url"].as_str().map(str::to_owned) {
+                            *p = image(&r);
+                        }
+                    }
+                }
+                m
+            })
+            .collect()
+    }
+
+    fn body(&self, messages: Vec<Value>) -> Value {
+        json!({"messages": messages, "tools": self.tools, "tool_choice": "auto", "stream": false})
+    }
+
+    /// A tool call as an action in screen pixels, or the reason it is not one.
+    fn action(&self, call: &ToolCall) -> Result<Action, InvalidAction> {
+        if call.name != "computer" {
+            return Err(InvalidAction::new(format!(
+                "there is no tool named '{}'; use the `computer` tool",
+                call.name
+            )));
+        }
+        if let Value::String(raw) = &call.arguments
+            && serde_json::from_str::<Value>(raw).is_err()
+        {
+            return Err(InvalidAction::new(format!(
+                "the arguments are not valid JSON: {}",
+                raw.chars().take(200).collect::<String>()
+            )));
+        }
+        let action = Action::from_tool_input(&call.arguments)?;
+        if action.is_setup_only() && !self.allow_setup {
+            return Err(InvalidAction::new(format!(
+                "`{}` is not available; use the mouse and keyboard",
+                action.name()
+            )));
+        }
+        self.geometry.action_to_screen(action)
+    }
+}
+
+impl Protocol for Tools {
+    fn name(&self) -> ProtocolName {
+        ProtocolName::Tools
+    }
+
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    fn begin(&mut self, instruction: &str, shot: &Shot) {
+        let image = self.image_part(shot);
+        self.messages.push(json!({
+            "role": "user",
+            "content": [{"type": "text", "text": instruction}, image]
+        }));
+    }
+
+    fn user_message(&mut self, text: &str) {
+        self.messages.push(json!({"role": "user", "content": text}));
+    }
+
+    fn request(&self) -> (ModelRequest, Value) {
+        let sent = self.render(|r| match self.images.data_url(r) {
+            Some(url) if self.images.is_recent(r) => {
+                json!({"type": "image_url", "image_url": {"url": url}})
+            }
+            _ => json!({"type": "text", "text": OMITTED}),
+        });
+        let recorded = self.render(|r| {
+            if self.images.is_recent(r) {
+                json!({"type": "image_url", "image_url": {"url": r}})
+            } else {
+                json!({"type": "text", "text": OMITTED})
+            }
+        });
+        (
+            ModelRequest {
+                path: "/chat/completions".into(),
+                body: self.body(sent),
+                headers: Vec::new(),
+                auth: Auth::Bearer,
+            },
+            self.body(recorded),
+        )
+    }
+
+    fn decode(&self, raw: &Value) -> Result<Decision, String> {
+        let reply = parse_chat(raw)?;
+        // Text next to tool calls is the model's thinking; alone, it is the answer.
+        let thought = match (&reply.reasoning, reply.tool_calls.is_empty()) {
+            (Some(r), _) => Some(r.clone()),
+            (None, false) => reply.text.clone(),
+            (None, true) => None,
+        };
+        let calls = reply
+            .tool_calls
+            .iter()
+            .map(|c| Call {
+                id: c.id.clone(),
+                input: c.arguments.clone(),
+                action: self.action(c),
+            })
+            .collect();
+        Ok(Decision {
+            thought,
+            text: reply.text,
+            calls,
+            usage: reply.usage,
+        })
+    }
+
+    fn assistant(&mut self, raw: &Value, decision: &Decision) {
+        // Normalized to the OpenAI shape, whatever the server sent.
+        let names: Vec<String> = parse_chat(raw)
+            .map(|r| r.tool_calls.into_iter().map(|c| c.name).collect())
+            .unwrap_or_default();
+        let mut m = json!({"role": "assistant", "content": decision.text.as_deref().unwrap_or("")});
+        if !decision.calls.is_empty() {
+            m["tool_calls"] = decision
+                .calls
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let args = match &c.input {
+                        Value::String(s) => s.clone(),
+                        v => v.to_string(),
+                    };
+                    let name = names.get(i).map_or("computer", String::as_str);
+                    json!({"id": c.id, "type": "function", "function": {"name": name, "arguments": args}})
+                })
+                .collect();
+        }
+        self.messages.push(m);
+    }
+
+    fn results(&mut self, results: &[CallResult], shot: &Shot, note: &str) {
+        let mut zooms = Vec::new();
+        for r in results {
+            let text = if r.is_error {
+                format!("error: {}", r.text)
+            } else {
+                r.text.clone()
+            };
+            self.messages
+                .push(json!({"role": "tool", "tool_call_id": r.id, "content": text}));
+            zooms.extend(r.image.clone());
+        }
+        for z in &zooms {
+            let image = self.image_part(z);
+            self.messages.push(json!({
+                "role": "user",
+                "content": [{"type": "text", "text": "The zoomed region, at full resolution:"}, image]
+            }));
+        }
+        let image = self.image_part(shot);
+        let last_is_tool = self.messages.last().is_some_and(|m| m["role"] == "tool");
+        if self.image_in_tool && last_is_tool {
+            if let Some(last) = self.messages.last_mut() {
+                let text = last["content"].as_str().unwrap_or_default().to_owned();
+                last["content"] = json!([{"type": "text", "text": text}, image]);
+            }
+        } else {
+            self.messages.push(json!({
+                "role": "user",
+                "content": [{"type": "text", "text": note}, image]
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::Point;
+    use crate::agent::protocol::{CoordSpace, Target, geometry};
+    use std::sync::Arc;
+
+    fn shot(s: &str) -> Shot {
+        Shot {
+            sha256: s.into(),
+            png: Arc::new(format!("png-{s}").into_bytes()),
+        }
+    }
+
+    fn tools(target: Target, keep: usize, in_tool: bool) -> Tools {
+        let cfg = ProtocolConfig {
+            target,
+            keep_images: keep,
+            image_in_tool: in_tool,
+            ..ProtocolConfig::default()
+        };
+        Tools::new(&cfg, geometry(&cfg, (1280, 800))).unwrap()
+    }
+
+    fn reply(calls: Value) -> Value {
+        json!({"choices": [{"message": {"content": "thinking", "tool_calls": calls}}]})
+    }
+
+    #[test]
+    fn calls_become_screen_actions_or_model_facing_errors() {
+        let t = tools(Target::Xga, 3, false);
+        assert_eq!(t.geometry().space, CoordSpace::Native);
+        let d = t
+            .decode(&reply(json!([
+                {"id": "a", "function": {"name": "computer", "arguments": "{\"action\":\"left_click\",\"coordinate\":[512,384]}"}},
+                {"id": "b", "function": {"name": "browser", "arguments": "{}"}},
+                {"id": "c", "function": {"name": "computer", "arguments": "{\"action\":"}},
+                {"id": "d", "function": {"name": "computer", "arguments": "{\"action\":\"exec\",\"command\":\"ls\"}"}},
+                {"id": "e", "function": {"name": "computer", "arguments": "{\"action\":\"key\",\"text\":\"ctrl+Bogus\"}"}},
+                {"id": "f", "function": {"name": "computer", "arguments": "{\"action\":\"left_click\",\"coordinate\":[1024,10]}"}}
+            ])))
+            .unwrap();
+        assert_eq!(d.thought.as_deref(), Some("thinking"));
+        assert_eq!(
+            d.calls[0].action.as_ref().unwrap().points(),
+            vec![Point::new(640, 400)]
+        );
+        for (call, needle) in [
+            (1, "no tool named 'browser'"),
+            (2, "not valid JSON"),
+            (3, "not available"),
+            (4, "unknown key"),
+            (5, "outside your coordinate space"),
+        ] {
+            let e = d.calls[call].action.as_ref().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn only_recent_images_are_sent_and_none_are_recorded() {
+        let mut c = tools(Target::Native, 2, false);
+        c.begin("do it", &shot("aaa"));
+        for (i, sha) in ["bbb", "ccc"].iter().enumerate() {
+            let raw = reply(
+                json!([{"id": format!("c{i}"), "function": {"name": "computer", "arguments": "{\"action\":\"screenshot\"}"}}]),
+            );
+            let d = c.decode(&raw).unwrap();
+            c.assistant(&raw, &d);
+            c.results(
+                &[CallResult {
+                    id: format!("c{i}"),
+                    text: "ok".into(),
+                    is_error: false,
+                    image: None,
+                }],
+                &shot(sha),
+                "after",
+            );
+        }
+        let (req, recorded) = c.request();
+        let req = req.body.to_string();
+        assert!(!req.contains("sha256:"), "placeholders leak into requests");
+        assert_eq!(req.matches("data:image/png;base64").count(), 2);
+        assert!(req.contains(OMITTED));
+        let rec = recorded.to_string();
+        assert!(!rec.contains("base64"), "pixels in the recording");
+        assert!(
+            rec.contains("sha256:ccc") && rec.contains("sha256:bbb") && !rec.contains("sha256:aaa")
+        );
+    }
+
+    #[test]
+    fn images_can_ride_in_tool_messages() {
+        let mut c = tools(Target::Native, 3, true);
+        c.begin("t", &shot("a"));
+        let raw = reply(json!([{"id": "c", "function": {"name": "computer", "arguments": "{}"}}]));
+        let d = c.decode(&raw).unwrap();
+        c.assistant(&raw, &d);
+        c.results(
+            &[CallResult {
+                id: "c".into(),
+                text: "done".into(),
+                is_error: false,
+                image: None,
+            }],
+            &shot("b"),
+            "after",
+        );
+        let (req, _) = c.request();
+        let last = req.body["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(last["role"], "tool");
+        assert_eq!(last["content"][1]["type"], "image_url");
+    }
+
+    #[test]
+    fn the_tool_names_the_screen_size() {
+        let t = computer_tool(1024, 768, false).to_string();
+        assert!(t.contains("1024x768") && !t.contains("\"launch\""));
+        assert!(computer_tool(1, 1, true).to_string().contains("\"launch\""));
+    }
+}

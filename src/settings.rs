@@ -1,0 +1,379 @@
+//! Settings: the configuration file, the environment and the flags, resolved into what an
+//! episode needs (file < environment < flags; a task's limits sit between the file and the
+//! flags). `run`, `batch`, the TUI and `grade` share these; the core modules never read the
+//! command line themselves.
+
+use crate::agent::model::{EndpointConfig, HttpModel, Secret, redact_url};
+use crate::agent::protocol::{self, CoordSpace, ProtocolConfig, ProtocolName, Target};
+use crate::agent::{AgentConfig, DEFAULT_MAX_ACTIONS};
+use crate::config::{self, FileConfig};
+use crate::record;
+use crate::sandbox::{Network, SandboxSpec};
+use crate::task::Limits;
+use anyhow::{Context, bail};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings shared by `run` and `batch`: the model, the loop, the desktop, the recording.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommonArgs {
+    /// OpenAI-compatible endpoint, up to /v1.
+    #[arg(long, env = "OPENAI_BASE_URL")]
+    pub base_url: Option<String>,
+    #[arg(long, env = "SELFAGENT_MODEL")]
+    pub model: Option<String>,
+    /// Read the API key from this environment variable instead of OPENAI_API_KEY.
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+    /// Steps per episode (beats a task's limit).
+    #[arg(long)]
+    pub max_steps: Option<u32>,
+    /// Seconds per episode (beats a task's limit).
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Seconds for one model call.
+    #[arg(long)]
+    pub model_timeout: Option<f64>,
+    /// Retries of a model call on 429, 5xx, timeouts and unusable replies.
+    #[arg(long)]
+    pub max_retries: Option<u32>,
+    /// The model's protocol: tools, or the model's own (chosen from the model id when not
+    /// given; see the README's table).
+    #[arg(long, value_name = "NAME")]
+    pub protocol: Option<String>,
+    /// The model's coordinate space: native (pixels of the screenshot sent), smart (pixels
+    /// of the smart-resized screenshot), 1000, 999 (relative) or unit (0 to 1). Chosen with
+    /// the protocol when not given.
+    #[arg(long, value_name = "SPACE")]
+    pub coords: Option<String>,
+    /// Screenshot size sent to the model: native, xga (1024x768), wxga (1280x800), or a
+    /// longest side in pixels; coordinates are mapped back.
+    #[arg(long)]
+    pub scale: Option<String>,
+    /// The largest model reply accepted, in bytes (larger ones are cut off and retried).
+    #[arg(long, value_parser = crate::cli::parse_size)]
+    pub max_reply_bytes: Option<i64>,
+    /// Actions done per model reply (more are refused and the model told so).
+    #[arg(long)]
+    pub max_actions: Option<usize>,
+    /// Screenshots kept as images in each request (older ones become a note).
+    #[arg(long)]
+    pub keep_images: Option<usize>,
+    /// Put screenshots in tool messages (servers that accept it) instead of user messages.
+    #[arg(long)]
+    pub image_in_tool: bool,
+    /// Offer launch, open and exec to the model.
+    #[arg(long)]
+    pub allow_setup_actions: bool,
+    /// JSON object merged into every request, e.g. '{"temperature":0,"max_tokens":512}'.
+    #[arg(long, value_name = "JSON")]
+    pub extra: Option<String>,
+    /// A directory of prompts overriding the embedded ones (see prompts/README.md).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// The recording (SQLite).
+    #[arg(long, env = "SELFAGENT_DB")]
+    pub db: Option<PathBuf>,
+    /// Do not commit the final state of graded episodes to an image (re-grading then uses
+    /// only what the checks read at the end).
+    #[arg(long)]
+    pub no_snapshot: bool,
+    /// Skip the final-state snapshot (and record why) when the desktop changed more than
+    /// this (apparent sizes: a sparse file counts in full).
+    #[arg(long, default_value = "1g", value_parser = crate::cli::parse_size)]
+    pub snapshot_max_size: i64,
+    /// The configuration file (default: ~/.config/selfagent/config.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value_t = 1280)]
+    pub width: u32,
+    #[arg(long, default_value_t = 800)]
+    pub height: u32,
+    #[arg(long, default_value = crate::sandbox::DEFAULT_IMAGE)]
+    pub image: String,
+    /// Run the desktop with no network at all.
+    #[arg(long)]
+    pub no_network: bool,
+}
+
+impl CommonArgs {
+    /// The snapshot limit of graded episodes, `None` with --no-snapshot.
+    pub fn snapshot(&self) -> Option<u64> {
+        (!self.no_snapshot).then_some(self.snapshot_max_size as u64)
+    }
+
+    /// The desktop these settings ask for.
+    pub fn spec(&self) -> SandboxSpec {
+        SandboxSpec {
+            image: self.image.clone(),
+            width: self.width,
+            height: self.height,
+            network: if self.no_network {
+                Network::None
+            } else {
+                Network::Bridge
+            },
+            ..SandboxSpec::default()
+        }
+    }
+}
+
+/// Everything an episode needs, with file < env < flags applied.
+#[derive(Clone)]
+pub struct Resolved {
+    pub model: EndpointConfig,
+    pub agent: AgentConfig,
+    pub db: PathBuf,
+}
+
+fn seconds(v: Option<f64>, default: f64, what: &str) -> anyhow::Result<Duration> {
+    let s = v.unwrap_or(default);
+    if !(s.is_finite() && s > 0.0) {
+        bail!("{what} must be a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// The model endpoint from flags, then the file (also the judge's, for `grade`).
+pub fn model_config(args: &CommonArgs, file: &FileConfig) -> anyhow::Result<EndpointConfig> {
+    let base_url = args
+        .base_url
+        .clone()
+        .or_else(|| file.base_url.clone())
+        .context("no model endpoint: pass --base-url, set OPENAI_BASE_URL, or put base_url in the config file")?;
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        bail!(
+            "--base-url must start with http:// or https://, got '{}'",
+            redact_url(&base_url)
+        );
+    }
+    let key_var = args
+        .api_key_env
+        .clone()
+        .or_else(|| file.api_key_env.clone());
+    let api_key = match &key_var {
+        Some(var) => {
+            std::env::var(var).with_context(|| format!("the API key variable {var} is not set"))?
+        }
+        None => std::env::var("OPENAI_API_KEY")
+            .ok()
+            .or_else(|| file.api_key.clone())
+            .unwrap_or_default(),
+    };
+    let mut extra = file
+        .extra
+        .as_ref()
+        .map(config::toml_to_json)
+        .unwrap_or_default();
+    if let Some(text) = &args.extra {
+        let v: serde_json::Value =
+            serde_json::from_str(text).context("--extra is not valid JSON")?;
+        let Some(obj) = v.as_object() else {
+            bail!("--extra must be a JSON object");
+        };
+        extra.extend(obj.clone());
+    }
+    let max_reply_bytes = match args.max_reply_bytes.or(file.max_reply_bytes) {
+        Some(n) if n >= 1024 => n as usize,
+        Some(_) => bail!("--max-reply-bytes must be at least 1k"),
+        None => crate::agent::model::DEFAULT_MAX_REPLY_BYTES,
+    };
+    Ok(EndpointConfig {
+        base_url,
+        model: args
+            .model
+            .clone()
+            .or_else(|| file.model.clone())
+            .unwrap_or_else(|| "default".into()),
+        api_key: Secret::new(api_key),
+        timeout: seconds(
+            args.model_timeout.or(file.model_timeout),
+            120.0,
+            "--model-timeout",
+        )?,
+        max_retries: args.max_retries.or(file.max_retries).unwrap_or(5),
+        max_reply_bytes,
+        extra,
+    })
+}
+
+/// Settings from flags, then a task's limits, then the file, then defaults.
+pub fn resolve(
+    args: &CommonArgs,
+    file: &FileConfig,
+    instruction: String,
+    limits: &Limits,
+) -> anyhow::Result<Resolved> {
+    let model = model_config(args, file)?;
+    let target: Target = match args.scale.clone().or_else(|| file.scale.clone()) {
+        Some(s) => s.parse().map_err(anyhow::Error::msg)?,
+        None => Target::Native,
+    };
+    let (detected, detected_space) = protocol::detect(&model.model);
+    let name = protocol_name(args, file, &model.model)?;
+    let space: CoordSpace = match args.coords.clone().or_else(|| file.coords.clone()) {
+        Some(c) => c.parse().map_err(anyhow::Error::msg)?,
+        None if name == detected => detected_space,
+        None => CoordSpace::Native,
+    };
+    let max_actions = args
+        .max_actions
+        .or(file.max_actions)
+        .unwrap_or(DEFAULT_MAX_ACTIONS);
+    if max_actions == 0 {
+        bail!("--max-actions must be at least 1");
+    }
+    let max_steps = args
+        .max_steps
+        .or(limits.max_steps)
+        .or(file.max_steps)
+        .unwrap_or(50);
+    if max_steps == 0 {
+        bail!("--max-steps must be at least 1");
+    }
+    Ok(Resolved {
+        model,
+        agent: AgentConfig {
+            instruction,
+            max_steps,
+            timeout: seconds(
+                args.timeout.or(limits.timeout).or(file.timeout),
+                1800.0,
+                "--timeout",
+            )?,
+            protocol: ProtocolConfig {
+                name,
+                space,
+                target,
+                keep_images: args.keep_images.or(file.keep_images).unwrap_or(3),
+                image_in_tool: args.image_in_tool || file.image_in_tool.unwrap_or(false),
+                allow_setup_actions: args.allow_setup_actions,
+                prompts: args.prompts.clone().or_else(|| file.prompts.clone()),
+            },
+            max_actions,
+            ..AgentConfig::default()
+        },
+        db: db_path(args.db.as_ref(), file),
+    })
+}
+
+/// The protocol settings name, or the one the model id implies.
+pub fn protocol_name(
+    args: &CommonArgs,
+    file: &FileConfig,
+    model: &str,
+) -> anyhow::Result<ProtocolName> {
+    match args.protocol.clone().or_else(|| file.protocol.clone()) {
+        Some(p) => p.parse().map_err(anyhow::Error::msg),
+        None => Ok(protocol::detect(model).0),
+    }
+}
+
+/// A judge: the endpoint and the protocol it speaks.
+pub fn judge_model(
+    args: &CommonArgs,
+    file: &FileConfig,
+) -> anyhow::Result<(std::sync::Arc<HttpModel>, ProtocolName)> {
+    let cfg = model_config(args, file)?;
+    let name = protocol_name(args, file, &cfg.model)?;
+    Ok((std::sync::Arc::new(HttpModel::new(cfg)?), name))
+}
+
+/// The recording: the flag (or SELFAGENT_DB), the file, the default.
+pub fn db_path(flag: Option<&PathBuf>, file: &FileConfig) -> PathBuf {
+    flag.cloned()
+        .or_else(|| file.db.clone())
+        .unwrap_or_else(|| PathBuf::from(record::DEFAULT_DB))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        common: CommonArgs,
+        task: Option<String>,
+    }
+
+    fn args(list: &[&str]) -> Wrap {
+        Wrap::parse_from(std::iter::once("run").chain(list.iter().copied()))
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_defaults_fill_in() {
+        let file = config::parse("base_url = \"http://file/v1\"\nmodel = \"file-model\"\nmax_steps = 9\n[extra]\ntemperature = 1.0\n").unwrap();
+        let a = args(&[
+            "--base-url",
+            "http://flag/v1",
+            "--extra",
+            "{\"top_p\":0.5}",
+            "--scale",
+            "xga",
+            "task",
+        ]);
+        let r = resolve(&a.common, &file, "task".into(), &Limits::default()).unwrap();
+        assert_eq!(r.model.base_url, "http://flag/v1");
+        assert_eq!(r.model.model, "file-model");
+        assert_eq!(r.agent.max_steps, 9);
+        assert_eq!(r.agent.protocol.target, Target::Xga);
+        assert_eq!(
+            (
+                r.model.extra["temperature"].as_f64(),
+                r.model.extra["top_p"].as_f64()
+            ),
+            (Some(1.0), Some(0.5))
+        );
+        assert_eq!(r.db, PathBuf::from(record::DEFAULT_DB));
+    }
+
+    #[test]
+    fn a_tasks_limits_beat_the_file_but_not_the_flags() {
+        let file =
+            config::parse("base_url = \"http://file/v1\"\nmax_steps = 9\ntimeout = 99\n").unwrap();
+        let limits = Limits {
+            max_steps: Some(4),
+            timeout: Some(30.0),
+        };
+        let r = resolve(&args(&[]).common, &file, "t".into(), &limits).unwrap();
+        assert_eq!((r.agent.max_steps, r.agent.timeout.as_secs()), (4, 30));
+        let r = resolve(
+            &args(&["--max-steps", "7"]).common,
+            &file,
+            "t".into(),
+            &limits,
+        )
+        .unwrap();
+        assert_eq!((r.agent.max_steps, r.agent.timeout.as_secs()), (7, 30));
+    }
+
+    #[test]
+    fn bad_settings_are_explained() {
+        let none = FileConfig::default();
+        for (list, needle) in [
+            (vec!["--base-url", "ftp://x"], "must start with http"),
+            (
+                vec!["--base-url", "http://x", "--extra", "[1]"],
+                "JSON object",
+            ),
+            (
+                vec!["--base-url", "http://x", "--scale", "huge"],
+                "not a target size",
+            ),
+            (
+                vec!["--base-url", "http://x", "--max-steps", "0"],
+                "at least 1",
+            ),
+            (vec!["--base-url", "http://x", "--timeout=-1"], "positive"),
+        ] {
+            let e = resolve(&args(&list).common, &none, "t".into(), &Limits::default())
+                .err()
+                .expect("an error")
+                .to_string();
+            assert!(e.contains(needle), "{list:?}: {e}");
+        }
+    }
+}
