@@ -30,10 +30,33 @@ impl JsonLines {
     }
 }
 
+/// The longest string a JSON line carries; longer ones (a model's megabytes of text) are
+/// cut, saying how much was left out (the recording has them whole).
+const MAX_JSON_STRING: usize = 64 << 10;
+
+/// Cuts every string longer than [`MAX_JSON_STRING`] bytes.
+fn shorten_strings(v: &mut Value) {
+    match v {
+        Value::String(s) if s.len() > MAX_JSON_STRING => {
+            let mut end = MAX_JSON_STRING;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            let left = s.len() - end;
+            s.truncate(end);
+            s.push_str(&format!("… [{left} more bytes; the recording has it all]"));
+        }
+        Value::Array(items) => items.iter_mut().for_each(shorten_strings),
+        Value::Object(map) => map.values_mut().for_each(shorten_strings),
+        _ => {}
+    }
+}
+
 impl EventPrinter for JsonLines {
     fn print(&mut self, event: &Event, out: &mut dyn Write) -> std::io::Result<()> {
         let mut v = serde_json::to_value(event)
             .unwrap_or_else(|e| json!({"type": "unserializable", "error": e.to_string()}));
+        shorten_strings(&mut v);
         if let Value::Object(map) = &mut v {
             map.insert("session".into(), json!(self.session));
             map.insert("sandbox".into(), json!(self.sandbox));
@@ -56,6 +79,20 @@ fn one_line(s: &str, max: usize) -> String {
         format!("{}…", flat.chars().take(max).collect::<String>())
     } else {
         flat
+    }
+}
+
+/// At most `max` characters of `s`, saying how many were left out.
+fn shortened(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        s.to_owned()
+    } else {
+        format!(
+            "{}… [{} more characters; `selfagent sessions show` has it all]",
+            s.chars().take(max).collect::<String>(),
+            n - max
+        )
     }
 }
 
@@ -199,8 +236,11 @@ impl EventPrinter for Human {
                 )?;
             }
             Event::ActionFailed { input, error, .. } => {
-                let name = input.get("action").and_then(Value::as_str).unwrap_or("?");
+                let name = crate::agent::protocol::describe_input(input);
                 writeln!(out, "        {name}  ERROR {}", one_line(error, 200))?;
+            }
+            Event::StepError { step, error } => {
+                writeln!(out, "step {step}: ERROR {}", one_line(error, 300))?;
             }
             Event::Settled { report, .. } => {
                 writeln!(
@@ -272,10 +312,10 @@ impl EventPrinter for Human {
                     o.tokens_out
                 )?;
                 if let Some(a) = &o.answer {
-                    writeln!(out, "answer: {a}")?;
+                    writeln!(out, "answer: {}", shortened(a, 4000))?;
                 }
                 if let Some(e) = &o.error {
-                    writeln!(out, "reason: {e}")?;
+                    writeln!(out, "reason: {}", shortened(e, 4000))?;
                 }
             }
         }
@@ -310,6 +350,40 @@ mod tests {
             }),
             "type \"a b\""
         );
+    }
+
+    #[test]
+    fn long_text_is_printed_shortened() {
+        let huge = "y".repeat(5 << 20);
+        let mut out = Vec::new();
+        JsonLines::new("s", "b")
+            .print(
+                &Event::StepError {
+                    step: 1,
+                    error: huge.clone(),
+                },
+                &mut out,
+            )
+            .unwrap();
+        assert!(out.len() < 70_000, "{} bytes", out.len());
+        assert!(String::from_utf8_lossy(&out).contains("more bytes"));
+        let mut out = Vec::new();
+        Human
+            .print(
+                &Event::Finished(crate::agent::Outcome {
+                    status: crate::agent::Status::Succeeded,
+                    ended_by: crate::agent::EndedBy::Model,
+                    answer: Some(huge),
+                    error: None,
+                    steps: 1,
+                    tokens_in: 0,
+                    tokens_out: 0,
+                    wall_ms: 0,
+                }),
+                &mut out,
+            )
+            .unwrap();
+        assert!(out.len() < 5000, "{} bytes", out.len());
     }
 
     #[test]

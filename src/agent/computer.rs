@@ -34,6 +34,9 @@ pub trait Computer: Send + Sync {
     /// Why the desktop can no longer be used (it exited, its display server stopped), when
     /// that is so; `None` while it lives.
     fn why_gone(&self) -> impl Future<Output = Option<String>> + Send;
+
+    /// Resolves when the desktop stops working (so a long action does not outlive it).
+    fn gone(&self) -> impl Future<Output = ()> + Send;
 }
 
 impl Computer for Desktop {
@@ -63,5 +66,9 @@ impl Computer for Desktop {
 
     async fn why_gone(&self) -> Option<String> {
         self.sandbox().why_gone().await
+    }
+
+    async fn gone(&self) {
+        Desktop::gone(self).await;
     }
 }

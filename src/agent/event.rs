@@ -216,6 +216,12 @@ pub enum Event {
         input: Value,
         error: String,
     },
+    /// Something broke the step as a whole (the desktop died after its actions): recorded
+    /// with the step.
+    StepError {
+        step: u32,
+        error: String,
+    },
     Settled {
         step: u32,
         #[serde(flatten)]

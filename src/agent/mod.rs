@@ -102,6 +102,8 @@ enum Interrupt {
     Stopped,
     TimedOut,
     Aborted(String),
+    /// The desktop stopped working under the action.
+    DesktopGone,
 }
 
 /// A screenshot as observed and as sent.
@@ -180,6 +182,9 @@ impl<C: Computer, M: Model> Episode<'_, C, M> {
             Interrupt::Aborted(reason) => {
                 Ending::new(Status::Error, EndedBy::Recording).error(reason)
             }
+            Interrupt::DesktopGone => {
+                Ending::new(Status::Error, EndedBy::Harness).error("the desktop stopped working")
+            }
         }
     }
 
@@ -198,9 +203,13 @@ impl<C: Computer, M: Model> Episode<'_, C, M> {
         work: impl Future<Output = T>,
     ) -> Result<T, Interrupt> {
         tokio::pin!(work);
+        let computer = self.computer;
+        let gone = computer.gone();
+        tokio::pin!(gone);
         loop {
             tokio::select! {
                 out = &mut work => return Ok(out),
+                _ = &mut gone => return Err(Interrupt::DesktopGone),
                 _ = self.controls.next(step, self.emit) => {
                     if self.controls.stop {
                         return Err(self.stop_reason());
@@ -468,6 +477,16 @@ impl<C: Computer, M: Model> Episode<'_, C, M> {
             let computer = self.computer;
             let outcome = match self.guarded(step, computer.act(&action)).await {
                 Ok(r) => r,
+                Err(Interrupt::DesktopGone) => {
+                    let ending = self
+                        .desktop_failed("the desktop stopped working".into())
+                        .await;
+                    let reason = ending.error.clone().unwrap_or_default();
+                    self.reject(step, index, &call.input, &InvalidAction::new(reason))
+                        .await;
+                    self.emit.emit(finish(&current.frame)).await;
+                    return Next::End(ending);
+                }
                 Err(i) => {
                     // Cut short: nothing may stay pressed.
                     computer.release_input().await;
@@ -542,6 +561,12 @@ impl<C: Computer, M: Model> Episode<'_, C, M> {
                 .await
             {
                 Ok(report) => self.emit.emit(Event::Settled { step, report }).await,
+                Err(Interrupt::DesktopGone) => {
+                    let broke = self
+                        .step_broke(step, finish(&current.frame), "the desktop stopped working")
+                        .await;
+                    return Next::End(broke);
+                }
                 Err(i) => {
                     self.emit.emit(finish(&current.frame)).await;
                     return Next::End(self.ending(i));
@@ -550,15 +575,25 @@ impl<C: Computer, M: Model> Episode<'_, C, M> {
         }
         let after = match self.observe(protocol).await {
             Ok(o) => o,
-            Err(e) => {
-                self.emit.emit(finish(&current.frame)).await;
-                return Next::End(self.desktop_failed(e).await);
-            }
+            Err(e) => return Next::End(self.step_broke(step, finish(&current.frame), &e).await),
         };
         protocol.results(&results, &after.shot, "The screen after your actions:");
         self.emit.emit(finish(&after.frame)).await;
         *bad_replies = if usable { 0 } else { *bad_replies + 1 };
         Next::Continue(after)
+    }
+
+    /// The desktop broke after the step's actions: the step is recorded with why.
+    async fn step_broke(&self, step: u32, finish: Event, error: &str) -> Ending {
+        let ending = self.desktop_failed(error.to_owned()).await;
+        self.emit
+            .emit(Event::StepError {
+                step,
+                error: ending.error.clone().unwrap_or_default(),
+            })
+            .await;
+        self.emit.emit(finish).await;
+        ending
     }
 
     /// An action that did not happen: reported (its error goes back to the model with the
@@ -598,3 +633,6 @@ fn end_of(action: &Action) -> Ending {
         _ => Ending::new(Status::Succeeded, EndedBy::Model),
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -506,6 +506,12 @@ impl Desktop {
         *self.vnc.changes.borrow()
     }
 
+    /// Resolves when the VNC session ends: the desktop died, or was removed.
+    pub async fn gone(&self) {
+        let mut rx = self.vnc.changes.clone();
+        while rx.changed().await.is_ok() {}
+    }
+
     /// A mark to settle from: take it just before an action.
     pub fn mark(&self) -> Mark {
         Mark {

@@ -1102,6 +1102,10 @@ impl Writer {
                 p.actions.push(json!({"index": index, "ok": false, "input": serde_json::from_str::<Value>(&input).unwrap_or(Value::String(input)), "error": error}));
                 p.errors.push(error);
             }
+            Event::StepError { step, error } => {
+                let error = self.redact(error);
+                self.pending.entry(*step).or_default().errors.push(error);
+            }
             Event::Settled { step, report } => {
                 let p = self.pending.entry(*step).or_default();
                 p.settle_ms = Some(report.waited_ms);

@@ -8,7 +8,6 @@ use crate::headless::describe;
 use crate::record::{SessionRow, StepRow};
 use crate::task::check::Grade;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use serde_json::Value;
 use std::sync::Arc;
 
 /// Which screen is up.
@@ -364,11 +363,7 @@ impl App {
             Event::ActionFailed {
                 step, input, error, ..
             } => {
-                let name = input
-                    .get("action")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_owned();
+                let name = crate::agent::protocol::describe_input(input);
                 self.step_mut(*step).actions.push(ActionView {
                     desc: name,
                     ok: false,
@@ -377,6 +372,15 @@ impl App {
                     points: Vec::new(),
                 });
                 self.awaiting = None;
+            }
+            Event::StepError { step, error } => {
+                self.step_mut(*step).actions.push(ActionView {
+                    desc: "step".into(),
+                    ok: false,
+                    error: Some(error.clone()),
+                    act_ms: None,
+                    points: Vec::new(),
+                });
             }
             Event::Settled { step, report } => {
                 self.step_mut(*step).settle_ms = Some(report.waited_ms)

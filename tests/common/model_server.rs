@@ -39,6 +39,9 @@ pub enum Reply {
     Garbage(String),
     /// Wait, then answer.
     Slow(Duration, Box<Reply>),
+    /// This status, with a body that repeats the request's key headers (as some servers'
+    /// error pages do).
+    EchoAuth(u16),
     /// In routed conversations: answer with the reply once the latest screenshot passes
     /// the test; until then answer a short `wait`, as a model that sees the app is not
     /// ready yet would (those waits do not advance the script).
@@ -323,6 +326,7 @@ fn respond(reply: Reply) -> std::pin::Pin<Box<dyn std::future::Future<Output = R
                 respond(*inner).await
             }
             Reply::When(_, inner) | Reply::Until { reply: inner, .. } => respond(*inner).await,
+            Reply::EchoAuth(code) => (StatusCode::from_u16(code).unwrap(), "echo").into_response(),
         }
     })
 }
@@ -482,5 +486,18 @@ async fn handle(
             sequential(&mut s, n, shot.as_ref())
         }
     };
+    if let Reply::EchoAuth(code) = reply {
+        let echoed: Vec<String> = ["authorization", "x-api-key"]
+            .iter()
+            .filter_map(|h| {
+                headers
+                    .get(*h)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| format!("{h}: {v}"))
+            })
+            .collect();
+        let body = json!({"error": {"message": format!("invalid credentials; you sent {}", echoed.join(", "))}});
+        return (StatusCode::from_u16(code).unwrap(), axum::Json(body)).into_response();
+    }
     respond(reply).await
 }

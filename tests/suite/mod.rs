@@ -1,6 +1,7 @@
 mod cli;
 mod control;
 mod desktop;
+mod faults;
 mod files;
 mod hostile;
 mod run;

@@ -364,6 +364,28 @@ pub struct Decision {
     pub usage: Usage,
 }
 
+/// A short name for what a model asked for, from its raw input (an Anthropic-style object,
+/// a line of text, a code fragment), for listings of unusable actions.
+pub fn describe_input(input: &Value) -> String {
+    let text = match input {
+        Value::Object(o) => o
+            .get("action")
+            .or_else(|| o.get("type"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| input.to_string()),
+        Value::String(s) => s.clone(),
+        Value::Null => "?".to_owned(),
+        other => other.to_string(),
+    };
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > 40 {
+        format!("{}…", flat.chars().take(40).collect::<String>())
+    } else {
+        flat
+    }
+}
+
 /// What became of one call, for the next request.
 #[derive(Debug, Clone)]
 pub struct CallResult {
