@@ -1,7 +1,7 @@
 //! The canonical [`Action`] set and the adapter that turns model tool input into it.
 //!
 //! One enum covers Anthropic's computer tool (computer_20250124 and 20251124), OpenAI's
-//! computer-use actions and OSWorld's computer_13 (see DESIGN.md, "Actions"). Input is parsed
+//! computer-use actions and OSWorld's computer_13 (see docs/ARCHITECTURE.md). Input is parsed
 //! leniently (numbers as strings, floats for pixels, `key` or `text` for modifiers) because
 //! open models are sloppy, but anything ambiguous or out of range is an [`InvalidAction`]
 //! whose message is written to be fed back to the model.

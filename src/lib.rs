@@ -1,6 +1,7 @@
 //! selfagent: a self-hosted runner for computer-use agents.
 //!
-//! Module map (see DESIGN.md for the data flow):
+//! Module map (docs/ARCHITECTURE.md has the data flow, the recording and the security
+//! model):
 //! - [`sandbox`]: desktop containers through the Docker API: the image (built from the
 //!   embedded `sandbox/` context), lifecycle, limits and labels, exec, files, pruning.
 //! - [`desktop`]: one VNC session and one X11 connection per sandbox: the live framebuffer,

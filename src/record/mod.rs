@@ -1,4 +1,4 @@
-//! Recordings: every episode, step by step, in SQLite (see DESIGN.md, "Recording").
+//! Recordings: every episode, step by step, in SQLite (see docs/ARCHITECTURE.md, "The recording").
 //!
 //! - [`Db`] opens a recording (WAL, migrations by `user_version`, sessions of dead
 //!   processes marked `interrupted`) and answers the queries `sessions`, replay and grading

@@ -5,7 +5,7 @@
 //! [`Sandbox`] handle; [`Engine::get`] rebuilds the handle of a running one from its labels
 //! and environment, so any selfagent process can drive a desktop another one started.
 //!
-//! Rules (DESIGN.md, "Sandbox rules"): every container carries `selfagent.*` labels; ports
+//! Rules (docs/ARCHITECTURE.md, "Security model"): every container carries `selfagent.*` labels; ports
 //! publish on 127.0.0.1 only, on random host ports; VNC has a random password, X11 a random
 //! cookie, the web view a random token; all capabilities are dropped, no-new-privileges is
 //! set, memory, CPU and pid limits apply. A TTL stops the desktop from inside the container
