@@ -136,7 +136,8 @@ pub enum Action {
         #[serde(default)]
         button: Button,
     },
-    /// Press at the first point, move along the path, release at the last.
+    /// Press at the first point, move along the path, release at the last. A path of one
+    /// point drags from where the pointer is.
     Drag {
         path: Vec<Point>,
         #[serde(default)]
@@ -163,6 +164,14 @@ pub enum Action {
     HoldKey {
         text: String,
         duration: f64,
+    },
+    /// Presses keys and leaves them down (pyautogui `keyDown`, UI-TARS `press`).
+    KeyDown {
+        text: String,
+    },
+    /// Lets keys go (pyautogui `keyUp`, UI-TARS `release`).
+    KeyUp {
+        text: String,
     },
     Wait {
         duration: f64,
@@ -235,6 +244,8 @@ impl Action {
             Self::Type { .. } => "type",
             Self::Key { .. } => "key",
             Self::HoldKey { .. } => "hold_key",
+            Self::KeyDown { .. } => "key_down",
+            Self::KeyUp { .. } => "key_up",
             Self::Wait { .. } => "wait",
             Self::Screenshot => "screenshot",
             Self::CursorPosition => "cursor_position",

@@ -35,6 +35,14 @@ pub struct FileConfig {
     pub max_reply_bytes: Option<i64>,
     /// Actions done per model reply.
     pub max_actions: Option<usize>,
+    /// anthropic: the computer tool version.
+    pub tool_version: Option<String>,
+    /// anthropic: extended thinking (a budget, or "adaptive").
+    pub thinking: Option<String>,
+    /// openai: store nothing at OpenAI.
+    pub no_store: Option<bool>,
+    /// qwen: declare the function through `tools`.
+    pub native_tools: Option<bool>,
     pub keep_images: Option<usize>,
     pub image_in_tool: Option<bool>,
     /// Seconds for one model call.

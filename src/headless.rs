@@ -252,6 +252,28 @@ impl EventPrinter for Human {
                 )?;
             }
             Event::Paused { step, reason } => writeln!(out, "step {step}: waiting ({reason})")?,
+            Event::SafetyCheck {
+                step,
+                checks,
+                acknowledged,
+            } => {
+                for c in checks {
+                    writeln!(
+                        out,
+                        "step {step}: SAFETY CHECK {} ({acknowledged}): {}",
+                        c.code,
+                        one_line(&c.message, 200)
+                    )?;
+                }
+            }
+            Event::NeedsUser { step, question } => writeln!(
+                out,
+                "step {step}: the model asks for help{}",
+                question
+                    .as_deref()
+                    .map(|q| format!(": {}", one_line(q, 200)))
+                    .unwrap_or_default()
+            )?,
             Event::AwaitingApproval { step, action, .. } => {
                 writeln!(
                     out,

@@ -57,6 +57,24 @@ pub struct CommonArgs {
     /// Actions done per model reply (more are refused and the model told so).
     #[arg(long)]
     pub max_actions: Option<usize>,
+    /// anthropic: the computer tool version, 20250124 or 20251124 (with zoom); chosen by
+    /// the model id when not given.
+    #[arg(long, value_name = "VERSION")]
+    pub tool_version: Option<String>,
+    /// anthropic: extended thinking, a token budget (e.g. 4096) or `adaptive`.
+    #[arg(long, value_name = "BUDGET")]
+    pub thinking: Option<String>,
+    /// openai: store nothing at OpenAI (no previous_response_id; every turn is sent whole).
+    #[arg(long)]
+    pub no_store: bool,
+    /// qwen: declare computer_use through the request's `tools` (servers that parse tool
+    /// calls, e.g. vLLM --tool-call-parser hermes) rather than the system prompt.
+    #[arg(long)]
+    pub native_tools: bool,
+    /// openai: acknowledge the model provider's safety checks without asking (headless
+    /// runs otherwise stop at the first one; the TUI asks).
+    #[arg(long)]
+    pub ack_safety_checks: bool,
     /// Screenshots kept as images in each request (older ones become a note).
     #[arg(long)]
     pub keep_images: Option<usize>,
@@ -137,11 +155,27 @@ fn seconds(v: Option<f64>, default: f64, what: &str) -> anyhow::Result<Duration>
 
 /// The model endpoint from flags, then the file (also the judge's, for `grade`).
 pub fn model_config(args: &CommonArgs, file: &FileConfig) -> anyhow::Result<EndpointConfig> {
+    let model = args
+        .model
+        .clone()
+        .or_else(|| file.model.clone())
+        .unwrap_or_else(|| "default".into());
+    let protocol = protocol_name(args, file, &model)?;
     let base_url = args
         .base_url
         .clone()
         .or_else(|| file.base_url.clone())
+        .or_else(|| protocol.default_base_url().map(str::to_owned))
         .context("no model endpoint: pass --base-url, set OPENAI_BASE_URL, or put base_url in the config file")?;
+    // Anthropic's path is /v1/messages: a base URL given up to /v1 (as for OpenAI) works too.
+    let base_url = if protocol == ProtocolName::Anthropic {
+        base_url
+            .trim_end_matches('/')
+            .trim_end_matches("/v1")
+            .to_owned()
+    } else {
+        base_url
+    };
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
         bail!(
             "--base-url must start with http:// or https://, got '{}'",
@@ -156,7 +190,7 @@ pub fn model_config(args: &CommonArgs, file: &FileConfig) -> anyhow::Result<Endp
         Some(var) => {
             std::env::var(var).with_context(|| format!("the API key variable {var} is not set"))?
         }
-        None => std::env::var("OPENAI_API_KEY")
+        None => std::env::var(protocol.key_variable())
             .ok()
             .or_else(|| file.api_key.clone())
             .unwrap_or_default(),
@@ -181,11 +215,7 @@ pub fn model_config(args: &CommonArgs, file: &FileConfig) -> anyhow::Result<Endp
     };
     Ok(EndpointConfig {
         base_url,
-        model: args
-            .model
-            .clone()
-            .or_else(|| file.model.clone())
-            .unwrap_or_else(|| "default".into()),
+        model,
         api_key: Secret::new(api_key),
         timeout: seconds(
             args.model_timeout.or(file.model_timeout),
@@ -232,6 +262,7 @@ pub fn resolve(
     if max_steps == 0 {
         bail!("--max-steps must be at least 1");
     }
+    let model_id = model.model.clone();
     Ok(Resolved {
         model,
         agent: AgentConfig {
@@ -250,8 +281,23 @@ pub fn resolve(
                 image_in_tool: args.image_in_tool || file.image_in_tool.unwrap_or(false),
                 allow_setup_actions: args.allow_setup_actions,
                 prompts: args.prompts.clone().or_else(|| file.prompts.clone()),
+                model: model_id,
+                tool_version: args
+                    .tool_version
+                    .clone()
+                    .or_else(|| file.tool_version.clone()),
+                thinking: args
+                    .thinking
+                    .clone()
+                    .or_else(|| file.thinking.clone())
+                    .map(|t| crate::agent::protocol::anthropic::Thinking::parse(&t))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                no_store: args.no_store || file.no_store.unwrap_or(false),
+                native_tools: args.native_tools || file.native_tools.unwrap_or(false),
             },
             max_actions,
+            ack_safety_checks: args.ack_safety_checks,
             ..AgentConfig::default()
         },
         db: db_path(args.db.as_ref(), file),

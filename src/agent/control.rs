@@ -179,6 +179,41 @@ impl Controls {
         if self.stop { Err(Stop) } else { Ok(()) }
     }
 
+    /// Asks a yes-or-no question of the person (a safety check) and waits for the answer.
+    pub(crate) async fn confirm(&mut self, step: u32, emit: &Emitter) -> Result<bool, Stop> {
+        self.drain(step, emit).await?;
+        self.answer = None;
+        while self.answer.is_none() && !self.stop {
+            self.next(step, emit).await;
+        }
+        if self.stop {
+            return Err(Stop);
+        }
+        Ok(self.answer.take().unwrap_or(false))
+    }
+
+    /// Waits for the person to answer the model (a message), or to go on without an
+    /// answer (resume, hand back); `None` then.
+    pub(crate) async fn reply(
+        &mut self,
+        step: u32,
+        emit: &Emitter,
+    ) -> Result<Option<String>, Stop> {
+        self.drain(step, emit).await?;
+        self.paused = true;
+        while self.paused && self.messages.is_empty() && !self.stop {
+            self.next(step, emit).await;
+        }
+        if self.stop {
+            return Err(Stop);
+        }
+        self.paused = false;
+        self.taken_over = false;
+        self.handed_back = false;
+        let answer = std::mem::take(&mut self.messages);
+        Ok((!answer.is_empty()).then(|| answer.join("\n")))
+    }
+
     /// In approve mode, asks for this action and waits for the answer.
     pub(crate) async fn approve(
         &mut self,

@@ -140,6 +140,8 @@ pub enum EndedBy {
     /// The recording could not be written (a full disk): the episode stopped rather than
     /// go on unrecorded.
     Recording,
+    /// The model's provider raised a safety check that nobody acknowledged.
+    Safety,
 }
 
 /// How an episode ended, with its totals.
@@ -243,6 +245,20 @@ pub enum Event {
         step: u32,
         index: usize,
         action: Action,
+    },
+    /// The model's provider raised safety checks about the step's actions: they wait for a
+    /// person to acknowledge them (`acknowledged` tells what became of them: `asked`,
+    /// `acknowledged` by flag, or `refused` where nobody could be asked).
+    SafetyCheck {
+        step: u32,
+        checks: Vec<crate::agent::protocol::SafetyCheck>,
+        acknowledged: String,
+    },
+    /// The model asks the person for help (`call_user`); the loop waits for a message.
+    NeedsUser {
+        step: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        question: Option<String>,
     },
     /// A person stepped in: pause, resume, step, message, approve, deny, take over,
     /// hand back, stop.

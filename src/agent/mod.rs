@@ -44,6 +44,12 @@ pub struct AgentConfig {
     /// Actions done per reply; more are refused (fed back to the model), so a reply of
     /// hundreds of calls does not run them all.
     pub max_actions: usize,
+    /// A person can answer questions (the TUI): safety checks and `call_user` are asked.
+    /// Headless, a safety check stops the episode unless acknowledged by `--ack-safety-checks`,
+    /// and `call_user` ends it as `needs_user`.
+    pub interactive: bool,
+    /// Acknowledge the provider's safety checks without asking.
+    pub ack_safety_checks: bool,
 }
 
 /// The default of [`AgentConfig::max_actions`]: above what real models batch (Claude sends a
@@ -60,6 +66,8 @@ impl Default for AgentConfig {
             settle: SettleOptions::default(),
             max_bad_replies: 3,
             max_actions: DEFAULT_MAX_ACTIONS,
+            interactive: false,
+            ack_safety_checks: false,
         }
     }
 }
@@ -405,6 +413,34 @@ impl<C: Computer, M: Model> Episode<'_, C, M> {
                 Ending::new(Status::Succeeded, EndedBy::Model).answer(decision.text.clone()),
             );
         }
+        if !decision.safety.is_empty() {
+            match self.safety(step, &decision.safety).await {
+                Ok(true) => protocol.acknowledge(&decision.safety),
+                Ok(false) => {
+                    self.emit.emit(finish(&current.frame)).await;
+                    let codes: Vec<String> = decision
+                        .safety
+                        .iter()
+                        .map(|c| format!("{}: {}", c.code, c.message))
+                        .collect();
+                    let how = if self.cfg.interactive {
+                        "the person did not acknowledge it"
+                    } else {
+                        "pass --ack-safety-checks to acknowledge such checks, or run in the TUI to be asked"
+                    };
+                    return Next::End(Ending::new(Status::Stopped, EndedBy::Safety).error(
+                        format!(
+                            "the model's provider raised a safety check ({}); {how}",
+                            codes.join("; ")
+                        ),
+                    ));
+                }
+                Err(Stop) => {
+                    self.emit.emit(finish(&current.frame)).await;
+                    return Next::End(self.ending(self.stop_reason()));
+                }
+            }
+        }
 
         // Act.
         let mark = self.computer.mark();
@@ -442,6 +478,46 @@ impl<C: Computer, M: Model> Episode<'_, C, M> {
                 }
             };
             usable = true;
+            if let Action::CallUser { question } = &action
+                && self.cfg.interactive
+            {
+                // A person is there: ask, and give the model the answer.
+                self.emit
+                    .emit(Event::NeedsUser {
+                        step,
+                        question: question.clone(),
+                    })
+                    .await;
+                let answer = match self.controls.reply(step, self.emit).await {
+                    Ok(a) => a,
+                    Err(Stop) => {
+                        self.emit.emit(finish(&current.frame)).await;
+                        return Next::End(self.ending(self.stop_reason()));
+                    }
+                };
+                let text = match answer {
+                    Some(a) => format!("The person answered: {a}"),
+                    None => "The person looked at it and lets you go on.".to_owned(),
+                };
+                self.emit
+                    .emit(Event::ActionDone {
+                        step,
+                        index,
+                        action,
+                        text: Some(text.clone()),
+                        act_ms: 0.0,
+                        image: None,
+                    })
+                    .await;
+                acted = true;
+                results.push(CallResult {
+                    id: call.id.clone(),
+                    text,
+                    is_error: false,
+                    image: None,
+                });
+                continue;
+            }
             if action.is_end() {
                 ending = Some(end_of(&action));
                 self.emit
@@ -581,6 +657,29 @@ impl<C: Computer, M: Model> Episode<'_, C, M> {
         self.emit.emit(finish(&after.frame)).await;
         *bad_replies = if usable { 0 } else { *bad_replies + 1 };
         Next::Continue(after)
+    }
+
+    /// Decides about safety checks: acknowledged by flag, asked of the person (TUI), or
+    /// refused where nobody can be asked. Every check and its answer is an event.
+    async fn safety(&mut self, step: u32, checks: &[protocol::SafetyCheck]) -> Result<bool, Stop> {
+        let (verdict, answer) = if self.cfg.ack_safety_checks {
+            ("acknowledged", Ok(true))
+        } else if self.cfg.interactive {
+            ("asked", Ok(false))
+        } else {
+            ("refused", Ok(false))
+        };
+        self.emit
+            .emit(Event::SafetyCheck {
+                step,
+                checks: checks.to_vec(),
+                acknowledged: verdict.to_owned(),
+            })
+            .await;
+        if verdict == "asked" {
+            return self.controls.confirm(step, self.emit).await;
+        }
+        answer
     }
 
     /// The desktop broke after the step's actions: the step is recorded with why.

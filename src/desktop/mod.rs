@@ -927,10 +927,14 @@ impl Desktop {
                 steps.push(pointer_at(pointer, buttons));
             }
             Action::Drag { path, button } => {
-                let points: Vec<(u16, u16)> = path
+                let mut points: Vec<(u16, u16)> = path
                     .iter()
                     .map(|p| self.check_point(*p))
                     .collect::<Result<_, _>>()?;
+                if points.len() == 1 {
+                    // From where the pointer is (Qwen's left_click_drag, pyautogui's dragTo).
+                    points.insert(0, (st.x, st.y));
+                }
                 let Some(mask) = button_mask(*button) else {
                     return Err(InvalidAction::new(
                         "drags support left, middle and right buttons",
@@ -1005,6 +1009,12 @@ impl Desktop {
                 for combo in keys::parse_sequence(text).map_err(InvalidAction::new)? {
                     push_keys(&mut steps, &combo.keysyms, true);
                     push_keys(&mut steps, &combo.keysyms, false);
+                }
+            }
+            Action::KeyDown { text } | Action::KeyUp { text } => {
+                let down = matches!(action, Action::KeyDown { .. });
+                for combo in keys::parse_sequence(text).map_err(InvalidAction::new)? {
+                    push_keys(&mut steps, &combo.keysyms, down);
                 }
             }
             Action::HoldKey { text, duration } => {
@@ -1094,6 +1104,8 @@ impl Desktop {
             | Action::Scroll { .. }
             | Action::Type { .. }
             | Action::Key { .. }
+            | Action::KeyDown { .. }
+            | Action::KeyUp { .. }
             | Action::HoldKey { .. } => {}
         }
         Ok(out)

@@ -1118,6 +1118,18 @@ impl Writer {
             } => self.finish_step(*step, frame, *step_ms)?,
             // What the loop waits for is shown live; the interventions that cause it are recorded.
             Event::Paused { .. } | Event::AwaitingApproval { .. } => {}
+            Event::SafetyCheck {
+                step,
+                checks,
+                acknowledged,
+            } => {
+                let data = json!({"checks": checks, "acknowledged": acknowledged}).to_string();
+                self.insert_event(Some(*step), "safety_check", Some(self.redact(&data)))?;
+            }
+            Event::NeedsUser { step, question } => {
+                let data = question.as_deref().map(|q| self.redact(q));
+                self.insert_event(Some(*step), "needs_user", data)?;
+            }
             Event::Intervention { step, kind, text } => {
                 let data = text.as_deref().map(|t| self.redact(t));
                 self.insert_event(Some(*step), kind, data)?;

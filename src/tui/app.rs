@@ -163,6 +163,24 @@ pub struct Header {
     pub height: u32,
 }
 
+/// What a question the loop waits on is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AskKind {
+    /// Approve mode: allow this action? (y / n)
+    Approve,
+    /// The provider's safety check: acknowledge? (y / n)
+    Safety,
+    /// The model asks for help: answer with a message, take over, or stop.
+    Help,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask {
+    pub step: u32,
+    pub kind: AskKind,
+    pub lines: Vec<String>,
+}
+
 pub struct App {
     pub screen: Screen,
     pub header: Header,
@@ -177,7 +195,9 @@ pub struct App {
     pub status: Option<Status>,
     pub outcome_text: Option<String>,
     pub approve_mode: bool,
-    pub awaiting: Option<(u32, usize, String)>,
+    /// A question the loop waits on: an action to allow, a safety check to acknowledge,
+    /// or the model asking for help.
+    pub awaiting: Option<Ask>,
     /// The message being typed (`m`), or the task on the Ask screen.
     pub input: Option<String>,
     pub help: bool,
@@ -409,14 +429,59 @@ impl App {
                     RunState::Paused
                 };
             }
-            Event::AwaitingApproval {
+            Event::AwaitingApproval { step, action, .. } => {
+                self.awaiting = Some(Ask {
+                    step: *step,
+                    kind: AskKind::Approve,
+                    lines: vec![describe(action)],
+                });
+            }
+            Event::SafetyCheck {
                 step,
-                index,
-                action,
+                checks,
+                acknowledged,
             } => {
-                self.awaiting = Some((*step, *index, describe(action)));
+                let lines: Vec<String> = checks
+                    .iter()
+                    .map(|c| format!("{}: {}", c.code, c.message))
+                    .collect();
+                if acknowledged == "asked" {
+                    self.awaiting = Some(Ask {
+                        step: *step,
+                        kind: AskKind::Safety,
+                        lines,
+                    });
+                } else {
+                    self.notice = Some(format!(
+                        "step {step}: safety check {acknowledged}: {}",
+                        lines.join("; ")
+                    ));
+                }
+            }
+            Event::NeedsUser { step, question } => {
+                self.awaiting = Some(Ask {
+                    step: *step,
+                    kind: AskKind::Help,
+                    lines: vec![
+                        question
+                            .clone()
+                            .unwrap_or_else(|| "The agent asks for your help.".into()),
+                    ],
+                });
             }
             Event::Intervention { kind, .. } => match kind.as_str() {
+                // An answer to the agent's call for help, or going on without one.
+                "message" | "resume" | "hand_back" | "take_over" | "stop"
+                    if self
+                        .awaiting
+                        .as_ref()
+                        .is_some_and(|a| a.kind == AskKind::Help) =>
+                {
+                    self.awaiting = None;
+                    if kind == "resume" || kind == "hand_back" || kind == "message" {
+                        self.run = RunState::Running;
+                    }
+                }
                 "approve_on" => self.approve_mode = true,
                 "approve_off" => self.approve_mode = false,
                 "resume" | "step" | "hand_back" if self.run != RunState::Finished => {
@@ -567,16 +632,18 @@ impl App {
                 return Vec::new();
             }
         }
-        if let Some((step, _, _)) = self.awaiting.clone() {
+        if let Some(ask) = self.awaiting.clone()
+            && ask.kind != AskKind::Help
+        {
             match key.code {
                 KeyCode::Char('y') | KeyCode::Enter => {
                     self.awaiting = None;
-                    self.notice = Some(format!("step {step}: approved"));
+                    self.notice = Some(format!("step {}: approved", ask.step));
                     return vec![Effect::Send(Command::Approve)];
                 }
                 KeyCode::Char('n') | KeyCode::Esc => {
                     self.awaiting = None;
-                    self.notice = Some(format!("step {step}: denied"));
+                    self.notice = Some(format!("step {}: denied", ask.step));
                     return vec![Effect::Send(Command::Deny)];
                 }
                 _ => {}

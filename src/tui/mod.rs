@@ -331,13 +331,15 @@ async fn live_episode(
     ui: mpsc::UnboundedSender<Msg>,
 ) -> anyhow::Result<Outcome> {
     let LiveSetup {
-        cfg,
+        mut cfg,
         spec,
         keep,
         task,
         snapshot,
         ..
     } = setup;
+    // A person is watching: safety checks and the model's calls for help are asked.
+    cfg.agent.interactive = true;
     let engine = Engine::connect().await?;
     let (events_tx, mut events) = mpsc::channel::<Arc<Event>>(4096);
     let forward = {

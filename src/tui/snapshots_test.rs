@@ -2,10 +2,11 @@
 //! the real [`App`], compared with insta snapshots (src/tui/snapshots/). Screenshot pixels
 //! are out of a TestBackend's reach: the pane shows its placeholder instead.
 
-use super::app::{App, Screen};
+use super::app::{App, Effect, Screen};
 use super::shot::Shots;
 use super::view;
 use crate::action::{Action, Button, Point};
+use crate::agent::Command;
 use crate::agent::model::Usage;
 use crate::agent::protocol::Call;
 use crate::agent::{EndedBy, Event, Frame, Outcome, SessionInfo, Status};
@@ -228,6 +229,48 @@ fn approve_prompt() {
         },
     });
     insta::assert_snapshot!(draw(&app, 140, 36));
+}
+
+#[test]
+fn a_safety_check_is_asked_and_answered() {
+    let mut app = live_app();
+    app.on_event(&Event::SafetyCheck {
+        step: 4,
+        checks: vec![crate::agent::protocol::SafetyCheck {
+            id: "cu_sc_1".into(),
+            code: "malicious_instructions".into(),
+            message: "We've detected instructions that may cause your application to perform malicious or unauthorized actions.".into(),
+        }],
+        acknowledged: "asked".into(),
+    });
+    insta::assert_snapshot!(draw(&app, 140, 36));
+    assert_eq!(
+        app.on_key(key('y')),
+        vec![Effect::Send(Command::Approve)],
+        "y acknowledges"
+    );
+    assert!(app.awaiting.is_none());
+}
+
+#[test]
+fn the_agent_asking_for_help_is_shown_until_answered() {
+    let mut app = live_app();
+    app.on_event(&Event::NeedsUser {
+        step: 5,
+        question: Some("Which account should I log in with?".into()),
+    });
+    insta::assert_snapshot!(draw(&app, 140, 36));
+    // y does not answer it: the answer is a message.
+    assert!(
+        !app.on_key(key('y'))
+            .contains(&Effect::Send(Command::Approve))
+    );
+    app.on_event(&Event::Intervention {
+        step: 5,
+        kind: "message".into(),
+        text: Some("the work one".into()),
+    });
+    assert!(app.awaiting.is_none());
 }
 
 #[test]

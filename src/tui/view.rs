@@ -684,24 +684,51 @@ pub fn draw(f: &mut Frame, app: &App, shots: &Shots) {
         }
     }
     footer(f, a.footer, app);
-    if let Some((step, _, action)) = &app.awaiting {
-        let r = centered(area, 64, 5);
+    if let Some(ask) = &app.awaiting {
+        use crate::tui::app::AskKind;
+        let (title, hint, color) = match ask.kind {
+            AskKind::Approve => (
+                format!(" step {}: allow this action? ", ask.step),
+                " y  allow     n  deny",
+                Color::Yellow,
+            ),
+            AskKind::Safety => (
+                format!(" step {}: the provider raised a safety check ", ask.step),
+                " y  acknowledge and go on     n  stop here",
+                Color::Red,
+            ),
+            AskKind::Help => (
+                format!(" step {}: the agent asks for help ", ask.step),
+                " m  answer     t  take over     x  stop",
+                Color::Magenta,
+            ),
+        };
+        let mut lines: Vec<Line> = ask
+            .lines
+            .iter()
+            .map(|l| Line::raw(format!(" {l}")))
+            .collect();
+        lines.push(Line::raw(""));
+        lines.push(Line::styled(
+            hint,
+            Style::new().add_modifier(Modifier::BOLD),
+        ));
+        let width: u16 = if ask.kind == AskKind::Approve { 64 } else { 72 };
+        // Rows once wrapped inside the borders.
+        let inner = usize::from(width.saturating_sub(2).max(1));
+        let rows: usize = lines.iter().map(|l| l.width().max(1).div_ceil(inner)).sum();
+        let height = (rows as u16 + 2).min(area.height);
+        let r = centered(area, width, height);
         f.render_widget(Clear, r);
         f.render_widget(
-            Paragraph::new(vec![
-                Line::raw(format!(" {action}")),
-                Line::raw(""),
-                Line::styled(
-                    " y  allow     n  deny",
-                    Style::new().add_modifier(Modifier::BOLD),
+            Paragraph::new(lines)
+                .wrap(ratatui::widgets::Wrap { trim: false })
+                .block(
+                    Block::default()
+                        .borders(Borders::ALL)
+                        .title(title)
+                        .border_style(Style::new().fg(color)),
                 ),
-            ])
-            .block(
-                Block::default()
-                    .borders(Borders::ALL)
-                    .title(format!(" step {step}: allow this action? "))
-                    .border_style(Style::new().fg(Color::Yellow)),
-            ),
             r,
         );
     }

@@ -9,6 +9,121 @@ use crate::agent::model::{Auth, ModelRequest, Usage};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+/// The conversation of a text protocol over chat completions (UI-TARS, Qwen, OpenCUA,
+/// OSWorld's pyautogui): a system prompt, user turns of text and a screenshot, the
+/// assistant's replies as text. The last `keep` screenshots are sent as pixels, older ones
+/// as a note.
+#[derive(Debug, Clone)]
+pub struct ChatHistory {
+    messages: Vec<Value>,
+    images: super::Images,
+    /// Where the model takes its declaration (Qwen's `tools`), if anywhere.
+    pub tools: Option<Vec<Value>>,
+}
+
+impl ChatHistory {
+    pub fn new(system: Option<String>, keep: usize) -> Self {
+        Self {
+            messages: system
+                .map(|s| vec![json!({"role": "system", "content": s})])
+                .unwrap_or_default(),
+            images: super::Images::new(keep),
+            tools: None,
+        }
+    }
+
+    pub fn user_text(&mut self, text: &str) {
+        self.messages.push(json!({"role": "user", "content": text}));
+    }
+
+    /// A user turn of text and a screenshot (either may be empty).
+    pub fn user_text_image(&mut self, text: &str, shot: &super::Shot) {
+        let reference = self.images.add(shot);
+        let mut content = Vec::new();
+        if !text.is_empty() {
+            content.push(json!({"type": "text", "text": text}));
+        }
+        content.push(json!({"type": "image_url", "image_url": {"url": reference}}));
+        self.messages
+            .push(json!({"role": "user", "content": content}));
+    }
+
+    pub fn assistant_text(&mut self, text: &str) {
+        self.messages
+            .push(json!({"role": "assistant", "content": text}));
+    }
+
+    /// A raw assistant message (with `tool_calls`), as the server sent it.
+    pub fn assistant_message(&mut self, message: Value) {
+        self.messages.push(message);
+    }
+
+    /// A tool result message (servers that take them).
+    pub fn tool_result(&mut self, id: &str, text: &str) {
+        self.messages
+            .push(json!({"role": "tool", "tool_call_id": id, "content": text}));
+    }
+
+    fn render(&self, pixels: bool) -> Vec<Value> {
+        self.messages
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                if let Some(parts) = m["content"].as_array_mut() {
+                    for p in parts.iter_mut() {
+                        let Some(r) = p["image_url"]["url"].as_str().map(str::to_owned) else {
+                            continue;
+                        };
+                        *p = match (self.images.is_recent(&r), pixels) {
+                            (true, true) => match self.images.data_url(&r) {
+                                Some(url) => {
+                                    json!({"type": "image_url", "image_url": {"url": url}})
+                                }
+                                None => json!({"type": "text", "text": super::OMITTED}),
+                            },
+                            (true, false) => json!({"type": "image_url", "image_url": {"url": r}}),
+                            (false, _) => json!({"type": "text", "text": super::OMITTED}),
+                        };
+                    }
+                }
+                m
+            })
+            .collect()
+    }
+
+    fn body(&self, messages: Vec<Value>) -> Value {
+        let mut body = json!({"messages": messages, "stream": false});
+        if let Some(tools) = &self.tools {
+            body["tools"] = json!(tools);
+            body["tool_choice"] = json!("auto");
+        }
+        body
+    }
+
+    /// The request, and its body without pixels for the recording.
+    pub fn request(&self) -> (ModelRequest, Value) {
+        (
+            ModelRequest {
+                path: "/chat/completions".into(),
+                body: self.body(self.render(true)),
+                headers: Vec::new(),
+                auth: Auth::Bearer,
+            },
+            self.body(self.render(false)),
+        )
+    }
+}
+
+/// The errors among a turn's results, one line each, for text protocols (the model hears
+/// why an action was not done).
+pub fn error_lines(results: &[super::CallResult]) -> String {
+    results
+        .iter()
+        .filter(|r| r.is_error)
+        .map(|r| format!("Action {} was not done: {}\n", r.id, r.text))
+        .collect()
+}
+
 /// A one-shot chat request: a system prompt, then a user message of text and images.
 pub fn question(system: &str, text: &str, pngs: &[std::sync::Arc<Vec<u8>>]) -> ModelRequest {
     use base64::Engine as _;

@@ -11,14 +11,27 @@
 //! arithmetic ([`Geometry`]); a coordinate outside the model's space is an unusable action,
 //! never clamped.
 //!
-//! | name        | wire format                         | coordinates                  |
-//! |-------------|-------------------------------------|------------------------------|
-//! | `tools`     | chat completions, `computer` function | pixels of the sent image   |
+//! | name        | wire format                                   | coordinates                  |
+//! |-------------|-----------------------------------------------|------------------------------|
+//! | `tools`     | chat completions, a `computer` function       | pixels of the sent image     |
+//! | `anthropic` | Messages API, the `computer` tool             | pixels of the sent image     |
+//! | `openai`    | Responses API, the computer tool              | pixels of the sent image     |
+//! | `uitars`    | chat completions, `Thought:`/`Action:` text   | smart-resize pixels, 0-1000  |
+//! | `qwen`      | chat completions, `computer_use` function     | smart-resize pixels, 0-1000  |
+//! | `opencua`   | chat completions, `## Code` pyautogui blocks  | smart-resize pixels, 0-1     |
+//! | `pyautogui` | chat completions, pyautogui code (OSWorld)    | pixels of the sent image     |
 //!
 //! Facts per model family, with their sources: `docs/PROTOCOLS.md`.
 
+pub mod anthropic;
 mod chat;
+pub mod openai;
+pub mod opencua;
+pub mod pyautogui;
+mod pycode;
+pub mod qwen;
 pub mod tools;
+pub mod uitars;
 
 pub use chat::{ChatReply, parse_chat};
 
@@ -37,14 +50,61 @@ use std::sync::Arc;
 pub enum ProtocolName {
     /// OpenAI function calling with one `computer` function (Anthropic's input shape).
     Tools,
+    /// Anthropic's Messages API and computer tool (Claude).
+    Anthropic,
+    /// OpenAI's Responses API and computer tool.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// UI-TARS's `Thought:`/`Action:` text.
+    #[serde(rename = "uitars")]
+    UiTars,
+    /// Qwen2.5-VL / Qwen3-VL's `computer_use` function.
+    Qwen,
+    /// OpenCUA's `## Code` blocks.
+    #[serde(rename = "opencua")]
+    OpenCua,
+    /// OSWorld's baseline: pyautogui code, WAIT, DONE, FAIL.
+    #[serde(rename = "pyautogui")]
+    PyAutoGui,
 }
 
 impl ProtocolName {
-    pub const ALL: [Self; 1] = [Self::Tools];
+    pub const ALL: [Self; 7] = [
+        Self::Tools,
+        Self::Anthropic,
+        Self::OpenAi,
+        Self::UiTars,
+        Self::Qwen,
+        Self::OpenCua,
+        Self::PyAutoGui,
+    ];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Tools => "tools",
+            Self::Anthropic => "anthropic",
+            Self::OpenAi => "openai",
+            Self::UiTars => "uitars",
+            Self::Qwen => "qwen",
+            Self::OpenCua => "opencua",
+            Self::PyAutoGui => "pyautogui",
+        }
+    }
+
+    /// The base URL when none is given: the public API of the protocols that have one.
+    pub fn default_base_url(&self) -> Option<&'static str> {
+        match self {
+            Self::Anthropic => Some("https://api.anthropic.com"),
+            Self::OpenAi => Some("https://api.openai.com/v1"),
+            _ => None,
+        }
+    }
+
+    /// The environment variable the key is read from by default.
+    pub fn key_variable(&self) -> &'static str {
+        match self {
+            Self::Anthropic => "ANTHROPIC_API_KEY",
+            _ => "OPENAI_API_KEY",
         }
     }
 }
@@ -353,6 +413,15 @@ fn ser_action<S: serde::Serializer>(
     }
 }
 
+/// A safety check the model's provider raised about a turn (OpenAI's
+/// `pending_safety_checks`): the turn's actions wait for a person's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SafetyCheck {
+    pub id: String,
+    pub code: String,
+    pub message: String,
+}
+
 /// What a reply says, whatever the wire format.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Decision {
@@ -362,6 +431,9 @@ pub struct Decision {
     pub text: Option<String>,
     pub calls: Vec<Call>,
     pub usage: Usage,
+    /// Checks to acknowledge before the calls may run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub safety: Vec<SafetyCheck>,
 }
 
 /// A short name for what a model asked for, from its raw input (an Anthropic-style object,
@@ -423,6 +495,9 @@ pub trait Protocol: Send + Sync {
     /// The results of the turn's calls, in order, and the screen after them (`note` says
     /// what it is).
     fn results(&mut self, results: &[CallResult], shot: &Shot, note: &str);
+
+    /// Safety checks a person acknowledged: sent with the next results.
+    fn acknowledge(&mut self, _checks: &[SafetyCheck]) {}
 }
 
 /// Images a conversation refers to by frame id, with the most recent `keep` sent as pixels
@@ -516,6 +591,16 @@ pub struct ProtocolConfig {
     pub allow_setup_actions: bool,
     /// A directory overriding the embedded prompts.
     pub prompts: Option<std::path::PathBuf>,
+    /// The model id (some protocols choose their tool by it).
+    pub model: String,
+    /// `anthropic`: the computer tool version (else chosen by the model id).
+    pub tool_version: Option<String>,
+    /// `anthropic`: extended thinking.
+    pub thinking: Option<anthropic::Thinking>,
+    /// `openai`: store nothing at OpenAI; send every item each turn.
+    pub no_store: bool,
+    /// `qwen`: declare the function through `tools` rather than the system prompt.
+    pub native_tools: bool,
 }
 
 impl Default for ProtocolConfig {
@@ -528,6 +613,11 @@ impl Default for ProtocolConfig {
             image_in_tool: false,
             allow_setup_actions: false,
             prompts: None,
+            model: String::new(),
+            tool_version: None,
+            thinking: None,
+            no_store: false,
+            native_tools: false,
         }
     }
 }
@@ -540,30 +630,144 @@ pub fn question(
     text: &str,
     pngs: &[Arc<Vec<u8>>],
 ) -> ModelRequest {
+    let b64 = |png: &Arc<Vec<u8>>| base64::engine::general_purpose::STANDARD.encode(png.as_slice());
     match protocol {
-        ProtocolName::Tools => chat::question(system, text, pngs),
+        ProtocolName::Anthropic => {
+            let mut content = vec![serde_json::json!({"type": "text", "text": text})];
+            content.extend(pngs.iter().map(|p| {
+                serde_json::json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(p)}})
+            }));
+            ModelRequest {
+                path: "/v1/messages".into(),
+                body: serde_json::json!({
+                    "max_tokens": 1024,
+                    "system": system,
+                    "messages": [{"role": "user", "content": content}],
+                }),
+                headers: vec![("anthropic-version".into(), "2023-06-01".into())],
+                auth: crate::agent::model::Auth::XApiKey,
+            }
+        }
+        ProtocolName::OpenAi => {
+            let mut content = vec![serde_json::json!({"type": "input_text", "text": text})];
+            content.extend(pngs.iter().map(|p| {
+                serde_json::json!({"type": "input_image", "image_url": format!("data:image/png;base64,{}", b64(p))})
+            }));
+            ModelRequest {
+                path: "/responses".into(),
+                body: serde_json::json!({
+                    "instructions": system,
+                    "input": [{"role": "user", "content": content}],
+                    "store": false,
+                }),
+                headers: Vec::new(),
+                auth: crate::agent::model::Auth::Bearer,
+            }
+        }
+        ProtocolName::Tools
+        | ProtocolName::UiTars
+        | ProtocolName::Qwen
+        | ProtocolName::OpenCua
+        | ProtocolName::PyAutoGui => chat::question(system, text, pngs),
     }
 }
 
 /// The text of a reply to [`question`].
 pub fn answer_text(protocol: ProtocolName, raw: &Value) -> Result<String, String> {
+    let joined = |parts: Vec<String>| {
+        Some(parts.join("\n"))
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| "the reply has no text".to_owned())
+    };
     match protocol {
-        ProtocolName::Tools => chat::answer_text(raw),
+        ProtocolName::Anthropic => joined(
+            raw["content"]
+                .as_array()
+                .ok_or("no `content` in the reply")?
+                .iter()
+                .filter(|b| b["type"] == "text")
+                .filter_map(|b| b["text"].as_str().map(str::to_owned))
+                .collect(),
+        ),
+        ProtocolName::OpenAi => joined(
+            raw["output"]
+                .as_array()
+                .ok_or("no `output` in the reply")?
+                .iter()
+                .filter(|i| i["type"] == "message")
+                .flat_map(|i| i["content"].as_array().cloned().unwrap_or_default())
+                .filter_map(|p| p["text"].as_str().map(str::to_owned))
+                .collect(),
+        ),
+        ProtocolName::Tools
+        | ProtocolName::UiTars
+        | ProtocolName::Qwen
+        | ProtocolName::OpenCua
+        | ProtocolName::PyAutoGui => chat::answer_text(raw),
     }
 }
 
-/// The protocol and coordinate space for a model id, case-insensitively.
+/// The protocol and coordinate space for a model id, case-insensitively: `claude-*` →
+/// anthropic; `computer-use-preview*`, `gpt-5.4` and later → openai; `*ui-tars*` → uitars
+/// (UI-TARS-1.5: smart-resize pixels; 1.0 ids such as `ui-tars-7b-dpo`, `ui-tars-72b`, and
+/// UI-TARS-2 / Doubao: 0-1000); `*qwen2.5-vl*`, `*qwen2_5_vl*` → qwen (smart-resize
+/// pixels); `*qwen3-vl*` → qwen (0-1000); `*opencua*` → opencua (smart-resize pixels);
+/// anything else → tools.
 pub fn detect(model: &str) -> (ProtocolName, CoordSpace) {
-    let _ = model.to_ascii_lowercase();
-    (ProtocolName::Tools, CoordSpace::Native)
+    let m = model.to_ascii_lowercase();
+    // The last path part: `org/UI-TARS-1.5-7B` → `ui-tars-1.5-7b`.
+    let base = m.rsplit('/').next().unwrap_or(&m).to_owned();
+    let has = |s: &str| base.contains(s);
+    if base.starts_with("claude-") || base.starts_with("anthropic.claude") {
+        (ProtocolName::Anthropic, CoordSpace::Native)
+    } else if base.starts_with("computer-use-preview") || openai::is_ga(&base) {
+        (ProtocolName::OpenAi, CoordSpace::Native)
+    } else if has("ui-tars") || has("ui_tars") || has("uitars") || has("doubao") {
+        let v15 = has("1.5") || has("1_5") || has("15-");
+        let v1 = has("7b-dpo")
+            || has("7b-sft")
+            || has("72b-dpo")
+            || has("72b-sft")
+            || has("2b-sft")
+            || base.ends_with("ui-tars-72b")
+            || base.ends_with("ui-tars-7b");
+        if v15 && !v1 {
+            (ProtocolName::UiTars, CoordSpace::Smart)
+        } else {
+            (ProtocolName::UiTars, CoordSpace::Thousand)
+        }
+    } else if has("qwen3-vl") || has("qwen3_vl") || has("qwen3vl") {
+        (ProtocolName::Qwen, CoordSpace::Thousand)
+    } else if has("qwen2.5-vl") || has("qwen2_5_vl") || has("qwen2.5vl") || has("qwen25-vl") {
+        (ProtocolName::Qwen, CoordSpace::Smart)
+    } else if has("opencua") {
+        (ProtocolName::OpenCua, CoordSpace::Smart)
+    } else {
+        (ProtocolName::Tools, CoordSpace::Native)
+    }
 }
 
-/// The geometry a protocol uses on a `screen`-sized desktop.
+/// The geometry a protocol uses on a `screen`-sized desktop: the size the model really sees
+/// (its own resize rule, so no server resizes it again) and its coordinate space.
 pub fn geometry(cfg: &ProtocolConfig, screen: (u32, u32)) -> Geometry {
-    let sent = match cfg.space {
-        CoordSpace::Smart => {
-            let (h, w) = smart_resize(screen.1, screen.0, 28, 3136, 12_845_056);
-            (w, h)
+    let smart = |factor: u32, min: u64, max: u64| {
+        let (h, w) = smart_resize(screen.1, screen.0, factor, min, max);
+        (w, h)
+    };
+    let sent = match (cfg.name, cfg.space) {
+        // UI-TARS-1.5's processor limits.
+        (ProtocolName::UiTars, CoordSpace::Smart) => smart(28, 100 * 28 * 28, 16384 * 28 * 28),
+        (_, CoordSpace::Smart) => smart(28, 3136, 12_845_056),
+        // Qwen3-VL's image: factor 32 (OSWorld's harness limits).
+        (ProtocolName::Qwen, CoordSpace::Thousand) => smart(32, 3136, 13_107_200),
+        (ProtocolName::Anthropic, _) => {
+            let t = cfg.target.size(screen);
+            let a = anthropic::api_size(screen);
+            if u64::from(t.0) * u64::from(t.1) < u64::from(a.0) * u64::from(a.1) {
+                t
+            } else {
+                a
+            }
         }
         _ => cfg.target.size(screen),
     };
@@ -575,6 +779,12 @@ pub fn create(cfg: &ProtocolConfig, screen: (u32, u32)) -> Result<Box<dyn Protoc
     let geometry = geometry(cfg, screen);
     Ok(match cfg.name {
         ProtocolName::Tools => Box::new(tools::Tools::new(cfg, geometry)?),
+        ProtocolName::Anthropic => Box::new(anthropic::Anthropic::new(cfg, geometry)?),
+        ProtocolName::OpenAi => Box::new(openai::OpenAi::new(cfg, geometry)?),
+        ProtocolName::UiTars => Box::new(uitars::UiTars::new(cfg, geometry)?),
+        ProtocolName::Qwen => Box::new(qwen::Qwen::new(cfg, geometry)?),
+        ProtocolName::OpenCua => Box::new(opencua::OpenCua::new(cfg, geometry)?),
+        ProtocolName::PyAutoGui => Box::new(pyautogui::PyAutoGui::new(cfg, geometry)?),
     })
 }
 

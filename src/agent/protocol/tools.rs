@@ -242,6 +242,7 @@ impl Protocol for Tools {
             text: reply.text,
             calls,
             usage: reply.usage,
+            safety: Vec::new(),
         })
     }
 
