@@ -1,6 +1,9 @@
-//! A scripted OpenAI-compatible server: a real HTTP server on loopback that answers
-//! `POST /v1/chat/completions` from a script, checks every request, and can misbehave on
-//! purpose (HTTP 500 and 429, slow replies, malformed JSON, odd but valid dialects).
+//! A scripted model server: a real HTTP server on loopback that answers every wire format
+//! selfagent speaks (`POST /v1/chat/completions`, Anthropic's `POST /v1/messages`, OpenAI's
+//! `POST /v1/responses`) from a script, checks every request, and can misbehave on purpose
+//! (HTTP 500 and 429, slow replies, malformed JSON, odd but valid dialects). Helpers build
+//! each protocol's replies in the shapes the real models send (`anthropic_*`, `responses_*`,
+//! `text_reply`).
 //!
 //! Each request must carry a valid PNG screenshot of the advertised size as its latest
 //! image; anything wrong is noted in `problems()`, which tests assert to be empty. Replies
@@ -64,19 +67,94 @@ const RETRY: &str = "That did not take effect yet; trying again.";
 /// Waits in a row after which a conversation's screen is taken never to get ready.
 const PATIENCE: usize = 60;
 
+/// Every PNG in a request, in order, whatever the wire format: data URLs (chat
+/// completions, Responses) and base64 image sources (Messages).
+fn pngs(v: &Value, out: &mut Vec<Vec<u8>>) {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok();
+    match v {
+        Value::String(s) => {
+            if let Some(data) = s.strip_prefix("data:image/png;base64,") {
+                out.extend(b64(data));
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| pngs(i, out)),
+        Value::Object(map) => {
+            if map.get("type").and_then(Value::as_str) == Some("image")
+                && let Some(data) = map["source"]["data"].as_str()
+            {
+                out.extend(b64(data));
+                return;
+            }
+            // Keys in a fixed order: an item's content comes before what follows it.
+            for key in ["messages", "input", "content", "output", "image_url", "url"] {
+                if let Some(item) = map.get(key) {
+                    pngs(item, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The newest screenshot in a request.
 fn latest_screenshot(req: &Value) -> Option<image::RgbImage> {
-    let url = req["messages"]
-        .as_array()?
-        .iter()
-        .rev()
-        .filter_map(|m| m["content"].as_array())
-        .flat_map(|parts| parts.iter().rev())
-        .find_map(|p| p["image_url"]["url"].as_str())?;
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(url.strip_prefix("data:image/png;base64,")?)
-        .ok()?;
-    Some(image::load_from_memory(&png).ok()?.to_rgb8())
+    let mut all = Vec::new();
+    pngs(req, &mut all);
+    Some(image::load_from_memory(all.last()?).ok()?.to_rgb8())
+}
+
+/// An Anthropic Messages reply: optional text, then one `tool_use` per input.
+pub fn anthropic_tool_use(text: Option<&str>, inputs: Vec<Value>) -> Reply {
+    let mut content: Vec<Value> = text
+        .map(|t| json!({"type": "text", "text": t}))
+        .into_iter()
+        .collect();
+    for (i, input) in inputs.into_iter().enumerate() {
+        content.push(json!({"type": "tool_use", "id": format!("toolu_{i:02}"), "name": "computer", "input": input}));
+    }
+    Reply::Json(json!({"id": "msg_test", "type": "message", "role": "assistant", "model": "scripted",
+        "content": content, "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 100, "output_tokens": 10, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}))
+}
+
+/// An Anthropic Messages final answer (`end_turn`, no tool use).
+pub fn anthropic_answer(text: &str) -> Reply {
+    Reply::Json(json!({"id": "msg_test", "type": "message", "role": "assistant", "model": "scripted",
+        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 100, "output_tokens": 10}}))
+}
+
+/// An OpenAI Responses reply with one computer call: a preview `action`, or a GA batch of
+/// `actions` when several are given; safety checks optional.
+pub fn responses_call(actions: Vec<Value>, safety: Vec<Value>) -> Reply {
+    let mut call = json!({"type": "computer_call", "id": "cu_test", "call_id": format!("call_{}", rand_id()), "status": "completed", "pending_safety_checks": safety});
+    if actions.len() == 1 {
+        call["action"] = actions[0].clone();
+    } else {
+        call["actions"] = json!(actions);
+    }
+    Reply::Json(json!({"id": format!("resp_{}", rand_id()), "object": "response", "status": "completed",
+        "output": [{"type": "reasoning", "id": "rs_test", "summary": [{"type": "summary_text", "text": "Working on it."}]}, call],
+        "usage": {"input_tokens": 100, "output_tokens": 10}}))
+}
+
+/// An OpenAI Responses final message.
+pub fn responses_answer(text: &str) -> Reply {
+    Reply::Json(json!({"id": format!("resp_{}", rand_id()), "object": "response", "status": "completed",
+        "output": [{"type": "message", "id": "msg_test", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
+        "usage": {"input_tokens": 100, "output_tokens": 10}}))
+}
+
+fn rand_id() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(1);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A chat completion whose message is plain text (UI-TARS, Qwen's `<tool_call>` text,
+/// OpenCUA, OSWorld's pyautogui code).
+pub fn text_reply(text: &str) -> Reply {
+    Reply::Json(completion(json!({"role": "assistant", "content": text})))
 }
 
 /// A completion whose message is `message`.
@@ -174,6 +252,11 @@ pub fn route(needle: &str, replies: Vec<Reply>) -> Route {
 type Pending = (fn(&image::RgbImage) -> bool, usize, Box<Reply>, usize);
 
 struct Inner {
+    /// Check requests as the `tools` protocol's (its `computer` function advertising the
+    /// size); otherwise only the screenshot's size is checked.
+    tools_protocol: bool,
+    /// The short wait of a sequential script (the `tools` protocol's when `None`).
+    wait: Option<Reply>,
     script: VecDeque<Reply>,
     pending: Option<Pending>,
     /// Waits and retries served (they are not in the script).
@@ -204,8 +287,23 @@ impl ModelServer {
         Self::serve(Vec::new(), routes, expect).await
     }
 
+    /// Serves `script` to any protocol: each request's latest screenshot must be `expect`
+    /// pixels (the size that protocol's model sees); `wait` is that protocol's short wait,
+    /// for `Reply::When` and `Reply::Until`.
+    pub async fn any_protocol(script: Vec<Reply>, expect: (u32, u32), wait: Reply) -> Self {
+        let server = Self::serve(script, Vec::new(), expect).await;
+        {
+            let mut s = server.inner.lock().unwrap();
+            s.tools_protocol = false;
+            s.wait = Some(wait);
+        }
+        server
+    }
+
     async fn serve(script: Vec<Reply>, routes: Vec<Route>, expect: (u32, u32)) -> Self {
         let inner = Arc::new(Mutex::new(Inner {
+            tools_protocol: true,
+            wait: None,
             script: script.into(),
             pending: None,
             waits: 0,
@@ -218,6 +316,8 @@ impl ModelServer {
         }));
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(handle))
+            .route("/v1/messages", post(handle))
+            .route("/v1/responses", post(handle))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -255,7 +355,27 @@ impl ModelServer {
     }
 }
 
-/// Checks one request; returns what is wrong with it.
+/// Checks a request of any protocol: its latest screenshot is a PNG of `expect` pixels.
+fn check_image(req: &Value, expect: (u32, u32)) -> Vec<String> {
+    let mut all = Vec::new();
+    pngs(req, &mut all);
+    let Some(last) = all.last() else {
+        return vec!["no screenshot in the request".into()];
+    };
+    match image::load_from_memory_with_format(last, image::ImageFormat::Png) {
+        Err(e) => vec![format!("not a PNG: {e}")],
+        Ok(img) if (img.width(), img.height()) != expect => vec![format!(
+            "screenshot is {}x{}, the model sees {}x{}",
+            img.width(),
+            img.height(),
+            expect.0,
+            expect.1
+        )],
+        Ok(_) => Vec::new(),
+    }
+}
+
+/// Checks one request of the `tools` protocol; returns what is wrong with it.
 fn check(req: &Value, expect: (u32, u32)) -> Vec<String> {
     let mut problems = Vec::new();
     let Some(messages) = req["messages"].as_array() else {
@@ -345,7 +465,7 @@ fn sequential(s: &mut Inner, n: usize, shot: Option<&image::RgbImage>) -> Reply 
             let next = if (since + 1) % every.max(1) == 0 {
                 retried(*reply.clone())
             } else {
-                not_ready()
+                s.wait.clone().unwrap_or_else(not_ready)
             };
             s.pending = Some((done, every, reply, since + 1));
             return next;
@@ -364,7 +484,7 @@ fn sequential(s: &mut Inner, n: usize, shot: Option<&image::RgbImage>) -> Reply 
                 s.waits += 1;
                 s.waits_here += 1;
                 s.script.push_front(Reply::When(ready, reply));
-                not_ready()
+                s.wait.clone().unwrap_or_else(not_ready)
             }
         }
         Some(Reply::Until { done, every, reply }) => {
@@ -397,8 +517,10 @@ async fn handle(
         let judging = req.get("tools").is_none() && !s.routes.is_empty();
         let problems = if judging {
             Vec::new()
-        } else {
+        } else if s.tools_protocol {
             check(&req, expect)
+        } else {
+            check_image(&req, expect)
         };
         let n = s.requests.len() + 1;
         s.problems

@@ -51,14 +51,14 @@ pub fn rename_dialog_open(img: &image::RgbImage) -> bool {
 }
 
 /// A terminal window is open and its shell has printed its prompt (the green
-/// `user@desktop` of bash's prompt on the black terminal background).
+/// `user@desktop` of bash's prompt on the black terminal background), at any screen size
+/// and any scale the screenshot was sent at: the new window's place is the top left.
 pub fn terminal_ready(img: &image::RgbImage) -> bool {
-    count(img, (0, 820), (80, 540), |p| {
-        p[0] < 20 && p[1] < 20 && p[2] < 20
-    }) > 40_000
-        && count(img, (0, 300), (80, 110), |p| {
-            p[1] > 180 && p[0] < 140 && p[2] < 140
-        }) > 20
+    let (w, h) = (img.width() / 2, img.height() * 3 / 5);
+    let samples = (w.div_ceil(2) * h.div_ceil(2)).max(1) as usize;
+    let black = count(img, (0, w), (0, h), |p| p[0] < 20 && p[1] < 20 && p[2] < 20);
+    let green = count(img, (0, w), (0, h), |p| p[1] > 180 && p[0] < 140 && p[2] < 140);
+    black * 10 > samples * 3 && green > 10
 }
 
 /// The sign-up page of tests/tasks/firefox-form.toml says "Thank you!" under its form.

@@ -4,6 +4,7 @@ mod desktop;
 mod faults;
 mod files;
 mod hostile;
+mod protocols;
 mod run;
 mod sandbox;
 mod tasks;

@@ -1,0 +1,334 @@
+//! Every protocol end to end against real desktops, with replies shaped exactly as each
+//! model family's (tests/common/model_server.rs): a terminal opened by a key combo, a marker
+//! typed into a file, a click at a known point given in the model's own coordinate space.
+//! The file must hold the marker and the X pointer (`xdotool getmouselocation`) must be
+//! within 2 px of the point, at the default size and at 1920x1080 with downscaling. The
+//! protocol and coordinate space are detected from real model ids, and each request's
+//! screenshot must be exactly the size that model sees. Scripted runs test selfagent, not
+//! any model.
+
+use crate::common::model_server::{
+    ModelServer, Reply, anthropic_answer, anthropic_tool_use, answer, call, responses_answer,
+    responses_call, text_reply,
+};
+use crate::common::screens::terminal_ready;
+use crate::common::{Guard, bin};
+use selfagent::record::Db;
+use serde_json::{Value, json};
+use std::process::Stdio;
+
+/// What a step of the plan is, protocol-neutral.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Terminal,
+    Type(&'a str),
+    /// A click, in the model's coordinates (already converted).
+    Click(f64, f64),
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Space {
+    Pixels,
+    Thousand,
+    Unit,
+}
+
+struct Case {
+    protocol: &'static str,
+    model: &'static str,
+    /// Flags besides the model (a coordinate space, a scale).
+    extra: &'static [&'static str],
+    screen: (u32, u32),
+    /// The size of the screenshot that model sees (known independently of our code).
+    sent: (u32, u32),
+    space: Space,
+}
+
+/// The model-space coordinates of screen point `p`, as the model would give them.
+fn model_xy(c: &Case, p: (u32, u32)) -> (f64, f64) {
+    let (sx, sy) = (f64::from(c.screen.0), f64::from(c.screen.1));
+    let (x, y) = (f64::from(p.0), f64::from(p.1));
+    match c.space {
+        Space::Pixels => (
+            (x * f64::from(c.sent.0) / sx).round(),
+            (y * f64::from(c.sent.1) / sy).round(),
+        ),
+        Space::Thousand => ((x * 1000.0 / sx).round(), (y * 1000.0 / sy).round()),
+        Space::Unit => (
+            (x / sx * 10_000.0).round() / 10_000.0,
+            (y / sy * 10_000.0).round() / 10_000.0,
+        ),
+    }
+}
+
+fn num(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// One step as this protocol's model writes it.
+fn reply(protocol: &str, step: Step) -> Reply {
+    match (protocol, step) {
+        ("tools", Step::Terminal) => call(json!({"action": "key", "text": "ctrl+alt+t"})),
+        ("tools", Step::Type(t)) => call(json!({"action": "type", "text": t})),
+        ("tools", Step::Click(x, y)) => {
+            call(json!({"action": "left_click", "coordinate": [x as i64, y as i64]}))
+        }
+        ("tools", Step::Done) => answer("Done."),
+        ("anthropic", Step::Terminal) => anthropic_tool_use(
+            Some("I'll open a terminal."),
+            vec![json!({"action": "key", "text": "ctrl+alt+t"})],
+        ),
+        ("anthropic", Step::Type(t)) => {
+            anthropic_tool_use(None, vec![json!({"action": "type", "text": t})])
+        }
+        ("anthropic", Step::Click(x, y)) => anthropic_tool_use(
+            None,
+            vec![json!({"action": "left_click", "coordinate": [x as i64, y as i64]})],
+        ),
+        ("anthropic", Step::Done) => anthropic_answer("The marker is written."),
+        ("openai", Step::Terminal) => responses_call(
+            vec![json!({"type": "keypress", "keys": ["CTRL", "ALT", "T"]})],
+            vec![],
+        ),
+        ("openai", Step::Type(t)) => responses_call(vec![json!({"type": "type", "text": t})], vec![]),
+        ("openai", Step::Click(x, y)) => responses_call(
+            vec![json!({"type": "click", "button": "left", "x": x as i64, "y": y as i64})],
+            vec![],
+        ),
+        ("openai", Step::Done) => responses_answer("The marker is written."),
+        ("uitars", s) => text_reply(&match s {
+            Step::Terminal => "Thought: I need a terminal.\nAction: hotkey(key='ctrl alt t')".into(),
+            Step::Type(t) => format!(
+                "Thought: Type the command.\nAction: type(content='{}')",
+                t.replace('\n', "\\n")
+            ),
+            Step::Click(x, y) => format!(
+                "Thought: Click the point.\nAction: click(start_box='<|box_start|>({},{})<|box_end|>')",
+                num(x),
+                num(y)
+            ),
+            Step::Done => "Thought: It is done.\nAction: finished(content='done')".into(),
+        }),
+        ("qwen", s) => {
+            let args = match s {
+                Step::Terminal => json!({"action": "key", "keys": ["ctrl", "alt", "t"]}),
+                Step::Type(t) => json!({"action": "type", "text": t}),
+                Step::Click(x, y) => json!({"action": "left_click", "coordinate": [x as i64, y as i64]}),
+                Step::Done => json!({"action": "terminate", "status": "success"}),
+            };
+            text_reply(&format!(
+                "Action: the next step.\n<tool_call>\n{}\n</tool_call>",
+                json!({"name": "computer_use", "arguments": args})
+            ))
+        }
+        ("opencua", s) => {
+            let code = match s {
+                Step::Terminal => "pyautogui.hotkey('ctrl', 'alt', 't')".into(),
+                Step::Type(t) => format!("pyautogui.write({})", py_str(t)),
+                Step::Click(x, y) => format!("pyautogui.click(x={}, y={})", num(x), num(y)),
+                Step::Done => "computer.terminate(status=\"success\", answer='''done''')".into(),
+            };
+            text_reply(&format!(
+                "## Thought:\nThe next step.\n## Action:\nDo it.\n## Code:\n```python\n{code}\n```"
+            ))
+        }
+        ("pyautogui", s) => text_reply(&match s {
+            Step::Terminal => "```python\npyautogui.hotkey('ctrl', 'alt', 't')\n```".into(),
+            Step::Type(t) => format!("```python\npyautogui.write({})\n```", py_str(t)),
+            Step::Click(x, y) => format!(
+                "I click the point.\n```python\npyautogui.click({}, {})\n```",
+                num(x),
+                num(y)
+            ),
+            Step::Done => "```\nDONE\n```".into(),
+        }),
+        (other, _) => panic!("no replies for {other}"),
+    }
+}
+
+fn py_str(t: &str) -> String {
+    format!("'{}'", t.replace('\\', "\\\\").replace('\'', "\\'").replace('\n', "\\n"))
+}
+
+/// A short wait in this protocol's own words (while the terminal opens).
+fn wait(protocol: &str) -> Reply {
+    match protocol {
+        "tools" => call(json!({"action": "wait", "duration": 0.3})),
+        "anthropic" => anthropic_tool_use(None, vec![json!({"action": "wait", "duration": 0.3})]),
+        "openai" => responses_call(vec![json!({"type": "wait"})], vec![]),
+        "uitars" => text_reply("Thought: Still loading.\nAction: wait()"),
+        "qwen" => text_reply(
+            "Action: wait.\n<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": \"wait\", \"time\": 0.3}}\n</tool_call>",
+        ),
+        "opencua" => text_reply("## Action:\nWait.\n## Code:\n```python\ntime.sleep(0.3)\n```"),
+        "pyautogui" => text_reply("```python\ntime.sleep(0.3)\n```"),
+        other => panic!("no wait for {other}"),
+    }
+}
+
+/// Runs one case; returns what went wrong, if anything.
+async fn run_case(c: &Case) -> Result<(), String> {
+    let target = if c.screen.0 > 1280 { (1500, 700) } else { (1000, 560) };
+    let (mx, my) = model_xy(c, target);
+    let marker = format!("marker-{}-{}", c.protocol, c.screen.0);
+    let typed = format!("echo {marker} > /tmp/proto.txt\n");
+    let script = vec![
+        reply(c.protocol, Step::Terminal),
+        Reply::When(terminal_ready, Box::new(reply(c.protocol, Step::Type(&typed)))),
+        reply(c.protocol, Step::Click(mx, my)),
+        reply(c.protocol, Step::Done),
+    ];
+    let server = ModelServer::any_protocol(script, c.sent, wait(c.protocol)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rec.db");
+    // The base URL as users give it for each API.
+    let base = match c.protocol {
+        "anthropic" => server.base_url().trim_end_matches("/v1").to_owned(),
+        _ => server.base_url(),
+    };
+    let mut args = vec![
+        "run".to_owned(),
+        "--headless".into(),
+        "--json".into(),
+        "--keep".into(),
+        "--base-url".into(),
+        base,
+        "--model".into(),
+        c.model.into(),
+        "--width".into(),
+        c.screen.0.to_string(),
+        "--height".into(),
+        c.screen.1.to_string(),
+        "--db".into(),
+        db.display().to_string(),
+    ];
+    args.extend(c.extra.iter().map(|s| (*s).to_owned()));
+    args.push("write the marker, then click the point".into());
+    let out = tokio::process::Command::new(bin())
+        .args(&args)
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("ANTHROPIC_API_KEY", "sk-ant-test")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("SELFAGENT_CONFIG")
+        .env("HOME", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let sandbox = events
+        .iter()
+        .find_map(|e| e["sandbox"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let _guard = Guard(sandbox.clone());
+    let why = |what: String| {
+        format!(
+            "{} ({}x{}, {}): {what}\nstderr: {}\nproblems: {:?}",
+            c.protocol,
+            c.screen.0,
+            c.screen.1,
+            c.model,
+            String::from_utf8_lossy(&out.stderr),
+            server.problems()
+        )
+    };
+    if out.status.code() != Some(0) {
+        return Err(why(format!("exit {:?}", out.status.code())));
+    }
+    if !server.problems().is_empty() {
+        return Err(why("the server saw problems".into()));
+    }
+    // The session says which protocol and space it used.
+    let started = events.iter().find(|e| e["type"] == "session_started").unwrap();
+    if started["protocol"] != c.protocol {
+        return Err(why(format!("protocol {}", started["protocol"])));
+    }
+    let docker = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let file = docker(&["exec", &sandbox, "cat", "/tmp/proto.txt"]);
+    if file.trim() != marker {
+        return Err(why(format!("the file holds {file:?}")));
+    }
+    let loc = docker(&["exec", "-u", "user", &sandbox, "xdotool", "getmouselocation", "--shell"]);
+    let get = |k: &str| -> i64 {
+        loc.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-100)
+    };
+    let (px, py) = (get("X"), get("Y"));
+    if (px - i64::from(target.0)).abs() > 2 || (py - i64::from(target.1)).abs() > 2 {
+        return Err(why(format!(
+            "the click landed at ({px}, {py}), not ({}, {}) (sent ({mx}, {my}))",
+            target.0, target.1
+        )));
+    }
+    let rec = Db::open_read(&db).unwrap();
+    let s = &rec.sessions(1).unwrap()[0];
+    if s.protocol.as_deref() != Some(c.protocol) {
+        return Err(why(format!("recorded protocol {:?}", s.protocol)));
+    }
+    Ok(())
+}
+
+async fn run_all(cases: &[Case]) {
+    let mut failures = Vec::new();
+    for c in cases {
+        if let Err(e) = run_case(c).await {
+            failures.push(e);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_protocol_types_and_clicks_where_its_model_meant() {
+    run_all(&[
+        // Detected from model ids.
+        Case { protocol: "tools", model: "gpt-4o", extra: &[], screen: (1280, 800), sent: (1280, 800), space: Space::Pixels },
+        Case { protocol: "anthropic", model: "claude-sonnet-4-5-20250929", extra: &[], screen: (1280, 800), sent: (1280, 800), space: Space::Pixels },
+        Case { protocol: "openai", model: "computer-use-preview", extra: &[], screen: (1280, 800), sent: (1280, 800), space: Space::Pixels },
+        Case { protocol: "uitars", model: "ByteDance-Seed/UI-TARS-1.5-7B", extra: &[], screen: (1280, 800), sent: (1288, 812), space: Space::Pixels },
+        Case { protocol: "qwen", model: "Qwen/Qwen2.5-VL-7B-Instruct", extra: &[], screen: (1280, 800), sent: (1288, 812), space: Space::Pixels },
+        Case { protocol: "qwen", model: "Qwen/Qwen3-VL-8B-Instruct", extra: &[], screen: (1280, 800), sent: (1280, 800), space: Space::Thousand },
+        Case { protocol: "opencua", model: "xlangai/OpenCUA-7B", extra: &[], screen: (1280, 800), sent: (1288, 812), space: Space::Pixels },
+        Case { protocol: "pyautogui", model: "gpt-4o", extra: &["--protocol", "pyautogui"], screen: (1280, 800), sent: (1280, 800), space: Space::Pixels },
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_protocol_clicks_right_on_a_downscaled_1920x1080_screen() {
+    run_all(&[
+        // Each protocol's own downscaling (or --scale).
+        Case { protocol: "tools", model: "gpt-4o", extra: &["--scale", "1280"], screen: (1920, 1080), sent: (1280, 720), space: Space::Pixels },
+        Case { protocol: "anthropic", model: "claude-opus-4-6", extra: &[], screen: (1920, 1080), sent: (1478, 831), space: Space::Pixels },
+        Case { protocol: "openai", model: "gpt-5.4", extra: &["--scale", "xga"], screen: (1920, 1080), sent: (1024, 768), space: Space::Pixels },
+        Case { protocol: "uitars", model: "ui-tars-72b-dpo", extra: &[], screen: (1920, 1080), sent: (1920, 1080), space: Space::Thousand },
+        Case { protocol: "qwen", model: "Qwen/Qwen2.5-VL-72B-Instruct", extra: &[], screen: (1920, 1080), sent: (1932, 1092), space: Space::Pixels },
+        Case { protocol: "qwen", model: "qwen3-vl-235b-a22b-instruct", extra: &[], screen: (1920, 1080), sent: (1920, 1088), space: Space::Thousand },
+        Case { protocol: "opencua", model: "OpenCUA-Qwen2-7B", extra: &["--coords", "unit"], screen: (1920, 1080), sent: (1920, 1080), space: Space::Unit },
+        Case { protocol: "pyautogui", model: "my-model", extra: &["--protocol", "pyautogui", "--scale", "1280"], screen: (1920, 1080), sent: (1280, 720), space: Space::Pixels },
+    ])
+    .await;
+}
