@@ -27,8 +27,9 @@ pub const EXIT_STOPPED: u8 = 130;
     after_help = "Exit codes: 0 the model finished (answered, done or fail; with --task: and the \
 checks passed), 1 error, 2 with --task: the checks failed, 3 step or time limit reached, \
 4 the harness failed (the desktop did not start or died, a setup step failed, the checks \
-could not run), 5 the recording could not be written (the episode stopped), 6 the model asked \
-for a person's help (call_user) with nobody to answer, 130 stopped (Ctrl-C, SIGTERM, SIGHUP).\n\
+could not run), 5 the recording could not be written (the episode stopped), 6 a person was \
+needed and none could answer (the model called for help, or its provider raised a safety check \
+without --ack-safety-checks), 130 stopped (Ctrl-C, SIGTERM, SIGHUP).\n\
 The API key comes from OPENAI_API_KEY (or the variable --api-key-env names, or the \
 config file); it is never recorded."
 )]
@@ -144,7 +145,7 @@ pub fn exit_code(end: &End) -> ExitCode {
     if o.ended_by == EndedBy::Recording || end.recording_error.is_some() {
         return ExitCode::from(EXIT_RECORDING);
     }
-    if o.status == Status::NeedsUser {
+    if o.status == Status::NeedsUser || o.ended_by == EndedBy::Safety {
         return ExitCode::from(EXIT_NEEDS_USER);
     }
     if end.harness_error().is_some() {

@@ -112,16 +112,20 @@ pub fn anthropic_tool_use(text: Option<&str>, inputs: Vec<Value>) -> Reply {
     for (i, input) in inputs.into_iter().enumerate() {
         content.push(json!({"type": "tool_use", "id": format!("toolu_{i:02}"), "name": "computer", "input": input}));
     }
-    Reply::Json(json!({"id": "msg_test", "type": "message", "role": "assistant", "model": "scripted",
+    Reply::Json(
+        json!({"id": "msg_test", "type": "message", "role": "assistant", "model": "scripted",
         "content": content, "stop_reason": "tool_use", "stop_sequence": null,
-        "usage": {"input_tokens": 100, "output_tokens": 10, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}))
+        "usage": {"input_tokens": 100, "output_tokens": 10, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}),
+    )
 }
 
 /// An Anthropic Messages final answer (`end_turn`, no tool use).
 pub fn anthropic_answer(text: &str) -> Reply {
-    Reply::Json(json!({"id": "msg_test", "type": "message", "role": "assistant", "model": "scripted",
+    Reply::Json(
+        json!({"id": "msg_test", "type": "message", "role": "assistant", "model": "scripted",
         "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
-        "usage": {"input_tokens": 100, "output_tokens": 10}}))
+        "usage": {"input_tokens": 100, "output_tokens": 10}}),
+    )
 }
 
 /// An OpenAI Responses reply with one computer call: a preview `action`, or a GA batch of
@@ -133,16 +137,20 @@ pub fn responses_call(actions: Vec<Value>, safety: Vec<Value>) -> Reply {
     } else {
         call["actions"] = json!(actions);
     }
-    Reply::Json(json!({"id": format!("resp_{}", rand_id()), "object": "response", "status": "completed",
+    Reply::Json(
+        json!({"id": format!("resp_{}", rand_id()), "object": "response", "status": "completed",
         "output": [{"type": "reasoning", "id": "rs_test", "summary": [{"type": "summary_text", "text": "Working on it."}]}, call],
-        "usage": {"input_tokens": 100, "output_tokens": 10}}))
+        "usage": {"input_tokens": 100, "output_tokens": 10}}),
+    )
 }
 
 /// An OpenAI Responses final message.
 pub fn responses_answer(text: &str) -> Reply {
-    Reply::Json(json!({"id": format!("resp_{}", rand_id()), "object": "response", "status": "completed",
+    Reply::Json(
+        json!({"id": format!("resp_{}", rand_id()), "object": "response", "status": "completed",
         "output": [{"type": "message", "id": "msg_test", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
-        "usage": {"input_tokens": 100, "output_tokens": 10}}))
+        "usage": {"input_tokens": 100, "output_tokens": 10}}),
+    )
 }
 
 fn rand_id() -> u32 {

@@ -57,7 +57,9 @@ pub fn terminal_ready(img: &image::RgbImage) -> bool {
     let (w, h) = (img.width() / 2, img.height() * 3 / 5);
     let samples = (w.div_ceil(2) * h.div_ceil(2)).max(1) as usize;
     let black = count(img, (0, w), (0, h), |p| p[0] < 20 && p[1] < 20 && p[2] < 20);
-    let green = count(img, (0, w), (0, h), |p| p[1] > 180 && p[0] < 140 && p[2] < 140);
+    let green = count(img, (0, w), (0, h), |p| {
+        p[1] > 180 && p[0] < 140 && p[2] < 140
+    });
     black * 10 > samples * 3 && green > 10
 }
 

@@ -8,7 +8,7 @@
 //! any model.
 
 use crate::common::model_server::{
-    ModelServer, Reply, anthropic_answer, anthropic_tool_use, answer, call, responses_answer,
+    ModelServer, Reply, answer, anthropic_answer, anthropic_tool_use, call, responses_answer,
     responses_call, text_reply,
 };
 use crate::common::screens::terminal_ready;
@@ -95,14 +95,18 @@ fn reply(protocol: &str, step: Step) -> Reply {
             vec![json!({"type": "keypress", "keys": ["CTRL", "ALT", "T"]})],
             vec![],
         ),
-        ("openai", Step::Type(t)) => responses_call(vec![json!({"type": "type", "text": t})], vec![]),
+        ("openai", Step::Type(t)) => {
+            responses_call(vec![json!({"type": "type", "text": t})], vec![])
+        }
         ("openai", Step::Click(x, y)) => responses_call(
             vec![json!({"type": "click", "button": "left", "x": x as i64, "y": y as i64})],
             vec![],
         ),
         ("openai", Step::Done) => responses_answer("The marker is written."),
         ("uitars", s) => text_reply(&match s {
-            Step::Terminal => "Thought: I need a terminal.\nAction: hotkey(key='ctrl alt t')".into(),
+            Step::Terminal => {
+                "Thought: I need a terminal.\nAction: hotkey(key='ctrl alt t')".into()
+            }
             Step::Type(t) => format!(
                 "Thought: Type the command.\nAction: type(content='{}')",
                 t.replace('\n', "\\n")
@@ -118,7 +122,9 @@ fn reply(protocol: &str, step: Step) -> Reply {
             let args = match s {
                 Step::Terminal => json!({"action": "key", "keys": ["ctrl", "alt", "t"]}),
                 Step::Type(t) => json!({"action": "type", "text": t}),
-                Step::Click(x, y) => json!({"action": "left_click", "coordinate": [x as i64, y as i64]}),
+                Step::Click(x, y) => {
+                    json!({"action": "left_click", "coordinate": [x as i64, y as i64]})
+                }
                 Step::Done => json!({"action": "terminate", "status": "success"}),
             };
             text_reply(&format!(
@@ -152,7 +158,12 @@ fn reply(protocol: &str, step: Step) -> Reply {
 }
 
 fn py_str(t: &str) -> String {
-    format!("'{}'", t.replace('\\', "\\\\").replace('\'', "\\'").replace('\n', "\\n"))
+    format!(
+        "'{}'",
+        t.replace('\\', "\\\\")
+            .replace('\'', "\\'")
+            .replace('\n', "\\n")
+    )
 }
 
 /// A short wait in this protocol's own words (while the terminal opens).
@@ -173,13 +184,20 @@ fn wait(protocol: &str) -> Reply {
 
 /// Runs one case; returns what went wrong, if anything.
 async fn run_case(c: &Case) -> Result<(), String> {
-    let target = if c.screen.0 > 1280 { (1500, 700) } else { (1000, 560) };
+    let target = if c.screen.0 > 1280 {
+        (1500, 700)
+    } else {
+        (1000, 560)
+    };
     let (mx, my) = model_xy(c, target);
     let marker = format!("marker-{}-{}", c.protocol, c.screen.0);
     let typed = format!("echo {marker} > /tmp/proto.txt\n");
     let script = vec![
         reply(c.protocol, Step::Terminal),
-        Reply::When(terminal_ready, Box::new(reply(c.protocol, Step::Type(&typed)))),
+        Reply::When(
+            terminal_ready,
+            Box::new(reply(c.protocol, Step::Type(&typed))),
+        ),
         reply(c.protocol, Step::Click(mx, my)),
         reply(c.protocol, Step::Done),
     ];
@@ -248,7 +266,10 @@ async fn run_case(c: &Case) -> Result<(), String> {
         return Err(why("the server saw problems".into()));
     }
     // The session says which protocol and space it used.
-    let started = events.iter().find(|e| e["type"] == "session_started").unwrap();
+    let started = events
+        .iter()
+        .find(|e| e["type"] == "session_started")
+        .unwrap();
     if started["protocol"] != c.protocol {
         return Err(why(format!("protocol {}", started["protocol"])));
     }
@@ -263,7 +284,15 @@ async fn run_case(c: &Case) -> Result<(), String> {
     if file.trim() != marker {
         return Err(why(format!("the file holds {file:?}")));
     }
-    let loc = docker(&["exec", "-u", "user", &sandbox, "xdotool", "getmouselocation", "--shell"]);
+    let loc = docker(&[
+        "exec",
+        "-u",
+        "user",
+        &sandbox,
+        "xdotool",
+        "getmouselocation",
+        "--shell",
+    ]);
     let get = |k: &str| -> i64 {
         loc.lines()
             .find_map(|l| l.strip_prefix(&format!("{k}=")))
@@ -305,14 +334,70 @@ async fn run_all(cases: &[Case]) {
 async fn every_protocol_types_and_clicks_where_its_model_meant() {
     run_all(&[
         // Detected from model ids.
-        Case { protocol: "tools", model: "gpt-4o", extra: &[], screen: (1280, 800), sent: (1280, 800), space: Space::Pixels },
-        Case { protocol: "anthropic", model: "claude-sonnet-4-5-20250929", extra: &[], screen: (1280, 800), sent: (1280, 800), space: Space::Pixels },
-        Case { protocol: "openai", model: "computer-use-preview", extra: &[], screen: (1280, 800), sent: (1280, 800), space: Space::Pixels },
-        Case { protocol: "uitars", model: "ByteDance-Seed/UI-TARS-1.5-7B", extra: &[], screen: (1280, 800), sent: (1288, 812), space: Space::Pixels },
-        Case { protocol: "qwen", model: "Qwen/Qwen2.5-VL-7B-Instruct", extra: &[], screen: (1280, 800), sent: (1288, 812), space: Space::Pixels },
-        Case { protocol: "qwen", model: "Qwen/Qwen3-VL-8B-Instruct", extra: &[], screen: (1280, 800), sent: (1280, 800), space: Space::Thousand },
-        Case { protocol: "opencua", model: "xlangai/OpenCUA-7B", extra: &[], screen: (1280, 800), sent: (1288, 812), space: Space::Pixels },
-        Case { protocol: "pyautogui", model: "gpt-4o", extra: &["--protocol", "pyautogui"], screen: (1280, 800), sent: (1280, 800), space: Space::Pixels },
+        Case {
+            protocol: "tools",
+            model: "gpt-4o",
+            extra: &[],
+            screen: (1280, 800),
+            sent: (1280, 800),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "anthropic",
+            model: "claude-sonnet-4-5-20250929",
+            extra: &[],
+            screen: (1280, 800),
+            sent: (1280, 800),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "openai",
+            model: "computer-use-preview",
+            extra: &[],
+            screen: (1280, 800),
+            sent: (1280, 800),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "uitars",
+            model: "ByteDance-Seed/UI-TARS-1.5-7B",
+            extra: &[],
+            screen: (1280, 800),
+            sent: (1288, 812),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "qwen",
+            model: "Qwen/Qwen2.5-VL-7B-Instruct",
+            extra: &[],
+            screen: (1280, 800),
+            sent: (1288, 812),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "qwen",
+            model: "Qwen/Qwen3-VL-8B-Instruct",
+            extra: &[],
+            screen: (1280, 800),
+            sent: (1280, 800),
+            space: Space::Thousand,
+        },
+        Case {
+            protocol: "opencua",
+            model: "xlangai/OpenCUA-7B",
+            extra: &[],
+            screen: (1280, 800),
+            sent: (1288, 812),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "pyautogui",
+            model: "gpt-4o",
+            extra: &["--protocol", "pyautogui"],
+            screen: (1280, 800),
+            sent: (1280, 800),
+            space: Space::Pixels,
+        },
     ])
     .await;
 }
@@ -321,14 +406,164 @@ async fn every_protocol_types_and_clicks_where_its_model_meant() {
 async fn every_protocol_clicks_right_on_a_downscaled_1920x1080_screen() {
     run_all(&[
         // Each protocol's own downscaling (or --scale).
-        Case { protocol: "tools", model: "gpt-4o", extra: &["--scale", "1280"], screen: (1920, 1080), sent: (1280, 720), space: Space::Pixels },
-        Case { protocol: "anthropic", model: "claude-opus-4-6", extra: &[], screen: (1920, 1080), sent: (1478, 831), space: Space::Pixels },
-        Case { protocol: "openai", model: "gpt-5.4", extra: &["--scale", "xga"], screen: (1920, 1080), sent: (1024, 768), space: Space::Pixels },
-        Case { protocol: "uitars", model: "ui-tars-72b-dpo", extra: &[], screen: (1920, 1080), sent: (1920, 1080), space: Space::Thousand },
-        Case { protocol: "qwen", model: "Qwen/Qwen2.5-VL-72B-Instruct", extra: &[], screen: (1920, 1080), sent: (1932, 1092), space: Space::Pixels },
-        Case { protocol: "qwen", model: "qwen3-vl-235b-a22b-instruct", extra: &[], screen: (1920, 1080), sent: (1920, 1088), space: Space::Thousand },
-        Case { protocol: "opencua", model: "OpenCUA-Qwen2-7B", extra: &["--coords", "unit"], screen: (1920, 1080), sent: (1920, 1080), space: Space::Unit },
-        Case { protocol: "pyautogui", model: "my-model", extra: &["--protocol", "pyautogui", "--scale", "1280"], screen: (1920, 1080), sent: (1280, 720), space: Space::Pixels },
+        Case {
+            protocol: "tools",
+            model: "gpt-4o",
+            extra: &["--scale", "1280"],
+            screen: (1920, 1080),
+            sent: (1280, 720),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "anthropic",
+            model: "claude-opus-4-6",
+            extra: &[],
+            screen: (1920, 1080),
+            sent: (1478, 831),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "openai",
+            model: "gpt-5.4",
+            extra: &["--scale", "xga"],
+            screen: (1920, 1080),
+            sent: (1024, 768),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "uitars",
+            model: "ui-tars-72b-dpo",
+            extra: &[],
+            screen: (1920, 1080),
+            sent: (1920, 1080),
+            space: Space::Thousand,
+        },
+        Case {
+            protocol: "qwen",
+            model: "Qwen/Qwen2.5-VL-72B-Instruct",
+            extra: &[],
+            screen: (1920, 1080),
+            sent: (1932, 1092),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "qwen",
+            model: "qwen3-vl-235b-a22b-instruct",
+            extra: &[],
+            screen: (1920, 1080),
+            sent: (1920, 1088),
+            space: Space::Thousand,
+        },
+        Case {
+            protocol: "opencua",
+            model: "OpenCUA-Qwen2-7B",
+            extra: &["--coords", "unit"],
+            screen: (1920, 1080),
+            sent: (1920, 1080),
+            space: Space::Unit,
+        },
+        Case {
+            protocol: "pyautogui",
+            model: "my-model",
+            extra: &["--protocol", "pyautogui", "--scale", "1280"],
+            screen: (1920, 1080),
+            sent: (1280, 720),
+            space: Space::Pixels,
+        },
     ])
     .await;
+}
+
+/// Headless, nobody can be asked: a safety check stops the episode (recorded, exit 6)
+/// unless `--ack-safety-checks`; a model's call for help ends it as `needs_user`.
+#[tokio::test(flavor = "multi_thread")]
+async fn headless_runs_refuse_safety_checks_unless_told_and_end_calls_for_help() {
+    let check = json!({"id": "cu_sc_9", "code": "sensitive_domain", "message": "The page may hold sensitive data."});
+    let run = |server: &ModelServer, model: &str, extra: &[&str], db: &std::path::Path| {
+        let mut args = vec![
+            "run".to_owned(),
+            "--headless".into(),
+            "--base-url".into(),
+            server.base_url(),
+            "--model".into(),
+            model.into(),
+            "--db".into(),
+            db.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args.push("do the thing".into());
+        tokio::process::Command::new(bin())
+            .args(args)
+            .env("OPENAI_API_KEY", "sk-test")
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("SELFAGENT_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = || {
+        vec![
+            responses_call(
+                vec![json!({"type": "click", "button": "left", "x": 300, "y": 300})],
+                vec![check.clone()],
+            ),
+            responses_answer("Done."),
+        ]
+    };
+    let wait = || responses_call(vec![json!({"type": "wait"})], vec![]);
+
+    let server = ModelServer::any_protocol(script(), (1280, 800), wait()).await;
+    let db = dir.path().join("a.db");
+    let out = run(&server, "gpt-5.4", &[], &db).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(server.requests().len(), 1, "the click must not run");
+    let rec = Db::open_read(&db).unwrap();
+    let s = rec.sessions(1).unwrap().remove(0);
+    assert_eq!(
+        (s.status.as_str(), s.meta["ended_by"].as_str()),
+        ("stopped", Some("safety"))
+    );
+    assert!(s.error.unwrap().contains("--ack-safety-checks"));
+    let events = rec.events(&s.id).unwrap();
+    let safety = events.iter().find(|e| e.kind == "safety_check").unwrap();
+    assert!(safety.data.as_deref().unwrap().contains("refused"));
+
+    let server = ModelServer::any_protocol(script(), (1280, 800), wait()).await;
+    let db = dir.path().join("b.db");
+    let out = run(&server, "gpt-5.4", &["--ack-safety-checks"], &db)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let second = server.requests()[1].to_string();
+    assert!(second.contains("acknowledged_safety_checks") && second.contains("cu_sc_9"));
+
+    let server = ModelServer::any_protocol(
+        vec![text_reply(
+            "Thought: I cannot log in without the password.\nAction: call_user()",
+        )],
+        (1288, 812),
+        text_reply("Thought: wait\nAction: wait()"),
+    )
+    .await;
+    let db = dir.path().join("c.db");
+    let out = run(&server, "UI-TARS-1.5-7B", &[], &db).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let rec = Db::open_read(&db).unwrap();
+    assert_eq!(rec.sessions(1).unwrap()[0].status, "needs_user");
+    // Owned desktops are removed on exit; nothing to clean up here.
 }

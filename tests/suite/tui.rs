@@ -220,3 +220,122 @@ async fn the_ui_runs_pauses_resumes_quits_and_replays() {
     .await;
     tmux.keys("q");
 }
+
+/// A safety check raised by the model's provider is asked in the TUI, and the answer goes
+/// back with the next request; a model that asks for help gets the person's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_asks_about_safety_checks_and_answers_calls_for_help() {
+    use crate::common::model_server::{responses_answer, responses_call, text_reply};
+    // OpenAI's protocol: a click with a pending safety check.
+    let server = ModelServer::any_protocol(
+        vec![
+            responses_call(
+                vec![json!({"type": "click", "button": "left", "x": 300, "y": 300})],
+                vec![json!({"id": "cu_sc_1", "code": "malicious_instructions", "message": "We've detected instructions that may cause harm."})],
+            ),
+            responses_answer("Done."),
+        ],
+        (1280, 800),
+        responses_call(vec![json!({"type": "wait"})], vec![]),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rec.db");
+    let command = format!(
+        "env -u SELFAGENT_CONFIG HOME={} OPENAI_API_KEY=sk-test {} run --base-url {} --model gpt-5.4 --db {} {}; echo EXITED $?; sleep 60",
+        shell_quote(dir.path().to_str().unwrap()),
+        bin(),
+        server.base_url(),
+        shell_quote(db.to_str().unwrap()),
+        shell_quote("click the thing")
+    );
+    let tmux = Tmux::start("safety", 140, 40, &command);
+    tmux.wait_for("the safety check", Duration::from_secs(60), |s| {
+        s.contains("safety check") && s.contains("malicious_instructions")
+    })
+    .await;
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "nothing goes on before the answer"
+    );
+    tmux.keys("y");
+    let end = tmux
+        .wait_for("the end", Duration::from_secs(60), |s| {
+            s.contains("succeeded")
+        })
+        .await;
+    let second = server.requests()[1].to_string();
+    assert!(
+        second.contains("acknowledged_safety_checks") && second.contains("cu_sc_1"),
+        "the acknowledgement did not reach the model: {second:.400}\n{end}"
+    );
+    tmux.keys("q");
+    tmux.wait_for("the process to end", Duration::from_secs(30), |s| {
+        s.contains("EXITED")
+    })
+    .await;
+    let rec = Db::open_read(&db).unwrap();
+    let s = rec.sessions(1).unwrap().remove(0);
+    if let Some(sandbox) = &s.sandbox {
+        drop(Guard(sandbox.clone()));
+    }
+    let kinds: Vec<String> = rec
+        .events(&s.id)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(
+        kinds.contains(&"safety_check".to_owned()) && kinds.contains(&"approve".to_owned()),
+        "{kinds:?}"
+    );
+
+    // UI-TARS asks for help; the person answers with a message.
+    let server = ModelServer::any_protocol(
+        vec![
+            text_reply("Thought: I need the password.\nAction: call_user()"),
+            text_reply("Thought: Thanks.\nAction: finished(content='ok')"),
+        ],
+        (1288, 812),
+        text_reply("Thought: wait\nAction: wait()"),
+    )
+    .await;
+    let db = dir.path().join("rec2.db");
+    let command = format!(
+        "env -u SELFAGENT_CONFIG HOME={} {} run --base-url {} --model UI-TARS-1.5-7B --db {} {}; echo EXITED $?; sleep 60",
+        shell_quote(dir.path().to_str().unwrap()),
+        bin(),
+        server.base_url(),
+        shell_quote(db.to_str().unwrap()),
+        shell_quote("log in")
+    );
+    let tmux = Tmux::start("help", 140, 40, &command);
+    tmux.wait_for("the call for help", Duration::from_secs(60), |s| {
+        s.contains("asks for help")
+    })
+    .await;
+    tmux.keys("m");
+    tmux.keys("hunter2-is-the-password");
+    tmux.keys("Enter");
+    tmux.wait_for("the end", Duration::from_secs(60), |s| {
+        s.contains("succeeded")
+    })
+    .await;
+    let second = server.requests()[1].to_string();
+    assert!(
+        second.contains("hunter2-is-the-password"),
+        "the answer did not reach the model: {second:.600}"
+    );
+    tmux.keys("q");
+    tmux.wait_for("the process to end", Duration::from_secs(30), |s| {
+        s.contains("EXITED")
+    })
+    .await;
+    let rec = Db::open_read(&db).unwrap();
+    let s = rec.sessions(1).unwrap().remove(0);
+    if let Some(sandbox) = &s.sandbox {
+        drop(Guard(sandbox.clone()));
+    }
+    assert_eq!(s.status, "succeeded");
+}

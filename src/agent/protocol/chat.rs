@@ -114,13 +114,20 @@ impl ChatHistory {
     }
 }
 
-/// The errors among a turn's results, one line each, for text protocols (the model hears
-/// why an action was not done).
-pub fn error_lines(results: &[super::CallResult]) -> String {
+/// What the model needs to hear of a turn's results, one line each, for protocols without
+/// a result per call: why an action was not done, and what one returned (a cursor
+/// position, the person's answer); plain `ok`s are left out.
+pub fn result_lines(results: &[super::CallResult]) -> String {
     results
         .iter()
-        .filter(|r| r.is_error)
-        .map(|r| format!("Action {} was not done: {}\n", r.id, r.text))
+        .filter(|r| r.is_error || r.text != "ok")
+        .map(|r| {
+            if r.is_error {
+                format!("Action {} was not done: {}\n", r.id, r.text)
+            } else {
+                format!("Action {}: {}\n", r.id, r.text)
+            }
+        })
         .collect()
 }
 

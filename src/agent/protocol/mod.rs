@@ -789,6 +789,9 @@ pub fn create(cfg: &ProtocolConfig, screen: (u32, u32)) -> Result<Box<dyn Protoc
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use pretty_assertions::assert_eq;

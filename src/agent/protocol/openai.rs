@@ -301,7 +301,7 @@ impl Protocol for OpenAi {
             }
         }
         let url = self.image(shot);
-        let errors = super::chat::error_lines(results);
+        let errors = super::chat::result_lines(results);
         let acknowledged = std::mem::take(&mut self.acknowledged);
         let mut outputs = Vec::new();
         for id in ids {

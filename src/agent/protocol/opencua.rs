@@ -5,7 +5,7 @@
 //! smart-resized image (factor 28); OpenCUA-Qwen2-7B and the AgentNet data in 0-1
 //! (`--coords unit`). No code block is an unusable reply, fed back.
 
-use super::chat::{ChatHistory, answer_text, error_lines, parse_chat};
+use super::chat::{ChatHistory, answer_text, parse_chat, result_lines};
 use super::pyautogui::code_calls;
 use super::pycode::last_code_block;
 use super::{
@@ -118,7 +118,7 @@ impl Protocol for OpenCua {
     }
 
     fn results(&mut self, results: &[CallResult], shot: &Shot, _note: &str) {
-        self.history.user_text_image(&error_lines(results), shot);
+        self.history.user_text_image(&result_lines(results), shot);
     }
 }
 

@@ -406,7 +406,7 @@ impl Protocol for PyAutoGui {
     }
 
     fn results(&mut self, results: &[CallResult], shot: &Shot, note: &str) {
-        let errors = super::chat::error_lines(results);
+        let errors = super::chat::result_lines(results);
         self.history.user_text_image(
             &format!(
                 "{errors}{note}\nGiven the screenshot as below. What's the next step that you will do to help with the task?"

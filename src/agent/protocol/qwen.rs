@@ -9,7 +9,7 @@
 //! in 0-1000 (its image smart-resized with factor 32). `terminate{status}` ends the episode
 //! as a success or a failure; `answer{text}` answers.
 
-use super::chat::{ChatHistory, ToolCall, error_lines, parse_chat};
+use super::chat::{ChatHistory, ToolCall, parse_chat, result_lines};
 use super::{
     Call, CallResult, CoordSpace, Decision, Geometry, Protocol, ProtocolConfig, ProtocolName, Shot,
     prompt,
@@ -364,7 +364,7 @@ impl Protocol for Qwen {
             }
             self.history.user_text_image("", shot);
         } else {
-            self.history.user_text_image(&error_lines(results), shot);
+            self.history.user_text_image(&result_lines(results), shot);
         }
     }
 }

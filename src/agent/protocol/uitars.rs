@@ -12,7 +12,7 @@
 //! headless episode ends `needs_user`). Earlier turns are replayed as the model wrote them,
 //! with the box tokens put back, and the last N screenshots.
 
-use super::chat::{ChatHistory, answer_text, error_lines, parse_chat};
+use super::chat::{ChatHistory, answer_text, parse_chat, result_lines};
 use super::pycode::{Lit, PyCall, calls};
 use super::{
     Call, CallResult, CoordSpace, Decision, Geometry, Protocol, ProtocolConfig, ProtocolName, Shot,
@@ -370,7 +370,7 @@ impl Protocol for UiTars {
     }
 
     fn results(&mut self, results: &[CallResult], shot: &Shot, _note: &str) {
-        self.history.user_text_image(&error_lines(results), shot);
+        self.history.user_text_image(&result_lines(results), shot);
     }
 }
 
