@@ -33,6 +33,8 @@ pub struct Plan {
     pub snapshot: Option<u64>,
     /// The session id to record under (a fresh one when `None`).
     pub session: Option<String>,
+    /// Calibrate instead of running the task's instruction (`task` shows the targets).
+    pub calibration: Option<crate::calibrate::Calibration>,
 }
 
 /// The longest wait for the screen to be quiet before the checks run.
@@ -73,6 +75,8 @@ pub struct End {
     pub grade: Option<Grade>,
     /// Set when the recording could not be written completely.
     pub recording_error: Option<String>,
+    /// A calibration's report.
+    pub calibration: Option<crate::calibrate::Report>,
 }
 
 impl End {
@@ -93,6 +97,30 @@ impl End {
     }
 }
 
+/// A calibration episode ([`crate::calibrate`]): `count` targets on the desktop `spec`
+/// describes, each given a few model calls; never kept, never snapshotted.
+pub fn calibration_plan(
+    mut cfg: Resolved,
+    spec: SandboxSpec,
+    count: usize,
+    max_error: f64,
+) -> Plan {
+    let calibration =
+        crate::calibrate::Calibration::new(count, (spec.width, spec.height), max_error);
+    let task = crate::calibrate::task(&calibration.targets);
+    cfg.agent.instruction = task.instruction.clone();
+    cfg.agent.max_steps = calibration.targets.len() as u32 * calibration.turns;
+    Plan {
+        cfg,
+        spec,
+        task: Some(task),
+        keep: false,
+        snapshot: None,
+        session: None,
+        calibration: Some(calibration),
+    }
+}
+
 /// Runs one episode. Errors only when nothing could be recorded (the recording cannot be
 /// opened, the model settings are unusable); everything later is in the recording.
 pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<End> {
@@ -103,6 +131,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
         keep,
         snapshot,
         session,
+        calibration,
     } = plan;
     let model = Arc::new(HttpModel::new(cfg.model.clone())?);
     let session = session.unwrap_or_else(record::new_session_id);
@@ -209,7 +238,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
         }
     };
 
-    let (outcome, grade) = match created {
+    let (outcome, grade, report) = match created {
         Err(e) => {
             emitter
                 .emit(Event::SessionStarted(info("", (spec.width, spec.height))))
@@ -217,13 +246,14 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
             let outcome =
                 harness_outcome(format!("the desktop did not start: {e}"), Instant::now());
             emitter.emit(Event::Finished(outcome.clone())).await;
-            (outcome, None)
+            (outcome, None, None)
         }
         Ok(sandbox) => {
             let result = with_desktop(
                 &sandbox,
                 &cfg,
                 task.as_ref(),
+                calibration.as_ref(),
                 snapshot,
                 &session,
                 &model,
@@ -254,6 +284,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
         outcome,
         grade,
         recording_error: stats.error,
+        calibration: report,
     })
 }
 
@@ -275,6 +306,7 @@ async fn with_desktop(
     sandbox: &Sandbox,
     cfg: &Resolved,
     task: Option<&Task>,
+    calibration: Option<&crate::calibrate::Calibration>,
     snapshot: Option<u64>,
     session: &str,
     model: &Arc<HttpModel>,
@@ -283,7 +315,7 @@ async fn with_desktop(
     control: mpsc::Receiver<Command>,
     on_desktop: Option<OnDesktop>,
     info: &(dyn Fn(&str, (u32, u32)) -> SessionInfo + Sync),
-) -> (Outcome, Option<Grade>) {
+) -> (Outcome, Option<Grade>, Option<crate::calibrate::Report>) {
     let started = Instant::now();
     let desktop = match Desktop::connect(sandbox.clone(), ConnectOptions::default()).await {
         Ok(d) => d,
@@ -293,7 +325,7 @@ async fn with_desktop(
                 .await;
             let outcome = harness_outcome(format!("the desktop did not start: {e}"), started);
             emitter.emit(Event::Finished(outcome.clone())).await;
-            return (outcome, None);
+            return (outcome, None, None);
         }
     };
     let drawn = desktop.wait_drawn(Duration::from_secs(15)).await;
@@ -306,7 +338,7 @@ async fn with_desktop(
     if let Err(e) = drawn {
         let outcome = harness_outcome(format!("the desktop did not start: {e}"), started);
         emitter.emit(Event::Finished(outcome.clone())).await;
-        return (outcome, None);
+        return (outcome, None, None);
     }
     if let Some(task) = task
         && !task.setup.is_empty()
@@ -315,15 +347,27 @@ async fn with_desktop(
         if let Err(e) = run_steps(&desktop, "setup", &task.setup, emitter).await {
             let outcome = harness_outcome(e, started);
             emitter.emit(Event::Finished(outcome.clone())).await;
-            return (outcome, None);
+            return (outcome, None, None);
         }
         setup::settle_after(&desktop, setup_started, Duration::from_secs(5)).await;
     }
 
+    if let Some(calibration) = calibration {
+        let (outcome, report) = crate::calibrate::drive(
+            calibration,
+            &cfg.agent,
+            &desktop,
+            model.as_ref(),
+            emitter,
+            control,
+        )
+        .await;
+        return (outcome, None, report);
+    }
     let outcome = agent::run(&cfg.agent, &desktop, model.as_ref(), emitter, control).await;
 
     let Some((task, check)) = task.and_then(|t| t.check.as_ref().map(|c| (t, c))) else {
-        return (outcome, None);
+        return (outcome, None, None);
     };
     // The last action's effects may still be under way (a save, a page load, a rename):
     // the checks see the desktop once it has been quiet for a moment.
@@ -372,7 +416,7 @@ async fn with_desktop(
             .await;
         g
     };
-    (outcome, Some(grade))
+    (outcome, Some(grade), None)
 }
 
 /// Commits the final state, unless the desktop changed more than `limit` bytes (an agent can

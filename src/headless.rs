@@ -12,6 +12,36 @@ pub trait EventPrinter: Send {
     fn print(&mut self, event: &Event, out: &mut dyn Write) -> std::io::Result<()>;
 }
 
+/// Prints an episode's events as they come, as JSON Lines or for people, on stdout or
+/// stderr. Returns the sink for the episode's hooks and the task that ends with the stream.
+pub fn spawn_printer(
+    json: bool,
+    stderr: bool,
+) -> (
+    tokio::sync::mpsc::Sender<std::sync::Arc<Event>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::sync::Arc<Event>>(4096);
+    let task = tokio::spawn(async move {
+        let mut printer: Option<Box<dyn EventPrinter>> = None;
+        while let Some(event) = rx.recv().await {
+            let p = printer.get_or_insert_with(|| match (&*event, json) {
+                (Event::SessionStarted(s), true) => {
+                    Box::new(JsonLines::new(&s.session, &s.sandbox)) as Box<dyn EventPrinter>
+                }
+                (_, true) => Box::new(JsonLines::new("", "")),
+                (_, false) => Box::new(Human),
+            });
+            let _ = if stderr {
+                p.print(&event, &mut std::io::stderr().lock())
+            } else {
+                p.print(&event, &mut std::io::stdout().lock())
+            };
+        }
+    });
+    (tx, task)
+}
+
 /// One JSON object per event, each naming the session and the sandbox, with the time in
 /// milliseconds since the printer started.
 pub struct JsonLines {
@@ -169,9 +199,11 @@ impl EventPrinter for Human {
                 )?;
                 writeln!(
                     out,
-                    "model   {} at {}  screen {}x{} (sent {}x{})  up to {} steps",
+                    "model   {} at {}  protocol {}, coords {}  screen {}x{} (sent {}x{})  up to {} steps",
                     s.model,
                     s.base_url,
+                    s.protocol,
+                    s.coords,
                     s.width,
                     s.height,
                     s.sent_width,
@@ -252,6 +284,8 @@ impl EventPrinter for Human {
                 )?;
             }
             Event::Paused { step, reason } => writeln!(out, "step {step}: waiting ({reason})")?,
+            // `calibrate` prints its report itself.
+            Event::Calibration(_) => {}
             Event::SafetyCheck {
                 step,
                 checks,

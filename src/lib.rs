@@ -26,6 +26,7 @@ pub mod action;
 pub mod agent;
 pub mod batch;
 pub mod bench;
+pub mod calibrate;
 pub mod cli;
 pub mod config;
 pub mod desktop;

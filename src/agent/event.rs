@@ -288,6 +288,8 @@ pub enum Event {
         #[serde(skip)]
         state: Option<crate::task::check::FinalState>,
     },
+    /// A calibration's report (`selfagent calibrate`, after `Finished`).
+    Calibration(serde_json::Value),
 }
 
 /// Sends events to every consumer, in order. Channels are bounded and large: a consumer

@@ -115,6 +115,7 @@ enum Interrupt {
 }
 
 /// A screenshot as observed and as sent.
+#[derive(Clone)]
 struct Observed {
     frame: Frame,
     shot: Shot,
@@ -132,33 +133,40 @@ pub async fn run<C: Computer, M: Model>(
     control: mpsc::Receiver<Command>,
 ) -> Outcome {
     let started = Instant::now();
-    let mut ep = Episode {
-        cfg,
-        computer,
-        model,
-        emit,
-        controls: Controls::new(control),
-        deadline: tokio::time::Instant::now() + cfg.timeout,
-        totals: Outcome {
-            status: Status::Running,
-            ended_by: EndedBy::Error,
-            answer: None,
-            error: None,
-            steps: 0,
-            tokens_in: 0,
-            tokens_out: 0,
-            wall_ms: 0,
-        },
-    };
+    let mut ep = Episode::new(cfg, computer, model, emit, control);
     let ending = ep.episode().await;
-    let mut outcome = ep.totals;
-    outcome.status = ending.status;
-    outcome.ended_by = ending.ended_by;
-    outcome.answer = ending.answer;
-    outcome.error = ending.error;
-    outcome.wall_ms = started.elapsed().as_millis() as u64;
-    emit.emit(Event::Finished(outcome.clone())).await;
-    outcome
+    ep.finish(ending, started).await
+}
+
+/// Probes for [`probe`]: what to ask, and when a reply has answered.
+pub trait Prober: Send {
+    /// The instruction of probe `index`, or `None` after the last.
+    fn instruction(&self, index: usize) -> Option<String>;
+    /// The reply of `step` to probe `index` (its raw body and what it decoded to); true
+    /// when the probe is answered.
+    fn reply(&mut self, index: usize, step: u32, raw: &Value, decision: &Decision) -> bool;
+}
+
+/// Runs probes instead of one task (`selfagent calibrate`): each probe is a fresh
+/// conversation in the configured protocol with its own instruction, given at most `turns`
+/// model calls until `prober` says it is answered. Everything else is an episode's:
+/// the steps, their actions on the desktop, the events, the limits, stop and pause. Replies
+/// with no usable action do not end it (a model in the wrong coordinate space has every
+/// click refused, which is what a calibration must see). Ends `succeeded` once every probe
+/// was asked.
+pub async fn probe<C: Computer, M: Model>(
+    cfg: &AgentConfig,
+    computer: &C,
+    model: &M,
+    emit: &Emitter,
+    control: mpsc::Receiver<Command>,
+    prober: &mut dyn Prober,
+    turns: u32,
+) -> Outcome {
+    let started = Instant::now();
+    let mut ep = Episode::new(cfg, computer, model, emit, control);
+    let ending = ep.probes(prober, turns.max(1)).await;
+    ep.finish(ending, started).await
 }
 
 struct Episode<'a, C, M> {
@@ -169,6 +177,8 @@ struct Episode<'a, C, M> {
     controls: Controls,
     deadline: tokio::time::Instant,
     totals: Outcome,
+    /// The last step's reply and what it decoded to, kept for [`probe`] only.
+    last_reply: Option<Option<(Value, Decision)>>,
 }
 
 /// What one step came to: the next step, or the end.
@@ -177,7 +187,47 @@ enum Next {
     End(Ending),
 }
 
-impl<C: Computer, M: Model> Episode<'_, C, M> {
+impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
+    fn new(
+        cfg: &'a AgentConfig,
+        computer: &'a C,
+        model: &'a M,
+        emit: &'a Emitter,
+        control: mpsc::Receiver<Command>,
+    ) -> Self {
+        Self {
+            cfg,
+            computer,
+            model,
+            emit,
+            controls: Controls::new(control),
+            deadline: tokio::time::Instant::now() + cfg.timeout,
+            totals: Outcome {
+                status: Status::Running,
+                ended_by: EndedBy::Error,
+                answer: None,
+                error: None,
+                steps: 0,
+                tokens_in: 0,
+                tokens_out: 0,
+                wall_ms: 0,
+            },
+            last_reply: None,
+        }
+    }
+
+    /// The outcome, reported.
+    async fn finish(self, ending: Ending, started: Instant) -> Outcome {
+        let mut outcome = self.totals;
+        outcome.status = ending.status;
+        outcome.ended_by = ending.ended_by;
+        outcome.answer = ending.answer;
+        outcome.error = ending.error;
+        outcome.wall_ms = started.elapsed().as_millis() as u64;
+        self.emit.emit(Event::Finished(outcome.clone())).await;
+        outcome
+    }
+
     fn ending(&self, i: Interrupt) -> Ending {
         match i {
             Interrupt::Stopped => {
@@ -314,6 +364,63 @@ impl<C: Computer, M: Model> Episode<'_, C, M> {
         ))
     }
 
+    /// The probes of [`probe`].
+    async fn probes(&mut self, prober: &mut dyn Prober, turns: u32) -> Ending {
+        self.last_reply = Some(None);
+        let screen = self.computer.size();
+        let mut current: Option<Observed> = None;
+        let mut step = 0;
+        let mut index = 0;
+        while let Some(instruction) = prober.instruction(index) {
+            let mut protocol = match protocol::create(&self.cfg.protocol, screen) {
+                Ok(p) => p,
+                Err(e) => return Ending::new(Status::Error, EndedBy::Error).error(e),
+            };
+            let mut now = match current.take() {
+                Some(o) => o,
+                None => match self.observe(protocol.as_ref()).await {
+                    Ok(o) => o,
+                    Err(e) => return self.desktop_failed(e).await,
+                },
+            };
+            protocol.begin(&instruction, &now.shot);
+            for _ in 0..turns {
+                step += 1;
+                if self
+                    .controls
+                    .wait_while_paused(step, self.emit)
+                    .await
+                    .is_err()
+                {
+                    return self.ending(self.stop_reason());
+                }
+                if tokio::time::Instant::now() >= self.deadline {
+                    return self.ending(Interrupt::TimedOut);
+                }
+                let mut ignored = 0;
+                let next = self
+                    .step(step, protocol.as_mut(), now.clone(), &mut ignored)
+                    .await;
+                let answered = match self.last_reply.as_mut().and_then(Option::take) {
+                    Some((raw, decision)) => prober.reply(index, step, &raw, &decision),
+                    None => false,
+                };
+                match next {
+                    Next::Continue(after) => now = after,
+                    // An answer, `done` or `fail` ends this probe only.
+                    Next::End(e) if e.ended_by == EndedBy::Model => break,
+                    Next::End(e) => return e,
+                }
+                if answered {
+                    break;
+                }
+            }
+            current = Some(now);
+            index += 1;
+        }
+        Ending::new(Status::Succeeded, EndedBy::Model)
+    }
+
     /// Asks the model, with retries reported as events; a stop or the deadline interrupts.
     async fn decide(
         &mut self,
@@ -406,6 +513,9 @@ impl<C: Computer, M: Model> Episode<'_, C, M> {
             })
             .await;
         protocol.assistant(&raw.body, &decision);
+        if let Some(last) = &mut self.last_reply {
+            *last = Some((raw.body.clone(), decision.clone()));
+        }
 
         if decision.calls.is_empty() {
             self.emit.emit(finish(&current.frame)).await;

@@ -58,6 +58,13 @@ pub struct BatchArgs {
     /// Print report.json on stdout instead of the summary table.
     #[arg(long)]
     pub json: bool,
+    /// Calibrate first (`selfagent calibrate`): refuse to start when the model's clicks do
+    /// not land (median error above --calibrate-max-error).
+    #[arg(long)]
+    pub calibrate: bool,
+    /// With --calibrate: the largest median click error, in screen pixels.
+    #[arg(long, value_name = "PX", default_value_t = crate::calibrate::DEFAULT_MAX_ERROR, requires = "calibrate")]
+    pub calibrate_max_error: f64,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -97,6 +104,49 @@ impl Live {
         s
     }
 }
+
+/// `--calibrate`: one calibration with the batch's model settings; an error unless usable.
+async fn calibrate_first(
+    engine: &Engine,
+    cfg: &Resolved,
+    spec: &crate::sandbox::SandboxSpec,
+    max_error: f64,
+) -> anyhow::Result<report::Calibrated> {
+    use crate::calibrate::Verdict;
+    eprintln!(
+        "calibrating: {} ({} protocol, --coords {}), {} targets",
+        cfg.model.model, cfg.agent.protocol.name, cfg.agent.protocol.space, CALIBRATION_TARGETS
+    );
+    let plan = episode::calibration_plan(cfg.clone(), spec.clone(), CALIBRATION_TARGETS, max_error);
+    let (hooks, _control) = Hooks::new();
+    let end = episode::run(engine, plan, hooks).await?;
+    match &end.calibration {
+        None => bail!(
+            "the calibration did not finish ({}); no episode was run (session {})",
+            end.outcome.error.as_deref().unwrap_or("no report"),
+            end.session
+        ),
+        Some(r) if r.verdict != Verdict::Usable => {
+            eprint!("{}", crate::calibrate::render(r));
+            bail!(
+                "calibration: {}; the batch was not started (session {})",
+                r.message,
+                end.session
+            )
+        }
+        Some(r) => {
+            eprintln!("calibration: {} (session {})", r.message, end.session);
+            Ok(report::Calibrated {
+                session: end.session.clone(),
+                median_px: r.median_px,
+                message: r.message.clone(),
+            })
+        }
+    }
+}
+
+/// Targets of a batch's calibration.
+const CALIBRATION_TARGETS: usize = 9;
 
 fn print_line(bar: &ProgressBar, line: &str) {
     if bar.is_hidden() {
@@ -149,6 +199,11 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
             spec.image
         );
     }
+    let calibration = if args.calibrate {
+        Some(calibrate_first(&engine, &resolved[0], &spec, args.calibrate_max_error).await?)
+    } else {
+        None
+    };
     let batch_id = crate::record::new_session_id();
     let report_dir = args.report.clone().unwrap_or_else(|| {
         db_path
@@ -254,6 +309,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
                     keep: false,
                     snapshot,
                     session: None,
+                    calibration: None,
                 };
                 let end = episode::run(&engine, plan, hooks).await;
                 let _ = watcher.await;
@@ -323,8 +379,11 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         parallel,
         repeat: args.repeat,
         model: first.model.model.clone(),
+        protocol: first.agent.protocol.name.to_string(),
+        coords: first.agent.protocol.space.to_string(),
         base_url: crate::agent::model::redact_url(&first.model.base_url),
         db: db_path.display().to_string(),
+        calibration,
         tasks: tasks.len(),
         episodes: total,
         finished: episodes.len(),

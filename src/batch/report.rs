@@ -312,14 +312,28 @@ pub struct BatchMeta {
     pub parallel: usize,
     pub repeat: u32,
     pub model: String,
+    /// The protocol and coordinate space the model was spoken to in.
+    pub protocol: String,
+    pub coords: String,
     pub base_url: String,
     pub db: String,
+    /// The calibration run before the batch (`--calibrate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibrated>,
     pub tasks: usize,
     pub episodes: usize,
     pub finished: usize,
     pub not_run: usize,
     pub stopped: bool,
     pub memory: Memory,
+}
+
+/// A batch's calibration, in short.
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibrated {
+    pub session: String,
+    pub median_px: Option<f64>,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -417,6 +431,14 @@ impl Report {
                 .map(|c| format!(" (containers {})", gib(c)))
                 .unwrap_or_default()
         );
+        let _ = writeln!(
+            out,
+            "model {} (protocol {}, coords {})",
+            b.model, b.protocol, b.coords
+        );
+        if let Some(c) = &b.calibration {
+            let _ = writeln!(out, "calibration: {} (session {})", c.message, c.session);
+        }
         out
     }
 
@@ -496,12 +518,14 @@ impl Report {
         let b = &self.batch;
         let mut out = format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>selfagent batch {id}</title><style>{CSS}</style></head><body>\
-             <h1>Batch {id}</h1><div class=\"meta\"><span>{started}</span><span>model {model}</span><span>{eps} episodes, {par} at once</span>\
+             <h1>Batch {id}</h1><div class=\"meta\"><span>{started}</span><span>model {model} ({protocol}, coords {coords})</span><span>{eps} episodes, {par} at once</span>\
              <span>wall {wall:.1} s</span><span>memory peak {mem}</span></div>\
              <div class=\"card\"><b>{passed} passed</b> · <b>{failed} failed</b> · <b>{harness} harness errors</b>{stopped}{not_run}</div>",
             id = html_escape(&b.id),
             started = html_escape(&b.started_at),
             model = html_escape(&b.model),
+            protocol = html_escape(&b.protocol),
+            coords = html_escape(&b.coords),
             eps = b.episodes,
             par = b.parallel,
             wall = b.wall_ms as f64 / 1000.0,
@@ -652,8 +676,11 @@ mod tests {
             parallel: 2,
             repeat: 2,
             model: "m".into(),
+            protocol: "tools".into(),
+            coords: "native".into(),
             base_url: "http://x/v1".into(),
             db: "db".into(),
+            calibration: None,
             tasks: 2,
             episodes: 4,
             finished: 4,
@@ -704,5 +731,9 @@ mod tests {
         let table = r.table();
         assert!(table.contains("pass@2"), "{table}");
         assert!(table.lines().nth(1).unwrap().starts_with("a "), "{table}");
+        assert!(
+            table.contains("model m (protocol tools, coords native)"),
+            "{table}"
+        );
     }
 }

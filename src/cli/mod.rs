@@ -1,6 +1,7 @@
 //! The command line: argument types (clap) and dispatch. Each subcommand lives in its own
 //! module; `anyhow` is used from here up, typed errors below.
 
+mod calibrate;
 mod export;
 mod grade;
 pub mod run;
@@ -52,6 +53,9 @@ pub enum Command {
     Tasks(tasks::TasksCmd),
     /// Measure speed on this machine against the way the public demos do it.
     Bench(crate::bench::BenchArgs),
+    /// Do the model's clicks land? Numbered targets, each click's error, the coordinate
+    /// space that fits, a verdict.
+    Calibrate(Box<calibrate::CalibrateArgs>),
 }
 
 /// Runs the parsed command line; the exit code is the command's.
@@ -76,6 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => export::run(args),
         Command::Tasks(cmd) => tasks::run(cmd).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Calibrate(args) => calibrate::run(*args).await,
     }
 }
 

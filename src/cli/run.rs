@@ -1,9 +1,8 @@
 //! `selfagent run`: one episode: a fresh desktop, the loop, a recording.
 
-use crate::agent::{self, EndedBy, Event, Status};
+use crate::agent::{self, EndedBy, Status};
 use crate::config::{self, FileConfig};
 use crate::episode::{self, End, Hooks, Plan};
-use crate::headless::{EventPrinter, Human, JsonLines};
 use crate::record::Db;
 use crate::sandbox::Engine;
 use crate::settings::{CommonArgs, resolve};
@@ -12,7 +11,6 @@ use anyhow::bail;
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 /// Exit codes of `run`.
 pub const EXIT_CHECKS_FAILED: u8 = 2;
@@ -88,23 +86,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let db = cfg.db.clone();
 
     let (mut hooks, control) = Hooks::new();
-    let (printer_tx, mut printer_rx) = tokio::sync::mpsc::channel::<Arc<Event>>(4096);
+    let (printer_tx, printer_task) = crate::headless::spawn_printer(args.json, false);
     hooks.sinks.push(printer_tx);
-    let json = args.json;
-    let printer_task = tokio::spawn(async move {
-        let mut printer: Option<Box<dyn EventPrinter>> = None;
-        while let Some(event) = printer_rx.recv().await {
-            let p = printer.get_or_insert_with(|| match (&*event, json) {
-                (Event::SessionStarted(s), true) => {
-                    Box::new(JsonLines::new(&s.session, &s.sandbox)) as Box<dyn EventPrinter>
-                }
-                (_, true) => Box::new(JsonLines::new("", "")),
-                (_, false) => Box::new(Human),
-            });
-            let mut out = std::io::stdout().lock();
-            let _ = p.print(&event, &mut out);
-        }
-    });
     let mut stop_signals = crate::signals::StopSignals::new();
     let signals = tokio::spawn(async move {
         let name = stop_signals.recv().await;
@@ -120,6 +103,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         keep: args.keep,
         snapshot: args.common.snapshot(),
         session: None,
+        calibration: None,
     };
     let end = episode::run(&engine, plan, hooks).await;
     signals.abort();

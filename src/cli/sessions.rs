@@ -142,9 +142,10 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
             );
             println!("task      {}", s.instruction);
             println!(
-                "model     {} at {}",
+                "model     {} at {} (protocol/coords {})",
                 s.model.as_deref().unwrap_or("-"),
-                s.base_url.as_deref().unwrap_or("-")
+                s.base_url.as_deref().unwrap_or("-"),
+                s.dialect()
             );
             println!("created   {}", crate::time::iso8601(s.created_at));
             if let Some(ms) = s.wall_ms {
@@ -176,6 +177,15 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
                 }
             }
             for e in &events {
+                if e.kind == "calibration"
+                    && let Some(report) = e
+                        .data
+                        .as_deref()
+                        .and_then(|d| serde_json::from_str::<crate::calibrate::Report>(d).ok())
+                {
+                    print!("{}", crate::calibrate::render(&report));
+                    continue;
+                }
                 println!(
                     "event {} step {} {}{}",
                     crate::time::short(e.at),

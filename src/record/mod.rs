@@ -200,6 +200,23 @@ pub struct SessionRow {
     pub meta: Value,
 }
 
+impl SessionRow {
+    /// The coordinate space the model used (`native` for recordings older than the
+    /// protocols, which knew no other).
+    pub fn coords(&self) -> &str {
+        self.meta["coords"].as_str().unwrap_or("native")
+    }
+
+    /// The protocol and coordinate space: `uitars/smart`.
+    pub fn dialect(&self) -> String {
+        format!(
+            "{}/{}",
+            self.protocol.as_deref().unwrap_or("tools"),
+            self.coords()
+        )
+    }
+}
+
 /// One row of `steps` (frames as ids).
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRow {
@@ -1126,6 +1143,10 @@ impl Writer {
                 let data = json!({"checks": checks, "acknowledged": acknowledged}).to_string();
                 self.insert_event(Some(*step), "safety_check", Some(self.redact(&data)))?;
             }
+            Event::Calibration(report) => {
+                let data = self.redact(&report.to_string());
+                self.insert_event(None, "calibration", Some(data))?;
+            }
             Event::NeedsUser { step, question } => {
                 let data = question.as_deref().map(|q| self.redact(q));
                 self.insert_event(Some(*step), "needs_user", data)?;
@@ -1195,6 +1216,7 @@ impl Writer {
             "owner": crate::process::owner_token(),
             "sent_width": info.sent_width,
             "sent_height": info.sent_height,
+            "coords": info.coords,
             "max_steps": info.max_steps,
             "timeout_s": info.timeout_s,
             "selfagent": env!("CARGO_PKG_VERSION"),

@@ -157,6 +157,8 @@ pub struct Header {
     pub session: String,
     pub sandbox: String,
     pub model: String,
+    /// The protocol and coordinate space: `uitars/smart`.
+    pub dialect: String,
     pub instruction: String,
     pub max_steps: u32,
     pub width: u32,
@@ -313,6 +315,7 @@ impl App {
                     session: s.session.clone(),
                     sandbox: s.sandbox.clone(),
                     model: s.model.clone(),
+                    dialect: format!("{}/{}", s.protocol, s.coords),
                     instruction: s.instruction.clone(),
                     max_steps: s.max_steps,
                     width: s.width,
@@ -502,6 +505,10 @@ impl App {
                     Some(e) => format!("{phase} {index}/{total} failed: {step}: {e}"),
                 });
             }
+            Event::Calibration(report) => {
+                let verdict = report["message"].as_str().unwrap_or("done");
+                self.notice = Some(format!("calibration: {verdict}"));
+            }
             Event::Graded { grade, .. } => {
                 self.notice = Some(format!("grade: {}", grade.summary()));
                 self.grade = Some(grade.clone());
@@ -528,6 +535,7 @@ impl App {
             session: session.id.clone(),
             sandbox: session.sandbox.clone().unwrap_or_default(),
             model: session.model.clone().unwrap_or_default(),
+            dialect: session.dialect(),
             instruction: session.instruction.clone(),
             max_steps: session.meta["max_steps"].as_u64().unwrap_or(0) as u32,
             width: session.width.unwrap_or(0) as u32,

@@ -367,6 +367,7 @@ async fn live_episode(
         keep,
         snapshot,
         session: None,
+        calibration: None,
     };
     let end = episode::run(&engine, plan, hooks).await;
     let _ = forward.await;

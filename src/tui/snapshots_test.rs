@@ -30,8 +30,8 @@ fn started() -> Event {
         task_id: None,
         model: "ui-tars-1.5".into(),
         base_url: "http://127.0.0.1:8000/v1".into(),
-        coords: "native".into(),
-        protocol: "openai-tools".into(),
+        coords: "smart".into(),
+        protocol: "uitars".into(),
         image: "selfagent-desktop:latest".into(),
         width: 1280,
         height: 800,
@@ -426,7 +426,7 @@ fn session_row(id: &str, status: &str, steps: i64, instruction: &str) -> Session
         task_id: None,
         model: Some("ui-tars-1.5".into()),
         base_url: Some("http://127.0.0.1:8000/v1".into()),
-        protocol: Some("openai-tools".into()),
+        protocol: Some("uitars".into()),
         image: None,
         sandbox: Some("8f9fdbaf384e1234".into()),
         width: Some(1280),
@@ -437,7 +437,7 @@ fn session_row(id: &str, status: &str, steps: i64, instruction: &str) -> Session
         wall_ms: Some(42_000),
         answer: (status == "succeeded").then(|| "The date is in ~/today.txt.".into()),
         error: (status != "succeeded").then(|| "the step limit (30) was reached".into()),
-        meta: json!({"max_steps": 30}),
+        meta: json!({"max_steps": 30, "coords": "smart"}),
     }
 }
 

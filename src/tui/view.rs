@@ -167,7 +167,11 @@ fn status_bar(f: &mut Frame, area: Rect, app: &App) {
             Span::raw(clock(app.elapsed_ms)),
         ]);
         if !app.header.model.is_empty() {
-            spans.extend([sep.clone(), Span::raw(app.header.model.clone())]);
+            let model = match app.header.dialect.as_str() {
+                "" => app.header.model.clone(),
+                d => format!("{} ({d})", app.header.model),
+            };
+            spans.extend([sep.clone(), Span::raw(model)]);
         }
         if !app.header.sandbox.is_empty() {
             spans.extend([
@@ -178,6 +182,8 @@ fn status_bar(f: &mut Frame, area: Rect, app: &App) {
                 )),
             ]);
         }
+        // Last: the real URL (token, password) is longer than most terminals; it is shown
+        // in full when a person takes over.
         if let Some(url) = &app.view_url
             && app.screen == Screen::Live
         {

@@ -1,3 +1,4 @@
+mod calibrate;
 mod cli;
 mod control;
 mod desktop;

@@ -19,7 +19,7 @@ use std::process::Stdio;
 
 /// What a step of the plan is, protocol-neutral.
 #[derive(Clone, Copy)]
-enum Step<'a> {
+pub(crate) enum Step<'a> {
     Terminal,
     Type(&'a str),
     /// A click, in the model's coordinates (already converted).
@@ -71,7 +71,7 @@ fn num(v: f64) -> String {
 }
 
 /// One step as this protocol's model writes it.
-fn reply(protocol: &str, step: Step) -> Reply {
+pub(crate) fn reply(protocol: &str, step: Step) -> Reply {
     match (protocol, step) {
         ("tools", Step::Terminal) => call(json!({"action": "key", "text": "ctrl+alt+t"})),
         ("tools", Step::Type(t)) => call(json!({"action": "type", "text": t})),
@@ -167,7 +167,7 @@ fn py_str(t: &str) -> String {
 }
 
 /// A short wait in this protocol's own words (while the terminal opens).
-fn wait(protocol: &str) -> Reply {
+pub(crate) fn wait(protocol: &str) -> Reply {
     match protocol {
         "tools" => call(json!({"action": "wait", "duration": 0.3})),
         "anthropic" => anthropic_tool_use(None, vec![json!({"action": "wait", "duration": 0.3})]),

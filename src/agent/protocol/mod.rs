@@ -290,6 +290,10 @@ pub struct Geometry {
     /// The size of the screenshot sent.
     pub sent: (u32, u32),
     pub space: CoordSpace,
+    /// Maps points outside the space too, neither refused nor clamped: only to see where a
+    /// model pointed (calibration), never to act.
+    #[serde(skip)]
+    pub lenient: bool,
 }
 
 impl Geometry {
@@ -299,6 +303,15 @@ impl Geometry {
             screen,
             sent,
             space,
+            lenient: false,
+        }
+    }
+
+    /// The largest numbers of the model's space (the image's size for pixels).
+    pub fn model_range(&self) -> (f64, f64) {
+        match self.space.relative_max() {
+            Some(m) => (m, m),
+            None => (f64::from(self.sent.0), f64::from(self.sent.1)),
         }
     }
 
@@ -317,10 +330,14 @@ impl Geometry {
     /// refused, never clamped.
     pub fn to_screen(&self, x: f64, y: f64) -> Result<Point, InvalidAction> {
         let (sw, sh) = (f64::from(self.screen.0), f64::from(self.screen.1));
-        let (mx, my) = match self.space.relative_max() {
-            Some(m) => (m, m),
-            None => (f64::from(self.sent.0), f64::from(self.sent.1)),
-        };
+        let (mx, my) = self.model_range();
+        if self.lenient && x.is_finite() && y.is_finite() {
+            let map = |v: f64, from: f64, to: f64| (v * to / from + 0.5).floor();
+            return Ok(Point::new(
+                map(x, mx, sw).clamp(-1e9, 1e9) as i32,
+                map(y, my, sh).clamp(-1e9, 1e9) as i32,
+            ));
+        }
         let inside = |v: f64, max: f64| {
             v.is_finite()
                 && v >= 0.0
@@ -343,10 +360,7 @@ impl Geometry {
     /// A screen point in the model's space (for `cursor_position` answers).
     pub fn to_model(&self, p: Point) -> (f64, f64) {
         let (sw, sh) = (f64::from(self.screen.0), f64::from(self.screen.1));
-        let (mx, my) = match self.space.relative_max() {
-            Some(m) => (m, m),
-            None => (f64::from(self.sent.0), f64::from(self.sent.1)),
-        };
+        let (mx, my) = self.model_range();
         let round = |v: f64| {
             if self.space == CoordSpace::Unit {
                 (v * 1000.0).round() / 1000.0
@@ -370,7 +384,7 @@ impl Geometry {
     }
 
     pub fn is_identity(&self) -> bool {
-        self.screen == self.sent && self.space == CoordSpace::Native
+        self.screen == self.sent && self.space == CoordSpace::Native && !self.lenient
     }
 
     /// The PNG to send for a screen PNG: the same bytes, or resized to `sent`.
@@ -776,7 +790,32 @@ pub fn geometry(cfg: &ProtocolConfig, screen: (u32, u32)) -> Geometry {
 
 /// Starts a conversation in the configured protocol for a `screen`-sized desktop.
 pub fn create(cfg: &ProtocolConfig, screen: (u32, u32)) -> Result<Box<dyn Protocol>, String> {
-    let geometry = geometry(cfg, screen);
+    build(cfg, geometry(cfg, screen))
+}
+
+/// What [`create_lenient`] multiplies the model's numbers by.
+pub const LENIENT_SCALE: f64 = 1000.0;
+
+/// A protocol that decodes the points of a reply as the numbers the model wrote, times
+/// [`LENIENT_SCALE`] (exact to three decimals), also those outside its space
+/// ([`Geometry::lenient`]): to see where a model pointed, never to act.
+pub fn create_lenient(
+    cfg: &ProtocolConfig,
+    screen: (u32, u32),
+) -> Result<Box<dyn Protocol>, String> {
+    let g = geometry(cfg, screen);
+    let (mx, my) = g.model_range();
+    build(
+        cfg,
+        Geometry {
+            screen: ((mx * LENIENT_SCALE) as u32, (my * LENIENT_SCALE) as u32),
+            lenient: true,
+            ..g
+        },
+    )
+}
+
+fn build(cfg: &ProtocolConfig, geometry: Geometry) -> Result<Box<dyn Protocol>, String> {
     Ok(match cfg.name {
         ProtocolName::Tools => Box::new(tools::Tools::new(cfg, geometry)?),
         ProtocolName::Anthropic => Box::new(anthropic::Anthropic::new(cfg, geometry)?),
