@@ -567,3 +567,105 @@ async fn headless_runs_refuse_safety_checks_unless_told_and_end_calls_for_help()
     assert_eq!(rec.sessions(1).unwrap()[0].status, "needs_user");
     // Owned desktops are removed on exit; nothing to clean up here.
 }
+
+/// A task's judge asks in the wire format of the model's protocol (Messages, Responses):
+/// the question and the screenshots reach it, and its verdict grades the episode.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_judge_asks_in_the_models_own_protocol() {
+    let task =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tasks/terminal-judge.toml");
+    let verdict = json!({"passed": true, "reason": "the listing of /etc is on screen"}).to_string();
+    let mut failures = Vec::new();
+    for (protocol, model) in [
+        ("anthropic", "claude-sonnet-4-5-20250929"),
+        ("openai", "computer-use-preview"),
+    ] {
+        let script = vec![
+            Reply::When(
+                terminal_ready,
+                Box::new(reply(protocol, Step::Type("ls /etc\n"))),
+            ),
+            reply(protocol, Step::Done),
+            match protocol {
+                "anthropic" => anthropic_answer(&verdict),
+                _ => responses_answer(&verdict),
+            },
+        ];
+        let server = ModelServer::any_protocol(script, (1280, 800), wait(protocol)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("rec.db");
+        let base = match protocol {
+            "anthropic" => server.base_url().trim_end_matches("/v1").to_owned(),
+            _ => server.base_url(),
+        };
+        let out = tokio::process::Command::new(bin())
+            .args([
+                "run",
+                "--headless",
+                "--task",
+                task.to_str().unwrap(),
+                "--base-url",
+                &base,
+                "--model",
+                model,
+                "--db",
+                db.to_str().unwrap(),
+            ])
+            .env("OPENAI_API_KEY", "sk-test")
+            .env("ANTHROPIC_API_KEY", "sk-ant-test")
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("SELFAGENT_CONFIG")
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let log = format!(
+            "{protocol}: exit {:?}\n{}\n{}\nproblems: {:?}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            server.problems()
+        );
+        let requests = server.requests();
+        let Some(judge) = requests.last() else {
+            failures.push(format!("no requests\n{log}"));
+            continue;
+        };
+        let asked = judge.to_string();
+        let shape = match protocol {
+            "anthropic" => {
+                judge["system"].is_string()
+                    && judge["messages"][0]["content"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|b| b["type"] == "image"))
+            }
+            _ => {
+                judge["instructions"].is_string()
+                    && judge["input"][0]["content"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|b| b["type"] == "input_image"))
+            }
+        };
+        let graded = Db::open_read(&db)
+            .ok()
+            .and_then(|rec| {
+                let s = rec.sessions(1).ok()?.pop()?;
+                rec.grades(&s.id).ok()?.pop()
+            })
+            .map(|g| g.passed);
+        if out.status.code() != Some(0)
+            || !server.problems().is_empty()
+            || !shape
+            || judge.get("tools").is_some()
+            || !asked.contains("listing of the /etc directory")
+            || graded != Some(Some(true))
+        {
+            failures.push(format!(
+                "judge request {}\ngrade {graded:?}\n{log}",
+                &asked[..asked.len().min(600)]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
