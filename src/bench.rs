@@ -17,6 +17,12 @@
 //!   settle waits its first-change window), `key` (a key into a terminal: settle waits for
 //!   the redraw and the quiet window). With the recorder's write time per step and the
 //!   bytes stored per step.
+//! - `protocols`: each wire format's own work per step of a 40-step conversation on the
+//!   real screenshot (no network, no model): build the request and serialize its body,
+//!   decode a typical reply, fold the reply and the results in; the request's bytes per
+//!   step with the default history (the last 3 screenshots); resizing the screenshot to
+//!   what that model sees, where it differs. The baseline: serializing the smallest request
+//!   that carries one screenshot.
 
 use crate::action::Action;
 use crate::agent::model::{Check, Model, ModelError, ModelRequest, RawReply, Retry};
@@ -102,6 +108,9 @@ pub struct Report {
     pub screenshot_speedup: f64,
     pub input_speedup: f64,
     pub steps: Vec<StepScenario>,
+    pub protocols: Vec<ProtocolCodec>,
+    /// Serializing the smallest request that carries one screenshot.
+    pub baseline_request_ms: Stats,
     /// Replaying a recorded 100-step episode (140x40, halfblocks): loaded and first drawn,
     /// and its first screenshot drawn.
     pub replay_first_paint_ms: f64,
@@ -119,6 +128,165 @@ pub struct StepScenario {
     /// The recorder writing one step (row, frame, totals; one transaction).
     pub record_write_ms: Stats,
     pub bytes_per_step: u64,
+}
+
+/// One protocol's work per step (see the module docs).
+#[derive(Debug, Serialize)]
+pub struct ProtocolCodec {
+    pub protocol: String,
+    pub coords: String,
+    /// The size of the screenshot that model sees.
+    pub sent: [u32; 2],
+    /// Request built and serialized, reply decoded, both folded into the conversation.
+    pub encode_decode_ms: Stats,
+    /// Against the baseline's p50.
+    pub ratio_to_baseline: f64,
+    /// The serialized request body, per step.
+    pub request_bytes_p50: u64,
+    pub request_bytes_max: u64,
+    /// Resizing the screen's pixels to `sent` and encoding them (when that is not the
+    /// screen's size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_ms: Option<Stats>,
+}
+
+/// A typical reply of each protocol: one click.
+fn typical_reply(protocol: crate::agent::protocol::ProtocolName) -> Value {
+    use crate::agent::protocol::ProtocolName as P;
+    let chat = |content: &str| {
+        json!({"choices": [{"message": {"role": "assistant", "content": content}}],
+               "usage": {"prompt_tokens": 1500, "completion_tokens": 40}})
+    };
+    match protocol {
+        P::Tools => {
+            json!({"choices": [{"message": {"role": "assistant", "content": "Clicking the button.",
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "computer",
+            "arguments": "{\"action\": \"left_click\", \"coordinate\": [500, 300]}"}}]}}],
+            "usage": {"prompt_tokens": 1500, "completion_tokens": 40}})
+        }
+        P::Anthropic => json!({"id": "msg_1", "type": "message", "role": "assistant",
+            "content": [{"type": "text", "text": "Clicking the button."},
+                        {"type": "tool_use", "id": "toolu_1", "name": "computer",
+                         "input": {"action": "left_click", "coordinate": [500, 300]}}],
+            "stop_reason": "tool_use", "usage": {"input_tokens": 1500, "output_tokens": 40}}),
+        P::OpenAi => json!({"id": "resp_1", "object": "response", "output": [
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Clicking the button."}]},
+            {"type": "computer_call", "id": "cu_1", "call_id": "call_1",
+             "action": {"type": "click", "button": "left", "x": 500, "y": 300},
+             "pending_safety_checks": [], "status": "completed"}],
+            "usage": {"input_tokens": 1500, "output_tokens": 40}}),
+        P::UiTars => chat(
+            "Thought: I click the button.\nAction: click(start_box='<|box_start|>(500,300)<|box_end|>')",
+        ),
+        P::Qwen => chat(
+            "Action: click the button.\n<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": \"left_click\", \"coordinate\": [500, 300]}}\n</tool_call>",
+        ),
+        P::OpenCua => chat(
+            "## Thought:\nThe button is there.\n## Action:\nClick it.\n## Code:\n```python\npyautogui.click(x=500, y=300)\n```",
+        ),
+        P::PyAutoGui => chat("```python\npyautogui.click(500, 300)\n```"),
+    }
+}
+
+/// Each protocol's work per step on `png` (a `screen`-sized screenshot), `steps` steps.
+pub fn protocol_codecs(
+    png: &[u8],
+    screen: (u32, u32),
+    steps: usize,
+) -> anyhow::Result<(Vec<ProtocolCodec>, Stats)> {
+    use crate::agent::protocol::{self, CallResult, ProtocolConfig, ProtocolName, Shot};
+    use base64::Engine as _;
+    let png = std::sync::Arc::new(png.to_vec());
+    // The baseline: one screenshot in the smallest request.
+    let mut baseline = Vec::new();
+    for _ in 0..steps {
+        let t = Instant::now();
+        let url = format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(png.as_slice())
+        );
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}}]}]});
+        let bytes = serde_json::to_vec(&body)?;
+        std::hint::black_box(bytes);
+        baseline.push(ms(t.elapsed()));
+    }
+    let baseline = Stats::of(&baseline);
+    let mut out = Vec::new();
+    for (name, model) in [
+        (ProtocolName::Tools, "gpt-4o"),
+        (ProtocolName::Anthropic, "claude-sonnet-4-5"),
+        (ProtocolName::OpenAi, "computer-use-preview"),
+        (ProtocolName::UiTars, "ui-tars-1.5-7b"),
+        (ProtocolName::Qwen, "qwen2.5-vl-7b-instruct"),
+        (ProtocolName::OpenCua, "opencua-7b"),
+        (ProtocolName::PyAutoGui, "gpt-4o"),
+    ] {
+        let space = protocol::detect(model).1;
+        let cfg = ProtocolConfig {
+            name,
+            space,
+            model: model.into(),
+            ..Default::default()
+        };
+        let geometry = protocol::geometry(&cfg, screen);
+        let mut image_ms = Vec::new();
+        let mut sent = png.clone();
+        if geometry.sent != screen {
+            // As the loop does it: from the screen's pixels, resized and encoded.
+            let rgb = image::load_from_memory(&png)?.to_rgb8();
+            for _ in 0..steps.min(10) {
+                let t = Instant::now();
+                let scaled = geometry
+                    .image_from_rgb(rgb.width(), rgb.height(), rgb.as_raw())
+                    .map_err(anyhow::Error::msg)?;
+                image_ms.push(ms(t.elapsed()));
+                sent = std::sync::Arc::new(scaled);
+            }
+        }
+        let shot = |i: usize| Shot {
+            sha256: format!("{i:064x}"),
+            png: sent.clone(),
+        };
+        let raw = typical_reply(name);
+        let mut p = protocol::create(&cfg, screen).map_err(anyhow::Error::msg)?;
+        p.begin("Click the button that says OK.", &shot(0));
+        let (mut times, mut bytes) = (Vec::new(), Vec::new());
+        for i in 1..=steps {
+            let t = Instant::now();
+            let (request, recorded) = p.request();
+            let body = request.to_bytes();
+            let decision = p.decode(&raw).map_err(anyhow::Error::msg)?;
+            p.assistant(&raw, &decision);
+            let results: Vec<CallResult> = decision
+                .calls
+                .iter()
+                .map(|c| CallResult {
+                    id: c.id.clone(),
+                    text: "ok".into(),
+                    is_error: false,
+                    image: None,
+                })
+                .collect();
+            p.results(&results, &shot(i), "The screen after your actions:");
+            times.push(ms(t.elapsed()));
+            bytes.push(body.len() as u64);
+            std::hint::black_box(recorded);
+        }
+        bytes.sort_unstable();
+        let encode_decode_ms = Stats::of(&times);
+        out.push(ProtocolCodec {
+            protocol: name.to_string(),
+            coords: space.to_string(),
+            sent: [geometry.sent.0, geometry.sent.1],
+            ratio_to_baseline: round(encode_decode_ms.p50 / baseline.p50.max(0.001)),
+            encode_decode_ms,
+            request_bytes_p50: bytes[bytes.len() / 2],
+            request_bytes_max: bytes[bytes.len() - 1],
+            image_ms: (!image_ms.is_empty()).then(|| Stats::of(&image_ms)),
+        });
+    }
+    Ok((out, baseline))
 }
 
 fn spec(args: &BenchArgs) -> SandboxSpec {
@@ -241,6 +409,13 @@ async fn measure(
         shot_ms.push(ms(t.elapsed()));
         shot_bytes = shot.png.len();
     }
+
+    progress(
+        args.json,
+        "protocols: 40-step conversations on this screenshot",
+    );
+    let busy = desktop.encode_screenshot().await?;
+    let (protocols, baseline_request_ms) = protocol_codecs(&busy.png, (width, height), 40)?;
 
     progress(args.json, &format!("keys into the terminal x{samples}"));
     let mut effect_ms = Vec::new();
@@ -367,6 +542,8 @@ async fn measure(
         baseline_screenshot_ms,
         baseline_input_to_effect_ms,
         steps,
+        protocols,
+        baseline_request_ms,
         replay_first_paint_ms: round(ms(first_paint)),
         replay_first_screenshot_ms: round(ms(first_shot)),
     })
@@ -544,6 +721,25 @@ fn print_report(r: &Report) {
             sc.name, sc.bytes_per_step
         );
     }
+    row("baseline: a request with 1 image", &r.baseline_request_ms);
+    for p in &r.protocols {
+        row(
+            &format!("protocol {} ({})", p.protocol, p.coords),
+            &p.encode_decode_ms,
+        );
+        println!(
+            "  request bytes per step            p50 {} max {} ({:.1}x the baseline's time){}",
+            p.request_bytes_p50,
+            p.request_bytes_max,
+            p.ratio_to_baseline,
+            p.image_ms
+                .map(|s| format!(
+                    "; screenshot to {}x{}: p50 {:.2} ms",
+                    p.sent[0], p.sent[1], s.p50
+                ))
+                .unwrap_or_default()
+        );
+    }
     println!(
         "replay of 100 steps                first paint {:.1} ms, first screenshot {:.1} ms",
         r.replay_first_paint_ms, r.replay_first_screenshot_ms
@@ -553,6 +749,21 @@ fn print_report(r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_protocol_encodes_and_decodes_its_typical_step() {
+        // A small real PNG: each protocol must decode its typical reply (a click, outside
+        // this tiny screen: refused, which is still a decoded reply), and
+        // its requests must carry the screenshot.
+        let png = crate::desktop::encode_png(64, 40, &vec![200u8; 64 * 40 * 3]).unwrap();
+        let (codecs, baseline) = protocol_codecs(&png, (64, 40), 5).unwrap();
+        assert_eq!(codecs.len(), 7);
+        assert_eq!(baseline.n, 5);
+        for c in &codecs {
+            assert_eq!(c.encode_decode_ms.n, 5, "{c:?}");
+            assert!(c.request_bytes_p50 > png.len() as u64, "{c:?}");
+        }
+    }
 
     #[test]
     fn percentiles_pick_the_right_samples() {

@@ -390,13 +390,19 @@ async fn wait_for_page<C: Computer>(computer: &C, targets: &[Target]) -> Result<
     let deadline = Instant::now() + PAGE_TIMEOUT;
     loop {
         let last = match computer.screenshot().await {
-            Ok(shot) => match image::load_from_memory(&shot.png) {
-                Ok(img) => match page_shown(&img.to_rgb8(), targets) {
+            Ok(shot) => {
+                let img = match &shot.rgb {
+                    Some(rgb) => image::RgbImage::from_raw(shot.width, shot.height, rgb.to_vec())
+                        .ok_or_else(|| "the screenshot's pixels do not fit its size".to_owned()),
+                    None => image::load_from_memory(&shot.png)
+                        .map(|i| i.to_rgb8())
+                        .map_err(|e| format!("the screenshot did not decode: {e}")),
+                };
+                match img.and_then(|img| page_shown(&img, targets)) {
                     Ok(()) => return Ok(()),
                     Err(e) => e,
-                },
-                Err(e) => format!("the screenshot did not decode: {e}"),
-            },
+                }
+            }
             Err(e) => return Err(format!("the desktop stopped working: {e}")),
         };
         if Instant::now() >= deadline {

@@ -291,14 +291,25 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
             .await
             .map_err(|e| e.to_string())?;
         let frame = Frame::new(shot.png.clone(), shot.width, shot.height);
-        let png = protocol
-            .geometry()
-            .image_for_model(&shot.png)
+        let geometry = protocol.geometry();
+        let png = if geometry.sent == (shot.width, shot.height) {
+            shot.png.clone()
+        } else {
+            // Resizing takes milliseconds of CPU: off the async threads.
+            let scaled = tokio::task::spawn_blocking(move || match &shot.rgb {
+                Some(rgb) => geometry.image_from_rgb(shot.width, shot.height, rgb),
+                None => geometry.image_for_model(&shot.png),
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
             .map_err(|e| format!("scaling a screenshot: {e}"))?;
+            Arc::new(scaled)
+        };
         Ok(Observed {
             shot: Shot {
                 sha256: frame.sha256.clone(),
-                png: Arc::new(png),
+                png,
             },
             frame,
         })

@@ -116,10 +116,90 @@ pub enum Auth {
 pub struct ModelRequest {
     /// Appended to the base URL: `/chat/completions`, `/responses`, `/v1/messages`.
     pub path: String,
+    /// The body, with each screenshot as a [`Blobs`] marker.
     pub body: Value,
     /// Besides the key (`anthropic-version`, `anthropic-beta`).
     pub headers: Vec<(String, String)>,
     pub auth: Auth,
+    /// What the body's markers stand for.
+    pub blobs: Blobs,
+}
+
+/// Screenshots (base64, hundreds of kilobytes each, several per request) stand in a
+/// request's body as short markers and are spliced into the serialized JSON: serializing
+/// them through `serde_json` every step cost more than everything else a protocol does.
+/// Their text is base64, which JSON needs no escapes for.
+#[derive(Debug, Clone, Default)]
+pub struct Blobs(std::collections::HashMap<String, Blob>);
+
+#[derive(Debug, Clone)]
+struct Blob {
+    prefix: &'static str,
+    data: std::sync::Arc<str>,
+}
+
+/// How every marker starts and ends.
+const MARKER_OPEN: &str = "@@selfagent-blob:";
+const MARKER_CLOSE: &str = "@@";
+
+impl Blobs {
+    /// Registers `prefix` + `data` (base64 only) under `name`; returns the marker to put
+    /// in the body.
+    pub fn add(&mut self, name: &str, prefix: &'static str, data: std::sync::Arc<str>) -> String {
+        debug_assert!(
+            data.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)),
+            "only base64 may be spliced unescaped"
+        );
+        let marker = format!("{MARKER_OPEN}{name}{MARKER_CLOSE}");
+        self.0.insert(marker.clone(), Blob { prefix, data });
+        marker
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `body` as JSON bytes with every marker replaced.
+    pub fn serialize(&self, body: &Value) -> Vec<u8> {
+        let json = body.to_string();
+        if self.0.is_empty() {
+            return json.into_bytes();
+        }
+        let extra: usize = self.0.values().map(|b| b.prefix.len() + b.data.len()).sum();
+        let mut out = Vec::with_capacity(json.len() + extra);
+        let mut rest = json.as_str();
+        while let Some(at) = rest.find(MARKER_OPEN) {
+            out.extend_from_slice(&rest.as_bytes()[..at]);
+            rest = &rest[at..];
+            let len = rest[MARKER_OPEN.len()..]
+                .find(MARKER_CLOSE)
+                .map_or(rest.len(), |e| MARKER_OPEN.len() + e + MARKER_CLOSE.len());
+            let (marker, tail) = rest.split_at(len);
+            match self.0.get(marker) {
+                Some(b) => {
+                    out.extend_from_slice(b.prefix.as_bytes());
+                    out.extend_from_slice(b.data.as_bytes());
+                }
+                None => out.extend_from_slice(marker.as_bytes()),
+            }
+            rest = tail;
+        }
+        out.extend_from_slice(rest.as_bytes());
+        out
+    }
+}
+
+impl ModelRequest {
+    /// The body as sent, markers replaced.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.blobs.serialize(&self.body)
+    }
+
+    /// The body as sent, as a value (for tests and tools).
+    pub fn resolved_body(&self) -> Value {
+        serde_json::from_slice(&self.to_bytes()).unwrap_or(Value::Null)
+    }
 }
 
 /// A reply's body as it came, and how getting it went.
@@ -274,9 +354,13 @@ impl HttpModel {
     async fn attempt(
         &self,
         request: &ModelRequest,
-        body: &Value,
+        body: &[u8],
     ) -> Result<(Value, Option<Duration>), (ModelError, Option<Duration>)> {
-        let mut req = self.http.post(self.url(&request.path)).json(body);
+        let mut req = self
+            .http
+            .post(self.url(&request.path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec());
         for (k, v) in &request.headers {
             req = req.header(k, v);
         }
@@ -377,10 +461,11 @@ impl Model for HttpModel {
                 obj.insert(k.clone(), v.clone());
             }
         }
+        let bytes = request.blobs.serialize(&body);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (error, retry_after) = match self.attempt(request, &body).await {
+            let (error, retry_after) = match self.attempt(request, &bytes).await {
                 Ok((raw, retry_after)) => match check(&raw) {
                     Ok(()) => {
                         return Ok(RawReply {
@@ -497,7 +582,34 @@ mod tests {
             body: serde_json::json!({}),
             headers: vec![],
             auth: Auth::XApiKey,
+            blobs: Blobs::default(),
         }
+    }
+
+    #[test]
+    fn markers_are_spliced_and_nothing_else_changes() {
+        let mut blobs = Blobs::default();
+        let png = blobs.add("url:1", "data:image/png;base64,", "iVBORw0K+/=".into());
+        let raw = blobs.add("b64:1", "", "QUJD".into());
+        let body = serde_json::json!({
+            "a": png,
+            "b": [raw, "text with @@selfagent-blob:unknown@@ and @@ and \"quotes\""],
+            "c": "@@selfagent-blob:unterminated",
+        });
+        let out: Value = serde_json::from_slice(&blobs.serialize(&body)).unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({
+                "a": "data:image/png;base64,iVBORw0K+/=",
+                "b": ["QUJD", "text with @@selfagent-blob:unknown@@ and @@ and \"quotes\""],
+                "c": "@@selfagent-blob:unterminated",
+            })
+        );
+        // No blobs: plain serialization.
+        assert_eq!(
+            Blobs::default().serialize(&body),
+            body.to_string().into_bytes()
+        );
     }
 
     #[tokio::test]

@@ -50,6 +50,7 @@ impl Computer for FakeScreen {
             width: 64,
             height: 40,
             generation: 1,
+            rgb: None,
         })
     }
 

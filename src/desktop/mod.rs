@@ -71,6 +71,9 @@ pub struct Screenshot {
     pub height: u32,
     /// The framebuffer generation it shows.
     pub generation: u64,
+    /// The pixels, packed RGB8, when the PNG was made from them here (a model that sees
+    /// another size gets them resized without decoding the PNG again).
+    pub rgb: Option<Arc<Vec<u8>>>,
 }
 
 impl Screenshot {
@@ -81,7 +84,9 @@ impl Screenshot {
         rgb: Vec<u8>,
         generation: u64,
     ) -> Result<Self, DesktopError> {
-        let png = tokio::task::spawn_blocking(move || encode_png(width, height, &rgb))
+        let rgb = Arc::new(rgb);
+        let pixels = rgb.clone();
+        let png = tokio::task::spawn_blocking(move || encode_png(width, height, &pixels))
             .await
             .map_err(|e| DesktopError::Png(e.to_string()))?
             .map_err(|e| DesktopError::Png(e.to_string()))?;
@@ -90,6 +95,7 @@ impl Screenshot {
             width,
             height,
             generation,
+            rgb: Some(rgb),
         })
     }
 }

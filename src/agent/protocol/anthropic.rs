@@ -333,6 +333,7 @@ impl Protocol for Anthropic {
                 body: self.body(self.render(true)),
                 headers,
                 auth: Auth::XApiKey,
+                blobs: self.images.blobs(),
             },
             self.body(self.render(false)),
         )
@@ -554,7 +555,7 @@ mod tests {
         );
         c.user_message("a note from the person");
         let (req, recorded) = c.request();
-        let body = &req.body;
+        let body = &req.resolved_body();
         assert_eq!(req.path, "/v1/messages");
         assert!(
             req.headers

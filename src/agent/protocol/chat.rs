@@ -108,6 +108,7 @@ impl ChatHistory {
                 body: self.body(self.render(true)),
                 headers: Vec::new(),
                 auth: Auth::Bearer,
+                blobs: self.images.blobs(),
             },
             self.body(self.render(false)),
         )
@@ -150,6 +151,7 @@ pub fn question(system: &str, text: &str, pngs: &[std::sync::Arc<Vec<u8>>]) -> M
         }),
         headers: Vec::new(),
         auth: Auth::Bearer,
+        blobs: Default::default(),
     }
 }
 

@@ -36,9 +36,8 @@ pub mod uitars;
 pub use chat::{ChatReply, parse_chat};
 
 use crate::action::{Action, InvalidAction, Point};
-use crate::agent::model::{ModelRequest, Usage};
+use crate::agent::model::{Blobs, ModelRequest, Usage};
 use base64::Engine as _;
-use image::imageops::FilterType;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -387,15 +386,48 @@ impl Geometry {
         self.screen == self.sent && self.space == CoordSpace::Native && !self.lenient
     }
 
-    /// The PNG to send for a screen PNG: the same bytes, or resized to `sent`.
-    pub fn image_for_model(&self, png: &[u8]) -> Result<Vec<u8>, image::ImageError> {
+    /// The PNG to send for a screen PNG: the same bytes, or resized to `sent` (bilinear
+    /// convolution, whose support widens with the scale so a downscale does not alias; SIMD
+    /// through fast_image_resize: the image crate's resize took 90 ms a step here).
+    pub fn image_for_model(&self, png: &[u8]) -> Result<Vec<u8>, String> {
         if self.screen == self.sent {
             return Ok(png.to_vec());
         }
-        let img = image::load_from_memory_with_format(png, image::ImageFormat::Png)?.to_rgb8();
-        let small = image::imageops::resize(&img, self.sent.0, self.sent.1, FilterType::Triangle);
-        crate::desktop::encode_png(self.sent.0, self.sent.1, small.as_raw())
+        let img = image::load_from_memory_with_format(png, image::ImageFormat::Png)
+            .map_err(|e| format!("decoding a screenshot: {e}"))?
+            .to_rgb8();
+        self.image_from_rgb(img.width(), img.height(), img.as_raw())
     }
+
+    /// The PNG to send for the screen's packed RGB8 pixels, resized to `sent`.
+    pub fn image_from_rgb(&self, width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>, String> {
+        let resized;
+        let pixels = if (width, height) == self.sent {
+            rgb
+        } else {
+            resized = resize_rgb(width, height, rgb, self.sent)?;
+            &resized
+        };
+        crate::desktop::encode_png(self.sent.0, self.sent.1, pixels)
+            .map_err(|e| format!("encoding a screenshot: {e}"))
+    }
+}
+
+/// Resizes packed RGB pixels to `to`.
+pub fn resize_rgb(width: u32, height: u32, rgb: &[u8], to: (u32, u32)) -> Result<Vec<u8>, String> {
+    use fast_image_resize as fir;
+    let src = fir::images::ImageRef::new(width, height, rgb, fir::PixelType::U8x3)
+        .map_err(|e| format!("resizing a screenshot: {e}"))?;
+    let mut dst = fir::images::Image::new(to.0, to.1, fir::PixelType::U8x3);
+    fir::Resizer::new()
+        .resize(
+            &src,
+            &mut dst,
+            &fir::ResizeOptions::new()
+                .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear)),
+        )
+        .map_err(|e| format!("resizing a screenshot: {e}"))?;
+    Ok(dst.into_vec())
 }
 
 /// A screenshot in the conversation: its frame id (the SHA-256 of the screen PNG) and the
@@ -518,7 +550,8 @@ pub trait Protocol: Send + Sync {
 /// and older ones replaced by a note (so a request does not grow without bound).
 #[derive(Debug, Clone, Default)]
 pub struct Images {
-    data: HashMap<String, Arc<Vec<u8>>>,
+    /// Recent images by frame id, base64-encoded once (each request sends several).
+    data: HashMap<String, Arc<str>>,
     /// Frame ids in the order they entered the conversation.
     order: Vec<String>,
     keep: usize,
@@ -537,7 +570,10 @@ impl Images {
 
     /// Adds a screenshot; returns its reference (`sha256:<hex>`).
     pub fn add(&mut self, shot: &Shot) -> String {
-        self.data.insert(shot.sha256.clone(), shot.png.clone());
+        if !self.data.contains_key(&shot.sha256) {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(shot.png.as_slice());
+            self.data.insert(shot.sha256.clone(), b64.into());
+        }
         self.order.push(shot.sha256.clone());
         // Forget pixels no request will send again.
         let cut = self.order.len().saturating_sub(self.keep);
@@ -556,17 +592,31 @@ impl Images {
         })
     }
 
-    /// The PNG of a recent reference, base64.
+    /// The PNG of a recent reference, base64, as a marker of [`Self::blobs`].
     pub fn base64(&self, reference: &str) -> Option<String> {
         let sha = reference.strip_prefix("sha256:")?;
-        let png = self.data.get(sha)?;
-        Some(base64::engine::general_purpose::STANDARD.encode(png.as_slice()))
+        self.data
+            .contains_key(sha)
+            .then(|| format!("@@selfagent-blob:b64:{sha}@@"))
     }
 
-    /// The PNG of a recent reference as a data URL.
+    /// The PNG of a recent reference as a data URL, as a marker of [`Self::blobs`].
     pub fn data_url(&self, reference: &str) -> Option<String> {
-        self.base64(reference)
-            .map(|b| format!("data:image/png;base64,{b}"))
+        let sha = reference.strip_prefix("sha256:")?;
+        self.data
+            .contains_key(sha)
+            .then(|| format!("@@selfagent-blob:url:{sha}@@"))
+    }
+
+    /// What the markers of [`Self::base64`] and [`Self::data_url`] stand for, for the
+    /// request (spliced in when it is serialized).
+    pub fn blobs(&self) -> Blobs {
+        let mut blobs = Blobs::default();
+        for (sha, b64) in &self.data {
+            blobs.add(&format!("b64:{sha}"), "", b64.clone());
+            blobs.add(&format!("url:{sha}"), "data:image/png;base64,", b64.clone());
+        }
+        blobs
     }
 }
 
@@ -660,6 +710,7 @@ pub fn question(
                 }),
                 headers: vec![("anthropic-version".into(), "2023-06-01".into())],
                 auth: crate::agent::model::Auth::XApiKey,
+                blobs: Default::default(),
             }
         }
         ProtocolName::OpenAi => {
@@ -676,6 +727,7 @@ pub fn question(
                 }),
                 headers: Vec::new(),
                 auth: crate::agent::model::Auth::Bearer,
+                blobs: Default::default(),
             }
         }
         ProtocolName::Tools
@@ -895,10 +947,8 @@ mod tests {
         let c = im.add(&shot("c"));
         assert!(!im.is_recent(&a) && im.is_recent(&b) && im.is_recent(&c));
         assert_eq!(im.base64(&a), None);
-        assert!(
-            im.data_url(&c)
-                .unwrap()
-                .starts_with("data:image/png;base64,")
-        );
+        let body = serde_json::json!({"url": im.data_url(&c).unwrap()});
+        let sent: Value = serde_json::from_slice(&im.blobs().serialize(&body)).unwrap();
+        assert_eq!(sent["url"], "data:image/png;base64,Yw==");
     }
 }

@@ -195,6 +195,7 @@ impl Protocol for OpenAi {
                 body: self.body(self.render(true)),
                 headers: Vec::new(),
                 auth: Auth::Bearer,
+                blobs: self.images.blobs(),
             },
             self.body(self.render(false)),
         )
@@ -424,7 +425,11 @@ mod tests {
         p.begin("do it", &shot("a"));
         let (req, recorded) = p.request();
         assert_eq!(req.body["input"][0]["content"][1]["detail"], "original");
-        assert!(req.body.to_string().contains("data:image/png;base64,YQ=="));
+        assert!(
+            req.resolved_body()
+                .to_string()
+                .contains("data:image/png;base64,YQ==")
+        );
         assert!(recorded.to_string().contains("sha256:a"));
         let raw = json!({"id": "resp_1", "output": [{"type": "computer_call", "call_id": "c1", "actions": [{"type": "click", "x": 1, "y": 1, "button": "left"}, {"type": "wait"}],
             "pending_safety_checks": [{"id": "sc1", "code": "irrelevant_domain", "message": "m"}]}]});
@@ -439,8 +444,9 @@ mod tests {
         };
         p.results(&[ok("c1"), ok("c1")], &shot("b"), "after");
         let (req, _) = p.request();
-        assert_eq!(req.body["previous_response_id"], "resp_1");
-        let input = req.body["input"].as_array().unwrap();
+        let body = req.resolved_body();
+        assert_eq!(body["previous_response_id"], "resp_1");
+        let input = body["input"].as_array().unwrap();
         assert_eq!(
             input.len(),
             1,

@@ -215,6 +215,7 @@ impl Protocol for Tools {
                 body: self.body(sent),
                 headers: Vec::new(),
                 auth: Auth::Bearer,
+                blobs: self.images.blobs(),
             },
             self.body(recorded),
         )
@@ -386,8 +387,12 @@ mod tests {
             );
         }
         let (req, recorded) = c.request();
-        let req = req.body.to_string();
+        let req = req.resolved_body().to_string();
         assert!(!req.contains("sha256:"), "placeholders leak into requests");
+        assert!(
+            !req.contains("@@selfagent-blob"),
+            "markers leak into requests"
+        );
         assert_eq!(req.matches("data:image/png;base64").count(), 2);
         assert!(req.contains(OMITTED));
         let rec = recorded.to_string();
