@@ -127,7 +127,14 @@ const MIGRATIONS: &[&str] = &[
         sha256 TEXT NOT NULL UNIQUE,
         text TEXT NOT NULL
     );",
+    // 4: a step's long thought or answer text is a row of `texts` too (a model that repeats
+    // megabytes of reasoning every step stored them twice a step).
+    "ALTER TABLE steps ADD COLUMN thought_ref INTEGER REFERENCES texts(id);
+     ALTER TABLE steps ADD COLUMN text_ref INTEGER REFERENCES texts(id);",
 ];
+
+/// The schema version with `steps.thought_ref` and `steps.text_ref`.
+const SCHEMA_STEP_TEXT_REFS: i64 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -270,6 +277,8 @@ pub struct Db {
     conn: Connection,
     path: String,
     read_only: bool,
+    /// The schema version (a read-only open of an older recording keeps its own).
+    schema: i64,
 }
 
 fn json_or_empty(s: Option<String>) -> Value {
@@ -412,6 +421,7 @@ impl Db {
             conn,
             path: shown,
             read_only: false,
+            schema: MIGRATIONS.len() as i64,
         };
         db.migrate()?;
         db.mark_interrupted()?;
@@ -455,10 +465,17 @@ impl Db {
                 found: v,
                 known,
             }),
-            Kind::Fresh | Kind::Ours(_) => Ok(Self {
+            Kind::Fresh => Ok(Self {
                 conn,
                 path: shown,
                 read_only: true,
+                schema: 0,
+            }),
+            Kind::Ours(v) => Ok(Self {
+                conn,
+                path: shown,
+                read_only: true,
+                schema: v,
             }),
         }
     }
@@ -610,14 +627,19 @@ impl Db {
     }
 
     pub fn steps(&self, session: &str) -> Result<Vec<StepRow>, RecordError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT idx, started_at, frame_before, frame_after, thought, text, actions, error,
-                        model_ms, act_ms, settle_ms, step_ms, tokens_in, tokens_out, meta
-                 FROM steps WHERE session_id = ?1 ORDER BY idx",
-            )
-            .map_err(|e| self.sql(e))?;
+        let sql = if self.schema >= SCHEMA_STEP_TEXT_REFS {
+            "SELECT s.idx, s.started_at, s.frame_before, s.frame_after,
+                    COALESCE(s.thought, t1.text), COALESCE(s.text, t2.text), s.actions, s.error,
+                    s.model_ms, s.act_ms, s.settle_ms, s.step_ms, s.tokens_in, s.tokens_out, s.meta
+             FROM steps s LEFT JOIN texts t1 ON t1.id = s.thought_ref
+                          LEFT JOIN texts t2 ON t2.id = s.text_ref
+             WHERE s.session_id = ?1 ORDER BY s.idx"
+        } else {
+            "SELECT idx, started_at, frame_before, frame_after, thought, text, actions, error,
+                    model_ms, act_ms, settle_ms, step_ms, tokens_in, tokens_out, meta
+             FROM steps WHERE session_id = ?1 ORDER BY idx"
+        };
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql(e))?;
         stmt.query_map([session], |r| {
             Ok(StepRow {
                 idx: r.get(0)?,
@@ -960,29 +982,41 @@ impl Writer {
         Ok(id)
     }
 
+    /// The row of `texts` holding `text` (added the first time).
+    fn text_id(&mut self, text: &str) -> Result<i64, rusqlite::Error> {
+        let sha = crate::agent::event::sha256_hex(text.as_bytes());
+        if let Some(id) = self.texts.get(&sha) {
+            return Ok(*id);
+        }
+        self.db
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO texts (sha256, text) VALUES (?1, ?2)")?
+            .execute(params![sha, text])?;
+        let id: i64 = self
+            .db
+            .conn
+            .prepare_cached("SELECT id FROM texts WHERE sha256 = ?1")?
+            .query_row([&sha], |r| r.get(0))?;
+        self.texts.insert(sha, id);
+        Ok(id)
+    }
+
+    /// A step's text column: the text itself, or (when long) a reference to `texts`.
+    fn column_text(
+        &mut self,
+        text: Option<String>,
+    ) -> Result<(Option<String>, Option<i64>), rusqlite::Error> {
+        match text {
+            Some(t) if t.len() >= SHARED_TEXT => Ok((None, Some(self.text_id(&t)?))),
+            other => Ok((other, None)),
+        }
+    }
+
     /// Long strings become `{"$text": id}` references to rows of `texts`, each stored once.
     fn share_texts(&mut self, v: &mut Value) -> Result<(), rusqlite::Error> {
         match v {
             Value::String(text) if text.len() >= SHARED_TEXT => {
-                let sha = crate::agent::event::sha256_hex(text.as_bytes());
-                let id = match self.texts.get(&sha) {
-                    Some(id) => *id,
-                    None => {
-                        self.db
-                            .conn
-                            .prepare_cached(
-                                "INSERT OR IGNORE INTO texts (sha256, text) VALUES (?1, ?2)",
-                            )?
-                            .execute(params![sha, text.as_str()])?;
-                        let id: i64 = self
-                            .db
-                            .conn
-                            .prepare_cached("SELECT id FROM texts WHERE sha256 = ?1")?
-                            .query_row([&sha], |r| r.get(0))?;
-                        self.texts.insert(sha, id);
-                        id
-                    }
-                };
+                let id = self.text_id(text)?;
                 *v = json!({ TEXT_REF: id });
             }
             Value::Array(items) => {
@@ -1288,12 +1322,15 @@ impl Writer {
         step_ms: f64,
     ) -> Result<(), rusqlite::Error> {
         let after = self.frame_id(frame)?;
+        let (thought, thought_ref) = self.column_text(p.thought)?;
+        let (text, text_ref) = self.column_text(p.text)?;
         self.db
             .conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO steps (session_id, idx, started_at, frame_before, frame_after, request,
                  response, thought, text, actions, error, model_ms, act_ms, settle_ms, step_ms, tokens_in,
-                 tokens_out, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                 tokens_out, meta, thought_ref, text_ref)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             )?
             .execute(params![
                 session,
@@ -1303,8 +1340,8 @@ impl Writer {
                 after,
                 p.request,
                 p.response,
-                p.thought,
-                p.text,
+                thought,
+                text,
                 Value::Array(p.actions).to_string(),
                 (!p.errors.is_empty()).then(|| p.errors.join("; ")),
                 p.model_ms,
@@ -1314,6 +1351,8 @@ impl Writer {
                 p.tokens_in as i64,
                 p.tokens_out as i64,
                 Value::Object(p.meta).to_string(),
+                thought_ref,
+                text_ref,
             ])?;
         self.db
             .conn
@@ -1724,7 +1763,16 @@ mod tests {
         let mut events = vec![Event::SessionStarted(info("s4"))];
         for step in 1..=10u32 {
             let mut evs = step_events(step, &a, &b);
-            if let Event::ModelReply { exchange, .. } = &mut evs[2] {
+            if let Event::ModelReply {
+                exchange,
+                thought,
+                text,
+                ..
+            } = &mut evs[2]
+            {
+                // The same long reasoning every step, as the step's thought and text too.
+                *thought = Some(long.clone());
+                *text = Some(long.clone());
                 // The conversation so far repeats the long reply in every request.
                 let history: Vec<Value> = (0..step)
                     .map(|_| json!({"role": "assistant", "content": long}))
@@ -1742,6 +1790,10 @@ mod tests {
         assert_eq!(request["messages"].as_array().unwrap().len(), 10);
         assert_eq!(request["messages"][9]["content"], json!(long));
         assert_eq!(response["choices"][0]["message"]["content"], json!(long));
+        let steps = db.steps("s4").unwrap();
+        assert_eq!(steps.len(), 10);
+        assert_eq!(steps[9].thought.as_deref(), Some(long.as_str()));
+        assert_eq!(steps[9].text.as_deref(), Some(long.as_str()));
         drop(db);
         let size = std::fs::metadata(&path).unwrap().len();
         // Once would be 200 KB; once per repetition would be 55 x 200 KB = 11 MB.

@@ -12,7 +12,7 @@ use crate::common::model_server::{
     responses_call, text_reply,
 };
 use crate::common::screens::terminal_ready;
-use crate::common::{Guard, bin};
+use crate::common::{Guard, SnapshotsOf, bin};
 use selfagent::record::Db;
 use serde_json::{Value, json};
 use std::process::Stdio;
@@ -594,6 +594,7 @@ async fn the_judge_asks_in_the_models_own_protocol() {
         let server = ModelServer::any_protocol(script, (1280, 800), wait(protocol)).await;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("rec.db");
+        let _snapshots = SnapshotsOf(db.clone());
         let base = match protocol {
             "anthropic" => server.base_url().trim_end_matches("/v1").to_owned(),
             _ => server.base_url(),
