@@ -292,6 +292,8 @@ const DRAWN_QUIET: Duration = Duration::from_millis(150);
 const X11_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a new connection waits for the server to take the drawn cursor out of the frame.
 const CURSOR_UNDRAW_WAIT: Duration = Duration::from_millis(150);
+/// How long a pointer question waits for the last move sent to be applied.
+const POINTER_SETTLE_WAIT: Duration = Duration::from_millis(250);
 /// GDK counts a press as the third of a chain when it comes within twice the double-click
 /// time (2 x 400 ms) of the chain's first press at the same spot (5 px): a triple click right
 /// after a double click read as a fourth and fifth click. Each click action starts a chain
@@ -857,7 +859,11 @@ impl Desktop {
                 Ok(ActionOutput::default())
             }
             Plan::Other => {
+                let sent = (st.x, st.y);
                 drop(st);
+                if matches!(action, Action::CursorPosition) {
+                    self.settle_pointer(sent).await?;
+                }
                 self.perform(action).await
             }
         }
@@ -1173,8 +1179,25 @@ impl Desktop {
         }
     }
 
+    /// Waits briefly until the X server has applied the last pointer position sent over
+    /// VNC: input arrives over one connection and the question over another, so without
+    /// this a `cursor_position` right after a move can answer the position before it.
+    /// Another viewer may have moved the pointer since, so not getting there is no error.
+    async fn settle_pointer(&self, (x, y): (u16, u16)) -> Result<(), DesktopError> {
+        self.x11
+            .wait_pointer_at(i32::from(x), i32::from(y), POINTER_SETTLE_WAIT)
+            .await
+            .map_err(|e| self.x11_err(e))?;
+        Ok(())
+    }
+
     /// Where the pointer is (from the X server, so moves by other viewers count).
     pub async fn cursor_position(&self) -> Result<Point, DesktopError> {
+        let sent = {
+            let st = self.input.lock().await;
+            (st.x, st.y)
+        };
+        self.settle_pointer(sent).await?;
         let (x, y) = self.x11.pointer().await.map_err(|e| self.x11_err(e))?;
         Ok(Point::new(x, y))
     }

@@ -127,7 +127,10 @@ async fn key_combos_reach_the_application() {
 async fn scrolling_moves_the_view_and_back() {
     let d = desktop().await;
     let w = d
-        .terminal("scroll-test", Some("seq 1 3000; exec sleep 600"))
+        .terminal(
+            "scroll-test",
+            Some("seq 1 3000; echo done > /tmp/seq-done; exec sleep 600"),
+        )
         .await;
     let center = Point::new(w.x + w.width as i32 / 2, w.y + w.height as i32 / 2);
     // The text area, without the scrollbar and the cursor's line (its blink differs).
@@ -139,7 +142,23 @@ async fn scrolling_moves_the_view_and_back() {
     let differing = |a: &image::RgbImage, b: &image::RgbImage| {
         a.pixels().zip(b.pixels()).filter(|(p, q)| p != q).count()
     };
-    let at_bottom = text_area(&d.screenshot().await.unwrap().png);
+    // The view to come back to is the one after all 3000 lines are drawn: once seq is
+    // done, until the text area is the same on both sides of a quiet screen (a cold
+    // machine's terminal draws that much output for a while).
+    d.wait_file("/tmp/seq-done", Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let at_bottom = loop {
+        let a = text_area(&d.screenshot().await.unwrap().png);
+        d.settle(d.mark(), SettleOptions::default()).await;
+        let b = text_area(&d.screenshot().await.unwrap().png);
+        if a == b {
+            break b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the terminal never stopped drawing"
+        );
+    };
     let scroll = |dy| Action::Scroll {
         coordinate: Some(center),
         dx: 0,
