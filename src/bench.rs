@@ -99,6 +99,15 @@ pub struct Report {
     pub height: u32,
     pub ready_ms: Stats,
     pub drawn_ms: Stats,
+    /// A desktop leased from a warm pool until it is ready for the first screenshot (the
+    /// lease, the handle, the VNC and X11 connections).
+    pub pool_lease_ready_ms: Stats,
+    /// `ready_ms` p50 / `pool_lease_ready_ms` p50.
+    pub pool_speedup: f64,
+    /// A desktop started from a saved snapshot of a used one, until ready.
+    pub fork_ready_ms: Stats,
+    /// Saving that snapshot.
+    pub snapshot_save_ms: f64,
     pub screenshot_ms: Stats,
     pub screenshot_bytes: usize,
     pub input_to_effect_ms: Stats,
@@ -378,6 +387,9 @@ async fn measure(
     let Some(desktop) = main else {
         anyhow::bail!("no desktop started");
     };
+    let pool_lease = pool_leases(engine, spec, runs.max(3), args.json, created).await?;
+    let (fork_ready, snapshot_save) =
+        forks(engine, spec, desktop.sandbox(), runs, args.json, created).await?;
     let sandbox = desktop.sandbox().clone();
     // A busy screen: a terminal full of text, focused.
     progress(args.json, "opening a terminal");
@@ -531,6 +543,10 @@ async fn measure(
         x_server: args.x_server.clone(),
         width,
         height,
+        pool_speedup: round(Stats::of(&ready).p50 / pool_lease.p50.max(0.01)),
+        pool_lease_ready_ms: pool_lease,
+        fork_ready_ms: fork_ready,
+        snapshot_save_ms: round(snapshot_save),
         ready_ms: Stats::of(&ready),
         drawn_ms: Stats::of(&drawn),
         screenshot_ms,
@@ -547,6 +563,88 @@ async fn measure(
         replay_first_paint_ms: round(ms(first_paint)),
         replay_first_screenshot_ms: round(ms(first_shot)),
     })
+}
+
+/// Saves a snapshot of `from`, then starts `n` desktops from it one after another and times
+/// each until ready; the snapshot is removed afterwards.
+async fn forks(
+    engine: &Engine,
+    spec: &SandboxSpec,
+    from: &Sandbox,
+    n: usize,
+    json: bool,
+    created: &mut Vec<Sandbox>,
+) -> anyhow::Result<(Stats, f64)> {
+    progress(json, &format!("snapshot, then {n} desktops from it"));
+    let tag = format!("bench-{}", std::process::id());
+    let t = Instant::now();
+    let image = from.save_snapshot(&tag).await?;
+    let save_ms = ms(t.elapsed());
+    let mut times = Vec::new();
+    let result = async {
+        for _ in 0..n {
+            let fork = SandboxSpec {
+                image: image.clone(),
+                ..spec.clone()
+            };
+            let (sandbox, desktop, ready, _) = start(engine, &fork).await?;
+            created.push(sandbox.clone());
+            times.push(ms(ready));
+            drop(desktop);
+            sandbox.kill().await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = engine.remove_saved(&tag).await;
+    result?;
+    Ok((Stats::of(&times), save_ms))
+}
+
+/// Fills a warm pool of `n` desktops like `spec`, then leases each and times it until its
+/// desktop is ready for a first screenshot.
+async fn pool_leases(
+    engine: &Engine,
+    spec: &SandboxSpec,
+    n: usize,
+    json: bool,
+    created: &mut Vec<Sandbox>,
+) -> anyhow::Result<Stats> {
+    use crate::pool::{self, LeaseOptions, PoolSpec};
+    progress(json, &format!("warm pool: {n} desktops, then leasing each"));
+    let pool_spec = PoolSpec::of(spec);
+    let filled = pool::fill(engine, &pool_spec, n, n, pool::DEFAULT_TTL, &|_| {}).await;
+    let mut times = Vec::new();
+    let result = async {
+        let filled = filled?;
+        if let Some(e) = filled.failed.first() {
+            anyhow::bail!("a pool desktop did not start: {e}");
+        }
+        for _ in 0..n {
+            let t = Instant::now();
+            let leased = pool::lease(
+                engine,
+                spec,
+                60,
+                LeaseOptions {
+                    no_refill: true,
+                    ..Default::default()
+                },
+            )
+            .await?
+            .context("the pool had no desktop to lease")?;
+            created.push(leased.clone());
+            let desktop = Desktop::connect(leased.clone(), ConnectOptions::default()).await?;
+            times.push(ms(t.elapsed()));
+            drop(desktop);
+            leased.kill().await?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = pool::down(engine, Some(&pool_spec.key())).await;
+    result?;
+    Ok(Stats::of(&times))
 }
 
 /// A model that answers at once, replaying one action (the mouse alternates between two
@@ -692,6 +790,8 @@ fn print_report(r: &Report) {
         r.width, r.height, r.x_server
     );
     row("create to ready", &r.ready_ms);
+    row("warm pool: lease to ready", &r.pool_lease_ready_ms);
+    row("fork of a snapshot to ready", &r.fork_ready_ms);
     row("create to drawn", &r.drawn_ms);
     row("screenshot (fresh PNG)", &r.screenshot_ms);
     row("input to visible effect", &r.input_to_effect_ms);
@@ -706,8 +806,8 @@ fn print_report(r: &Report) {
         r.screenshot_bytes
     );
     println!(
-        "speedup vs baseline                screenshot {:.1}x, input {:.1}x",
-        r.screenshot_speedup, r.input_speedup
+        "speedup vs baseline                screenshot {:.1}x, input {:.1}x; pool lease vs create {:.1}x",
+        r.screenshot_speedup, r.input_speedup, r.pool_speedup
     );
     for sc in &r.steps {
         row(&format!("loop step, {}", sc.name), &sc.step_ms);

@@ -122,6 +122,7 @@ pub fn task(targets: &[Target]) -> Task {
         check: None,
         tags: vec!["calibration".into()],
         source: None,
+        from: None,
     }
 }
 

@@ -35,6 +35,82 @@ pub struct Plan {
     pub session: Option<String>,
     /// Calibrate instead of running the task's instruction (`task` shows the targets).
     pub calibration: Option<crate::calibrate::Calibration>,
+    /// Where the desktop comes from.
+    pub source: Source,
+}
+
+/// Where an episode's desktop comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A new desktop as `spec` says, leased from a matching warm pool when one has a desktop
+    /// ready and `pool` allows it ([`crate::pool`]); removed after the episode unless kept.
+    Fresh { pool: bool },
+    /// A running desktop, by id or name (`run --desktop`): used as it is, left running.
+    Existing(String),
+}
+
+impl Default for Source {
+    fn default() -> Self {
+        Self::Fresh { pool: true }
+    }
+}
+
+/// Removes an episode's desktop however the episode ends, a panic included (a dropped
+/// guard removes it from a thread of its own, since the runtime may be going away).
+struct Release(Option<Sandbox>);
+
+impl Release {
+    /// Removes it now.
+    async fn now(mut self) {
+        if let Some(s) = self.0.take()
+            && let Err(e) = s.kill().await
+        {
+            tracing::warn!("removing desktop {}: {e}", s.short_id());
+        }
+    }
+
+    /// Leaves it running.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let Some(sandbox) = self.0.take() else {
+            return;
+        };
+        let removal = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _ = rt.block_on(sandbox.kill());
+            }
+        });
+        let _ = removal.join();
+    }
+}
+
+/// The episode's desktop, from where `source` says.
+async fn acquire(
+    engine: &Engine,
+    spec: &SandboxSpec,
+    source: &Source,
+) -> Result<Sandbox, crate::sandbox::SandboxError> {
+    match source {
+        Source::Existing(name) => engine.get(name).await,
+        Source::Fresh { pool } => {
+            if *pool && spec.name.is_none() {
+                match crate::pool::lease(engine, spec, spec.ttl, Default::default()).await {
+                    Ok(Some(sandbox)) => return Ok(sandbox),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("leasing from a warm pool: {e}"),
+                }
+            }
+            engine.create(spec).await
+        }
+    }
 }
 
 /// The longest wait for the screen to be quiet before the checks run.
@@ -118,6 +194,7 @@ pub fn calibration_plan(
         snapshot: None,
         session: None,
         calibration: Some(calibration),
+        source: Source::default(),
     }
 }
 
@@ -132,17 +209,26 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
         snapshot,
         session,
         calibration,
+        source,
     } = plan;
+    // An existing desktop is someone's: never removed.
+    let keep = keep || matches!(source, Source::Existing(_));
     let model = Arc::new(HttpModel::new(cfg.model.clone())?);
     let session = session.unwrap_or_else(record::new_session_id);
+    let image = match task.as_ref().and_then(|t| t.from.as_deref()) {
+        Some(tag) => crate::sandbox::snapshot::saved_image(tag),
+        None => spec.image.clone(),
+    };
     let spec = SandboxSpec {
+        image,
         session: Some(session.clone()),
         // The desktop outlives the episode only by a margin, even if this process dies.
         ttl: cfg.agent.timeout.as_secs() + 900,
         owned: !keep,
         ..spec
     };
-    let created = engine.create(&spec).await;
+    let created = acquire(engine, &spec, &source).await;
+    let release = Release(created.as_ref().ok().filter(|_| !keep).cloned());
 
     let mut emitter = Emitter::new();
     let mut secrets: Vec<String> = Vec::new();
@@ -155,9 +241,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
     let recorder = match Recorder::start(&cfg.db, secrets, emitter.subscribe(4096)) {
         Ok(r) => r,
         Err(e) => {
-            if let Ok(sandbox) = &created {
-                let _ = sandbox.kill().await;
-            }
+            release.now().await;
             return Err(e.into());
         }
     };
@@ -265,13 +349,16 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
             )
             .await;
             if keep {
-                eprintln!(
-                    "kept desktop {} (until its TTL; `selfagent sandbox down {}` removes it)",
-                    sandbox.short_id(),
-                    sandbox.short_id()
-                );
-            } else if let Err(e) = sandbox.kill().await {
-                tracing::warn!("removing desktop {}: {e}", sandbox.short_id());
+                if matches!(source, Source::Fresh { .. }) {
+                    eprintln!(
+                        "kept desktop {} (until its TTL; `selfagent sandbox down {}` removes it)",
+                        sandbox.short_id(),
+                        sandbox.short_id()
+                    );
+                }
+                release.keep();
+            } else {
+                release.now().await;
             }
             result
         }

@@ -23,7 +23,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(selfagent::cli::run(cli)) {
+    let result = runtime.block_on(async {
+        let result = selfagent::cli::run(cli).await;
+        // Pool desktops this process leased are being replaced: finish them rather than
+        // leave one half made.
+        selfagent::pool::finish_refills(std::time::Duration::from_secs(120)).await;
+        result
+    });
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -110,12 +110,26 @@ pub struct CommonArgs {
     pub height: u32,
     #[arg(long, default_value = crate::sandbox::DEFAULT_IMAGE)]
     pub image: String,
+    /// Start desktops from a saved snapshot (`sandbox snapshot NAME TAG`) instead of the image.
+    #[arg(long, value_name = "TAG")]
+    pub from: Option<String>,
     /// Run the desktop with no network at all.
     #[arg(long)]
     pub no_network: bool,
+    /// Boot a desktop of our own even when a warm pool (`selfagent pool up`) has a matching
+    /// one ready.
+    #[arg(long)]
+    pub no_pool: bool,
 }
 
 impl CommonArgs {
+    /// Where desktops come from: a matching warm pool first, unless --no-pool.
+    pub fn source(&self) -> crate::episode::Source {
+        crate::episode::Source::Fresh {
+            pool: !self.no_pool,
+        }
+    }
+
     /// The snapshot limit of graded episodes, `None` with --no-snapshot.
     pub fn snapshot(&self) -> Option<u64> {
         (!self.no_snapshot).then_some(self.snapshot_max_size as u64)
@@ -124,7 +138,10 @@ impl CommonArgs {
     /// The desktop these settings ask for.
     pub fn spec(&self) -> SandboxSpec {
         SandboxSpec {
-            image: self.image.clone(),
+            image: match &self.from {
+                Some(tag) => crate::sandbox::snapshot::saved_image(tag),
+                None => self.image.clone(),
+            },
             width: self.width,
             height: self.height,
             network: if self.no_network {

@@ -267,6 +267,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         let spec = spec.clone();
         let bar = bar.clone();
         let snapshot = args.common.snapshot();
+        let source = args.common.source();
         workers.push(tokio::spawn(async move {
             loop {
                 if stopping.load(Ordering::SeqCst) {
@@ -310,6 +311,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
                     snapshot,
                     session: None,
                     calibration: None,
+                    source: source.clone(),
                 };
                 let end = episode::run(&engine, plan, hooks).await;
                 let _ = watcher.await;

@@ -4,6 +4,7 @@
 mod calibrate;
 mod export;
 mod grade;
+mod pool;
 pub mod run;
 mod sandbox;
 mod sessions;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Do the model's clicks land? Numbered targets, each click's error, the coordinate
     /// space that fits, a verdict.
     Calibrate(Box<calibrate::CalibrateArgs>),
+    /// Warm pools: desktops started ahead, leased in milliseconds, each used once.
+    #[command(subcommand)]
+    Pool(pool::PoolCmd),
 }
 
 /// Runs the parsed command line; the exit code is the command's.
@@ -81,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tasks(cmd) => tasks::run(cmd).await,
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Calibrate(args) => calibrate::run(*args).await,
+        Command::Pool(cmd) => pool::run(cmd).await,
     }
 }
 

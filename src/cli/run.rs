@@ -47,11 +47,23 @@ pub struct RunArgs {
     /// Keep the desktop after the episode (it still stops at its TTL).
     #[arg(long)]
     pub keep: bool,
+    /// Run on this running desktop (an id or a name, e.g. a persistent one from `sandbox
+    /// up --name N --persist`) instead of a fresh one; it is left running.
+    #[arg(long, value_name = "NAME")]
+    pub desktop: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
 impl RunArgs {
+    /// Where the desktop comes from.
+    fn source(&self) -> crate::episode::Source {
+        match &self.desktop {
+            Some(name) => crate::episode::Source::Existing(name.clone()),
+            None => self.common.source(),
+        }
+    }
+
     /// The arguments of a bare `selfagent run` (environment variables still apply).
     pub fn defaults() -> Self {
         #[derive(clap::Parser)]
@@ -104,6 +116,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         snapshot: args.common.snapshot(),
         session: None,
         calibration: None,
+        source: args.source(),
     };
     let end = episode::run(&engine, plan, hooks).await;
     signals.abort();
@@ -174,6 +187,7 @@ async fn ui(
         instruction,
         task,
         snapshot: args.common.snapshot(),
+        source: args.source(),
     })
     .await?;
     Ok(ExitCode::SUCCESS)

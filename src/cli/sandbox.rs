@@ -31,22 +31,57 @@ pub enum SandboxCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Stop and remove desktops.
+    /// Stop and remove desktops (a persistent one keeps its home volume: see `rm`).
     Down {
         /// Ids (or unique prefixes) or names.
         #[arg(required_unless_present = "all")]
         ids: Vec<String>,
-        /// Every selfagent desktop.
+        /// Every selfagent desktop but the persistent ones (remove those by name).
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+    },
+    /// Remove desktops by name, with --volumes also a persistent one's home volume.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Remove the home volumes too (everything the desktop kept is gone).
+        #[arg(long)]
+        volumes: bool,
+    },
+    /// Stop a desktop; a persistent one keeps its files for `start`.
+    Stop { name: String },
+    /// Start a stopped desktop again and wait until it is ready.
+    Start {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Save a desktop's state (its files, its home directory) under TAG; `up --from TAG`,
+    /// `run --from TAG` and a task's `from = "TAG"` start new desktops from it, each on its
+    /// own. With --remove: remove the snapshot TAG.
+    Snapshot {
+        /// The desktop (id or name); not with --remove.
+        #[arg(required_unless_present = "remove")]
+        name: Option<String>,
+        /// The snapshot's tag (lower-case letters, digits, '_', '.', '-').
+        #[arg(required_unless_present = "remove")]
+        tag: Option<String>,
+        /// Remove this saved snapshot.
+        #[arg(long, value_name = "TAG", conflicts_with_all = ["name", "tag"])]
+        remove: Option<String>,
     },
     /// Remove desktops that are expired, stopped, or whose selfagent process is gone.
     Prune {
         #[arg(long)]
         json: bool,
     },
-    /// Final-state snapshot images of graded episodes (what `grade` re-grades from).
+    /// Saved snapshots (`sandbox snapshot`), and the final-state snapshot images of graded
+    /// episodes (what `grade` re-grades from; --prune removes those only). --json lists
+    /// the final-state ones (`--saved` the saved ones).
     Snapshots {
+        /// With --json: the saved snapshots.
+        #[arg(long)]
+        saved: bool,
         /// Remove them: all, or with --older-than only the older ones.
         #[arg(long)]
         prune: bool,
@@ -169,12 +204,19 @@ pub struct UpArgs {
     height: u32,
     #[arg(long, default_value_t = 96)]
     dpi: u32,
-    /// Seconds until the desktop stops itself (0: never).
-    #[arg(long, default_value_t = 3600)]
-    ttl: u64,
+    /// Seconds until the desktop stops itself (0: never). Default: 3600; with --persist, never.
+    #[arg(long)]
+    ttl: Option<u64>,
     /// A name to find it by (letters, digits, '_', '.', '-').
     #[arg(long)]
     name: Option<String>,
+    /// A desktop to come back to: its home directory on a volume, kept through `stop` and
+    /// `start` and restarts of the Docker engine, never pruned (`rm --volumes` removes it).
+    #[arg(long, requires = "name")]
+    persist: bool,
+    /// Start from a saved snapshot (`sandbox snapshot NAME TAG`) instead of the image.
+    #[arg(long, value_name = "TAG")]
+    from: Option<String>,
     #[arg(long, default_value = sb::DEFAULT_IMAGE)]
     image: String,
     /// Memory limit (e.g. 2g).
@@ -195,6 +237,10 @@ pub struct UpArgs {
     /// Seconds to wait for the desktop to be ready.
     #[arg(long, default_value_t = 60.0)]
     timeout: f64,
+    /// Boot a new desktop even when a warm pool has a matching one ready (a pooled desktop
+    /// keeps its pool's TTL, at least --ttl; one with --name is never pooled).
+    #[arg(long)]
+    no_pool: bool,
 }
 
 pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
@@ -209,7 +255,13 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
         SandboxCmd::Ls { json } => ls(&engine, json).await,
         SandboxCmd::Down { ids, all } => {
             let ids = if all {
-                engine.list().await?.into_iter().map(|s| s.id).collect()
+                engine
+                    .list()
+                    .await?
+                    .into_iter()
+                    .filter(|s| !s.persistent)
+                    .map(|s| s.id)
+                    .collect()
             } else {
                 ids
             };
@@ -219,11 +271,93 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        SandboxCmd::Rm { names, volumes } => {
+            for name in &names {
+                let persistent = engine
+                    .list()
+                    .await?
+                    .into_iter()
+                    .find(|s| s.name == *name || s.id.starts_with(name.as_str()));
+                match &persistent {
+                    Some(s) => {
+                        engine.remove(&s.id).await?;
+                        println!("removed {}", s.name);
+                    }
+                    None if !volumes => anyhow::bail!("no desktop named '{name}'"),
+                    None => {}
+                }
+                let home_name = persistent.map_or_else(|| name.clone(), |s| s.name);
+                if volumes && engine.remove_home(&home_name).await? {
+                    println!("removed volume {}", sb::home_volume(&home_name));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SandboxCmd::Stop { name } => {
+            engine.stop(&name).await?;
+            println!("stopped {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        SandboxCmd::Start { name, json } => {
+            let started = Instant::now();
+            let sandbox = engine.start(&name).await?;
+            let desktop = Desktop::connect(sandbox.clone(), ConnectOptions::default()).await?;
+            desktop.wait_drawn(Duration::from_secs(30)).await?;
+            let ms = started.elapsed().as_millis();
+            if json {
+                println!(
+                    "{}",
+                    json!({"id": sandbox.id(), "name": sandbox.name(), "view_url": sandbox.view_url(), "ready_ms": ms})
+                );
+            } else {
+                println!("started {} in {ms} ms", sandbox.name());
+                if let Some(url) = sandbox.view_url() {
+                    println!("view      {url}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SandboxCmd::Snapshot { name, tag, remove } => {
+            if let Some(tag) = remove {
+                engine.remove_saved(&tag).await?;
+                println!("removed snapshot {tag}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (Some(name), Some(tag)) = (name, tag) else {
+                anyhow::bail!("give the desktop and the tag: sandbox snapshot NAME TAG");
+            };
+            let sandbox = engine.get(&name).await?;
+            let started = Instant::now();
+            let image = sandbox.save_snapshot(&tag).await?;
+            println!(
+                "saved {} as {tag} ({image}) in {:.1} s",
+                sandbox.name(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         SandboxCmd::Snapshots {
+            saved,
             prune,
             older_than,
             json,
         } => {
+            let kept = engine.saved_snapshots().await?;
+            if json && saved {
+                println!("{}", serde_json::to_string(&kept)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !json && !prune {
+                for s in &kept {
+                    println!(
+                        "{}  saved from {}  {}  {:.1} MB",
+                        s.tag,
+                        if s.origin.is_empty() { "-" } else { &s.origin },
+                        crate::time::short(s.created * 1000),
+                        s.size as f64 / 1e6
+                    );
+                }
+            }
             let list = engine.snapshots().await?;
             let now = crate::time::now_ms() / 1000;
             let chosen: Vec<_> = list
@@ -251,7 +385,7 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
                         s.size as f64 / 1e6
                     );
                 }
-                if chosen.is_empty() {
+                if chosen.is_empty() && (prune || kept.is_empty()) {
                     println!("no snapshots");
                 }
             }
@@ -261,7 +395,7 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             let report = engine.prune().await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
-            } else if report.removed.is_empty() {
+            } else if report.removed.is_empty() && report.images.is_empty() {
                 println!("nothing to prune");
             } else {
                 for p in &report.removed {
@@ -270,6 +404,13 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
                         &p.id[..12.min(p.id.len())],
                         p.name,
                         p.reason
+                    );
+                }
+                for id in &report.images {
+                    let id = id.trim_start_matches("sha256:");
+                    println!(
+                        "removed image {} (a removed snapshot's, used by no desktop now)",
+                        &id[..12.min(id.len())]
                     );
                 }
             }
@@ -518,8 +659,13 @@ async fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn up(engine: &Engine, args: UpArgs) -> anyhow::Result<ExitCode> {
+    let image = match &args.from {
+        Some(tag) => engine.saved_snapshot_image(tag).await?,
+        None => args.image,
+    };
     let spec = SandboxSpec {
-        image: args.image,
+        image,
+        persist: args.persist,
         name: args.name,
         width: args.width,
         height: args.height,
@@ -531,7 +677,7 @@ async fn up(engine: &Engine, args: UpArgs) -> anyhow::Result<ExitCode> {
             NetworkArg::Bridge => Network::Bridge,
             NetworkArg::None => Network::None,
         },
-        ttl: args.ttl,
+        ttl: args.ttl.unwrap_or(if args.persist { 0 } else { 3600 }),
         env: args.env,
         ..Default::default()
     };
@@ -545,7 +691,25 @@ async fn up(engine: &Engine, args: UpArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let started = Instant::now();
-    let sandbox = engine.create(&spec).await?;
+    let leased = if args.no_pool || spec.name.is_some() || spec.ttl == 0 || spec.persist {
+        None
+    } else {
+        crate::pool::lease(
+            engine,
+            &spec,
+            spec.ttl,
+            crate::pool::LeaseOptions {
+                detached: true,
+                ..Default::default()
+            },
+        )
+        .await?
+    };
+    let pooled = leased.is_some();
+    let sandbox = match leased {
+        Some(s) => s,
+        None => engine.create(&spec).await?,
+    };
     let desktop = match Desktop::connect(
         sandbox.clone(),
         ConnectOptions {
@@ -579,6 +743,7 @@ async fn up(engine: &Engine, args: UpArgs) -> anyhow::Result<ExitCode> {
             "network": spec.network,
             "ready_ms": ready_ms,
             "drawn_ms": drawn_ms,
+            "pooled": pooled,
         });
         println!("{}", serde_json::to_string(&out)?);
     } else {
@@ -603,7 +768,10 @@ async fn up(engine: &Engine, args: UpArgs) -> anyhow::Result<ExitCode> {
                 format!("{} s", spec.ttl)
             }
         );
-        println!("ready in  {ready_ms} ms (drawn in {drawn_ms} ms)");
+        println!(
+            "ready in  {ready_ms} ms (drawn in {drawn_ms} ms){}",
+            if pooled { ", from a warm pool" } else { "" }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -15,6 +15,7 @@
 mod exec;
 mod files;
 pub mod image;
+pub mod leases;
 pub mod snapshot;
 mod tunnel;
 
@@ -45,6 +46,31 @@ pub const LABEL_SESSION: &str = "selfagent.session";
 pub const LABEL_NAME: &str = "selfagent.name";
 pub const LABEL_OWNER: &str = "selfagent.owner";
 pub const LABEL_NETWORK: &str = "selfagent.network";
+/// A warm pool's member: the pool's key ([`crate::pool`]).
+pub const LABEL_POOL: &str = "selfagent.pool";
+/// A persistent desktop (`sandbox up --persist`): never pruned.
+pub const LABEL_PERSIST: &str = "selfagent.persist";
+
+/// The named volume a persistent desktop keeps its home directory on.
+pub fn home_volume(name: &str) -> String {
+    format!("selfagent-home-{name}")
+}
+
+/// Container name prefixes of a pool member's states: starting, ready to lease, leased.
+pub const POOL_WARMING: &str = "selfagent-pw-";
+pub const POOL_READY: &str = "selfagent-pr-";
+pub const POOL_LEASED: &str = "selfagent-pl-";
+
+/// The pool state a container name says.
+pub fn pool_state(container_name: &str) -> &'static str {
+    if container_name.starts_with(POOL_READY) {
+        "ready"
+    } else if container_name.starts_with(POOL_LEASED) {
+        "leased"
+    } else {
+        "warming"
+    }
+}
 
 /// Where the credentials go before the container starts (root only; the entrypoint reads
 /// and deletes the file). Never the environment: docker keeps that in the container's
@@ -76,7 +102,11 @@ pub enum SandboxError {
         doing: String,
         error: bollard::errors::Error,
     },
-    #[error("image {image} is not there: build it with `selfagent sandbox build`")]
+    #[error("image {image} is not there: {}", if image.starts_with(snapshot::SAVED_REPO) {
+        "no such saved snapshot (`selfagent sandbox snapshots` lists them)"
+    } else {
+        "build it with `selfagent sandbox build`"
+    })]
     ImageMissing { image: String },
     #[error(
         "the base image {base} is missing and cannot be pulled ({reason}); make it locally with \
@@ -131,6 +161,17 @@ impl<T> Doing<T> for Result<T, bollard::errors::Error> {
     }
 }
 
+/// Docker refused because something still uses the object (an image a container runs from).
+fn is_conflict(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            ..
+        }
+    )
+}
+
 fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
@@ -142,7 +183,7 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 }
 
 /// Network access of a sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
     /// Docker's default bridge: the desktop reaches the network; its ports publish on
@@ -177,6 +218,14 @@ pub struct SandboxSpec {
     /// Tie the container to this process: `prune` removes it once the process is gone.
     pub owned: bool,
     pub env: Vec<(String, String)>,
+    /// More labels (a pool member's).
+    pub labels: Vec<(String, String)>,
+    /// The container's name, when not derived from `name` (pool members are renamed as
+    /// they change hands).
+    pub container_name: Option<String>,
+    /// A desktop to come back to (needs `name`): the home directory on the named volume
+    /// `selfagent-home-<name>`, started again when the Docker engine restarts, never pruned.
+    pub persist: bool,
 }
 
 impl Default for SandboxSpec {
@@ -196,6 +245,9 @@ impl Default for SandboxSpec {
             session: None,
             owned: false,
             env: Vec::new(),
+            labels: Vec::new(),
+            container_name: None,
+            persist: false,
         }
     }
 }
@@ -213,6 +265,11 @@ impl SandboxSpec {
                 "dpi {} is out of range (48 to 480)",
                 self.dpi
             )));
+        }
+        if self.persist && self.name.is_none() {
+            return Err(SandboxError::Invalid(
+                "a persistent desktop needs a name (--name) to come back to".into(),
+            ));
         }
         if self.memory < (256 << 20) {
             return Err(SandboxError::Invalid(
@@ -271,7 +328,7 @@ impl Secrets {
     }
 
     /// The boot file the entrypoint reads (`KEY=value` lines).
-    fn boot_file(&self, with_view: bool) -> String {
+    pub(crate) fn boot_file(&self, with_view: bool) -> String {
         let mut text = format!(
             "VNC_PASSWORD={}\nX11_COOKIE={}\n",
             self.vnc_password, self.x11_cookie
@@ -282,7 +339,7 @@ impl Secrets {
         text
     }
 
-    fn parse_boot_file(text: &str) -> Self {
+    pub(crate) fn parse_boot_file(text: &str) -> Self {
         let value = |key: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
@@ -462,6 +519,10 @@ fn view_url(addr: SocketAddr, secrets: &Secrets) -> String {
     )
 }
 
+/// How long a created, not yet started container counts as starting (a cold image can take
+/// a while to unpack on a slow machine); after that `prune` takes it.
+const START_GRACE_SECS: u64 = 300;
+
 /// One row of `sandbox ls`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SandboxInfo {
@@ -478,18 +539,37 @@ pub struct SandboxInfo {
     pub expires: Option<u64>,
     pub expired: bool,
     pub orphaned: bool,
+    /// Made by a selfagent process that is still running: while it is, a container that is
+    /// not running is that process's to report and remove (it may be starting it right now).
+    #[serde(skip)]
+    pub owner_alive: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vnc: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub view: Option<String>,
+    /// Docker's name for the container (pool members change theirs as they change hands).
+    pub container_name: String,
+    /// A desktop to come back to (`--persist`): kept when stopped, never pruned.
+    pub persistent: bool,
+    /// A warm pool's member: the pool and its state (`warming`, `ready`, `leased`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_state: Option<String>,
+    /// Every label, for the pool's bookkeeping.
+    #[serde(skip)]
+    pub labels: HashMap<String, String>,
 }
 
 /// What `prune` removed, and why.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PruneReport {
     pub removed: Vec<PrunedSandbox>,
+    /// Images of saved snapshots removed by name earlier, now used by no desktop.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -499,7 +579,7 @@ pub struct PrunedSandbox {
     pub reason: String,
 }
 
-pub(crate) fn now_secs() -> u64 {
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -589,6 +669,10 @@ impl Engine {
         if spec.owned {
             labels.insert(LABEL_OWNER.to_owned(), crate::process::owner_token());
         }
+        labels.extend(spec.labels.iter().cloned());
+        if spec.persist {
+            labels.insert(LABEL_PERSIST.to_owned(), "1".to_owned());
+        }
 
         let (exposed, bindings, network_mode) = match spec.network {
             Network::Bridge => {
@@ -650,6 +734,19 @@ impl Engine {
             ])),
             port_bindings: bindings,
             network_mode: Some(network_mode.into()),
+            mounts: spec.name.as_ref().filter(|_| spec.persist).map(|name| {
+                vec![bollard::models::Mount {
+                    target: Some("/home/user".into()),
+                    source: Some(home_volume(name)),
+                    typ: Some(bollard::models::MountType::VOLUME),
+                    ..Default::default()
+                }]
+            }),
+            // A desktop to come back to is started again with the engine.
+            restart_policy: spec.persist.then_some(bollard::models::RestartPolicy {
+                name: Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -661,11 +758,13 @@ impl Engine {
             hostname: Some("desktop".into()),
             ..Default::default()
         };
-        let options = spec.name.as_ref().map(|n| {
-            CreateContainerOptionsBuilder::default()
-                .name(&format!("selfagent-{n}"))
-                .build()
-        });
+        let container_name = spec
+            .container_name
+            .clone()
+            .or_else(|| spec.name.as_ref().map(|n| format!("selfagent-{n}")));
+        let options = container_name
+            .as_ref()
+            .map(|n| CreateContainerOptionsBuilder::default().name(n).build());
         let created = self
             .docker
             .create_container(options, body)
@@ -816,6 +915,31 @@ impl Engine {
         self.handle(id_or_name, None).await
     }
 
+    /// The handle of a running sandbox whose credentials are known (a pool's member).
+    pub async fn get_with(&self, id: &str, secrets: Secrets) -> Result<Sandbox, SandboxError> {
+        self.handle(id, Some(secrets)).await
+    }
+
+    /// Renames a container: Docker's names are unique and a rename to the name a container
+    /// already has fails, so renaming to a name derived from the old one is an atomic claim.
+    /// `Ok(false)`: someone else renamed it first (or it is gone).
+    pub async fn rename(&self, id: &str, name: &str) -> Result<bool, SandboxError> {
+        let options = bollard::query_parameters::RenameContainerOptionsBuilder::default()
+            .name(name)
+            .build();
+        match self.docker.rename_container(id, options).await {
+            Ok(()) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 400 | 404 | 409,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(SandboxError::Docker {
+                doing: format!("renaming sandbox {} to {name}", &id[..12.min(id.len())]),
+                error: e,
+            }),
+        }
+    }
+
     /// The handle of a running sandbox; its credentials are read from inside it unless
     /// given (by [`Engine::create`], which made them).
     async fn handle(
@@ -823,7 +947,13 @@ impl Engine {
         id_or_name: &str,
         secrets: Option<Secrets>,
     ) -> Result<Sandbox, SandboxError> {
-        let resolved = self.resolve(id_or_name).await?;
+        // A full id needs no lookup (a pool's lease is timed in milliseconds).
+        let full = id_or_name.len() == 64 && id_or_name.bytes().all(|b| b.is_ascii_hexdigit());
+        let resolved = if full {
+            id_or_name.to_owned()
+        } else {
+            self.resolve(id_or_name).await?
+        };
         let info = self
             .docker
             .inspect_container(&resolved, None)
@@ -963,6 +1093,23 @@ impl Engine {
                     })
                 };
                 let owner = label(LABEL_OWNER);
+                let container_name = c
+                    .names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or_default();
+                let pool = Some(label(LABEL_POOL)).filter(|p| !p.is_empty());
+                let pool_state = pool
+                    .as_ref()
+                    .map(|_| pool_state(&container_name).to_owned());
+                // A pool member's owner is its filler until it is ready; then nobody (it
+                // waits for a lease); leased, the leaser (`crate::pool` keeps that).
+                let orphaned = match pool_state.as_deref() {
+                    Some("ready") => false,
+                    Some("leased") => leases::lease_orphaned(&id),
+                    _ => !owner.is_empty() && crate::process::owner_gone(&owner),
+                };
                 SandboxInfo {
                     name: labels
                         .get(LABEL_NAME)
@@ -976,10 +1123,16 @@ impl Engine {
                     ttl,
                     expires,
                     expired: expires.is_some_and(|e| e <= now),
-                    orphaned: !owner.is_empty() && crate::process::owner_gone(&owner),
+                    orphaned,
+                    owner_alive: !owner.is_empty() && !crate::process::owner_gone(&owner),
                     session: Some(label(LABEL_SESSION)).filter(|s| !s.is_empty()),
                     vnc: port(PORT_VNC),
                     view: port(PORT_VIEW),
+                    container_name,
+                    persistent: labels.contains_key(LABEL_PERSIST),
+                    pool,
+                    pool_state,
+                    labels,
                 }
             })
             .collect();
@@ -1008,8 +1161,14 @@ impl Engine {
             )
             .await
         {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
+            Ok(()) => {
+                leases::forget(&id);
+                Ok(())
+            }
+            Err(e) if is_not_found(&e) => {
+                leases::forget(&id);
+                Ok(())
+            }
             // Removal already under way (another `down`/`prune`): the container is going.
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 409, ..
@@ -1021,12 +1180,92 @@ impl Engine {
         }
     }
 
+    /// Stops a desktop (by id, prefix or name); a persistent one keeps everything for
+    /// [`Engine::start`].
+    pub async fn stop(&self, id_or_name: &str) -> Result<(), SandboxError> {
+        let id = self.resolve(id_or_name).await?;
+        match self
+            .docker
+            .stop_container(
+                &id,
+                Some(
+                    bollard::query_parameters::StopContainerOptionsBuilder::default()
+                        .t(10)
+                        .build(),
+                ),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Stopped already.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(SandboxError::Docker {
+                doing: format!("stopping sandbox {id_or_name}"),
+                error: e,
+            }),
+        }
+    }
+
+    /// Starts a stopped desktop again and returns its handle once it has credentials (it
+    /// makes new ones as it starts).
+    pub async fn start(&self, id_or_name: &str) -> Result<Sandbox, SandboxError> {
+        let id = self.resolve(id_or_name).await?;
+        match self.docker.start_container(&id, None).await {
+            Ok(()) => {}
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
+            Err(e) => {
+                return Err(SandboxError::Docker {
+                    doing: format!("starting sandbox {id_or_name}"),
+                    error: e,
+                });
+            }
+        }
+        match self.handle(&id, None).await {
+            Err(SandboxError::NotRunning { .. }) => Err(self.died(&id).await),
+            other => other,
+        }
+    }
+
+    /// Removes a persistent desktop's home volume (after its container is gone).
+    pub async fn remove_home(&self, name: &str) -> Result<bool, SandboxError> {
+        let volume = home_volume(name);
+        match self
+            .docker
+            .remove_volume(
+                &volume,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(SandboxError::Docker {
+                doing: format!("removing volume {volume}"),
+                error: e,
+            }),
+        }
+    }
+
     /// Removes every selfagent container that is expired, no longer running, or whose
     /// owning selfagent process is gone.
     pub async fn prune(&self) -> Result<PruneReport, SandboxError> {
         let mut report = PruneReport::default();
         for info in self.list().await? {
-            let reason = if info.state != "running" {
+            if info.persistent {
+                // Kept until removed by name, stopped or not.
+                continue;
+            }
+            // A container between create and start is `created` (a detached one has no owner
+            // to ask), and one that just died is `exited`: a living owner is about to report
+            // its death with its logs. Either way a concurrent prune must not take it away.
+            let starting = info.state == "created"
+                && now_secs().saturating_sub(info.created) < START_GRACE_SECS;
+            let left_to_owner = info.owner_alive && !info.expired;
+            let reason = if info.state != "running" && !starting && !left_to_owner {
                 Some(format!("not running ({})", info.state))
             } else if info.expired {
                 Some("TTL expired".to_owned())
@@ -1044,6 +1283,7 @@ impl Engine {
                 });
             }
         }
+        report.images = self.prune_unnamed_saved().await?;
         Ok(report)
     }
 }

@@ -231,3 +231,314 @@ impl Engine {
         }
     }
 }
+
+/// The repository saved snapshots (`sandbox snapshot NAME TAG`) are tagged in.
+pub const SAVED_REPO: &str = "selfagent-snap";
+/// On saved snapshot images: their tag.
+pub const LABEL_SAVED: &str = "selfagent.saved";
+/// On saved snapshot images: the desktop they were taken from.
+pub const LABEL_ORIGIN: &str = "selfagent.origin";
+
+/// The image of a saved snapshot.
+pub fn saved_image(tag: &str) -> String {
+    format!("{SAVED_REPO}:{tag}")
+}
+
+/// Checks a snapshot tag: Docker's tag rules, lower case.
+pub fn check_tag(tag: &str) -> Result<(), SandboxError> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 100
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
+        && !tag.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(SandboxError::Invalid(format!(
+            "snapshot tag '{tag}' may only use lower-case letters, digits, '_', '.' and '-'"
+        )))
+    }
+}
+
+/// One saved snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct SavedSnapshot {
+    pub tag: String,
+    pub image: String,
+    /// The desktop it was taken from.
+    pub origin: String,
+    pub created: i64,
+    /// Bytes it adds on top of the desktop image it came from.
+    pub size: i64,
+}
+
+impl Sandbox {
+    /// Saves this desktop's state (its filesystem, and its home directory when that is a
+    /// persistent volume) as the image [`saved_image`]`(tag)`, to start new desktops from
+    /// ([`SandboxSpec::image`](super::SandboxSpec)). Running programs are not part of it;
+    /// credentials never are (they live on tmpfs mounts). The desktop is paused meanwhile.
+    pub async fn save_snapshot(&self, tag: &str) -> Result<String, SandboxError> {
+        check_tag(tag)?;
+        let image = saved_image(tag);
+        let labels = HashMap::from([
+            (LABEL_SAVED.to_owned(), tag.to_owned()),
+            (LABEL_ORIGIN.to_owned(), self.name().to_owned()),
+            (LABEL_CREATED.to_owned(), String::new()),
+            (LABEL_TTL.to_owned(), String::new()),
+            (LABEL_SESSION.to_owned(), String::new()),
+            (LABEL_OWNER.to_owned(), String::new()),
+            (LABEL_NAME.to_owned(), String::new()),
+            (LABEL_NETWORK.to_owned(), String::new()),
+            (super::LABEL_POOL.to_owned(), String::new()),
+            (super::LABEL_PERSIST.to_owned(), String::new()),
+            (crate::pool::LABEL_POOL_SPEC.to_owned(), String::new()),
+            (crate::pool::LABEL_POOL_SIZE.to_owned(), String::new()),
+        ]);
+        let docker = self.engine.docker();
+        let commit = |container: &str, comment: String| {
+            let options = CommitContainerOptionsBuilder::default()
+                .container(container)
+                .repo(SAVED_REPO)
+                .tag(tag)
+                .comment(&comment)
+                .pause(true)
+                .build();
+            let config = ContainerConfig {
+                labels: Some(labels.clone()),
+                ..Default::default()
+            };
+            docker.commit_container(options, config)
+        };
+        let committed = commit(
+            self.id(),
+            format!("selfagent desktop {} saved as {tag}", self.name()),
+        )
+        .await
+        .doing(|| format!("committing sandbox {} to {image}", self.short_id()))?;
+        if !self.home_is_volume().await? {
+            return Ok(image);
+        }
+        // The home directory is a volume, which a commit leaves out: copy it into a container
+        // of the committed image and commit that.
+        // Never started: only its filesystem is written to, and its configuration (the
+        // image's own, entrypoint and all) is what the next commit keeps.
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let temp = docker
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                body,
+            )
+            .await
+            .doing(|| format!("preparing {image}"))?
+            .id;
+        let baked = async {
+            use futures_util::TryStreamExt;
+            let home = docker
+                .download_from_container(
+                    self.id(),
+                    Some(
+                        bollard::query_parameters::DownloadFromContainerOptionsBuilder::default()
+                            .path("/home/user")
+                            .build(),
+                    ),
+                )
+                .map_err(std::io::Error::other);
+            docker
+                .upload_to_container(
+                    &temp,
+                    Some(
+                        bollard::query_parameters::UploadToContainerOptionsBuilder::default()
+                            .path("/home")
+                            .copy_uidgid("1")
+                            .build(),
+                    ),
+                    bollard::body_try_stream(home),
+                )
+                .await
+                .doing(|| {
+                    format!(
+                        "copying the home directory of {} into {image}",
+                        self.short_id()
+                    )
+                })?;
+            commit(
+                &temp,
+                format!(
+                    "selfagent desktop {} saved as {tag}, with its home",
+                    self.name()
+                ),
+            )
+            .await
+            .doing(|| format!("committing {image}"))
+        }
+        .await;
+        let _ = docker
+            .remove_container(
+                &temp,
+                Some(
+                    bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                        .force(true)
+                        .build(),
+                ),
+            )
+            .await;
+        baked?;
+        // The first commit, now untagged.
+        if !committed.id.is_empty() {
+            let _ = docker
+                .remove_image(
+                    &committed.id,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await;
+        }
+        Ok(image)
+    }
+
+    /// Whether the home directory is a volume (a persistent desktop's).
+    async fn home_is_volume(&self) -> Result<bool, SandboxError> {
+        let info = self
+            .engine
+            .docker()
+            .inspect_container(self.id(), None)
+            .await
+            .doing(|| format!("inspecting sandbox {}", self.short_id()))?;
+        Ok(info.mounts.unwrap_or_default().iter().any(|m| {
+            m.destination.as_deref() == Some("/home/user")
+                && m.typ.as_ref().map(ToString::to_string).as_deref() == Some("volume")
+        }))
+    }
+}
+
+impl Engine {
+    /// Every saved snapshot, newest first.
+    pub async fn saved_snapshots(&self) -> Result<Vec<SavedSnapshot>, SandboxError> {
+        let images = self
+            .docker()
+            .list_images(Some(ListImagesOptionsBuilder::default().all(true).build()))
+            .await
+            .doing(|| "listing snapshot images".into())?;
+        let sizes: HashMap<&str, i64> = images.iter().map(|i| (i.id.as_str(), i.size)).collect();
+        let mut out: Vec<SavedSnapshot> = images
+            .iter()
+            .filter(|i| i.labels.get(LABEL_SAVED).is_some_and(|t| !t.is_empty()))
+            .flat_map(|i| {
+                let parent = sizes.get(i.parent_id.as_str()).copied().unwrap_or(0);
+                i.repo_tags
+                    .iter()
+                    .filter_map(|t| t.strip_prefix(&format!("{SAVED_REPO}:")))
+                    .map(|tag| SavedSnapshot {
+                        tag: tag.to_owned(),
+                        image: saved_image(tag),
+                        origin: i.labels.get(LABEL_ORIGIN).cloned().unwrap_or_default(),
+                        created: i.created,
+                        size: (i.size - parent).max(0),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by_key(|s| std::cmp::Reverse(s.created));
+        Ok(out)
+    }
+
+    /// The image to start a desktop from a saved snapshot with; an error naming the saved
+    /// ones when there is no such snapshot.
+    pub async fn saved_snapshot_image(&self, tag: &str) -> Result<String, SandboxError> {
+        check_tag(tag)?;
+        let image = saved_image(tag);
+        if self.image_exists(&image).await? {
+            return Ok(image);
+        }
+        let known: Vec<String> = self
+            .saved_snapshots()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.tag)
+            .collect();
+        Err(SandboxError::Invalid(format!(
+            "there is no snapshot '{tag}'{}",
+            if known.is_empty() {
+                " (`selfagent sandbox snapshot NAME TAG` saves one)".to_owned()
+            } else {
+                format!(" (saved: {})", known.join(", "))
+            }
+        )))
+    }
+
+    /// Removes the images of saved snapshots whose name was removed while desktops still ran
+    /// from them, once no container uses them any more; returns their ids. (Docker keeps
+    /// such an image, untagged, as long as a container needs its layers.)
+    pub async fn prune_unnamed_saved(&self) -> Result<Vec<String>, SandboxError> {
+        let images = self
+            .docker()
+            .list_images(Some(ListImagesOptionsBuilder::default().all(true).build()))
+            .await
+            .doing(|| "listing snapshot images".into())?;
+        let mut removed = Vec::new();
+        for image in images {
+            let saved = image.labels.get(LABEL_SAVED).is_some_and(|t| !t.is_empty());
+            let named = image.repo_tags.iter().any(|t| t != "<none>:<none>");
+            if !saved || named {
+                continue;
+            }
+            // Not forced: an image a container still uses is refused, and kept.
+            match self
+                .docker()
+                .remove_image(
+                    &image.id,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await
+            {
+                Ok(_) => removed.push(image.id),
+                Err(e) if super::is_not_found(&e) || super::is_conflict(&e) => {}
+                Err(e) => {
+                    return Err(SandboxError::Docker {
+                        doing: format!("removing unnamed snapshot image {}", image.id),
+                        error: e,
+                    });
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes a saved snapshot (desktops started from it keep running: the name goes, their
+    /// layers stay until they are removed too, and `prune` then removes the image).
+    pub async fn remove_saved(&self, tag: &str) -> Result<(), SandboxError> {
+        check_tag(tag)?;
+        let image = saved_image(tag);
+        if !self.image_exists(&image).await? {
+            return Err(SandboxError::Invalid(format!(
+                "there is no snapshot '{tag}'"
+            )));
+        }
+        match self
+            .docker()
+            .remove_image(
+                &image,
+                Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if super::is_not_found(&e) => Ok(()),
+            Err(e) => Err(SandboxError::Docker {
+                doing: format!("removing snapshot {tag}"),
+                error: e,
+            }),
+        }
+    }
+}

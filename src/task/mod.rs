@@ -535,6 +535,10 @@ pub struct Task {
     /// Where the task came from (`osworld:<id>`), for imported tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Start the desktop from this saved snapshot (`sandbox snapshot NAME TAG`): a setup
+    /// that is expensive done once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 impl Limits {
@@ -592,6 +596,9 @@ impl Task {
         }
         if self.instruction.trim().is_empty() {
             return Err("`instruction` is empty".into());
+        }
+        if let Some(tag) = &self.from {
+            crate::sandbox::snapshot::check_tag(tag).map_err(|e| format!("`from`: {e}"))?;
         }
         if let Some(t) = self.limits.timeout
             && !(t.is_finite() && t > 0.0)

@@ -487,6 +487,7 @@ pub fn convert(v: &Value, fetched: &HashMap<String, String>) -> Result<Imported,
             })
             .unwrap_or_default(),
         source: Some(format!("osworld:{id}")),
+        from: None,
     };
     // The result must be a task this version accepts (ids, regexes, limits).
     let text = task.to_toml().map_err(|e| Skipped {

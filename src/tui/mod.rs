@@ -43,6 +43,8 @@ pub struct LiveSetup {
     pub task: Option<Task>,
     /// Snapshot the final state of graded episodes.
     pub snapshot: Option<u64>,
+    /// Where the desktop comes from.
+    pub source: crate::episode::Source,
 }
 
 /// Messages into the UI loop from the background.
@@ -336,6 +338,7 @@ async fn live_episode(
         keep,
         task,
         snapshot,
+        source,
         ..
     } = setup;
     // A person is watching: safety checks and the model's calls for help are asked.
@@ -368,6 +371,7 @@ async fn live_episode(
         snapshot,
         session: None,
         calibration: None,
+        source,
     };
     let end = episode::run(&engine, plan, hooks).await;
     let _ = forward.await;

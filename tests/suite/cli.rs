@@ -219,6 +219,64 @@ fn ttl_stops_the_desktop_and_prune_removes_it() {
     assert!(listed(&id).is_none(), "prune left the container behind");
 }
 
+/// Creates (never starts) a selfagent-labelled container owned by `owner` (none if empty),
+/// labelled as made `age` seconds ago.
+fn created_container(owner: &str, age: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - age;
+    let out = std::process::Command::new("docker")
+        .args([
+            "create",
+            "--label",
+            &format!("selfagent.created={now}"),
+            "--label",
+            "selfagent.ttl=600",
+            "--label",
+            &format!("selfagent.owner={owner}"),
+            "--label",
+            "selfagent.test=prune",
+            "selfagent-desktop:latest",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_owned()
+}
+
+#[test]
+fn prune_leaves_a_desktop_its_living_owner_is_starting() {
+    // Between create and start a desktop is `created`: a prune run by another process at
+    // that moment must leave it alone (detached ones included: they have no owner) and
+    // take only an old one whose owner is gone.
+    let mine = created_container(&selfagent::process::owner_token(), 0);
+    let _g0 = Guard(mine.clone());
+    let detached = created_container("", 0);
+    let _g1 = Guard(detached.clone());
+    let mut dead = selfagent::process::owner_token()
+        .split('/')
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    dead[2] = "1".to_owned();
+    let theirs = created_container(&dead.join("/"), 3600);
+    let _g2 = Guard(theirs.clone());
+    let out = cli(&["sandbox", "prune", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let removed: Vec<&str> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert!(!removed.contains(&mine.as_str()), "{report}");
+    assert!(!removed.contains(&detached.as_str()), "{report}");
+    assert!(removed.contains(&theirs.as_str()), "{report}");
+    assert!(listed(&mine).is_some());
+}
+
 #[test]
 fn unknown_sandboxes_and_a_stopped_one_are_clear_errors() {
     let out = cli(&["sandbox", "shot", "no-such-sandbox", "-o", "/tmp/x.png"]);
