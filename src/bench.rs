@@ -16,7 +16,11 @@
 //!   (cursor_position: nothing to settle), `move` (a mouse move with no visible effect:
 //!   settle waits its first-change window), `key` (a key into a terminal: settle waits for
 //!   the redraw and the quiet window). With the recorder's write time per step and the
-//!   bytes stored per step.
+//!   bytes stored per step. Then `key via tunnels`: the key scenario with VNC and X11
+//!   reached through the Docker API (how a remote engine's desktops are driven), and
+//!   `tunnel_step_ratio`, its p50 over the direct one's.
+//! - `pool_lease_ready_ms_*`: a warm pool's desktop leased until ready for the first
+//!   screenshot; `fork_ready_ms_*`: a desktop started from a saved snapshot until ready.
 //! - `protocols`: each wire format's own work per step of a 40-step conversation on the
 //!   real screenshot (no network, no model): build the request and serialize its body,
 //!   decode a typical reply, fold the reply and the results in; the request's bytes per
@@ -117,6 +121,8 @@ pub struct Report {
     pub screenshot_speedup: f64,
     pub input_speedup: f64,
     pub steps: Vec<StepScenario>,
+    /// A key step's p50 through tunnels (the Docker API) / through the published ports.
+    pub tunnel_step_ratio: f64,
     pub protocols: Vec<ProtocolCodec>,
     /// Serializing the smallest request that carries one screenshot.
     pub baseline_request_ms: Stats,
@@ -518,6 +524,33 @@ async fn measure(
                 .0,
         );
     }
+    // The same key step with VNC and X11 through the Docker API, as a desktop on another
+    // machine's engine is driven.
+    progress(
+        args.json,
+        &format!("loop steps: key through tunnels x{samples}"),
+    );
+    let tunneled = sandbox.through_tunnels();
+    let fresh = Desktop::connect(tunneled.clone(), ConnectOptions::default()).await?;
+    let through_tunnels = loop_steps(
+        &fresh,
+        &tunneled,
+        "key via tunnels",
+        json!({"action": "key", "text": "x"}),
+        samples,
+        None,
+    )
+    .await?
+    .0;
+    drop(fresh);
+    let tunnel_step_ratio = round(
+        through_tunnels.step_ms.p50
+            / steps
+                .iter()
+                .find(|s| s.name == "key")
+                .map_or(1.0, |s| s.step_ms.p50.max(0.01)),
+    );
+    steps.push(through_tunnels);
     progress(args.json, "replay: recording 100 steps, then opening them");
     let dir = std::env::temp_dir().join(format!("selfagent-bench-replay-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -558,6 +591,7 @@ async fn measure(
         baseline_screenshot_ms,
         baseline_input_to_effect_ms,
         steps,
+        tunnel_step_ratio,
         protocols,
         baseline_request_ms,
         replay_first_paint_ms: round(ms(first_paint)),
@@ -821,6 +855,10 @@ fn print_report(r: &Report) {
             sc.name, sc.bytes_per_step
         );
     }
+    println!(
+        "key step through tunnels            {:.2}x the step through published ports",
+        r.tunnel_step_ratio
+    );
     row("baseline: a request with 1 image", &r.baseline_request_ms);
     for p in &r.protocols {
         row(

@@ -423,7 +423,8 @@ impl Sandbox {
         &self.engine
     }
 
-    /// The published endpoints, or (with no network) local tunnels through `docker exec`.
+    /// The published endpoints, or (with no network, or an engine on another machine) local
+    /// tunnels through `docker exec`.
     pub async fn endpoints(&self) -> Result<Endpoints, SandboxError> {
         if let Some(e) = self.published {
             return Ok(e);
@@ -432,6 +433,16 @@ impl Sandbox {
             .get_or_try_init(|| tunnel::open(self.clone()))
             .await
             .copied()
+    }
+
+    /// The same desktop reached through tunnels (the Docker API) instead of its published
+    /// ports: what a remote engine's desktops always use; `bench` compares the two.
+    pub fn through_tunnels(&self) -> Sandbox {
+        Sandbox {
+            published: None,
+            tunnel: Arc::new(OnceCell::new()),
+            ..self.clone()
+        }
     }
 
     /// The VNC address a viewer on this machine can use (published sandboxes only).
@@ -586,10 +597,56 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// How this process reaches a desktop's VNC and X11 servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reach {
+    /// The ports the engine published on 127.0.0.1: the fast path, for an engine on this
+    /// machine.
+    Direct,
+    /// Through the Docker API (one `docker exec` relay per connection): for an engine on
+    /// another machine, whose published ports are on *its* loopback, so nothing needs a
+    /// routable address or an open firewall.
+    Tunnels,
+}
+
+impl Reach {
+    /// From `SELFAGENT_REACH` (`direct`, `tunnels`) if set, else from the engine's address:
+    /// a Unix socket or a loopback `tcp://` is this machine, anything else is not.
+    pub fn for_host(host: &str, forced: Option<&str>) -> Result<Self, String> {
+        match forced.map(str::trim) {
+            Some("direct") => return Ok(Reach::Direct),
+            Some("tunnels") => return Ok(Reach::Tunnels),
+            Some("") | None => {}
+            Some(other) => {
+                return Err(format!(
+                    "SELFAGENT_REACH={other:?}: expected `direct` or `tunnels`"
+                ));
+            }
+        }
+        let rest = host.split_once("://").map_or(host, |(_, r)| r);
+        if host.starts_with("unix://") || host.starts_with("npipe://") || !host.contains("://") {
+            return Ok(Reach::Direct);
+        }
+        let authority = rest.split('/').next().unwrap_or("");
+        let hostname = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, h)| h)
+            .trim_start_matches('[');
+        let hostname = hostname
+            .split_once(']')
+            .map_or_else(|| hostname.split(':').next().unwrap_or(""), |(h, _)| h);
+        let local =
+            host.starts_with("tcp://") && matches!(hostname, "127.0.0.1" | "localhost" | "::1");
+        Ok(if local { Reach::Direct } else { Reach::Tunnels })
+    }
+}
+
 /// One connection to the Docker engine.
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
+    reach: Reach,
 }
 
 impl fmt::Debug for Engine {
@@ -608,10 +665,23 @@ impl Engine {
             host: host.clone(),
             error,
         };
+        let reach = Reach::for_host(&host, std::env::var("SELFAGENT_REACH").ok().as_deref())
+            .map_err(SandboxError::Invalid)?;
         let docker = Docker::connect_with_defaults().map_err(engine_err)?;
         let docker = docker.negotiate_version().await.map_err(engine_err)?;
         docker.ping().await.map_err(engine_err)?;
-        Ok(Self { docker })
+        Ok(Self { docker, reach })
+    }
+
+    /// How desktops of this engine are reached.
+    pub fn reach(&self) -> Reach {
+        self.reach
+    }
+
+    /// The same engine, its desktops reached as `reach` says.
+    pub fn with_reach(mut self, reach: Reach) -> Self {
+        self.reach = reach;
+        self
     }
 
     pub fn docker(&self) -> &Docker {
@@ -990,9 +1060,9 @@ impl Engine {
         } else {
             Network::Bridge
         };
-        let published = match network {
-            Network::None => None,
-            Network::Bridge => {
+        let published = match (network, self.reach) {
+            (Network::None, _) | (_, Reach::Tunnels) => None,
+            (Network::Bridge, Reach::Direct) => {
                 let ports = info
                     .network_settings
                     .and_then(|n| n.ports)
@@ -1301,6 +1371,28 @@ pub fn ago(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_engine_on_another_machine_is_reached_through_tunnels() {
+        let reach = |h: &str| Reach::for_host(h, None).unwrap();
+        assert_eq!(reach("unix:///var/run/docker.sock"), Reach::Direct);
+        assert_eq!(reach("tcp://127.0.0.1:2375"), Reach::Direct);
+        assert_eq!(reach("tcp://localhost:2376"), Reach::Direct);
+        assert_eq!(reach("tcp://[::1]:2375"), Reach::Direct);
+        assert_eq!(reach("tcp://10.0.0.7:2376"), Reach::Tunnels);
+        assert_eq!(reach("tcp://127.0.0.1.evil.example:2376"), Reach::Tunnels);
+        assert_eq!(reach("ssh://me@build-box"), Reach::Tunnels);
+        assert_eq!(reach("ssh://me@localhost"), Reach::Tunnels);
+        assert_eq!(
+            Reach::for_host("tcp://10.0.0.7:2376", Some("direct")),
+            Ok(Reach::Direct)
+        );
+        assert_eq!(
+            Reach::for_host("unix:///x.sock", Some("tunnels")),
+            Ok(Reach::Tunnels)
+        );
+        assert!(Reach::for_host("unix:///x.sock", Some("fast")).is_err());
+    }
 
     #[test]
     fn secrets_are_random_and_hidden_from_debug() {

@@ -2,8 +2,10 @@
 
 use crate::common::{self, Guard, desktop, desktop_with, http, test_spec, websocket_headers};
 use pretty_assertions::assert_eq;
+use selfagent::action::{Action, Point};
+use selfagent::desktop::WindowMatch;
 use selfagent::desktop::{ConnectOptions, Desktop};
-use selfagent::sandbox::{ExecOptions, Network, SandboxSpec};
+use selfagent::sandbox::{ExecOptions, Network, Reach, SandboxSpec};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -153,6 +155,64 @@ async fn a_desktop_without_network_works_through_tunnels() {
         "{}",
         out.stderr_text()
     );
+}
+
+#[tokio::test]
+async fn an_engine_reached_through_tunnels_drives_its_desktops_without_their_ports() {
+    // What a desktop on another machine's engine gets: VNC and X11 through the Docker API,
+    // never the ports published on that machine's loopback.
+    let engine = common::engine().await.with_reach(Reach::Tunnels);
+    let sandbox = engine
+        .create(&test_spec())
+        .await
+        .expect("creating a desktop");
+    let _guard = Guard(sandbox.id().to_owned());
+    assert!(sandbox.vnc_address().is_none() && sandbox.view_url().is_none());
+    let published = common::engine().await.get(sandbox.id()).await.unwrap();
+    let direct = published.endpoints().await.unwrap();
+    let tunneled = sandbox.endpoints().await.unwrap();
+    assert_ne!(tunneled.vnc, direct.vnc);
+    assert_ne!(tunneled.x11, direct.x11);
+
+    let d = Desktop::connect(sandbox.clone(), ConnectOptions::default())
+        .await
+        .expect("ready through tunnels");
+    let shot = d.screenshot().await.unwrap();
+    assert_eq!(common::decode_png(&shot.png).dimensions(), (1280, 800));
+    d.act(&Action::MouseMove {
+        coordinate: Point::new(321, 123),
+    })
+    .await
+    .unwrap();
+    assert_eq!(d.cursor_position().await.unwrap(), Point::new(321, 123));
+    d.act(&Action::Launch {
+        app: "terminal".into(),
+    })
+    .await
+    .unwrap();
+    let m = WindowMatch {
+        class: Some(regex::Regex::new("(?i)terminal").unwrap()),
+        ..Default::default()
+    };
+    let term = d.wait_window(&m, Duration::from_secs(60)).await.unwrap();
+    d.focus(term.id, Duration::from_secs(10)).await.unwrap();
+    d.act(&Action::Type {
+        text: "echo through-the-api > /tmp/tunneled.txt\n".into(),
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = sandbox
+            .exec(&["cat", "/tmp/tunneled.txt"], &ExecOptions::default())
+            .await
+            .unwrap();
+        if out.stdout_text().trim() == "through-the-api" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the typed command never ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
