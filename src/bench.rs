@@ -349,7 +349,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let report = result?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::outln!("{}", serde_json::to_string(&report)?);
     } else {
         print_report(&report);
     }
@@ -814,14 +814,20 @@ async fn loop_steps(
 
 fn print_report(r: &Report) {
     let row = |name: &str, s: &Stats| {
-        println!(
+        crate::outln!(
             "{name:<34} p50 {:>8.2}  p95 {:>8.2}  min {:>8.2}  max {:>8.2}  (n={})",
-            s.p50, s.p95, s.min, s.max, s.n
+            s.p50,
+            s.p95,
+            s.min,
+            s.max,
+            s.n
         );
     };
-    println!(
+    crate::outln!(
         "selfagent bench: {}x{} desktop, {} (milliseconds)",
-        r.width, r.height, r.x_server
+        r.width,
+        r.height,
+        r.x_server
     );
     row("create to ready", &r.ready_ms);
     row("warm pool: lease to ready", &r.pool_lease_ready_ms);
@@ -835,13 +841,15 @@ fn print_report(r: &Report) {
         "baseline: docker exec xdotool",
         &r.baseline_input_to_effect_ms,
     );
-    println!(
+    crate::outln!(
         "screenshot PNG size                {} bytes",
         r.screenshot_bytes
     );
-    println!(
+    crate::outln!(
         "speedup vs baseline                screenshot {:.1}x, input {:.1}x; pool lease vs create {:.1}x",
-        r.screenshot_speedup, r.input_speedup, r.pool_speedup
+        r.screenshot_speedup,
+        r.input_speedup,
+        r.pool_speedup
     );
     for sc in &r.steps {
         row(&format!("loop step, {}", sc.name), &sc.step_ms);
@@ -850,12 +858,13 @@ fn print_report(r: &Report) {
             &format!("  recorder write, {}", sc.name),
             &sc.record_write_ms,
         );
-        println!(
+        crate::outln!(
             "  stored per step, {:<18} {} bytes",
-            sc.name, sc.bytes_per_step
+            sc.name,
+            sc.bytes_per_step
         );
     }
-    println!(
+    crate::outln!(
         "key step through tunnels            {:.2}x the step through published ports",
         r.tunnel_step_ratio
     );
@@ -865,7 +874,7 @@ fn print_report(r: &Report) {
             &format!("protocol {} ({})", p.protocol, p.coords),
             &p.encode_decode_ms,
         );
-        println!(
+        crate::outln!(
             "  request bytes per step            p50 {} max {} ({:.1}x the baseline's time){}",
             p.request_bytes_p50,
             p.request_bytes_max,
@@ -878,9 +887,10 @@ fn print_report(r: &Report) {
                 .unwrap_or_default()
         );
     }
-    println!(
+    crate::outln!(
         "replay of 100 steps                first paint {:.1} ms, first screenshot {:.1} ms",
-        r.replay_first_paint_ms, r.replay_first_screenshot_ms
+        r.replay_first_paint_ms,
+        r.replay_first_screenshot_ms
     );
 }
 

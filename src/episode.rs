@@ -155,6 +155,43 @@ pub struct End {
     pub calibration: Option<crate::calibrate::Report>,
 }
 
+/// Exit codes of an episode, the same for `run --headless` and the TUI (see `run --help`).
+pub const EXIT_CHECKS_FAILED: u8 = 2;
+pub const EXIT_LIMIT: u8 = 3;
+pub const EXIT_HARNESS: u8 = 4;
+pub const EXIT_RECORDING: u8 = 5;
+pub const EXIT_NEEDS_USER: u8 = 6;
+pub const EXIT_STOPPED: u8 = 130;
+
+impl End {
+    /// The process's exit code for this end (see `run --help`).
+    pub fn exit_code(&self) -> u8 {
+        let o = &self.outcome;
+        if o.ended_by == EndedBy::User {
+            return EXIT_STOPPED;
+        }
+        if o.ended_by == EndedBy::Recording || self.recording_error.is_some() {
+            return EXIT_RECORDING;
+        }
+        if o.status == Status::NeedsUser || o.ended_by == EndedBy::Safety {
+            return EXIT_NEEDS_USER;
+        }
+        if self.harness_error().is_some() {
+            return EXIT_HARNESS;
+        }
+        if let Some(g) = &self.grade
+            && g.passed == Some(false)
+        {
+            return EXIT_CHECKS_FAILED;
+        }
+        match (o.status, o.ended_by) {
+            (Status::Succeeded, _) | (Status::Failed, EndedBy::Model) => 0,
+            (_, EndedBy::StepLimit | EndedBy::TimeLimit) => EXIT_LIMIT,
+            _ => 1,
+        }
+    }
+}
+
 impl End {
     /// Failed because of the harness (desktop, setup, grading), not the agent.
     pub fn harness_error(&self) -> Option<String> {

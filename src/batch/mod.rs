@@ -397,9 +397,9 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
     let db = Db::open(&db_path)?;
     let written = report.write(&report_dir, &db, &tasks)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.table());
+        crate::out!("{}", report.table());
     }
     eprintln!(
         "reports: {} (open {} in a browser)",

@@ -80,9 +80,9 @@ pub async fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let mut v = serde_json::to_value(report)?;
         v["session"] = serde_json::json!(end.session);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", calibrate::render(report));
+        crate::out!("{}", calibrate::render(report));
     }
     Ok(match report.verdict {
         Verdict::Usable => ExitCode::SUCCESS,

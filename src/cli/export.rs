@@ -67,6 +67,6 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             eprintln!("{n} actions");
         }
     }
-    println!("{}", out.display());
+    crate::outln!("{}", out.display());
     Ok(ExitCode::SUCCESS)
 }

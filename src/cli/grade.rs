@@ -169,12 +169,12 @@ pub async fn run(args: GradeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("grading session {}", s.id))?;
         if !args.json {
-            println!("{}", line(&r));
+            crate::outln!("{}", line(&r));
         }
         results.push(r);
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&results)?);
     }
     let code = if results.iter().any(|r| r.after.passed.is_none()) {
         4

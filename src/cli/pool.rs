@@ -122,19 +122,25 @@ async fn up(engine: &Engine, args: PoolUpArgs) -> anyhow::Result<ExitCode> {
 async fn ls(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {
     let pools = pool::list(engine).await?;
     if json {
-        println!("{}", serde_json::to_string(&pools)?);
+        crate::outln!("{}", serde_json::to_string(&pools)?);
         return Ok(ExitCode::SUCCESS);
     }
     if pools.is_empty() {
-        println!("no pools (`selfagent pool up --size N` starts one)");
+        crate::outln!("no pools (`selfagent pool up --size N` starts one)");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    crate::outln!(
         "{:<13} {:<28} {:>9}  {:>4} {:>5} {:>7} {:>6}",
-        "KEY", "IMAGE", "SIZE", "KEEP", "READY", "WARMING", "LEASED"
+        "KEY",
+        "IMAGE",
+        "SIZE",
+        "KEEP",
+        "READY",
+        "WARMING",
+        "LEASED"
     );
     for p in pools {
-        println!(
+        crate::outln!(
             "{:<13} {:<28} {:>9}  {:>4} {:>5} {:>7} {:>6}{}",
             p.key,
             p.spec.image,

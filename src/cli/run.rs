@@ -1,6 +1,6 @@
 //! `selfagent run`: one episode: a fresh desktop, the loop, a recording.
 
-use crate::agent::{self, EndedBy, Status};
+use crate::agent;
 use crate::config::{self, FileConfig};
 use crate::episode::{self, End, Hooks, Plan};
 use crate::record::Db;
@@ -12,13 +12,9 @@ use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Exit codes of `run`.
-pub const EXIT_CHECKS_FAILED: u8 = 2;
-pub const EXIT_LIMIT: u8 = 3;
-pub const EXIT_HARNESS: u8 = 4;
-pub const EXIT_RECORDING: u8 = 5;
-pub const EXIT_NEEDS_USER: u8 = 6;
-pub const EXIT_STOPPED: u8 = 130;
+pub use crate::episode::{
+    EXIT_CHECKS_FAILED, EXIT_HARNESS, EXIT_LIMIT, EXIT_NEEDS_USER, EXIT_RECORDING, EXIT_STOPPED,
+};
 
 #[derive(Debug, Args)]
 #[command(
@@ -133,31 +129,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(&end))
 }
 
-/// The exit code of a finished episode (see `run --help`).
+/// The exit code of a finished episode (see `run --help`): the same in the TUI.
 pub fn exit_code(end: &End) -> ExitCode {
-    let o = &end.outcome;
-    if o.ended_by == EndedBy::User {
-        return ExitCode::from(EXIT_STOPPED);
-    }
-    if o.ended_by == EndedBy::Recording || end.recording_error.is_some() {
-        return ExitCode::from(EXIT_RECORDING);
-    }
-    if o.status == Status::NeedsUser || o.ended_by == EndedBy::Safety {
-        return ExitCode::from(EXIT_NEEDS_USER);
-    }
-    if end.harness_error().is_some() {
-        return ExitCode::from(EXIT_HARNESS);
-    }
-    if let Some(g) = &end.grade
-        && g.passed == Some(false)
-    {
-        return ExitCode::from(EXIT_CHECKS_FAILED);
-    }
-    match (o.status, o.ended_by) {
-        (Status::Succeeded, _) | (Status::Failed, EndedBy::Model) => ExitCode::SUCCESS,
-        (_, EndedBy::StepLimit | EndedBy::TimeLimit) => ExitCode::from(EXIT_LIMIT),
-        _ => ExitCode::FAILURE,
-    }
+    ExitCode::from(end.exit_code())
 }
 
 /// With the terminal UI (the task is asked for when not given).
@@ -189,6 +163,6 @@ async fn ui(
         snapshot: args.common.snapshot(),
         source: args.source(),
     })
-    .await?;
-    Ok(ExitCode::SUCCESS)
+    .await
+    .map(ExitCode::from)
 }

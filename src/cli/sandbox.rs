@@ -267,7 +267,7 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             };
             for id in &ids {
                 engine.remove(id).await?;
-                println!("{}", &id[..id.len().min(12)]);
+                crate::outln!("{}", &id[..id.len().min(12)]);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -281,21 +281,21 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
                 match &persistent {
                     Some(s) => {
                         engine.remove(&s.id).await?;
-                        println!("removed {}", s.name);
+                        crate::outln!("removed {}", s.name);
                     }
                     None if !volumes => anyhow::bail!("no desktop named '{name}'"),
                     None => {}
                 }
                 let home_name = persistent.map_or_else(|| name.clone(), |s| s.name);
                 if volumes && engine.remove_home(&home_name).await? {
-                    println!("removed volume {}", sb::home_volume(&home_name));
+                    crate::outln!("removed volume {}", sb::home_volume(&home_name));
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         SandboxCmd::Stop { name } => {
             engine.stop(&name).await?;
-            println!("stopped {name}");
+            crate::outln!("stopped {name}");
             Ok(ExitCode::SUCCESS)
         }
         SandboxCmd::Start { name, json } => {
@@ -305,14 +305,14 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             desktop.wait_drawn(Duration::from_secs(30)).await?;
             let ms = started.elapsed().as_millis();
             if json {
-                println!(
+                crate::outln!(
                     "{}",
                     json!({"id": sandbox.id(), "name": sandbox.name(), "view_url": sandbox.view_url(), "ready_ms": ms})
                 );
             } else {
-                println!("started {} in {ms} ms", sandbox.name());
+                crate::outln!("started {} in {ms} ms", sandbox.name());
                 if let Some(url) = sandbox.view_url() {
-                    println!("view      {url}");
+                    crate::outln!("view      {url}");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -320,7 +320,7 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
         SandboxCmd::Snapshot { name, tag, remove } => {
             if let Some(tag) = remove {
                 engine.remove_saved(&tag).await?;
-                println!("removed snapshot {tag}");
+                crate::outln!("removed snapshot {tag}");
                 return Ok(ExitCode::SUCCESS);
             }
             let (Some(name), Some(tag)) = (name, tag) else {
@@ -329,7 +329,7 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             let sandbox = engine.get(&name).await?;
             let started = Instant::now();
             let image = sandbox.save_snapshot(&tag).await?;
-            println!(
+            crate::outln!(
                 "saved {} as {tag} ({image}) in {:.1} s",
                 sandbox.name(),
                 started.elapsed().as_secs_f64()
@@ -344,12 +344,12 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
         } => {
             let kept = engine.saved_snapshots().await?;
             if json && saved {
-                println!("{}", serde_json::to_string(&kept)?);
+                crate::outln!("{}", serde_json::to_string(&kept)?);
                 return Ok(ExitCode::SUCCESS);
             }
             if !json && !prune {
                 for s in &kept {
-                    println!(
+                    crate::outln!(
                         "{}  saved from {}  {}  {:.1} MB",
                         s.tag,
                         if s.origin.is_empty() { "-" } else { &s.origin },
@@ -373,11 +373,11 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
                 }
             }
             if json {
-                println!("{}", serde_json::to_string(&chosen)?);
+                crate::outln!("{}", serde_json::to_string(&chosen)?);
             } else {
                 let verb = if prune { "removed " } else { "" };
                 for s in &chosen {
-                    println!(
+                    crate::outln!(
                         "{verb}{}  task {}  {}  {:.1} MB",
                         s.image,
                         if s.task.is_empty() { "-" } else { &s.task },
@@ -386,7 +386,7 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
                     );
                 }
                 if chosen.is_empty() && (prune || kept.is_empty()) {
-                    println!("no snapshots");
+                    crate::outln!("no snapshots");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -394,12 +394,12 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
         SandboxCmd::Prune { json } => {
             let report = engine.prune().await?;
             if json {
-                println!("{}", serde_json::to_string(&report)?);
+                crate::outln!("{}", serde_json::to_string(&report)?);
             } else if report.removed.is_empty() && report.images.is_empty() {
-                println!("nothing to prune");
+                crate::outln!("nothing to prune");
             } else {
                 for p in &report.removed {
-                    println!(
+                    crate::outln!(
                         "removed {} ({}): {}",
                         &p.id[..12.min(p.id.len())],
                         p.name,
@@ -408,7 +408,7 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
                 }
                 for id in &report.images {
                     let id = id.trim_start_matches("sha256:");
-                    println!(
+                    crate::outln!(
                         "removed image {} (a removed snapshot's, used by no desktop now)",
                         &id[..12.min(id.len())]
                     );
@@ -455,7 +455,7 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
                     .collect::<Vec<_>>()
                     .join(" ");
                 let p = sandbox.spawn(&script).await?;
-                println!("{}", serde_json::to_string(&p)?);
+                crate::outln!("{}", serde_json::to_string(&p)?);
                 return Ok(ExitCode::SUCCESS);
             }
             let stdin = if interactive {
@@ -493,17 +493,28 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             let desktop = connect(&engine, &id).await?;
             let windows = desktop.windows().await?;
             if json {
-                println!("{}", serde_json::to_string(&windows)?);
+                crate::outln!("{}", serde_json::to_string(&windows)?);
             } else {
-                println!(
+                crate::outln!(
                     "{:<10} {:>5} {:>5} {:>5}x{:<5} {:<24} TITLE",
-                    "ID", "X", "Y", "W", "H", "CLASS"
+                    "ID",
+                    "X",
+                    "Y",
+                    "W",
+                    "H",
+                    "CLASS"
                 );
                 for w in windows {
                     let mark = if w.active { "*" } else { " " };
-                    println!(
+                    crate::outln!(
                         "0x{:<8x}{mark}{:>5} {:>5} {:>5}x{:<5} {:<24} {}",
-                        w.id, w.x, w.y, w.width, w.height, w.class, w.title
+                        w.id,
+                        w.x,
+                        w.y,
+                        w.width,
+                        w.height,
+                        w.class,
+                        w.title
                     );
                 }
             }
@@ -530,14 +541,14 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
                 .wait_window(&m, Duration::from_secs_f64(timeout))
                 .await?;
             if json {
-                println!(
+                crate::outln!(
                     "{}",
                     serde_json::to_string(
                         &json!({ "window": w, "waited_ms": started.elapsed().as_millis() })
                     )?
                 );
             } else {
-                println!(
+                crate::outln!(
                     "0x{:x} {} ({}) after {} ms",
                     w.id,
                     w.title,
@@ -551,7 +562,7 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             let sandbox = engine.get(&id).await?;
             match sandbox.view_url() {
                 Some(url) => {
-                    println!("{url}");
+                    crate::outln!("{url}");
                     Ok(ExitCode::SUCCESS)
                 }
                 None => bail!(
@@ -745,22 +756,22 @@ async fn up(engine: &Engine, args: UpArgs) -> anyhow::Result<ExitCode> {
             "drawn_ms": drawn_ms,
             "pooled": pooled,
         });
-        println!("{}", serde_json::to_string(&out)?);
+        crate::outln!("{}", serde_json::to_string(&out)?);
     } else {
-        println!("id        {}", sandbox.id());
-        println!("name      {}", sandbox.name());
-        println!("screen    {width}x{height}");
+        crate::outln!("id        {}", sandbox.id());
+        crate::outln!("name      {}", sandbox.name());
+        crate::outln!("screen    {width}x{height}");
         match vnc {
-            Some(v) => println!(
+            Some(v) => crate::outln!(
                 "vnc       {v} (password {})",
                 sandbox.secrets().vnc_password
             ),
-            None => println!("vnc       (no network: reachable through selfagent only)"),
+            None => crate::outln!("vnc       (no network: reachable through selfagent only)"),
         }
         if let Some(url) = view_url {
-            println!("view      {url}");
+            crate::outln!("view      {url}");
         }
-        println!(
+        crate::outln!(
             "ttl       {}",
             if spec.ttl == 0 {
                 "none".to_owned()
@@ -768,7 +779,7 @@ async fn up(engine: &Engine, args: UpArgs) -> anyhow::Result<ExitCode> {
                 format!("{} s", spec.ttl)
             }
         );
-        println!(
+        crate::outln!(
             "ready in  {ready_ms} ms (drawn in {drawn_ms} ms){}",
             if pooled { ", from a warm pool" } else { "" }
         );
@@ -779,16 +790,21 @@ async fn up(engine: &Engine, args: UpArgs) -> anyhow::Result<ExitCode> {
 async fn ls(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {
     let list = engine.list().await?;
     if json {
-        println!("{}", serde_json::to_string(&list)?);
+        crate::outln!("{}", serde_json::to_string(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
     if list.is_empty() {
-        println!("no selfagent desktops");
+        crate::outln!("no selfagent desktops");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    crate::outln!(
         "{:<12}  {:<16} {:<9} {:>5} {:>8}  {:<16} VIEW",
-        "ID", "NAME", "STATE", "AGE", "EXPIRES", "VNC"
+        "ID",
+        "NAME",
+        "STATE",
+        "AGE",
+        "EXPIRES",
+        "VNC"
     );
     let now = sb::now_secs();
     for s in list {
@@ -802,7 +818,7 @@ async fn ls(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {
         } else {
             s.state.clone()
         };
-        println!(
+        crate::outln!(
             "{:<12}  {:<16} {:<9} {:>5} {:>8}  {:<16} {}",
             &s.id[..12.min(s.id.len())],
             s.name,
@@ -869,7 +885,7 @@ async fn act(
         "act_ms": (act_ms * 10.0).round() / 10.0,
         "settle": settle,
     });
-    println!("{}", serde_json::to_string(&out)?);
+    crate::outln!("{}", serde_json::to_string(&out)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -908,7 +924,7 @@ async fn cp(
         (None, None) => bail!("one side must be a sandbox path, as ID:/path"),
     };
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::outln!("{}", serde_json::to_string(&report)?);
     } else {
         for r in &report.refused {
             eprintln!("not copied: {r}");

@@ -96,16 +96,21 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
             let db = Db::open_read(&db.db)?;
             let rows = db.sessions(limit)?;
             if json {
-                println!("{}", serde_json::to_string(&rows)?);
+                crate::outln!("{}", serde_json::to_string(&rows)?);
             } else if rows.is_empty() {
-                println!("no sessions in {}", db.path());
+                crate::outln!("no sessions in {}", db.path());
             } else {
-                println!(
+                crate::outln!(
                     "{:<22}  {:<16}  {:<11} {:>5} {:>9}  {:<18} INSTRUCTION",
-                    "ID", "CREATED", "STATUS", "STEPS", "TOKENS", "MODEL"
+                    "ID",
+                    "CREATED",
+                    "STATUS",
+                    "STEPS",
+                    "TOKENS",
+                    "MODEL"
                 );
                 for s in rows {
-                    println!(
+                    crate::outln!(
                         "{:<22}  {:<16}  {:<11} {:>5} {:>9}  {:<18} {}",
                         s.id,
                         crate::time::short(s.created_at),
@@ -125,14 +130,14 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
             let events = db.events(&s.id)?;
             let grades = db.grades(&s.id)?;
             if json {
-                println!(
+                crate::outln!(
                     "{}",
                     json!({"session": s, "steps": steps, "events": events, "grades": grades})
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("session   {}", s.id);
-            println!(
+            crate::outln!("session   {}", s.id);
+            crate::outln!(
                 "status    {}{}",
                 s.status,
                 s.error
@@ -140,16 +145,16 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
                     .map(|e| format!(" ({e})"))
                     .unwrap_or_default()
             );
-            println!("task      {}", s.instruction);
-            println!(
+            crate::outln!("task      {}", s.instruction);
+            crate::outln!(
                 "model     {} at {} (protocol/coords {})",
                 s.model.as_deref().unwrap_or("-"),
                 s.base_url.as_deref().unwrap_or("-"),
                 s.dialect()
             );
-            println!("created   {}", crate::time::iso8601(s.created_at));
+            crate::outln!("created   {}", crate::time::iso8601(s.created_at));
             if let Some(ms) = s.wall_ms {
-                println!(
+                crate::outln!(
                     "took      {:.1} s, {} steps, {} in / {} out tokens",
                     ms as f64 / 1000.0,
                     s.steps,
@@ -158,14 +163,14 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
                 );
             }
             if let Some(a) = &s.answer {
-                println!("answer    {a}");
+                crate::outln!("answer    {a}");
             }
             for st in &steps {
                 let what = match (actions_summary(&st.actions), &st.text) {
                     (a, Some(text)) if a.is_empty() => format!("answer: {}", trunc(text, 80)),
                     (a, _) => a,
                 };
-                println!(
+                crate::outln!(
                     "{:>4}  model {:>7.0} ms  act {:>6.1} ms  settle {:>5.0} ms  {what}",
                     st.idx,
                     st.model_ms.unwrap_or(0.0),
@@ -173,7 +178,7 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
                     st.settle_ms.unwrap_or(0.0),
                 );
                 if let Some(t) = &st.thought {
-                    println!("      thought: {}", trunc(t, 120));
+                    crate::outln!("      thought: {}", trunc(t, 120));
                 }
             }
             for e in &events {
@@ -183,10 +188,10 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
                         .as_deref()
                         .and_then(|d| serde_json::from_str::<crate::calibrate::Report>(d).ok())
                 {
-                    print!("{}", crate::calibrate::render(&report));
+                    crate::out!("{}", crate::calibrate::render(&report));
                     continue;
                 }
-                println!(
+                crate::outln!(
                     "event {} step {} {}{}",
                     crate::time::short(e.at),
                     e.step.unwrap_or(0),
@@ -198,9 +203,11 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
                 );
             }
             for g in &grades {
-                println!(
+                crate::outln!(
                     "grade {}: score {:?} passed {:?}",
-                    g.grader, g.score, g.passed
+                    g.grader,
+                    g.score,
+                    g.passed
                 );
             }
         }

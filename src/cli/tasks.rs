@@ -42,14 +42,14 @@ pub async fn run(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
                     Ok(t) => {
                         if let Some(first) = ids.insert(t.id.clone(), f.clone()) {
                             bad += 1;
-                            println!(
+                            crate::outln!(
                                 "{}: task id '{}' is also used by {}",
                                 f.display(),
                                 t.id,
                                 first.display()
                             );
                         } else {
-                            println!(
+                            crate::outln!(
                                 "ok  {}  {} ({} setup steps, {})",
                                 f.display(),
                                 t.id,
@@ -64,7 +64,7 @@ pub async fn run(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
                     }
                     Err(e) => {
                         bad += 1;
-                        println!("{e}");
+                        crate::outln!("{e}");
                     }
                 }
             }
@@ -122,22 +122,22 @@ async fn import(files: &[PathBuf], out: &std::path::Path, fetch: bool) -> anyhow
                     std::fs::write(&path, text)
                         .with_context(|| format!("writing {}", path.display()))?;
                     converted += 1;
-                    println!("converted {} -> {}", imported.task.id, path.display());
+                    crate::outln!("converted {} -> {}", imported.task.id, path.display());
                     for n in &imported.notes {
-                        println!("    note: {n}");
+                        crate::outln!("    note: {n}");
                     }
                 }
                 Err(s) => {
                     skipped += 1;
-                    println!("skipped {}:", s.id);
+                    crate::outln!("skipped {}:", s.id);
                     for r in &s.reasons {
-                        println!("    - {r}");
+                        crate::outln!("    - {r}");
                     }
                 }
             }
         }
     }
-    println!(
+    crate::outln!(
         "{converted} converted, {skipped} skipped, into {}",
         out.display()
     );

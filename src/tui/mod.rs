@@ -16,7 +16,7 @@ pub mod view;
 #[cfg(test)]
 mod snapshots_test;
 
-use crate::agent::{self, Command, Event, Outcome};
+use crate::agent::{self, Command, Event};
 use crate::episode::{self, Hooks, Plan};
 use crate::record::Db;
 use crate::sandbox::{Engine, SandboxSpec};
@@ -55,7 +55,9 @@ enum Msg {
         view_url: Option<String>,
     },
     /// The episode is over and cleaned up (recording drained, desktop removed).
-    Done(Result<Outcome, String>),
+    /// The episode ended: its exit code and, when the recording stopped early, why; or
+    /// why it could not run.
+    Done(Result<(u8, Option<String>), String>),
 }
 
 /// Handles of a live run.
@@ -95,6 +97,8 @@ struct Runner {
     live: Option<Live>,
     setup: Option<LiveSetup>,
     quit_when_done: bool,
+    /// The finished episode's exit code, as `run --headless` would exit.
+    exit: Option<u8>,
     first_paint: Option<Duration>,
     first_image: Option<Duration>,
     opened: Instant,
@@ -116,6 +120,7 @@ impl Runner {
             live: None,
             setup: None,
             quit_when_done: false,
+            exit: None,
             first_paint: None,
             first_image: None,
             opened: Instant::now(),
@@ -230,7 +235,11 @@ impl Runner {
         let tx = self.msg_tx.clone();
         tokio::spawn(async move {
             let result = live_episode(setup, control_rx, tx.clone()).await;
-            let _ = tx.send(Msg::Done(result.map_err(|e| format!("{e:#}"))));
+            let _ = tx.send(Msg::Done(
+                result
+                    .map(|end| (end.exit_code(), end.recording_error))
+                    .map_err(|e| format!("{e:#}")),
+            ));
         });
     }
 
@@ -298,10 +307,22 @@ impl Runner {
                             live.done = true;
                         }
                         self.app.run = RunState::Finished;
-                        if let Err(e) = result {
-                            self.app.notice = Some(e);
-                            if self.app.status.is_none() {
-                                self.app.status = Some(agent::Status::Error);
+                        match result {
+                            Ok((code, recording_error)) => {
+                                self.exit = Some(code);
+                                if let Some(e) = recording_error {
+                                    self.app.notice =
+                                        Some(format!("the recording stopped early: {e}"));
+                                }
+                            }
+                            Err(e) => {
+                                // It never ran (no engine, no image, a desktop that did not
+                                // start): the harness failed, as headless says too.
+                                self.exit = Some(episode::EXIT_HARNESS);
+                                self.app.notice = Some(e);
+                                if self.app.status.is_none() {
+                                    self.app.status = Some(agent::Status::Error);
+                                }
                             }
                         }
                         if self.quit_when_done {
@@ -331,7 +352,7 @@ async fn live_episode(
     setup: LiveSetup,
     control: mpsc::Receiver<Command>,
     ui: mpsc::UnboundedSender<Msg>,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<episode::End> {
     let LiveSetup {
         mut cfg,
         spec,
@@ -375,15 +396,12 @@ async fn live_episode(
     };
     let end = episode::run(&engine, plan, hooks).await;
     let _ = forward.await;
-    let end = end?;
-    if let Some(e) = end.recording_error {
-        anyhow::bail!("the recording stopped early: {e}");
-    }
-    Ok(end.outcome)
+    Ok(end?)
 }
 
 /// `selfagent run` (with the UI): asks for the task if none was given, then runs it.
-pub async fn live(setup: LiveSetup) -> anyhow::Result<()> {
+/// Returns the exit code `run --headless` gives the same end (0 when no task was started).
+pub async fn live(setup: LiveSetup) -> anyhow::Result<u8> {
     let db_path = setup.cfg.db.clone();
     let task = setup.instruction.clone();
     let screen = if task.is_some() {
@@ -408,7 +426,12 @@ pub async fn live(setup: LiveSetup) -> anyhow::Result<()> {
             db_path.display()
         );
     }
-    Ok(())
+    // Quit before the episode said how it ended: stopped, as Ctrl-C is headless.
+    Ok(runner.exit.unwrap_or(if runner.live.is_some() {
+        episode::EXIT_STOPPED
+    } else {
+        0
+    }))
 }
 
 /// `selfagent replay [SESSION]`: a recorded episode, or the sessions list.
@@ -419,6 +442,15 @@ pub async fn replay(db_path: &Path, session: Option<&str>, timing: bool) -> anyh
         db.session(id)?;
     }
     drop(db);
+    {
+        use std::io::IsTerminal;
+        if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+            anyhow::bail!(
+                "replay draws in a terminal, and stdin or stdout is not one; without one: \
+                 `selfagent sessions show SESSION`, or `selfagent export --html SESSION`"
+            );
+        }
+    }
     let opened = Instant::now();
     let mut terminal = ratatui::init();
     let mut runner = Runner::new(App::new(Screen::Browser), None, db_path.to_owned());

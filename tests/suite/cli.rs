@@ -300,3 +300,46 @@ fn unknown_sandboxes_and_a_stopped_one_are_clear_errors() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("is not running"), "{}", stderr(&out));
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_and_replay_needs_a_terminal() {
+    // `selfagent tasks check DIR | head -1`: the reader is gone before the output is. The
+    // pipe's read end is closed before the process starts, so every write meets EPIPE.
+    let tasks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tasks");
+    for args in [
+        vec!["tasks", "check", tasks],
+        vec!["sandbox", "ls"],
+        vec!["sandbox", "ls", "--json"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(crate::common::bin())
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("panicked"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+
+    // No terminal (ssh without a tty, a pipe, a cron job): a clear error, no panic, and the
+    // terminal left alone.
+    let db = tempfile::tempdir().unwrap();
+    let db = db.path().join("rec.db");
+    selfagent::record::Db::open(&db).unwrap();
+    let out = cli(&["replay", "--db", db.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("needs a terminal") || stderr(&out).contains("is not one"));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert!(
+        out.stdout.is_empty(),
+        "escape codes on a pipe: {:?}",
+        out.stdout
+    );
+}

@@ -175,7 +175,8 @@ async fn the_ui_runs_pauses_resumes_quits_and_replays() {
             s.contains("EXITED")
         })
         .await;
-    assert!(end.contains("EXITED 0"), "{end}");
+    // Stopped by the person: 130, as Ctrl-C on `run --headless`.
+    assert!(end.contains("EXITED 130"), "{end}");
     let db_handle = Db::open(&db).unwrap();
     let session = db_handle.sessions(1).unwrap().remove(0);
     assert_eq!(session.status, "stopped");
@@ -338,4 +339,50 @@ async fn the_ui_asks_about_safety_checks_and_answers_calls_for_help() {
         drop(Guard(sandbox.clone()));
     }
     assert_eq!(s.status, "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_exits_with_the_code_headless_gives_the_same_end() {
+    // A desktop that cannot start is the harness failing: 4, in the TUI as headless.
+    let server = ModelServer::start(vec![], (1280, 800)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rec.db");
+    let args = format!(
+        "run --base-url {} --db {} --image nosuch-image:tag {}",
+        server.base_url(),
+        shell_quote(db.to_str().unwrap()),
+        shell_quote("anything")
+    );
+    let headless = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "env -u SELFAGENT_CONFIG HOME={} {} {args} --headless </dev/null",
+            shell_quote(dir.path().to_str().unwrap()),
+            bin()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        headless.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&headless.stderr)
+    );
+    let command = format!(
+        "env -u SELFAGENT_CONFIG HOME={} {} {args}; echo EXITED $?; sleep 60",
+        shell_quote(dir.path().to_str().unwrap()),
+        bin()
+    );
+    let tmux = Tmux::start("exit", 140, 40, &command);
+    tmux.wait_for("the error on screen", Duration::from_secs(60), |s| {
+        s.contains("nosuch-image")
+    })
+    .await;
+    tmux.keys("q");
+    let end = tmux
+        .wait_for("the process to end", Duration::from_secs(30), |s| {
+            s.contains("EXITED")
+        })
+        .await;
+    assert!(end.contains("EXITED 4"), "{end}");
 }
