@@ -396,7 +396,7 @@ async fn live_episode(
     };
     let end = episode::run(&engine, plan, hooks).await;
     let _ = forward.await;
-    Ok(end?)
+    end
 }
 
 /// `selfagent run` (with the UI): asks for the task if none was given, then runs it.
