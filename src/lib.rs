@@ -33,6 +33,7 @@ pub mod desktop;
 pub mod episode;
 pub mod export;
 pub mod headless;
+pub mod logs;
 pub mod output;
 pub mod pool;
 pub mod process;

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
                 // vnc-rs logs a normal close as an error; we report VNC failures ourselves.
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,vnc=off")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(selfagent::logs::Writer)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -185,6 +185,8 @@ pub struct Ask {
 
 pub struct App {
     pub screen: Screen,
+    /// Where log lines go while the UI is on screen (shown in the help; empty: not shown).
+    pub log_path: String,
     pub header: Header,
     pub steps: Vec<StepView>,
     /// The selected step; `None` follows the latest.
@@ -229,6 +231,7 @@ impl App {
     pub fn new(screen: Screen) -> Self {
         Self {
             screen,
+            log_path: String::new(),
             header: Header::default(),
             steps: Vec::new(),
             cursor: None,

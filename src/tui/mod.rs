@@ -399,6 +399,18 @@ async fn live_episode(
     end
 }
 
+/// Log lines go back to stderr; says where the ones written while the UI was up are.
+fn logged_while_drawing() {
+    let lines = crate::logs::restore();
+    if lines > 0 {
+        eprintln!(
+            "{lines} log line{} while the UI was on screen: {}",
+            if lines == 1 { "" } else { "s" },
+            crate::logs::file_path().display()
+        );
+    }
+}
+
 /// `selfagent run` (with the UI): asks for the task if none was given, then runs it.
 /// Returns the exit code `run --headless` gives the same end (0 when no task was started).
 pub async fn live(setup: LiveSetup) -> anyhow::Result<u8> {
@@ -410,14 +422,17 @@ pub async fn live(setup: LiveSetup) -> anyhow::Result<u8> {
         Screen::Ask
     };
     // ratatui::init restores the terminal on panic too.
+    crate::logs::divert_to_file();
     let mut terminal = ratatui::init();
     let mut runner = Runner::new(App::new(screen), None, db_path.clone());
+    runner.app.log_path = crate::logs::file_path().display().to_string();
     runner.setup = Some(setup);
     if let Some(task) = task {
         runner.start_live(task);
     }
     let result = runner.run(&mut terminal, true).await;
     ratatui::restore();
+    logged_while_drawing();
     result?;
     if let Some(status) = runner.app.status {
         let session = &runner.app.header.session;
@@ -452,8 +467,10 @@ pub async fn replay(db_path: &Path, session: Option<&str>, timing: bool) -> anyh
         }
     }
     let opened = Instant::now();
+    crate::logs::divert_to_file();
     let mut terminal = ratatui::init();
     let mut runner = Runner::new(App::new(Screen::Browser), None, db_path.to_owned());
+    runner.app.log_path = crate::logs::file_path().display().to_string();
     runner.opened = opened;
     let loaded = match session {
         Some(id) => runner.load_replay(id),
@@ -464,6 +481,7 @@ pub async fn replay(db_path: &Path, session: Option<&str>, timing: bool) -> anyh
         Err(e) => Err(e),
     };
     ratatui::restore();
+    logged_while_drawing();
     result.context("replay")?;
     if timing {
         eprintln!(

@@ -575,7 +575,7 @@ fn help(f: &mut Frame, area: Rect, app: &App) {
             ("q, esc", "quit"),
         ],
     };
-    let lines: Vec<Line> = keys
+    let mut lines: Vec<Line> = keys
         .iter()
         .map(|(k, v)| {
             Line::from(vec![
@@ -587,7 +587,14 @@ fn help(f: &mut Frame, area: Rect, app: &App) {
             ])
         })
         .collect();
-    let r = centered(area, 78, keys.len() as u16 + 4);
+    if !app.log_path.is_empty() {
+        lines.push(Line::raw(""));
+        lines.push(Line::from(vec![
+            Span::styled(format!("{:>12}  ", "log"), Style::new().fg(Color::DarkGray)),
+            Span::raw(app.log_path.clone()),
+        ]));
+    }
+    let r = centered(area, 78, lines.len() as u16 + 4);
     f.render_widget(Clear, r);
     f.render_widget(
         Paragraph::new(Text::from(lines))

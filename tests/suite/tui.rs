@@ -368,16 +368,28 @@ async fn the_ui_exits_with_the_code_headless_gives_the_same_end() {
         "{}",
         String::from_utf8_lossy(&headless.stderr)
     );
+    // With every debug line logged: none of them may land on the UI's screen.
     let command = format!(
-        "env -u SELFAGENT_CONFIG HOME={} {} {args}; echo EXITED $?; sleep 60",
+        "env -u SELFAGENT_CONFIG -u XDG_STATE_HOME SELFAGENT_LOG=debug HOME={} {} {args}; \
+         echo EXITED $?; sleep 60",
         shell_quote(dir.path().to_str().unwrap()),
         bin()
     );
     let tmux = Tmux::start("exit", 140, 40, &command);
-    tmux.wait_for("the error on screen", Duration::from_secs(60), |s| {
-        s.contains("nosuch-image")
+    let screen = tmux
+        .wait_for("the error on screen", Duration::from_secs(60), |s| {
+            s.contains("nosuch-image")
+        })
+        .await;
+    assert!(!screen.contains("DEBUG"), "a log line on the UI:\n{screen}");
+    assert!(screen.contains("✗ error"), "{screen}");
+    tmux.keys("?");
+    let log = dir.path().join(".local/state/selfagent/tui.log");
+    tmux.wait_for("the log's path in the help", Duration::from_secs(10), |s| {
+        s.contains("tui.log")
     })
     .await;
+    tmux.keys("q");
     tmux.keys("q");
     let end = tmux
         .wait_for("the process to end", Duration::from_secs(30), |s| {
@@ -385,4 +397,8 @@ async fn the_ui_exits_with_the_code_headless_gives_the_same_end() {
         })
         .await;
     assert!(end.contains("EXITED 4"), "{end}");
+    // Told at exit where they went; there they are.
+    assert!(end.contains("log line"), "{end}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("DEBUG"), "{logged}");
 }
