@@ -206,6 +206,8 @@ pub struct App {
     pub input: Option<String>,
     pub help: bool,
     pub fullscreen: bool,
+    /// `q` was pressed while the agent runs: the next key says whether to stop it and quit.
+    pub confirm_quit: bool,
     pub view_url: Option<String>,
     pub tokens: (u64, u64),
     /// Shown in the status bar; the runner sets it from its clock.
@@ -249,6 +251,7 @@ impl App {
             },
             help: false,
             fullscreen: false,
+            confirm_quit: false,
             view_url: None,
             tokens: (0, 0),
             elapsed_ms: 0,
@@ -643,6 +646,14 @@ impl App {
                 return Vec::new();
             }
         }
+        if self.confirm_quit {
+            self.confirm_quit = false;
+            self.notice = None;
+            if ctrl_c || matches!(key.code, KeyCode::Char('y') | KeyCode::Char('q')) {
+                return vec![Effect::Quit];
+            }
+            return Vec::new();
+        }
         if let Some(ask) = self.awaiting.clone()
             && ask.kind != AskKind::Help
         {
@@ -672,6 +683,8 @@ impl App {
         match key.code {
             KeyCode::Char('?') => self.help = true,
             KeyCode::Char('f') => self.fullscreen = !self.fullscreen,
+            // Esc goes back one level: out of full screen first.
+            KeyCode::Esc if self.fullscreen => self.fullscreen = false,
             KeyCode::Up | KeyCode::Char('k') => {
                 self.move_cursor(-1);
             }
@@ -695,6 +708,13 @@ impl App {
             _ if ctrl_c && running => {
                 self.run = RunState::Stopping;
                 vec![Effect::Send(Command::Stop)]
+            }
+            // Quitting stops the agent: asked first, as q is easy to press by mistake.
+            KeyCode::Char('q') if running || self.run == RunState::Starting => {
+                self.confirm_quit = true;
+                self.notice =
+                    Some("stop the agent and quit? y or q quits, any other key goes on".into());
+                Vec::new()
             }
             KeyCode::Char('q') => vec![Effect::Quit],
             _ if ctrl_c => vec![Effect::Quit],
@@ -790,7 +810,8 @@ impl App {
 
     fn browser_key(&mut self, key: KeyEvent) -> Vec<Effect> {
         match key.code {
-            KeyCode::Char('q') | KeyCode::Esc => vec![Effect::Quit],
+            // The top level: Esc has nowhere to go back to (as in lazygit and k9s).
+            KeyCode::Char('q') => vec![Effect::Quit],
             KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
                 vec![Effect::Quit]
             }

@@ -553,6 +553,37 @@ fn keys_drive_the_loop() {
 }
 
 #[test]
+fn esc_goes_back_and_q_asks_before_stopping_a_running_agent() {
+    use super::app::Effect;
+    let esc = KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE);
+    // Running: q asks; any other key goes on, y (or q again) quits.
+    let mut app = live_app();
+    assert_eq!(app.on_key(key('q')), vec![]);
+    assert!(app.confirm_quit);
+    insta::assert_snapshot!(draw(&app, 100, 20));
+    assert_eq!(app.on_key(key('n')), vec![]);
+    assert!(!app.confirm_quit && app.notice.is_none());
+    assert_eq!(app.on_key(key('q')), vec![]);
+    assert_eq!(app.on_key(key('y')), vec![Effect::Quit]);
+    // Full screen: Esc leaves it and nothing else.
+    let mut app = live_app();
+    app.on_key(key('f'));
+    assert!(app.fullscreen);
+    assert_eq!(app.on_key(esc), vec![]);
+    assert!(!app.fullscreen);
+    let mut replay = App::new(Screen::Replay);
+    replay.on_key(key('f'));
+    assert_eq!(replay.on_key(esc), vec![]);
+    assert!(!replay.fullscreen && replay.screen == Screen::Replay);
+    // Out of full screen, Esc in a replay goes back to the list.
+    assert_eq!(replay.on_key(esc), vec![Effect::OpenBrowser]);
+    // The list is the top: Esc does not quit it; q does.
+    let mut list = App::new(Screen::Browser);
+    assert_eq!(list.on_key(esc), vec![]);
+    assert_eq!(list.on_key(key('q')), vec![Effect::Quit]);
+}
+
+#[test]
 fn replay_plays_at_the_recorded_pace() {
     let mut app = App::new(Screen::Replay);
     let steps: Vec<StepRow> = (1..=3)

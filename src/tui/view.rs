@@ -555,9 +555,9 @@ fn help(f: &mut Frame, area: Rect, app: &App) {
                 "stop the agent (the session is recorded as stopped)",
             ),
             ("↑ ↓, j k", "look at earlier steps; End follows the latest"),
-            ("f", "full-screen screenshot"),
+            ("f, esc", "full-screen screenshot; esc leaves it"),
             ("l", "the sessions list (after the run)"),
-            ("q", "quit (stops a running agent first)"),
+            ("q", "quit (asks first while the agent runs, then stops it)"),
         ],
         Screen::Replay => &[
             ("← →, ↑ ↓", "previous / next step"),
@@ -565,14 +565,14 @@ fn help(f: &mut Frame, area: Rect, app: &App) {
             ("space", "play / pause"),
             ("1, 4", "play at 1x / 4x"),
             ("b, tab", "the screen before / after the step"),
-            ("f", "full-screen screenshot"),
-            ("l, esc", "the sessions list"),
+            ("f", "full-screen screenshot (esc leaves it)"),
+            ("l, esc", "back to the sessions list"),
             ("q", "quit"),
         ],
         Screen::Browser => &[
             ("↑ ↓, j k", "select a session"),
             ("enter", "replay it"),
-            ("q, esc", "quit"),
+            ("q", "quit"),
         ],
     };
     let mut lines: Vec<Line> = keys

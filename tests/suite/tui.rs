@@ -168,8 +168,24 @@ async fn the_ui_runs_pauses_resumes_quits_and_replays() {
     })
     .await;
 
-    // Quit: the agent is stopped, the session finalized, the process ends.
+    // Quit: asked first while the agent runs (another key goes on); then the agent is
+    // stopped, the session finalized, the process ends.
     tmux.keys("q");
+    tmux.wait_for("the question", Duration::from_secs(10), |s| {
+        s.contains("stop the agent and quit?")
+    })
+    .await;
+    tmux.keys("n");
+    tmux.wait_for("the question gone", Duration::from_secs(10), |s| {
+        !s.contains("stop the agent and quit?")
+    })
+    .await;
+    tmux.keys("q");
+    tmux.wait_for("the question", Duration::from_secs(10), |s| {
+        s.contains("stop the agent and quit?")
+    })
+    .await;
+    tmux.keys("y");
     let end = tmux
         .wait_for("the process to end", Duration::from_secs(30), |s| {
             s.contains("EXITED")
