@@ -765,6 +765,7 @@ async fn loop_steps(
             protocol: "tools".into(),
             coords: "native".into(),
             image: String::new(),
+            engine: String::new(),
             width: w,
             height: h,
             sent_width: w,

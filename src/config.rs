@@ -10,6 +10,12 @@
 //! scale = "xga"
 //! [extra]                              # merged into every request
 //! temperature = 0.0
+//! [[engines]]                          # where batches run desktops (default: the local one)
+//! url = "unix:///var/run/docker.sock"
+//! [[engines]]
+//! url = "tcp://10.0.0.7:2375"
+//! max_desktops = 8
+//! weight = 2.0
 //! ```
 
 use serde::Deserialize;
@@ -51,6 +57,8 @@ pub struct FileConfig {
     pub db: Option<PathBuf>,
     pub prompts: Option<PathBuf>,
     pub extra: Option<toml::Table>,
+    /// Docker engines a batch spreads its episodes over (see `batch --engine`).
+    pub engines: Option<Vec<crate::sandbox::EngineSpec>>,
 }
 
 #[derive(Debug, thiserror::Error)]

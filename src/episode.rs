@@ -349,6 +349,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
             protocol: cfg.agent.protocol.name.to_string(),
             coords: cfg.agent.protocol.space.to_string(),
             image: spec.image.clone(),
+            engine: engine.url().to_owned(),
             width: w,
             height: h,
             sent_width: geometry.sent.0,

@@ -110,6 +110,9 @@ pub struct SessionInfo {
     /// The model's coordinate space (`native`, `smart`, `1000`, `999`, `unit`).
     pub coords: String,
     pub image: String,
+    /// The Docker engine the desktop ran on (`unix:///…`, `tcp://…`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub engine: String,
     pub width: u32,
     pub height: u32,
     /// The size screenshots are sent to the model at.

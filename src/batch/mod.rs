@@ -7,13 +7,14 @@
 //! error, reported apart from the agent's failures. Ctrl-C stops the running episodes after
 //! their current action, starts no new ones, and still writes the reports.
 
+pub mod placement;
 pub mod report;
 
 use crate::agent::{self, EndedBy, Event};
 use crate::config;
 use crate::episode::{self, End, Hooks, Plan};
 use crate::record::Db;
-use crate::sandbox::Engine;
+use crate::sandbox::{Engine, EngineSpec};
 use crate::settings::{CommonArgs, Resolved, resolve};
 use crate::task::{self, Task};
 use anyhow::{Context, bail};
@@ -65,6 +66,11 @@ pub struct BatchArgs {
     /// With --calibrate: the largest median click error, in screen pixels.
     #[arg(long, value_name = "PX", default_value_t = crate::calibrate::DEFAULT_MAX_ERROR, requires = "calibrate")]
     pub calibrate_max_error: f64,
+    /// A Docker engine to spread the episodes over; repeat for several:
+    /// `URL[,max=N][,weight=W][,reach=direct|tunnels]` (unix:///PATH or tcp://HOST:PORT).
+    /// Default: `[[engines]]` in the config file, else the local engine (DOCKER_HOST).
+    #[arg(long = "engine", value_name = "URL[,max=N]")]
+    pub engines: Vec<EngineSpec>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -103,6 +109,54 @@ impl Live {
         }
         s
     }
+}
+
+/// The batch's engines (`--engine`, else `[[engines]]`, else the local one), each reachable
+/// and holding the image.
+async fn connect_engines(
+    flags: &[EngineSpec],
+    file: Option<&[EngineSpec]>,
+    image: &str,
+) -> anyhow::Result<Vec<(Engine, EngineSpec)>> {
+    let specs: Vec<EngineSpec> = if !flags.is_empty() {
+        flags.to_vec()
+    } else {
+        file.map(<[EngineSpec]>::to_vec).unwrap_or_default()
+    };
+    let mut engines = Vec::new();
+    if specs.is_empty() {
+        let engine = Engine::connect().await?;
+        let spec = EngineSpec {
+            url: engine.url().to_owned(),
+            max_desktops: None,
+            weight: 1.0,
+            reach: Some(engine.reach()),
+        };
+        engines.push((engine, spec));
+    }
+    for spec in specs {
+        if engines
+            .iter()
+            .any(|(_, s): &(Engine, EngineSpec)| s.url == spec.url)
+        {
+            bail!("engine {} is given twice", spec.url);
+        }
+        let engine = Engine::connect_to(&spec).await?;
+        engines.push((engine, spec));
+    }
+    for (engine, _) in &engines {
+        if !engine.image_exists(image).await? {
+            bail!(
+                "the desktop image {image} is missing on the engine at {}: run `selfagent \
+                 sandbox build` there (DOCKER_HOST={} selfagent sandbox build), or copy it: \
+                 docker save {image} | docker -H {} load",
+                engine.url(),
+                engine.url(),
+                engine.url()
+            );
+        }
+    }
+    Ok(engines)
 }
 
 /// `--calibrate`: one calibration with the batch's model settings; an error unless usable.
@@ -191,14 +245,11 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
     }
     let db_path = resolved[0].db.clone();
     drop(Db::open(&db_path)?);
-    let engine = Engine::connect().await?;
     let spec = args.common.spec();
-    if !engine.image_exists(&spec.image).await? {
-        bail!(
-            "the desktop image {} is missing: run `selfagent sandbox build` first",
-            spec.image
-        );
-    }
+    let engines = connect_engines(&args.engines, file.engines.as_deref(), &spec.image).await?;
+    let engine = engines[0].0.clone();
+    let several = engines.len() > 1;
+    let placement = Arc::new(placement::Placement::new(engines));
     let calibration = if args.calibrate {
         Some(calibrate_first(&engine, &resolved[0], &spec, args.calibrate_max_error).await?)
     } else {
@@ -255,7 +306,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
     let stopping = Arc::new(AtomicBool::new(false));
     let controls: Arc<Mutex<BTreeMap<usize, mpsc::Sender<agent::Command>>>> = Arc::default();
     let live = Arc::new(Mutex::new(Live::default()));
-    let (done_tx, mut done_rx) = mpsc::channel::<(Job, anyhow::Result<End>)>(total);
+    let (done_tx, mut done_rx) = mpsc::channel::<(Job, String, anyhow::Result<End>)>(total);
     let mut workers = Vec::new();
     for _ in 0..parallel {
         let queue = queue.clone();
@@ -263,7 +314,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         let controls = controls.clone();
         let live = live.clone();
         let done_tx = done_tx.clone();
-        let engine = engine.clone();
+        let placement = placement.clone();
         let spec = spec.clone();
         let bar = bar.clone();
         let snapshot = args.common.snapshot();
@@ -273,7 +324,13 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
                 if stopping.load(Ordering::SeqCst) {
                     break;
                 }
+                // A place first (waiting while every engine is full), then a job: with no
+                // engine left, the jobs stay in the queue and are reported as not run.
+                let Some((slot, engine)) = placement.acquire().await else {
+                    break;
+                };
                 let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                    placement.release(slot, false);
                     break;
                 };
                 let (mut hooks, control) = Hooks::new();
@@ -315,13 +372,37 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
                 };
                 let end = episode::run(&engine, plan, hooks).await;
                 let _ = watcher.await;
+                let harness = match &end {
+                    Ok(end) => end.harness_error().is_some(),
+                    Err(_) => true,
+                };
+                // A harness error may be the engine going away: if it no longer answers,
+                // it gets no new episodes.
+                if harness
+                    && !engine.answers(Duration::from_secs(5)).await
+                    && placement.mark_dead(slot)
+                {
+                    print_line(
+                        &bar,
+                        &format!(
+                            "engine {} stopped answering: its running episodes end as harness \
+                             errors, no new ones go there",
+                            engine.url()
+                        ),
+                    );
+                }
+                placement.release(slot, harness);
                 if let Ok(mut c) = controls.lock() {
                     c.remove(&job.n);
                 }
                 if let Ok(mut l) = live.lock() {
                     l.running.remove(&job.n);
                 }
-                if done_tx.send((job, end)).await.is_err() {
+                if done_tx
+                    .send((job, engine.url().to_owned(), end))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -335,8 +416,11 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
     loop {
         tokio::select! {
             finished = done_rx.recv() => {
-                let Some((job, end)) = finished else { break };
-                let ep = EpisodeReport::new(&job.task.id, job.repeat, end);
+                let Some((job, engine_url, end)) = finished else { break };
+                let mut ep = EpisodeReport::new(&job.task.id, job.repeat, end);
+                if several {
+                    ep.engine = Some(engine_url);
+                }
                 if let Ok(mut l) = live.lock() {
                     match (ep.harness_error.is_some(), ep.passed) {
                         (true, _) => l.harness += 1,
@@ -390,6 +474,11 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         episodes: total,
         finished: episodes.len(),
         not_run: total - episodes.len(),
+        engines: if several {
+            placement.summary()
+        } else {
+            Vec::new()
+        },
         stopped,
         memory,
     };
@@ -439,6 +528,7 @@ impl EpisodeReport {
                 answer: None,
                 error: None,
                 grade: None,
+                engine: None,
             },
             Ok(end) => {
                 let o = &end.outcome;
@@ -464,6 +554,7 @@ impl EpisodeReport {
                         o.error.clone()
                     },
                     grade: end.grade,
+                    engine: None,
                 }
             }
         }

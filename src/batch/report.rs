@@ -38,6 +38,9 @@ pub struct EpisodeReport {
     /// The agent's episode error (the model server broke, ...), not a harness error.
     pub error: Option<String>,
     pub grade: Option<Grade>,
+    /// The engine that ran it (batches over several engines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 impl EpisodeReport {
@@ -324,6 +327,9 @@ pub struct BatchMeta {
     pub episodes: usize,
     pub finished: usize,
     pub not_run: usize,
+    /// The engines it ran on, when there were several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub engines: Vec<super::placement::EngineSummary>,
     pub stopped: bool,
     pub memory: Memory,
 }
@@ -418,7 +424,15 @@ impl Report {
                 String::new()
             },
             if b.not_run > 0 {
-                format!(", {} not run (stopped)", b.not_run)
+                format!(
+                    ", {} not run ({})",
+                    b.not_run,
+                    if b.engines.iter().all(|e| e.died) && !b.engines.is_empty() {
+                        "no engine left"
+                    } else {
+                        "stopped"
+                    }
+                )
             } else {
                 String::new()
             },
@@ -438,6 +452,20 @@ impl Report {
         );
         if let Some(c) = &b.calibration {
             let _ = writeln!(out, "calibration: {} (session {})", c.message, c.session);
+        }
+        for e in &b.engines {
+            let _ = writeln!(
+                out,
+                "engine {}: {} episodes, {} harness errors{}",
+                e.url,
+                e.episodes,
+                e.harness_errors,
+                if e.died {
+                    "; stopped answering during the batch"
+                } else {
+                    ""
+                }
+            );
         }
         out
     }
@@ -665,6 +693,7 @@ mod tests {
             answer: None,
             error: None,
             grade: None,
+            engine: None,
         }
     }
 
@@ -684,6 +713,7 @@ mod tests {
             tasks: 2,
             episodes: 4,
             finished: 4,
+            engines: Vec::new(),
             not_run: 0,
             stopped: false,
             memory: Memory::default(),

@@ -30,6 +30,10 @@ pub enum SandboxCmd {
     Ls {
         #[arg(long)]
         json: bool,
+        /// List the desktops of these engines (repeat; default: `[[engines]]` in the config
+        /// file, else the local engine), with the engine of each.
+        #[arg(long = "engine", value_name = "URL")]
+        engines: Vec<sb::EngineSpec>,
     },
     /// Stop and remove desktops (a persistent one keeps its home volume: see `rm`).
     Down {
@@ -247,12 +251,22 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
     if let SandboxCmd::Base { force } = cmd {
         return bootstrap_base(force);
     }
+    if let SandboxCmd::Ls { json, engines } = &cmd {
+        let engines = if engines.is_empty() {
+            crate::config::load(None)?.engines.unwrap_or_default()
+        } else {
+            engines.clone()
+        };
+        if !engines.is_empty() {
+            return ls_engines(&engines, *json).await;
+        }
+    }
     let engine = Engine::connect().await?;
     match cmd {
         SandboxCmd::Base { .. } => unreachable!("handled above"),
         SandboxCmd::Build(args) => build(&engine, args).await,
         SandboxCmd::Up(args) => up(&engine, args).await,
-        SandboxCmd::Ls { json } => ls(&engine, json).await,
+        SandboxCmd::Ls { json, .. } => ls(&engine, json).await,
         SandboxCmd::Down { ids, all } => {
             let ids = if all {
                 engine
@@ -787,18 +801,56 @@ async fn up(engine: &Engine, args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `sandbox ls` over several engines: every engine's desktops, each with its engine; an
+/// engine that does not answer is said so (and the exit code is 1), the others are listed.
+async fn ls_engines(engines: &[sb::EngineSpec], json: bool) -> anyhow::Result<ExitCode> {
+    let mut list = Vec::new();
+    let mut unreachable = Vec::new();
+    for spec in engines {
+        let listed = match Engine::connect_to(spec).await {
+            Ok(engine) => engine.list().await,
+            Err(e) => Err(e),
+        };
+        match listed {
+            Ok(desktops) => list.extend(desktops.into_iter().map(|mut d| {
+                d.engine = spec.url.clone();
+                d
+            })),
+            Err(e) => unreachable.push(format!("{}: {e}", spec.url)),
+        }
+    }
+    print_list(list, json, true)?;
+    for u in &unreachable {
+        eprintln!("error: engine {u}");
+    }
+    Ok(if unreachable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 async fn ls(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {
-    let list = engine.list().await?;
+    print_list(engine.list().await?, json, false)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_list(list: Vec<sb::SandboxInfo>, json: bool, engines: bool) -> anyhow::Result<()> {
     if json {
         crate::outln!("{}", serde_json::to_string(&list)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     if list.is_empty() {
         crate::outln!("no selfagent desktops");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     crate::outln!(
-        "{:<12}  {:<16} {:<9} {:>5} {:>8}  {:<16} VIEW",
+        "{}{:<12}  {:<16} {:<9} {:>5} {:>8}  {:<16} VIEW",
+        if engines {
+            format!("{:<28}  ", "ENGINE")
+        } else {
+            String::new()
+        },
         "ID",
         "NAME",
         "STATE",
@@ -819,7 +871,12 @@ async fn ls(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {
             s.state.clone()
         };
         crate::outln!(
-            "{:<12}  {:<16} {:<9} {:>5} {:>8}  {:<16} {}",
+            "{}{:<12}  {:<16} {:<9} {:>5} {:>8}  {:<16} {}",
+            if engines {
+                format!("{:<28}  ", s.engine)
+            } else {
+                String::new()
+            },
             &s.id[..12.min(s.id.len())],
             s.name,
             state,
@@ -831,7 +888,7 @@ async fn ls(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| "-".into()),
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn act(

@@ -1256,6 +1256,9 @@ impl Writer {
             "selfagent": env!("CARGO_PKG_VERSION"),
         });
         let mut meta = meta;
+        if !info.engine.is_empty() {
+            meta["engine"] = json!(info.engine);
+        }
         if let Some(task) = &info.task {
             meta["task"] =
                 serde_json::from_str(&self.redact(&task.to_string())).unwrap_or(Value::Null);
@@ -1471,6 +1474,7 @@ mod tests {
             protocol: "tools".into(),
             coords: "native".into(),
             image: "img".into(),
+            engine: String::new(),
             width: 4,
             height: 2,
             sent_width: 4,

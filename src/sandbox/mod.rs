@@ -29,7 +29,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use rand::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -92,7 +92,9 @@ const PORT_VIEW: u16 = 80;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("cannot reach the Docker engine: {error}\n  is dockerd running? (DOCKER_HOST={host})")]
+    #[error(
+        "cannot reach the Docker engine at {host}: {error}\n  is dockerd running there? (DOCKER_HOST or --engine say where)"
+    )]
     Engine {
         host: String,
         error: bollard::errors::Error,
@@ -572,6 +574,9 @@ pub struct SandboxInfo {
     /// Every label, for the pool's bookkeeping.
     #[serde(skip)]
     pub labels: HashMap<String, String>,
+    /// The engine it runs on, when several were listed.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub engine: String,
 }
 
 /// What `prune` removed, and why.
@@ -598,7 +603,7 @@ pub fn now_secs() -> u64 {
 }
 
 /// How this process reaches a desktop's VNC and X11 servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reach {
     /// The ports the engine published on 127.0.0.1: the fast path, for an engine on this
@@ -642,11 +647,90 @@ impl Reach {
     }
 }
 
+/// A Docker engine to run desktops on, as `--engine` and `[[engines]]` give it:
+/// `URL[,max=N][,weight=W][,reach=direct|tunnels]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSpec {
+    /// `unix:///var/run/docker.sock`, `tcp://HOST:PORT`.
+    pub url: String,
+    /// At most this many of its desktops at once (a batch waits for a free place).
+    #[serde(default)]
+    pub max_desktops: Option<usize>,
+    /// Its share of the episodes relative to the others (default 1).
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// How its desktops are reached; guessed from the URL when absent (see [`Reach`]).
+    #[serde(default)]
+    pub reach: Option<Reach>,
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+impl std::str::FromStr for EngineSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let url = parts.next().unwrap_or_default().trim().to_owned();
+        if !["unix://", "tcp://", "http://"]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
+            return Err(format!(
+                "engine {url:?}: expected unix:///PATH or tcp://HOST:PORT (TLS and ssh:// are \
+                 not compiled in: forward the socket with `ssh -NL`)"
+            ));
+        }
+        let mut spec = EngineSpec {
+            url,
+            max_desktops: None,
+            weight: 1.0,
+            reach: None,
+        };
+        for part in parts {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("engine option {part:?}: expected KEY=VALUE"))?;
+            match k.trim() {
+                "max" | "max_desktops" => {
+                    spec.max_desktops = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| format!("engine max={v}: expected a number above 0"))?,
+                    );
+                }
+                "weight" => {
+                    spec.weight = v
+                        .parse()
+                        .ok()
+                        .filter(|w: &f64| *w > 0.0 && w.is_finite())
+                        .ok_or_else(|| format!("engine weight={v}: expected a number above 0"))?;
+                }
+                "reach" => {
+                    spec.reach = Some(Reach::for_host("", Some(v))?);
+                }
+                other => {
+                    return Err(format!(
+                        "engine option {other:?}: expected max, weight or reach"
+                    ));
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
 /// One connection to the Docker engine.
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
     reach: Reach,
+    /// Where it is (`DOCKER_HOST`'s form), for messages and reports.
+    url: String,
 }
 
 impl fmt::Debug for Engine {
@@ -670,7 +754,56 @@ impl Engine {
         let docker = Docker::connect_with_defaults().map_err(engine_err)?;
         let docker = docker.negotiate_version().await.map_err(engine_err)?;
         docker.ping().await.map_err(engine_err)?;
-        Ok(Self { docker, reach })
+        Ok(Self {
+            docker,
+            reach,
+            url: host,
+        })
+    }
+
+    /// Connects to the engine a spec names (see [`EngineSpec`]).
+    pub async fn connect_to(spec: &EngineSpec) -> Result<Self, SandboxError> {
+        let engine_err = |error| SandboxError::Engine {
+            host: spec.url.clone(),
+            error,
+        };
+        let reach = match spec.reach {
+            Some(r) => r,
+            None => Reach::for_host(&spec.url, std::env::var("SELFAGENT_REACH").ok().as_deref())
+                .map_err(SandboxError::Invalid)?,
+        };
+        let docker = Docker::connect_with_host(&spec.url).map_err(engine_err)?;
+        let docker = docker.negotiate_version().await.map_err(engine_err)?;
+        docker.ping().await.map_err(engine_err)?;
+        Ok(Self {
+            docker,
+            reach,
+            url: spec.url.clone(),
+        })
+    }
+
+    /// An engine value that has never connected (for tests of what only holds engines).
+    #[cfg(test)]
+    pub(crate) fn offline(url: &str) -> Self {
+        Self {
+            docker: Docker::connect_with_http(url, 1, bollard::API_DEFAULT_VERSION)
+                .expect("an http engine value"),
+            reach: Reach::Direct,
+            url: url.to_owned(),
+        }
+    }
+
+    /// Where this engine is.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether the engine answers within `within`.
+    pub async fn answers(&self, within: std::time::Duration) -> bool {
+        matches!(
+            tokio::time::timeout(within, self.docker.ping()).await,
+            Ok(Ok(_))
+        )
     }
 
     /// How desktops of this engine are reached.
@@ -1203,6 +1336,7 @@ impl Engine {
                     pool,
                     pool_state,
                     labels,
+                    engine: String::new(),
                 }
             })
             .collect();
@@ -1371,6 +1505,46 @@ pub fn ago(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_specs_parse_with_their_options_and_refuse_mistakes() {
+        let spec: EngineSpec = "tcp://10.0.0.7:2375,max=4,weight=2,reach=tunnels"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            spec,
+            EngineSpec {
+                url: "tcp://10.0.0.7:2375".into(),
+                max_desktops: Some(4),
+                weight: 2.0,
+                reach: Some(Reach::Tunnels),
+            }
+        );
+        let plain: EngineSpec = "unix:///var/run/docker.sock".parse().unwrap();
+        assert_eq!(
+            (plain.max_desktops, plain.weight, plain.reach),
+            (None, 1.0, None)
+        );
+        for bad in [
+            "10.0.0.7:2375",
+            "ssh://me@box",
+            "tcp://h:1,max=0",
+            "tcp://h:1,weight=-1",
+            "tcp://h:1,reach=fast",
+            "tcp://h:1,speed=2",
+            "tcp://h:1,max",
+        ] {
+            assert!(bad.parse::<EngineSpec>().is_err(), "{bad} was accepted");
+        }
+        let file: crate::config::FileConfig = toml::from_str(
+            "[[engines]]\nurl = \"tcp://a:1\"\nmax_desktops = 2\n[[engines]]\nurl = \"tcp://b:1\"\nreach = \"tunnels\"\n",
+        )
+        .unwrap();
+        let engines = file.engines.unwrap();
+        assert_eq!(engines[0].max_desktops, Some(2));
+        assert_eq!(engines[1].reach, Some(Reach::Tunnels));
+        assert_eq!(engines[1].weight, 1.0);
+    }
 
     #[test]
     fn an_engine_on_another_machine_is_reached_through_tunnels() {

@@ -33,6 +33,7 @@ fn started() -> Event {
         coords: "smart".into(),
         protocol: "uitars".into(),
         image: "selfagent-desktop:latest".into(),
+        engine: String::new(),
         width: 1280,
         height: 800,
         sent_width: 1280,

@@ -42,6 +42,8 @@ pub enum Reply {
     Garbage(String),
     /// Wait, then answer.
     Slow(Duration, Box<Reply>),
+    /// Answer once the test opens the gate (sends `true`): holds episodes at a known point.
+    Gate(tokio::sync::watch::Receiver<bool>, Box<Reply>),
     /// This status, with a body that repeats the request's key headers (as some servers'
     /// error pages do).
     EchoAuth(u16),
@@ -232,6 +234,7 @@ fn retried(reply: Reply) -> Reply {
             Reply::Json(v)
         }
         Reply::Slow(d, inner) => Reply::Slow(d, Box::new(retried(*inner))),
+        Reply::Gate(g, inner) => Reply::Gate(g, Box::new(retried(*inner))),
         Reply::When(_, inner) | Reply::Until { reply: inner, .. } => retried(*inner),
         other => other,
     }
@@ -451,6 +454,10 @@ fn respond(reply: Reply) -> std::pin::Pin<Box<dyn std::future::Future<Output = R
             }
             Reply::Slow(d, inner) => {
                 tokio::time::sleep(d).await;
+                respond(*inner).await
+            }
+            Reply::Gate(mut gate, inner) => {
+                let _ = gate.wait_for(|open| *open).await;
                 respond(*inner).await
             }
             Reply::When(_, inner) | Reply::Until { reply: inner, .. } => respond(*inner).await,

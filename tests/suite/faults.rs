@@ -343,6 +343,7 @@ async fn read_commands_change_nothing_and_work_on_read_only_recordings() {
             protocol: "tools".into(),
             coords: "native".into(),
             image: "img".into(),
+            engine: String::new(),
             width: 32,
             height: 20,
             sent_width: 32,

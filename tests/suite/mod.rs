@@ -3,6 +3,7 @@ mod cli;
 mod control;
 mod desktop;
 mod desktops;
+mod engines;
 mod faults;
 mod files;
 mod hostile;
