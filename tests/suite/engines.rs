@@ -100,6 +100,8 @@ fn batch(
         db.to_str().unwrap(),
         "--report",
         report.to_str().unwrap(),
+        // Graded on the live desktop: no final-state images left on either engine.
+        "--no-snapshot",
     ])
     .args(extra)
     .env("HOME", home)
