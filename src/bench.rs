@@ -106,6 +106,9 @@ pub struct Report {
     /// A desktop leased from a warm pool until it is ready for the first screenshot (the
     /// lease, the handle, the VNC and X11 connections).
     pub pool_lease_ready_ms: Stats,
+    /// Of which the claim (finding a ready member, renaming it, reading its details); the
+    /// rest is connecting VNC and X11 to it.
+    pub pool_claim_ms: Stats,
     /// `ready_ms` p50 / `pool_lease_ready_ms` p50.
     pub pool_speedup: f64,
     /// A desktop started from a saved snapshot of a used one, until ready.
@@ -393,7 +396,8 @@ async fn measure(
     let Some(desktop) = main else {
         anyhow::bail!("no desktop started");
     };
-    let pool_lease = pool_leases(engine, spec, runs.max(3), args.json, created).await?;
+    let (pool_lease, pool_claim) =
+        pool_leases(engine, spec, runs.max(3), args.json, created).await?;
     let (fork_ready, snapshot_save) =
         forks(engine, spec, desktop.sandbox(), runs, args.json, created).await?;
     let sandbox = desktop.sandbox().clone();
@@ -578,6 +582,7 @@ async fn measure(
         height,
         pool_speedup: round(Stats::of(&ready).p50 / pool_lease.p50.max(0.01)),
         pool_lease_ready_ms: pool_lease,
+        pool_claim_ms: pool_claim,
         fork_ready_ms: fork_ready,
         snapshot_save_ms: round(snapshot_save),
         ready_ms: Stats::of(&ready),
@@ -643,12 +648,13 @@ async fn pool_leases(
     n: usize,
     json: bool,
     created: &mut Vec<Sandbox>,
-) -> anyhow::Result<Stats> {
+) -> anyhow::Result<(Stats, Stats)> {
     use crate::pool::{self, LeaseOptions, PoolSpec};
     progress(json, &format!("warm pool: {n} desktops, then leasing each"));
     let pool_spec = PoolSpec::of(spec);
     let filled = pool::fill(engine, &pool_spec, n, n, pool::DEFAULT_TTL, &|_| {}).await;
     let mut times = Vec::new();
+    let mut claims = Vec::new();
     let result = async {
         let filled = filled?;
         if let Some(e) = filled.failed.first() {
@@ -667,6 +673,7 @@ async fn pool_leases(
             )
             .await?
             .context("the pool had no desktop to lease")?;
+            claims.push(ms(t.elapsed()));
             created.push(leased.clone());
             let desktop = Desktop::connect(leased.clone(), ConnectOptions::default()).await?;
             times.push(ms(t.elapsed()));
@@ -678,7 +685,7 @@ async fn pool_leases(
     .await;
     let _ = pool::down(engine, Some(&pool_spec.key())).await;
     result?;
-    Ok(Stats::of(&times))
+    Ok((Stats::of(&times), Stats::of(&claims)))
 }
 
 /// A model that answers at once, replaying one action (the mouse alternates between two
@@ -832,6 +839,7 @@ fn print_report(r: &Report) {
     );
     row("create to ready", &r.ready_ms);
     row("warm pool: lease to ready", &r.pool_lease_ready_ms);
+    row("  of which the claim", &r.pool_claim_ms);
     row("fork of a snapshot to ready", &r.fork_ready_ms);
     row("create to drawn", &r.drawn_ms);
     row("screenshot (fresh PNG)", &r.screenshot_ms);

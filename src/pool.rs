@@ -291,7 +291,10 @@ pub async fn lease(
 ) -> Result<Option<Sandbox>, SandboxError> {
     let key = PoolSpec::of(spec).key();
     let now = now_secs();
-    let mut ready: Vec<SandboxInfo> = members(&engine.list().await?, &key)
+    let listed = engine
+        .list_where(Some(&format!("{LABEL_POOL}={key}")))
+        .await?;
+    let mut ready: Vec<SandboxInfo> = members(&listed, &key)
         .into_iter()
         .filter(|m| m.pool_state.as_deref() == Some("ready"))
         .filter(|m| m.ttl == 0 || m.created + m.ttl >= now + min_ttl)

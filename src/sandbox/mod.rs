@@ -1260,7 +1260,17 @@ impl Engine {
     }
 
     async fn containers(&self) -> Result<Vec<ContainerSummary>, SandboxError> {
-        let filters = HashMap::from([("label", vec![LABEL_CREATED])]);
+        self.containers_where(None).await
+    }
+
+    /// Selfagent containers, only those with the label `key=value` given as `label`.
+    async fn containers_where(
+        &self,
+        label: Option<&str>,
+    ) -> Result<Vec<ContainerSummary>, SandboxError> {
+        let mut labels = vec![LABEL_CREATED];
+        labels.extend(label);
+        let filters = HashMap::from([("label", labels)]);
         self.docker
             .list_containers(Some(
                 ListContainersOptionsBuilder::default()
@@ -1274,9 +1284,15 @@ impl Engine {
 
     /// Every selfagent container, running or not.
     pub async fn list(&self) -> Result<Vec<SandboxInfo>, SandboxError> {
+        self.list_where(None).await
+    }
+
+    /// The selfagent containers with the label `key=value` given as `label` (the engine
+    /// filters, so a lease does not read every desktop's details).
+    pub async fn list_where(&self, label: Option<&str>) -> Result<Vec<SandboxInfo>, SandboxError> {
         let now = now_secs();
         let mut out: Vec<SandboxInfo> = self
-            .containers()
+            .containers_where(label)
             .await?
             .into_iter()
             .map(|c| {
