@@ -158,17 +158,8 @@ pub enum RecordError {
     Ambiguous(String),
 }
 
-/// Replaces every secret in `text` with `[redacted]` (secrets shorter than 4 characters
-/// are ignored: they would mangle ordinary text).
-pub fn redact(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_owned();
-    for s in secrets.iter().filter(|s| s.len() >= 4) {
-        if out.contains(s.as_str()) {
-            out = out.replace(s.as_str(), "[redacted]");
-        }
-    }
-    out
-}
+/// The one redaction every output uses (the transport's, for replies and errors, too).
+pub use crate::agent::model::redact;
 
 /// A fresh session id: sortable by time, readable, unique enough (`20261122-045501-3fa9c1`).
 pub fn new_session_id() -> String {
@@ -1809,16 +1800,5 @@ mod tests {
         let id = new_session_id();
         assert_eq!(id.len(), 22, "{id}");
         assert!(id.starts_with(&crate::time::date(crate::time::now_ms()).replace('-', "")));
-    }
-
-    #[test]
-    fn redaction_replaces_every_secret() {
-        assert_eq!(
-            redact(
-                "key=abcd1234 and abcd1234",
-                &["abcd1234".into(), "x".into()]
-            ),
-            "key=[redacted] and [redacted]"
-        );
     }
 }
