@@ -107,6 +107,8 @@ pub struct StepView {
     /// Unix ms, for replay playback.
     pub started_at: Option<i64>,
     pub finished: bool,
+    /// The episode ended while this step was still waiting for the model.
+    pub cut_short: bool,
 }
 
 impl StepView {
@@ -118,6 +120,7 @@ impl StepView {
     pub fn summary(&self) -> String {
         match (self.actions.as_slice(), &self.text) {
             ([], Some(t)) if self.finished => format!("answer: {t}"),
+            ([], _) if self.cut_short => "(ended before the model answered)".to_owned(),
             ([], _) if !self.finished => "thinking…".to_owned(),
             ([], _) => "(no action)".to_owned(),
             ([one], _) => one.line(),
@@ -522,6 +525,13 @@ impl App {
             Event::Finished(o) => {
                 self.run = RunState::Finished;
                 self.status = Some(o.status);
+                // The step in flight never got its answer: say so instead of "thinking…".
+                if let Some(last) = self.steps.last_mut()
+                    && !last.finished
+                    && last.actions.is_empty()
+                {
+                    last.cut_short = true;
+                }
                 self.awaiting = None;
                 self.tokens = (o.tokens_in, o.tokens_out);
                 self.outcome_text = Some(match (&o.answer, &o.error) {
@@ -576,6 +586,7 @@ impl App {
                 after: st.frame_after.map(|id| FrameRef::Stored { id }),
                 started_at: Some(st.started_at),
                 finished: true,
+                cut_short: false,
             })
             .collect();
         self.cursor = if self.steps.is_empty() { None } else { Some(0) };

@@ -554,6 +554,26 @@ fn keys_drive_the_loop() {
 }
 
 #[test]
+fn a_stop_while_the_model_thinks_is_drawn_as_the_end() {
+    let mut app = live_app();
+    assert_eq!(app.steps.last().unwrap().summary(), "thinking…");
+    finish(&mut app, Status::Stopped, EndedBy::User, None, None);
+    assert_eq!(
+        app.steps.last().unwrap().summary(),
+        "(ended before the model answered)"
+    );
+    let screen = draw(&app, 140, 36);
+    assert!(!screen.contains("thinking…"), "{screen}");
+    // One step is "1 step".
+    let mut one = App::new(Screen::Live);
+    one.on_event(&started());
+    for e in finished_step(1, 1) {
+        one.on_event(&e);
+    }
+    assert!(draw(&one, 140, 36).contains("timeline · 1 step "));
+}
+
+#[test]
 fn esc_goes_back_and_q_asks_before_stopping_a_running_agent() {
     use super::app::Effect;
     let esc = KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE);

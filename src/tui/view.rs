@@ -300,7 +300,8 @@ fn timeline(f: &mut Frame, area: Rect, app: &App) {
             ]))
         })
         .collect();
-    let title = format!(" timeline · {} steps ", app.steps.len());
+    let n = app.steps.len();
+    let title = format!(" timeline · {n} step{} ", if n == 1 { "" } else { "s" });
     let list = List::new(items)
         .block(
             Block::default()

@@ -1,6 +1,7 @@
-//! Batches over several Docker engines: a second real dockerd on this machine
-//! (`sandbox/second-engine.sh`) stands in for another machine. One test, so that stopping
-//! that engine never pulls it from under another test.
+//! Several Docker engines: a second real dockerd on this machine (`sandbox/second-engine.sh`)
+//! stands in for another machine. One test, so that stopping that engine never pulls it from
+//! under another test: a batch through tunnels on it, a batch over both engines with it
+//! stopped mid-batch, and a persistent desktop on it through a restart of the engine.
 
 use crate::common::bin;
 use crate::common::model_server::{ModelServer, Reply, call, route};
@@ -78,6 +79,9 @@ impl Drop for Restart {
                         .output();
                 }
             });
+        let _ = std::process::Command::new("docker")
+            .args(["-H", SECOND, "volume", "rm", "-f", "selfagent-home-kept"])
+            .output();
     }
 }
 
@@ -246,4 +250,92 @@ async fn a_batch_spreads_over_two_engines_and_goes_on_when_one_stops() {
         .collect();
     assert_eq!(died, vec![(LOCAL, false), (SECOND, true)], "{log}");
     assert!(server.problems().is_empty(), "{:?}", server.problems());
+
+    // 3. A persistent desktop outlives its engine's restart, with its files.
+    second_engine(&["start"]);
+    let on_second = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .env("HOME", home)
+            .env("DOCKER_HOST", SECOND)
+            .env_remove("SELFAGENT_REACH")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = on_second(&["sandbox", "up", "--name", "kept", "--persist", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = on_second(&[
+        "sandbox",
+        "exec",
+        "kept",
+        "--",
+        "sh",
+        "-c",
+        "echo still here > ~/kept.txt",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    second_engine(&["stop"]);
+    second_engine(&["start"]);
+    // Back by itself (the engine restarts it), with the file, and ready to drive.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let state = std::process::Command::new("docker")
+            .args([
+                "-H",
+                SECOND,
+                "inspect",
+                "-f",
+                "{{.State.Running}}",
+                "selfagent-kept",
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&state.stdout).trim() == "true" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the engine did not start the persistent desktop again: {}",
+            String::from_utf8_lossy(&state.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let out = on_second(&["sandbox", "start", "kept"]);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    let out = on_second(&[
+        "sandbox",
+        "exec",
+        "kept",
+        "--",
+        "cat",
+        "/home/user/kept.txt",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "still here",
+        "{log}"
+    );
+    let shot = home.join("kept.png");
+    let out = on_second(&["sandbox", "shot", "kept", "-o", shot.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = on_second(&["sandbox", "rm", "kept", "--volumes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
