@@ -25,6 +25,13 @@ pub const CONTEXT: &[(&str, &[u8], u32)] = &[
         include_bytes!("../../sandbox/bootstrap-base.sh"),
         0o755,
     ),
+    // A host-side helper (a second engine to try several engines with), kept with the other
+    // scripts; in the build context but not in the image.
+    (
+        "second-engine.sh",
+        include_bytes!("../../sandbox/second-engine.sh"),
+        0o755,
+    ),
     (
         "rootfs/usr/local/bin/selfagent-desktop",
         include_bytes!("../../sandbox/rootfs/usr/local/bin/selfagent-desktop"),
