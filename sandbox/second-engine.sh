@@ -48,6 +48,7 @@ start() {
     if [ "$(second image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)" != "$id" ]; then
       echo "second-engine: copying $image"
       docker save "$image" | second load -q >/dev/null
+      second image prune -f >/dev/null   # the copy it replaced
     fi
   done
   echo "second engine: tcp://127.0.0.1:$port ($sock)"
