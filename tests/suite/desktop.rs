@@ -358,13 +358,17 @@ async fn settle_waits_for_the_screen_to_be_quiet() {
 
     d.terminal("settle-test", None).await;
     let before = d.mark();
-    d.act(&typed("echo settled")).await.unwrap();
     // A generous first-change window: this checks the quiet logic, not the window.
     let opts = SettleOptions {
         first_change: Duration::from_secs(2),
         ..Default::default()
     };
-    let report = d.settle(before, opts).await;
+    // Settle is already waiting when the keys go out (join polls it first), so it sees the
+    // first change however fast the terminal echoes: on a loaded machine the echo can
+    // otherwise land between the action's return and the start of settle.
+    let action = typed("echo settled");
+    let (report, acted) = tokio::join!(d.settle(before, opts), d.act(&action));
+    acted.unwrap();
     assert!(report.quiet && report.changes > 0, "{report:?}");
     assert!(
         report.waited_ms >= opts.quiet.as_millis() as f64,
