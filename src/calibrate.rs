@@ -331,33 +331,26 @@ pub async fn drive<C: Computer, M: Model>(
 ) -> (Outcome, Option<Report>) {
     let started = Instant::now();
     let screen = computer.size();
+    // Ended before any target was asked: no report.
+    let failed = |ended_by, error| Outcome {
+        status: Status::Error,
+        ended_by,
+        answer: None,
+        error: Some(error),
+        steps: 0,
+        tokens_in: 0,
+        tokens_out: 0,
+        wall_ms: started.elapsed().as_millis() as u64,
+    };
     if let Err(e) = wait_for_page(computer, &cal.targets).await {
-        let outcome = Outcome {
-            status: Status::Error,
-            ended_by: EndedBy::Harness,
-            answer: None,
-            error: Some(e),
-            steps: 0,
-            tokens_in: 0,
-            tokens_out: 0,
-            wall_ms: started.elapsed().as_millis() as u64,
-        };
+        let outcome = failed(EndedBy::Harness, e);
         emit.emit(Event::Finished(outcome.clone())).await;
         return (outcome, None);
     }
     let lenient = match protocol::create_lenient(&cfg.protocol, screen) {
         Ok(p) => p,
         Err(e) => {
-            let outcome = Outcome {
-                status: Status::Error,
-                ended_by: EndedBy::Error,
-                answer: None,
-                error: Some(e),
-                steps: 0,
-                tokens_in: 0,
-                tokens_out: 0,
-                wall_ms: started.elapsed().as_millis() as u64,
-            };
+            let outcome = failed(EndedBy::Error, e);
             emit.emit(Event::Finished(outcome.clone())).await;
             return (outcome, None);
         }

@@ -43,3 +43,19 @@ impl Default for StopSignals {
         Self::new()
     }
 }
+
+/// For one headless episode: the first stop request stops the agent after its current
+/// action, a second one quits at once with `exit_code`. Abort the task when the episode ends.
+pub fn stop_episode_on_signals(
+    control: tokio::sync::mpsc::Sender<crate::agent::Command>,
+    exit_code: u8,
+) -> tokio::task::JoinHandle<()> {
+    let mut stop_signals = StopSignals::new();
+    tokio::spawn(async move {
+        let name = stop_signals.recv().await;
+        eprintln!("{name}: stopping after the current action (again to quit at once)");
+        let _ = control.send(crate::agent::Command::Stop).await;
+        stop_signals.recv().await;
+        std::process::exit(i32::from(exit_code));
+    })
+}

@@ -1,7 +1,6 @@
 //! `selfagent calibrate`: numbered targets on a fresh desktop, the model asked to click
 //! each, the error of every click and a verdict (see [`crate::calibrate`]).
 
-use crate::agent;
 use crate::calibrate::{self, Verdict};
 use crate::config;
 use crate::episode::{self, Hooks};
@@ -58,14 +57,7 @@ pub async fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     let (mut hooks, control) = Hooks::new();
     let (printer, printed) = crate::headless::spawn_printer(false, true);
     hooks.sinks.push(printer);
-    let mut stop_signals = crate::signals::StopSignals::new();
-    let signals = tokio::spawn(async move {
-        let name = stop_signals.recv().await;
-        eprintln!("{name}: stopping after the current action (again to quit at once)");
-        let _ = control.send(agent::Command::Stop).await;
-        stop_signals.recv().await;
-        std::process::exit(i32::from(EXIT_STOPPED));
-    });
+    let signals = crate::signals::stop_episode_on_signals(control, EXIT_STOPPED);
     let end = episode::run(&engine, plan, hooks).await;
     signals.abort();
     let _ = printed.await;

@@ -1,6 +1,5 @@
 //! `selfagent run`: one episode: a fresh desktop, the loop, a recording.
 
-use crate::agent;
 use crate::config::{self, FileConfig};
 use crate::episode::{self, End, Hooks, Plan};
 use crate::record::Db;
@@ -96,14 +95,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (mut hooks, control) = Hooks::new();
     let (printer_tx, printer_task) = crate::headless::spawn_printer(args.json, false);
     hooks.sinks.push(printer_tx);
-    let mut stop_signals = crate::signals::StopSignals::new();
-    let signals = tokio::spawn(async move {
-        let name = stop_signals.recv().await;
-        eprintln!("{name}: stopping after the current action (again to quit at once)");
-        let _ = control.send(agent::Command::Stop).await;
-        stop_signals.recv().await;
-        std::process::exit(i32::from(EXIT_STOPPED));
-    });
+    let signals = crate::signals::stop_episode_on_signals(control, EXIT_STOPPED);
     let plan = Plan {
         cfg,
         spec: args.common.spec(),

@@ -743,22 +743,15 @@ impl Engine {
     /// Connects as the Docker CLI would (DOCKER_HOST or the local socket) and negotiates the
     /// API version.
     pub async fn connect() -> Result<Self, SandboxError> {
-        let host =
+        let url =
             std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
-        let engine_err = |error| SandboxError::Engine {
-            host: host.clone(),
-            error,
-        };
-        let reach = Reach::for_host(&host, std::env::var("SELFAGENT_REACH").ok().as_deref())
-            .map_err(SandboxError::Invalid)?;
-        let docker = Docker::connect_with_defaults().map_err(engine_err)?;
-        let docker = docker.negotiate_version().await.map_err(engine_err)?;
-        docker.ping().await.map_err(engine_err)?;
-        Ok(Self {
-            docker,
-            reach,
-            url: host,
+        Self::connect_to(&EngineSpec {
+            url,
+            max_desktops: None,
+            weight: 1.0,
+            reach: None,
         })
+        .await
     }
 
     /// Connects to the engine a spec names (see [`EngineSpec`]).

@@ -180,11 +180,7 @@ impl Engine {
     /// Every snapshot image, newest first.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotInfo>, SandboxError> {
         // All images in one call: the snapshots, and their parents for their own sizes.
-        let images = self
-            .docker()
-            .list_images(Some(ListImagesOptionsBuilder::default().all(true).build()))
-            .await
-            .doing(|| "listing snapshot images".into())?;
+        let images = self.all_images().await?;
         let sizes: HashMap<&str, i64> = images.iter().map(|i| (i.id.as_str(), i.size)).collect();
         let mut out: Vec<SnapshotInfo> = images
             .iter()
@@ -420,13 +416,17 @@ impl Sandbox {
 }
 
 impl Engine {
-    /// Every saved snapshot, newest first.
-    pub async fn saved_snapshots(&self) -> Result<Vec<SavedSnapshot>, SandboxError> {
-        let images = self
-            .docker()
+    /// Every image in one call (snapshots are found by label, their sizes by their parents').
+    async fn all_images(&self) -> Result<Vec<bollard::models::ImageSummary>, SandboxError> {
+        self.docker()
             .list_images(Some(ListImagesOptionsBuilder::default().all(true).build()))
             .await
-            .doing(|| "listing snapshot images".into())?;
+            .doing(|| "listing snapshot images".into())
+    }
+
+    /// Every saved snapshot, newest first.
+    pub async fn saved_snapshots(&self) -> Result<Vec<SavedSnapshot>, SandboxError> {
+        let images = self.all_images().await?;
         let sizes: HashMap<&str, i64> = images.iter().map(|i| (i.id.as_str(), i.size)).collect();
         let mut out: Vec<SavedSnapshot> = images
             .iter()
@@ -479,11 +479,7 @@ impl Engine {
     /// from them, once no container uses them any more; returns their ids. (Docker keeps
     /// such an image, untagged, as long as a container needs its layers.)
     pub async fn prune_unnamed_saved(&self) -> Result<Vec<String>, SandboxError> {
-        let images = self
-            .docker()
-            .list_images(Some(ListImagesOptionsBuilder::default().all(true).build()))
-            .await
-            .doing(|| "listing snapshot images".into())?;
+        let images = self.all_images().await?;
         let mut removed = Vec::new();
         for image in images {
             let saved = image.labels.get(LABEL_SAVED).is_some_and(|t| !t.is_empty());
