@@ -228,12 +228,12 @@ pub fn html(db: &Db, ep: &Episode) -> anyhow::Result<String> {
         out,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>selfagent session {id}</title><style>{CSS}</style></head><body>\
          <h1>{instruction}</h1><div class=\"meta\"><span>session <code>{id}</code></span><span>{status}</span><span>model {model}</span>\
-         <span>{steps} steps</span><span>{wall}</span><span>tokens {tin} in / {tout} out</span><span>{when}</span></div>",
+         <span>{steps}</span><span>{wall}</span><span>tokens {tin} in / {tout} out</span><span>{when}</span></div>",
         id = html_escape(&s.id),
         instruction = html_escape(&s.instruction),
         status = html_escape(&s.status),
         model = html_escape(s.model.as_deref().unwrap_or("?")),
-        steps = s.steps,
+        steps = crate::output::count(s.steps, "step"),
         wall = s
             .wall_ms
             .map(|w| format!("{:.1} s", w as f64 / 1000.0))

@@ -360,9 +360,9 @@ impl EventPrinter for Human {
             Event::Finished(o) => {
                 writeln!(
                     out,
-                    "{} after {} steps in {:.1} s ({} in / {} out tokens)",
+                    "{} after {} in {:.1} s ({} in / {} out tokens)",
                     o.status,
-                    o.steps,
+                    crate::output::count(o.steps, "step"),
                     o.wall_ms as f64 / 1000.0,
                     o.tokens_in,
                     o.tokens_out

@@ -17,6 +17,8 @@
 //! - [`tui`]: the terminal UI: live runs, replay, the sessions list.
 //! - [`config`]: the configuration file; [`settings`]: file, environment and flags resolved
 //!   into what an episode needs.
+//! - [`preflight`]: the endpoint, engine and image checked before anything starts
+//!   (`selfagent doctor`, and the first second of `run` and `batch`).
 //! - [`bench`]: `selfagent bench`, measured against the way the public demos do it.
 //! - [`cli`]: the command line.
 //! - [`process`], [`time`], [`signals`]: process ownership, wall-clock helpers, stop
@@ -36,6 +38,7 @@ pub mod headless;
 pub mod logs;
 pub mod output;
 pub mod pool;
+pub mod preflight;
 pub mod process;
 pub mod record;
 pub mod sandbox;

@@ -48,3 +48,75 @@ macro_rules! out {
         $crate::output::write(format_args!($($arg)*), false)
     };
 }
+
+/// `n` things in words: "1 step", "3 steps", "0 steps".
+pub fn count(n: impl Into<i128>, one: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {one}s")
+    }
+}
+
+/// How a status word reads: coloured on a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    Good,
+    Warn,
+    Bad,
+}
+
+/// When the CLI colours its status words (`--color`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+static COLOR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Decides once whether stdout gets colours (<https://no-color.org>: a non-empty NO_COLOR
+/// turns them off unless `--color always`).
+pub fn set_color(choice: ColorChoice) {
+    use std::io::IsTerminal;
+    let on = match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    };
+    let _ = COLOR.set(on);
+}
+
+/// A status word, coloured when colours are on, and its width on screen.
+pub struct Painted {
+    pub text: String,
+    pub width: usize,
+}
+
+impl std::fmt::Display for Painted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+pub fn paint(word: &str, tone: Tone) -> Painted {
+    let width = word.chars().count();
+    let text = if *COLOR.get().unwrap_or(&false) {
+        let code = match tone {
+            Tone::Good => "32",
+            Tone::Warn => "33",
+            Tone::Bad => "1;31",
+        };
+        format!("\x1b[{code}m{word}\x1b[0m")
+    } else {
+        word.to_owned()
+    };
+    Painted { text, width }
+}

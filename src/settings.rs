@@ -21,6 +21,7 @@ pub struct CommonArgs {
     /// OpenAI-compatible endpoint, up to /v1.
     #[arg(long, env = "OPENAI_BASE_URL")]
     pub base_url: Option<String>,
+    /// The model id sent to the endpoint (without it: the only model the server lists).
     #[arg(long, env = "SELFAGENT_MODEL")]
     pub model: Option<String>,
     /// Read the API key from this environment variable instead of OPENAI_API_KEY.
@@ -104,10 +105,13 @@ pub struct CommonArgs {
     /// The configuration file (default: ~/.config/selfagent/config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Screen width in pixels.
     #[arg(long, default_value_t = 1280)]
     pub width: u32,
+    /// Screen height in pixels.
     #[arg(long, default_value_t = 800)]
     pub height: u32,
+    /// The desktop image (see `selfagent sandbox build`).
     #[arg(long, default_value = crate::sandbox::DEFAULT_IMAGE)]
     pub image: String,
     /// Start desktops from a saved snapshot (`sandbox snapshot NAME TAG`) instead of the image.

@@ -416,6 +416,68 @@ impl HttpModel {
     }
 }
 
+/// What a model server says about itself before any episode: `GET /models`.
+#[derive(Debug)]
+pub enum Listing {
+    /// The model ids it serves.
+    Models(Vec<String>),
+    /// It answered, but not with a list (HTTP `status`): many servers have no `/models`.
+    /// Reachable, and the key was not refused; nothing more is known.
+    NoList { status: u16 },
+}
+
+impl HttpModel {
+    /// Asks the server which models it serves (OpenAI and compatible servers at
+    /// `{base}/models`, Anthropic at `{base}/v1/models`), within `within`. A refused
+    /// connection, a timeout and a refused key (401, 403) are errors; any other answer
+    /// means the server is there.
+    pub async fn list_models(&self, auth: Auth, within: Duration) -> Result<Listing, ModelError> {
+        let path = match auth {
+            Auth::XApiKey => "/v1/models",
+            Auth::Bearer => "/models",
+        };
+        let mut req = self.http.get(self.url(path)).timeout(within);
+        if !self.config.api_key.is_empty() {
+            req = match auth {
+                Auth::Bearer => req.bearer_auth(self.config.api_key.expose()),
+                Auth::XApiKey => req
+                    .header("x-api-key", self.config.api_key.expose())
+                    .header("anthropic-version", "2023-06-01"),
+            };
+        }
+        let response = req.send().await.map_err(|e| {
+            if e.is_timeout() {
+                ModelError::Timeout(within)
+            } else {
+                self.transport_error(&e)
+            }
+        })?;
+        let status = response.status().as_u16();
+        // A listing is small; anything past a megabyte is not one.
+        let bytes = match response.bytes().await {
+            Ok(b) if b.len() <= 1 << 20 => b,
+            _ => return Ok(Listing::NoList { status }),
+        };
+        let text = self.redact(&String::from_utf8_lossy(&bytes));
+        if status == 401 || status == 403 {
+            let body = text.chars().take(300).collect();
+            return Err(ModelError::Http { status, body });
+        }
+        if !(200..300).contains(&status) {
+            return Ok(Listing::NoList { status });
+        }
+        let ids: Option<Vec<String>> = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+            v.get("data")?.as_array().map(|models| {
+                models
+                    .iter()
+                    .filter_map(|m| m.get("id")?.as_str().map(str::to_owned))
+                    .collect()
+            })
+        });
+        Ok(ids.map_or(Listing::NoList { status }, Listing::Models))
+    }
+}
+
 /// An error with its causes, as one line ("error sending request: ... Connection refused").
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();

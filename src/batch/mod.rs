@@ -210,7 +210,7 @@ fn print_line(bar: &ProgressBar, line: &str) {
     }
 }
 
-pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
     if args.parallel == 0 {
         bail!("--parallel must be at least 1");
     }
@@ -237,6 +237,11 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let file = config::load(args.common.config.as_deref())?;
+    drop(Db::open(&crate::settings::db_path(
+        args.common.db.as_ref(),
+        &file,
+    ))?);
+    crate::preflight::endpoint(&mut args.common, &file).await?;
     let mut resolved = Vec::new();
     for t in &tasks {
         let cfg = resolve(&args.common, &file, t.instruction.clone(), &t.limits)
@@ -244,7 +249,6 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         resolved.push(Arc::new(cfg));
     }
     let db_path = resolved[0].db.clone();
-    drop(Db::open(&db_path)?);
     let spec = args.common.spec();
     let engines = connect_engines(&args.engines, file.engines.as_deref(), &spec.image).await?;
     let engine = engines[0].0.clone();

@@ -68,12 +68,12 @@ impl EpisodeReport {
     /// One progress line.
     pub fn line(&self) -> String {
         let mut s = format!(
-            "{:<5} {} #{}  score {:.2}  {} steps  {:.1} s  {} tok  session {}",
+            "{:<5} {} #{}  score {:.2}  {}  {:.1} s  {} tok  session {}",
             self.verdict(),
             self.task_id,
             self.repeat,
             self.score,
-            self.steps,
+            crate::output::count(self.steps, "step"),
             self.wall_ms as f64 / 1000.0,
             self.tokens_in + self.tokens_out,
             if self.session_id.is_empty() {
@@ -531,9 +531,9 @@ impl Report {
             }
             let _ = writeln!(
                 out,
-                "<system-out>session {} · {} steps · ended by {}</system-out></testcase>",
+                "<system-out>session {} · {} · ended by {}</system-out></testcase>",
                 x(&e.session_id),
-                e.steps,
+                crate::output::count(e.steps, "step"),
                 x(&e.ended_by)
             );
         }
@@ -603,12 +603,12 @@ impl Report {
             };
             let _ = write!(
                 out,
-                "<div class=\"card\" id=\"{id}\"><b>{verdict}</b> <b>{id}</b> #{r} <span class=\"meta\"><span>score {score:.2}</span><span>{steps} steps</span><span>{wall:.1} s</span><span>{tok} tokens</span><span>ended by {by}</span><span>session <code>{session}</code></span></span><p>{instruction}</p>",
+                "<div class=\"card\" id=\"{id}\"><b>{verdict}</b> <b>{id}</b> #{r} <span class=\"meta\"><span>score {score:.2}</span><span>{steps}</span><span>{wall:.1} s</span><span>{tok} tokens</span><span>ended by {by}</span><span>session <code>{session}</code></span></span><p>{instruction}</p>",
                 verdict = verdict_span(passed, e.verdict()),
                 id = html_escape(&e.task_id),
                 r = e.repeat,
                 score = e.score,
-                steps = e.steps,
+                steps = crate::output::count(e.steps, "step"),
                 wall = e.wall_ms as f64 / 1000.0,
                 tok = e.tokens_in + e.tokens_out,
                 by = html_escape(&e.ended_by),

@@ -39,13 +39,17 @@ pub struct CalibrateArgs {
     pub common: CommonArgs,
 }
 
-pub async fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(mut args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     if !(args.max_error.is_finite() && args.max_error > 0.0) {
         bail!("--max-error must be a positive number of pixels");
     }
     let file = config::load(args.common.config.as_deref())?;
+    drop(Db::open(&crate::settings::db_path(
+        args.common.db.as_ref(),
+        &file,
+    ))?);
+    crate::preflight::endpoint(&mut args.common, &file).await?;
     let cfg = resolve(&args.common, &file, String::new(), &Limits::default())?;
-    drop(Db::open(&cfg.db)?);
     let db = cfg.db.clone();
     let engine = Engine::connect().await?;
     let plan = episode::calibration_plan(

@@ -35,6 +35,7 @@ pub struct GradeArgs {
     /// Only the recorded state, no snapshot images (no Docker needed).
     #[arg(long)]
     pub no_snapshot: bool,
+    /// JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -45,11 +46,13 @@ pub struct GradeArgs {
     /// The judge model.
     #[arg(long, env = "SELFAGENT_MODEL")]
     pub model: Option<String>,
+    /// Read the judge's API key from this environment variable instead of OPENAI_API_KEY.
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
     /// The judge's protocol (chosen from the model id when not given).
     #[arg(long, value_name = "NAME")]
     pub protocol: Option<String>,
+    /// The configuration file (default: ~/.config/selfagent/config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
 }

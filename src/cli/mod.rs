@@ -2,6 +2,7 @@
 //! module; `anyhow` is used from here up, typed errors below.
 
 mod calibrate;
+mod doctor;
 mod export;
 mod grade;
 mod pool;
@@ -10,7 +11,7 @@ mod sandbox;
 mod sessions;
 mod tasks;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Self-hosted runner for computer-use agents: local desktop sandboxes an agent can see and
@@ -21,6 +22,9 @@ pub struct Cli {
     /// Without a command: the terminal UI asks for a task and runs it.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Colour the status words: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = crate::output::ColorChoice::Auto, value_name = "WHEN")]
+    pub color: crate::output::ColorChoice,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,10 +64,22 @@ pub enum Command {
     /// Warm pools: desktops started ahead, leased in milliseconds, each used once.
     #[command(subcommand)]
     Pool(pool::PoolCmd),
+    /// Is everything a run needs in place? The engine, the image, the recording, the model
+    /// endpoint (reachable, key accepted, model listed, protocol), each with its fix.
+    Doctor(Box<doctor::DoctorArgs>),
+    /// Shell completions on stdout: `selfagent completions bash > /etc/bash_completion.d/selfagent`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on stdout: `selfagent man | man -l -`.
+    Man,
 }
 
 /// Runs the parsed command line; the exit code is the command's.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    crate::output::set_color(cli.color);
     let Some(command) = cli.command else {
         return run::run(run::RunArgs::defaults()).await;
     };
@@ -86,6 +102,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Calibrate(args) => calibrate::run(*args).await,
         Command::Pool(cmd) => pool::run(cmd).await,
+        Command::Doctor(args) => doctor::run(*args).await,
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "selfagent", &mut out);
+            crate::out!("{}", String::from_utf8_lossy(&out));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            crate::out!("{}", String::from_utf8_lossy(&out));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -123,6 +152,31 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every option and argument says what it is for (`--help`, the man page, completions).
+    #[test]
+    fn every_option_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{path} {} (the command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "selfagent", &mut missing);
+        assert!(missing.is_empty(), "no description: {missing:#?}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub enum PoolCmd {
     Up(PoolUpArgs),
     /// The pools: their desktops' image and size, and how many are ready, warming, leased.
     Ls {
+        /// JSON on stdout instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -30,19 +31,25 @@ pub struct PoolUpArgs {
     /// Desktops kept ready.
     #[arg(long, default_value_t = 2)]
     size: usize,
+    /// The desktop image (see `selfagent sandbox build`).
     #[arg(long, default_value = DEFAULT_IMAGE)]
     image: String,
+    /// Screen width in pixels.
     #[arg(long, default_value_t = 1280)]
     width: u32,
+    /// Screen height in pixels.
     #[arg(long, default_value_t = 800)]
     height: u32,
+    /// Screen DPI (scales fonts and toolkits).
     #[arg(long, default_value_t = 96)]
     dpi: u32,
     /// Memory limit of each (e.g. 2g).
     #[arg(long, default_value = "2g", value_parser = super::parse_size)]
     memory: i64,
+    /// CPUs per desktop.
     #[arg(long, default_value_t = 2.0)]
     cpus: f64,
+    /// Processes per desktop (a fork bomb stops there).
     #[arg(long, default_value_t = 1024)]
     pids: i64,
     /// Desktops with no network at all (for `--no-network` runs).
@@ -51,6 +58,7 @@ pub struct PoolUpArgs {
     /// Seconds each desktop lives, leased or not.
     #[arg(long, default_value_t = pool::DEFAULT_TTL)]
     ttl: u64,
+    /// JSON on stdout instead of a table.
     #[arg(long)]
     json: bool,
 }

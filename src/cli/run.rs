@@ -4,7 +4,7 @@ use crate::config::{self, FileConfig};
 use crate::episode::{self, End, Hooks, Plan};
 use crate::record::Db;
 use crate::sandbox::Engine;
-use crate::settings::{CommonArgs, resolve};
+use crate::settings::{CommonArgs, db_path, resolve};
 use crate::task::{Limits, Task};
 use anyhow::bail;
 use clap::Args;
@@ -70,7 +70,7 @@ impl RunArgs {
     }
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     let task = args.task.as_deref().map(Task::load).transpose()?;
     let instruction = match &task {
         Some(t) => Some(t.instruction.clone()),
@@ -86,9 +86,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "give the task as an argument or a file: selfagent run --headless \"open a terminal and ...\" (or --task FILE)"
         );
     };
+    // A recording that cannot be opened, an endpoint that is not there or refuses the key:
+    // each stops us before a desktop starts.
+    drop(Db::open(&db_path(args.common.db.as_ref(), &file))?);
+    crate::preflight::endpoint(&mut args.common, &file).await?;
     let cfg = resolve(&args.common, &file, instruction, &limits)?;
-    // A recording that cannot be opened stops us before a desktop starts.
-    drop(Db::open(&cfg.db)?);
     let engine = Engine::connect().await?;
     let db = cfg.db.clone();
 
@@ -128,7 +130,7 @@ pub fn exit_code(end: &End) -> ExitCode {
 
 /// With the terminal UI (the task is asked for when not given).
 async fn ui(
-    args: RunArgs,
+    mut args: RunArgs,
     file: FileConfig,
     task: Option<Task>,
     instruction: Option<String>,
@@ -138,13 +140,15 @@ async fn ui(
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         bail!("the terminal UI needs a terminal: add --headless to run without one");
     }
+    // Before the UI asks for the task: a missing endpoint is found now, not after typing.
+    drop(Db::open(&db_path(args.common.db.as_ref(), &file))?);
+    crate::preflight::endpoint(&mut args.common, &file).await?;
     let cfg = resolve(
         &args.common,
         &file,
         instruction.clone().unwrap_or_default(),
         limits,
     )?;
-    drop(Db::open(&cfg.db)?);
     drop(Engine::connect().await?);
     crate::tui::live(crate::tui::LiveSetup {
         cfg,

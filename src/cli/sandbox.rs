@@ -28,6 +28,7 @@ pub enum SandboxCmd {
     Up(UpArgs),
     /// List selfagent desktops.
     Ls {
+        /// JSON on stdout instead of a table.
         #[arg(long)]
         json: bool,
         /// List the desktops of these engines (repeat; default: `[[engines]]` in the config
@@ -46,6 +47,7 @@ pub enum SandboxCmd {
     },
     /// Remove desktops by name, with --volumes also a persistent one's home volume.
     Rm {
+        /// The sandboxes: ids, unique id prefixes or names.
         #[arg(required = true)]
         names: Vec<String>,
         /// Remove the home volumes too (everything the desktop kept is gone).
@@ -53,10 +55,15 @@ pub enum SandboxCmd {
         volumes: bool,
     },
     /// Stop a desktop; a persistent one keeps its files for `start`.
-    Stop { name: String },
+    Stop {
+        /// The sandbox: an id, a unique id prefix or a name.
+        name: String,
+    },
     /// Start a stopped desktop again and wait until it is ready.
     Start {
+        /// The sandbox: an id, a unique id prefix or a name.
         name: String,
+        /// JSON on stdout instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -76,6 +83,7 @@ pub enum SandboxCmd {
     },
     /// Remove desktops that are expired, stopped, or whose selfagent process is gone.
     Prune {
+        /// JSON on stdout instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -92,12 +100,15 @@ pub enum SandboxCmd {
         /// With --prune: only those older than this many days.
         #[arg(long, value_name = "DAYS", requires = "prune")]
         older_than: Option<f64>,
+        /// JSON on stdout instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Save a screenshot (PNG) of a desktop.
     Shot {
+        /// The sandbox: an id, a unique id prefix or a name.
         id: String,
+        /// Write the PNG here.
         #[arg(short, long, value_name = "FILE.png")]
         output: PathBuf,
         /// Draw the mouse pointer in.
@@ -110,6 +121,7 @@ pub enum SandboxCmd {
     /// '{"action":"key","text":"ctrl+alt+t"}', '{"action":"scroll","scroll_direction":"down",
     /// "scroll_amount":3}', '{"action":"launch","app":"terminal"}', '{"action":"open","target":"https://..."}'.
     Act {
+        /// The sandbox: an id, a unique id prefix or a name.
         id: String,
         /// The action as JSON.
         action: String,
@@ -122,6 +134,7 @@ pub enum SandboxCmd {
     },
     /// Run a command in a desktop; its exit code becomes ours.
     Exec {
+        /// The sandbox: an id, a unique id prefix or a name.
         id: String,
         /// Kill the command after this many seconds.
         #[arg(long)]
@@ -142,7 +155,9 @@ pub enum SandboxCmd {
     /// files stay sparse, and more than --max-size of file data stops it. Exit code 2 when
     /// something was not copied (each is listed on stderr).
     Cp {
+        /// From: a host path, or SANDBOX:PATH inside a desktop.
         src: String,
+        /// To: a host path, or SANDBOX:PATH inside a desktop.
         dst: String,
         /// Most bytes of file data to copy out of a desktop (apparent sizes).
         #[arg(long, default_value = "1g", value_parser = crate::cli::parse_size)]
@@ -153,12 +168,15 @@ pub enum SandboxCmd {
     },
     /// List the windows of a desktop.
     Windows {
+        /// The sandbox: an id, a unique id prefix or a name.
         id: String,
+        /// JSON on stdout instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Wait until a window whose title (and/or class) matches appears.
     WaitWindow {
+        /// The sandbox: an id, a unique id prefix or a name.
         id: String,
         /// Regex on the window title.
         #[arg(long, required_unless_present = "class")]
@@ -169,11 +187,15 @@ pub enum SandboxCmd {
         /// Seconds to wait.
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
+        /// JSON on stdout instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Print the live view URL (noVNC in a browser; several viewers may watch at once).
-    View { id: String },
+    View {
+        /// The sandbox: an id, a unique id prefix or a name.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +206,7 @@ pub struct BuildArgs {
     /// Build arguments, e.g. EXTRA_PACKAGES="gimp libreoffice-calc".
     #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = super::parse_key_value)]
     build_args: Vec<(String, String)>,
+    /// Rebuild every layer (fetch the packages again).
     #[arg(long)]
     no_cache: bool,
     /// If the base image is missing and cannot be pulled, make it locally first (as
@@ -200,12 +223,16 @@ enum NetworkArg {
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
+    /// JSON on stdout instead of a table.
     #[arg(long)]
     json: bool,
+    /// Screen width in pixels.
     #[arg(long, default_value_t = 1280)]
     width: u32,
+    /// Screen height in pixels.
     #[arg(long, default_value_t = 800)]
     height: u32,
+    /// Screen DPI (scales fonts and toolkits).
     #[arg(long, default_value_t = 96)]
     dpi: u32,
     /// Seconds until the desktop stops itself (0: never). Default: 3600; with --persist, never.
@@ -221,6 +248,7 @@ pub struct UpArgs {
     /// Start from a saved snapshot (`sandbox snapshot NAME TAG`) instead of the image.
     #[arg(long, value_name = "TAG")]
     from: Option<String>,
+    /// The desktop image (see `selfagent sandbox build`).
     #[arg(long, default_value = sb::DEFAULT_IMAGE)]
     image: String,
     /// Memory limit (e.g. 2g).

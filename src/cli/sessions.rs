@@ -20,8 +20,10 @@ pub enum SessionsCmd {
     Ls {
         #[command(flatten)]
         db: DbArg,
+        /// JSON on stdout instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show at most this many (the newest first).
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
@@ -31,15 +33,20 @@ pub enum SessionsCmd {
         id: String,
         #[command(flatten)]
         db: DbArg,
+        /// JSON on stdout instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Save a step's screenshot (the one after the step, or --before it).
     Frame {
+        /// Session id or a unique prefix.
         id: String,
+        /// The step whose screenshot to write (1-based).
         step: i64,
+        /// Write the PNG here.
         #[arg(short, long)]
         output: PathBuf,
+        /// The screenshot the model saw before the step, not the one after.
         #[arg(long)]
         before: bool,
         #[command(flatten)]
@@ -155,9 +162,9 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
             crate::outln!("created   {}", crate::time::iso8601(s.created_at));
             if let Some(ms) = s.wall_ms {
                 crate::outln!(
-                    "took      {:.1} s, {} steps, {} in / {} out tokens",
+                    "took      {:.1} s, {}, {} in / {} out tokens",
                     ms as f64 / 1000.0,
-                    s.steps,
+                    crate::output::count(s.steps, "step"),
                     s.tokens_in,
                     s.tokens_out
                 );

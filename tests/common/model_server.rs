@@ -275,6 +275,9 @@ struct Inner {
     /// Waits for the `When` at the head of the script.
     waits_here: usize,
     routes: Vec<Route>,
+    /// What `GET /v1/models` answers: the one model id served, or an HTTP status that
+    /// echoes the key it was sent (a server refusing the key, and careless with it).
+    listing: Result<&'static str, u16>,
     requests: Vec<Value>,
     auth: Vec<Option<String>>,
     problems: Vec<String>,
@@ -320,6 +323,7 @@ impl ModelServer {
             waits: 0,
             waits_here: 0,
             routes,
+            listing: Ok(SCRIPTED_MODEL),
             requests: Vec::new(),
             auth: Vec::new(),
             problems: Vec::new(),
@@ -329,6 +333,7 @@ impl ModelServer {
             .route("/v1/chat/completions", post(handle))
             .route("/v1/messages", post(handle))
             .route("/v1/responses", post(handle))
+            .route("/v1/models", axum::routing::get(models))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -336,6 +341,11 @@ impl ModelServer {
             axum::serve(listener, app).await.unwrap();
         });
         Self { addr, inner }
+    }
+
+    /// `GET /v1/models` answers `status`, echoing the key it was sent.
+    pub fn refuse_listing(&self, status: u16) {
+        self.inner.lock().unwrap().listing = Err(status);
     }
 
     pub fn base_url(&self) -> String {
@@ -510,6 +520,32 @@ fn sequential(s: &mut Inner, n: usize, shot: Option<&image::RgbImage>) -> Reply 
         None => {
             s.problems.push(format!("request {n}: the script ran out"));
             answer("the script ran out")
+        }
+    }
+}
+
+/// The model id the scripted server lists: runs without `--model` use it.
+pub const SCRIPTED_MODEL: &str = "scripted";
+
+async fn models(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap) -> Response {
+    let listing = inner.lock().unwrap().listing;
+    match listing {
+        Ok(id) => axum::Json(serde_json::json!({
+            "object": "list",
+            "data": [{"id": id, "object": "model", "owned_by": "selfagent-tests"}]
+        }))
+        .into_response(),
+        Err(status) => {
+            let key = headers
+                .get("authorization")
+                .or_else(|| headers.get("x-api-key"))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_owned();
+            let body = format!(
+                "{{\"error\":{{\"message\":\"Incorrect API key provided: {key}\",\"type\":\"invalid_request_error\"}}}}"
+            );
+            (StatusCode::from_u16(status).unwrap(), body).into_response()
         }
     }
 }

@@ -488,3 +488,167 @@ async fn read_commands_change_nothing_and_work_on_read_only_recordings() {
     assert!(text(&out).contains("typo.db"), "{}", text(&out));
     assert!(!typo.exists());
 }
+
+/// A refused key, a dead endpoint, a missing model: found before any desktop starts, in a
+/// second, with the fix; `doctor` says the same, and what is fine.
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoint_mistakes_are_found_before_a_desktop_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let db = home.join("rec.db");
+    let db_s = db.to_str().unwrap();
+    let server = ModelServer::start(Vec::new(), (1280, 800)).await;
+    server.refuse_listing(401);
+    let url = server.base_url();
+    let task = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tasks/terminal-mkdir.toml");
+    for args in [
+        vec![
+            "run",
+            "--headless",
+            "--base-url",
+            &url,
+            "--db",
+            db_s,
+            "say hello",
+        ],
+        vec![
+            "batch",
+            task.to_str().unwrap(),
+            "--base-url",
+            &url,
+            "--db",
+            db_s,
+        ],
+        vec!["calibrate", "--base-url", &url, "--db", db_s],
+    ] {
+        let started = Instant::now();
+        let out = selfagent(&args, home).output().await.unwrap();
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{shown}");
+        assert!(
+            shown.contains("refused the key (HTTP 401)"),
+            "{}: {shown}",
+            args[0]
+        );
+        assert!(
+            shown.contains("fix: the key comes from OPENAI_API_KEY"),
+            "{shown}"
+        );
+        assert!(shown.contains("[redacted]"), "{shown}");
+        assert!(!shown.contains(KEY), "the key reached the output:\n{shown}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{} took {:?}: it started a desktop first",
+            args[0],
+            started.elapsed()
+        );
+    }
+    assert!(
+        server.requests().is_empty(),
+        "no model call was made with a refused key"
+    );
+    let out = selfagent(&["doctor", "--base-url", &url, "--db", db_s], home)
+        .output()
+        .await
+        .unwrap();
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("FAIL  endpoint"), "{shown}");
+    assert!(!shown.contains(KEY), "{shown}");
+
+    // No --model, and the server lists one: that one, and doctor says so, with the protocol.
+    let good = ModelServer::start(Vec::new(), (1280, 800)).await;
+    let out = selfagent(
+        &[
+            "doctor",
+            "--json",
+            "--base-url",
+            &good.base_url(),
+            "--db",
+            db_s,
+        ],
+        home,
+    )
+    .output()
+    .await
+    .unwrap();
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    let found: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let of = |what: &str| {
+        found
+            .iter()
+            .find(|f| f["what"] == what)
+            .unwrap_or_else(|| panic!("no {what} finding: {shown}"))
+            .clone()
+    };
+    for what in [
+        "engine",
+        "image",
+        "recording",
+        "endpoint",
+        "model",
+        "protocol",
+    ] {
+        assert_eq!(of(what)["level"], "ok", "{what}: {shown}");
+    }
+    assert!(
+        of("model")["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("scripted (the only model"),
+        "{shown}"
+    );
+    assert!(
+        of("protocol")["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("tools, coordinates native"),
+        "{shown}"
+    );
+    // A model the server does not list is a note, not a failure (aliases exist).
+    let out = selfagent(
+        &[
+            "doctor",
+            "--base-url",
+            &good.base_url(),
+            "--model",
+            "nosuch-model",
+            "--db",
+            db_s,
+        ],
+        home,
+    )
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("note  model      nosuch-model is not among"),
+        "{}",
+        text(&out)
+    );
+    // A missing image is a failure with the command that makes it.
+    let out = selfagent(
+        &[
+            "doctor",
+            "--base-url",
+            &good.base_url(),
+            "--image",
+            "nosuch:tag",
+            "--db",
+            db_s,
+        ],
+        home,
+    )
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("fix: selfagent sandbox build"),
+        "{}",
+        text(&out)
+    );
+    assert!(good.requests().is_empty(), "doctor made a model call");
+}

@@ -482,7 +482,8 @@ async fn sigkill_keeps_committed_steps_and_the_session_becomes_interrupted() {
 async fn bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("rec.db");
-    // An unreachable model: retried, then the episode ends as an error, recorded.
+    // An unreachable model: found before any desktop starts, said plainly, with the fix.
+    let started = Instant::now();
     let out = tokio::process::Command::new(bin())
         .args([
             "run",
@@ -506,19 +507,20 @@ async fn bad_input_is_a_clear_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stderr);
     assert!(
-        text.contains("cannot reach the model server at http://127.0.0.1:9/v1"),
+        text.contains("cannot reach the model server at http://127.0.0.1:9/v1: Connection refused"),
         "{text}"
     );
-    let db = Db::open(&db_path).unwrap();
-    let s = &db.sessions(1).unwrap()[0];
-    assert_eq!(s.status, "error");
+    assert!(text.contains("fix: is the server running"), "{text}");
     assert!(
-        s.error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("cannot reach")
+        started.elapsed() < Duration::from_secs(3),
+        "it started a desktop first"
+    );
+    let db = Db::open(&db_path).unwrap();
+    assert!(
+        db.sessions(1).unwrap().is_empty(),
+        "nothing ran, nothing is recorded"
     );
 
     // No endpoint at all.
