@@ -780,6 +780,7 @@ async fn loop_steps(
             max_steps: samples as u32 + 1,
             timeout_s: 600.0,
             task: None,
+            price: None,
         }))
         .await;
     let model = InstantModel {

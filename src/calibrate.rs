@@ -341,6 +341,7 @@ pub async fn drive<C: Computer, M: Model>(
         tokens_in: 0,
         tokens_out: 0,
         wall_ms: started.elapsed().as_millis() as u64,
+        cost: None,
     };
     if let Err(e) = wait_for_page(computer, &cal.targets).await {
         let outcome = failed(EndedBy::Harness, e);

@@ -59,6 +59,10 @@ pub struct FileConfig {
     pub extra: Option<toml::Table>,
     /// Docker engines a batch spreads its episodes over (see `batch --engine`).
     pub engines: Option<Vec<crate::sandbox::EngineSpec>>,
+    /// Dollars per million tokens by model id (or id prefix), over the built-in list prices.
+    pub prices: Option<std::collections::BTreeMap<String, crate::agent::price::Price>>,
+    /// Stop an episode once this many dollars are spent (see `--max-cost`).
+    pub max_cost: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -186,7 +186,7 @@ impl End {
         }
         match (o.status, o.ended_by) {
             (Status::Succeeded, _) | (Status::Failed, EndedBy::Model) => 0,
-            (_, EndedBy::StepLimit | EndedBy::TimeLimit) => EXIT_LIMIT,
+            (_, EndedBy::StepLimit | EndedBy::TimeLimit | EndedBy::Budget) => EXIT_LIMIT,
             _ => 1,
         }
     }
@@ -357,6 +357,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
             max_steps: cfg.agent.max_steps,
             timeout_s: cfg.agent.timeout.as_secs_f64(),
             task: task.as_ref().and_then(|t| serde_json::to_value(t).ok()),
+            price: cfg.agent.price.clone(),
         }
     };
 
@@ -423,6 +424,7 @@ fn harness_outcome(error: String, started: Instant) -> Outcome {
         tokens_in: 0,
         tokens_out: 0,
         wall_ms: started.elapsed().as_millis() as u64,
+        cost: None,
     }
 }
 

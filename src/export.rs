@@ -228,7 +228,7 @@ pub fn html(db: &Db, ep: &Episode) -> anyhow::Result<String> {
         out,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>selfagent session {id}</title><style>{CSS}</style></head><body>\
          <h1>{instruction}</h1><div class=\"meta\"><span>session <code>{id}</code></span><span>{status}</span><span>model {model}</span>\
-         <span>{steps}</span><span>{wall}</span><span>tokens {tin} in / {tout} out</span><span>{when}</span></div>",
+         <span>{steps}</span><span>{wall}</span><span>tokens {tin} in / {tout} out{cost}</span><span>{when}</span></div>",
         id = html_escape(&s.id),
         instruction = html_escape(&s.instruction),
         status = html_escape(&s.status),
@@ -240,6 +240,10 @@ pub fn html(db: &Db, ep: &Episode) -> anyhow::Result<String> {
             .unwrap_or_default(),
         tin = s.tokens_in,
         tout = s.tokens_out,
+        cost = s
+            .cost()
+            .map(|c| format!(" · {}", crate::agent::price::dollars(c)))
+            .unwrap_or_default(),
         when = crate::time::iso8601(s.created_at),
     );
     if let Some(a) = &s.answer {

@@ -360,12 +360,15 @@ impl EventPrinter for Human {
             Event::Finished(o) => {
                 writeln!(
                     out,
-                    "{} after {} in {:.1} s ({} in / {} out tokens)",
+                    "{} after {} in {:.1} s ({} in / {} out tokens{})",
                     o.status,
                     crate::output::count(o.steps, "step"),
                     o.wall_ms as f64 / 1000.0,
                     o.tokens_in,
-                    o.tokens_out
+                    o.tokens_out,
+                    o.cost
+                        .map(|c| format!(", {}", crate::agent::price::dollars(c)))
+                        .unwrap_or_default()
                 )?;
                 if let Some(a) = &o.answer {
                     writeln!(out, "answer: {}", shortened(a, 4000))?;
@@ -435,6 +438,7 @@ mod tests {
                     tokens_in: 0,
                     tokens_out: 0,
                     wall_ms: 0,
+                    cost: None,
                 }),
                 &mut out,
             )

@@ -33,6 +33,11 @@ pub struct CommonArgs {
     /// Seconds per episode (beats a task's limit).
     #[arg(long)]
     pub timeout: Option<f64>,
+    /// Dollars per episode: the episode stops (status stopped, by budget) before the model
+    /// call after this much was spent. Needs the model's price (built in for the public
+    /// APIs, or [prices] in the config file).
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
     /// Seconds for one model call.
     #[arg(long)]
     pub model_timeout: Option<f64>,
@@ -284,6 +289,24 @@ pub fn resolve(
         bail!("--max-steps must be at least 1");
     }
     let model_id = model.model.clone();
+    let prices: Vec<_> = file
+        .prices
+        .iter()
+        .flatten()
+        .map(|(k, p)| (k.clone(), *p))
+        .collect();
+    let price = crate::agent::price::lookup(&model_id, &prices);
+    let max_cost = args.max_cost.or(file.max_cost);
+    if let Some(max) = max_cost {
+        if !(max.is_finite() && max > 0.0) {
+            bail!("--max-cost must be a positive number of dollars");
+        }
+        if price.is_none() {
+            bail!(
+                "--max-cost needs the price of {model_id}: add to the config file\n  [prices.\"{model_id}\"]\n  input = 3.0    # dollars per million input tokens\n  output = 15.0  # and output tokens"
+            );
+        }
+    }
     Ok(Resolved {
         model,
         agent: AgentConfig {
@@ -319,6 +342,8 @@ pub fn resolve(
             },
             max_actions,
             ack_safety_checks: args.ack_safety_checks,
+            price,
+            max_cost,
             ..AgentConfig::default()
         },
         db: db_path(args.db.as_ref(), file),

@@ -123,6 +123,9 @@ pub struct SessionInfo {
     /// The task definition, for tasks (kept so the episode can be graded again).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<Value>,
+    /// The model's price, when known: costs are tokens times this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price: Option<crate::agent::price::Priced>,
 }
 
 /// What ended an episode.
@@ -145,6 +148,8 @@ pub enum EndedBy {
     Recording,
     /// The model's provider raised a safety check that nobody acknowledged.
     Safety,
+    /// The cost limit (`--max-cost`) was reached.
+    Budget,
 }
 
 /// How an episode ended, with its totals.
@@ -160,6 +165,9 @@ pub struct Outcome {
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub wall_ms: u64,
+    /// Dollars, where the model's price is known (see [`crate::agent::price`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
 }
 
 /// The request as recorded (images as frame references) and the raw response.

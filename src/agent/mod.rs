@@ -15,6 +15,7 @@ pub mod computer;
 pub mod control;
 pub mod event;
 pub mod model;
+pub mod price;
 pub mod protocol;
 
 pub use computer::Computer;
@@ -50,6 +51,10 @@ pub struct AgentConfig {
     pub interactive: bool,
     /// Acknowledge the provider's safety checks without asking.
     pub ack_safety_checks: bool,
+    /// The model's price, when known.
+    pub price: Option<price::Priced>,
+    /// Stop (status `stopped`, by `budget`) once this many dollars are spent.
+    pub max_cost: Option<f64>,
 }
 
 /// The default of [`AgentConfig::max_actions`]: above what real models batch (Claude sends a
@@ -68,6 +73,8 @@ impl Default for AgentConfig {
             max_actions: DEFAULT_MAX_ACTIONS,
             interactive: false,
             ack_safety_checks: false,
+            price: None,
+            max_cost: None,
         }
     }
 }
@@ -211,6 +218,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                 tokens_in: 0,
                 tokens_out: 0,
                 wall_ms: 0,
+                cost: None,
             },
             last_reply: None,
         }
@@ -218,14 +226,36 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
 
     /// The outcome, reported.
     async fn finish(self, ending: Ending, started: Instant) -> Outcome {
+        let cost = self.spent();
         let mut outcome = self.totals;
         outcome.status = ending.status;
         outcome.ended_by = ending.ended_by;
         outcome.answer = ending.answer;
         outcome.error = ending.error;
         outcome.wall_ms = started.elapsed().as_millis() as u64;
+        outcome.cost = cost;
         self.emit.emit(Event::Finished(outcome.clone())).await;
         outcome
+    }
+
+    /// Dollars spent so far, where the price is known.
+    fn spent(&self) -> Option<f64> {
+        let p = self.cfg.price.as_ref()?;
+        Some(p.price.cost(self.totals.tokens_in, self.totals.tokens_out))
+    }
+
+    /// The cost limit, when it is reached: checked before each model call, so a run goes
+    /// over it by at most one call.
+    fn over_budget(&self) -> Option<Ending> {
+        let max = self.cfg.max_cost?;
+        let spent = self.spent()?;
+        (spent >= max).then(|| {
+            Ending::new(Status::Stopped, EndedBy::Budget).error(format!(
+                "the cost limit ({}) was reached: {} spent",
+                price::dollars(max),
+                price::dollars(spent)
+            ))
+        })
     }
 
     fn ending(&self, i: Interrupt) -> Ending {
@@ -337,6 +367,9 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
             }
             if tokio::time::Instant::now() >= self.deadline {
                 return self.ending(Interrupt::TimedOut);
+            }
+            if let Some(ending) = self.over_budget() {
+                return ending;
             }
             if std::mem::take(&mut self.controls.handed_back) {
                 // A person used the desktop: show the model what it looks like now.

@@ -533,6 +533,7 @@ impl EpisodeReport {
                 error: None,
                 grade: None,
                 engine: None,
+                cost: None,
             },
             Ok(end) => {
                 let o = &end.outcome;
@@ -551,6 +552,7 @@ impl EpisodeReport {
                     wall_ms: o.wall_ms,
                     tokens_in: o.tokens_in,
                     tokens_out: o.tokens_out,
+                    cost: o.cost,
                     answer: o.answer.clone(),
                     error: if o.ended_by == EndedBy::Harness {
                         None

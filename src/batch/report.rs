@@ -41,13 +41,17 @@ pub struct EpisodeReport {
     /// The engine that ran it (batches over several engines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
+    /// Dollars, where the model's price is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
 }
 
 impl EpisodeReport {
     /// Stopped by the user (Ctrl-C, a signal): neither passed nor failed, and not counted in
     /// pass rates.
     pub fn stopped(&self) -> bool {
-        self.harness_error.is_none() && self.status == "stopped"
+        // Out of budget is the agent's result (it did not finish for the money), not a stop.
+        self.harness_error.is_none() && self.status == "stopped" && self.ended_by != "budget"
     }
 
     /// Counted in pass rates: neither a harness error nor stopped.
@@ -68,7 +72,7 @@ impl EpisodeReport {
     /// One progress line.
     pub fn line(&self) -> String {
         let mut s = format!(
-            "{:<5} {} #{}  score {:.2}  {}  {:.1} s  {} tok  session {}",
+            "{:<5} {} #{}  score {:.2}  {}  {:.1} s  {} tok{}  session {}",
             self.verdict(),
             self.task_id,
             self.repeat,
@@ -76,6 +80,9 @@ impl EpisodeReport {
             crate::output::count(self.steps, "step"),
             self.wall_ms as f64 / 1000.0,
             self.tokens_in + self.tokens_out,
+            self.cost
+                .map(|c| format!("  {}", crate::agent::price::dollars(c)))
+                .unwrap_or_default(),
             if self.session_id.is_empty() {
                 "-"
             } else {
@@ -352,6 +359,9 @@ pub struct Report {
     pub stopped: usize,
     pub summary: Vec<TaskSummary>,
     pub episodes: Vec<EpisodeReport>,
+    /// Dollars over the episodes whose model price is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
 }
 
 fn gib(bytes: u64) -> String {
@@ -379,7 +389,9 @@ impl Report {
             .count();
         let passed = episodes.iter().filter(|e| e.passed).count();
         let stopped = episodes.iter().filter(|e| e.stopped()).count();
+        let costs: Vec<f64> = episodes.iter().filter_map(|e| e.cost).collect();
         Self {
+            cost: (!costs.is_empty()).then(|| costs.iter().sum()),
             passed,
             failed: episodes.len() - passed - harness_errors - stopped,
             harness_errors,
@@ -447,8 +459,13 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "model {} (protocol {}, coords {})",
-            b.model, b.protocol, b.coords
+            "model {} (protocol {}, coords {}){}",
+            b.model,
+            b.protocol,
+            b.coords,
+            self.cost
+                .map(|c| format!("; cost {}", crate::agent::price::dollars(c)))
+                .unwrap_or_default()
         );
         if let Some(c) = &b.calibration {
             let _ = writeln!(out, "calibration: {} (session {})", c.message, c.session);
@@ -694,6 +711,7 @@ mod tests {
             error: None,
             grade: None,
             engine: None,
+            cost: None,
         }
     }
 

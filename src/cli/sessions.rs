@@ -169,6 +169,15 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
                     s.tokens_out
                 );
             }
+            if let (Some(cost), Some(p)) = (s.cost(), s.price()) {
+                crate::outln!(
+                    "cost      {} (${}/${} per million tokens in/out, {})",
+                    crate::agent::price::dollars(cost),
+                    p.price.input,
+                    p.price.output,
+                    p.source
+                );
+            }
             if let Some(a) = &s.answer {
                 crate::outln!("answer    {a}");
             }

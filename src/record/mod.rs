@@ -213,6 +213,20 @@ impl SessionRow {
             self.coords()
         )
     }
+
+    /// The model's price as recorded when the session started, if it was known.
+    pub fn price(&self) -> Option<crate::agent::price::Priced> {
+        serde_json::from_value(self.meta.get("price")?.clone()).ok()
+    }
+
+    /// What the session's tokens cost, in dollars, where the price was known.
+    pub fn cost(&self) -> Option<f64> {
+        let p = self.price()?;
+        Some(
+            p.price
+                .cost(self.tokens_in.max(0) as u64, self.tokens_out.max(0) as u64),
+        )
+    }
 }
 
 /// One row of `steps` (frames as ids).
@@ -1250,6 +1264,9 @@ impl Writer {
         if !info.engine.is_empty() {
             meta["engine"] = json!(info.engine);
         }
+        if let Some(price) = &info.price {
+            meta["price"] = json!(price);
+        }
         if let Some(task) = &info.task {
             meta["task"] =
                 serde_json::from_str(&self.redact(&task.to_string())).unwrap_or(Value::Null);
@@ -1473,6 +1490,7 @@ mod tests {
             max_steps: 5,
             timeout_s: 60.0,
             task: None,
+            price: None,
         }
     }
 
@@ -1547,6 +1565,7 @@ mod tests {
             tokens_in: 20,
             tokens_out: 4,
             wall_ms: 100,
+            cost: None,
         }));
         let stats = record(&path, events).await;
         assert_eq!((stats.steps, stats.error), (2, None));

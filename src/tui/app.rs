@@ -109,6 +109,9 @@ pub struct StepView {
     pub finished: bool,
     /// The episode ended while this step was still waiting for the model.
     pub cut_short: bool,
+    /// Live: the run's clock (`App::elapsed_ms`) when the step began, for the running
+    /// timer of the step in flight.
+    pub began_ms: Option<u64>,
 }
 
 impl StepView {
@@ -140,6 +143,14 @@ pub enum Effect {
     OpenBrowser,
     /// The task typed on the Ask screen.
     Start(String),
+    /// Put this text on the clipboard (OSC 52: works over ssh and in tmux with
+    /// `set-clipboard on`); `what` names it for the notice.
+    Copy {
+        text: String,
+        what: &'static str,
+    },
+    /// Open this URL in a browser, where there is one.
+    OpenUrl(String),
 }
 
 /// The live loop's state as the UI knows it.
@@ -166,6 +177,8 @@ pub struct Header {
     pub max_steps: u32,
     pub width: u32,
     pub height: u32,
+    /// The model's price, when known: the status bar shows dollars.
+    pub price: Option<crate::agent::price::Price>,
 }
 
 /// What a question the loop waits on is about.
@@ -217,13 +230,21 @@ pub struct App {
     pub elapsed_ms: u64,
     /// The last problem or note, shown above the key hints.
     pub notice: Option<String>,
+    /// What the last key did (copied, opened, why not), shown over everything else in the
+    /// notice line until the next key.
+    pub flash: Option<String>,
     pub sessions: Vec<SessionRow>,
     pub session_cursor: usize,
-    /// Replay playback speed (1.0 or 4.0) when playing.
+    /// Replay playback speed when playing.
     pub playing: Option<f64>,
+    /// Replay: the speed space plays at (1, 2, 4, 8 or 16; +/- and the digits change it).
+    pub speed: f64,
     /// The task's grade, once the checks ran (or the newest recorded one).
     pub grade: Option<Grade>,
 }
+
+/// Steps PgUp and PgDn move by.
+const PAGE: isize = 10;
 
 fn action_points(a: &Action) -> Vec<Point> {
     match a {
@@ -259,9 +280,11 @@ impl App {
             tokens: (0, 0),
             elapsed_ms: 0,
             notice: None,
+            flash: None,
             sessions: Vec::new(),
             session_cursor: 0,
             playing: None,
+            speed: 1.0,
             grade: None,
         }
     }
@@ -329,12 +352,14 @@ impl App {
                     max_steps: s.max_steps,
                     width: s.width,
                     height: s.height,
+                    price: s.price.as_ref().map(|p| p.price),
                 };
                 self.run = RunState::Running;
                 self.status = Some(Status::Running);
             }
             Event::StepStarted { step } => {
-                self.step_mut(*step);
+                let now = self.elapsed_ms;
+                self.step_mut(*step).began_ms = Some(now);
                 if self.run == RunState::Paused || self.run == RunState::TakenOver {
                     self.run = RunState::Running;
                 }
@@ -556,6 +581,7 @@ impl App {
             max_steps: session.meta["max_steps"].as_u64().unwrap_or(0) as u32,
             width: session.width.unwrap_or(0) as u32,
             height: session.height.unwrap_or(0) as u32,
+            price: session.price().map(|p| p.price),
         };
         self.status = Status::parse(&session.status);
         self.run = RunState::Finished;
@@ -587,6 +613,7 @@ impl App {
                 started_at: Some(st.started_at),
                 finished: true,
                 cut_short: false,
+                began_ms: None,
             })
             .collect();
         self.cursor = if self.steps.is_empty() { None } else { Some(0) };
@@ -613,6 +640,7 @@ impl App {
 
     /// Handles a key; returns what the runner should do.
     pub fn on_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        self.flash = None;
         let ctrl_c =
             key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
         // Typing (a message, or the task on the Ask screen) takes every key but Ctrl-C.
@@ -702,14 +730,51 @@ impl App {
             KeyCode::Down | KeyCode::Char('j') => {
                 self.move_cursor(1);
             }
+            KeyCode::PageUp => {
+                self.move_cursor(-PAGE);
+            }
+            KeyCode::PageDown => {
+                self.move_cursor(PAGE);
+            }
+            KeyCode::Home => self.cursor = (!self.steps.is_empty()).then_some(0),
             _ => return false,
         }
         true
     }
 
+    /// `y` copies the view URL (or the session id when there is none), `Y` the session id,
+    /// `o` opens the view in a browser.
+    fn copy_key(&mut self, key: KeyEvent) -> Option<Vec<Effect>> {
+        let session = (!self.header.session.is_empty()).then(|| self.header.session.clone());
+        let url = self
+            .view_url
+            .clone()
+            .filter(|_| self.screen == Screen::Live);
+        let effect = match (key.code, url, session) {
+            (KeyCode::Char('y'), Some(text), _) => Effect::Copy {
+                text,
+                what: "the view URL",
+            },
+            (KeyCode::Char('y' | 'Y'), _, Some(text)) => Effect::Copy {
+                text,
+                what: "the session id",
+            },
+            (KeyCode::Char('o'), Some(url), _) => Effect::OpenUrl(url),
+            (KeyCode::Char('o'), None, _) => {
+                self.flash = Some("no live view to open (the desktop is gone)".into());
+                return Some(Vec::new());
+            }
+            _ => return None,
+        };
+        Some(vec![effect])
+    }
+
     fn live_key(&mut self, key: KeyEvent, ctrl_c: bool) -> Vec<Effect> {
         if self.common_key(key) {
             return Vec::new();
+        }
+        if let Some(effects) = self.copy_key(key) {
+            return effects;
         }
         let running = !matches!(
             self.run,
@@ -791,6 +856,9 @@ impl App {
         if self.common_key(key) {
             return Vec::new();
         }
+        if let Some(effects) = self.copy_key(key) {
+            return effects;
+        }
         match key.code {
             KeyCode::Char('q') => return vec![Effect::Quit],
             KeyCode::Esc | KeyCode::Char('l') => return vec![Effect::OpenBrowser],
@@ -800,20 +868,26 @@ impl App {
             KeyCode::Left | KeyCode::Char('H') => {
                 self.move_cursor(-1);
             }
-            KeyCode::Home | KeyCode::Char('g') => {
-                self.cursor = (!self.steps.is_empty()).then_some(0)
-            }
+            KeyCode::Char('g') => self.cursor = (!self.steps.is_empty()).then_some(0),
             KeyCode::End | KeyCode::Char('G') => self.cursor = self.steps.len().checked_sub(1),
             KeyCode::Tab | KeyCode::Char('b') => self.show_before = !self.show_before,
             KeyCode::Char(' ') => {
                 self.playing = if self.playing.is_some() {
                     None
                 } else {
-                    Some(1.0)
+                    // At the end, play from the start.
+                    if self.selected() == self.steps.len().checked_sub(1) {
+                        self.cursor = (!self.steps.is_empty()).then_some(0);
+                    }
+                    Some(self.speed)
                 }
             }
-            KeyCode::Char('1') => self.playing = Some(1.0),
-            KeyCode::Char('4') => self.playing = Some(4.0),
+            KeyCode::Char(c @ ('1' | '2' | '4' | '8')) => {
+                self.speed = f64::from(c.to_digit(10).unwrap_or(1));
+                self.playing = Some(self.speed);
+            }
+            KeyCode::Char('+' | '=') => self.set_speed(self.speed * 2.0),
+            KeyCode::Char('-') => self.set_speed(self.speed / 2.0),
             _ => {}
         }
         Vec::new()
@@ -862,6 +936,14 @@ impl App {
         Some(std::time::Duration::from_secs_f64(
             (gap.clamp(150.0, 3000.0) / speed) / 1000.0,
         ))
+    }
+
+    /// Replay: a new speed (1/4x to 16x), kept while playing.
+    fn set_speed(&mut self, speed: f64) {
+        self.speed = speed.clamp(0.25, 16.0);
+        if self.playing.is_some() {
+            self.playing = Some(self.speed);
+        }
     }
 
     /// Replay playback: advance one step; stops at the end.

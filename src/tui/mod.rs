@@ -97,6 +97,9 @@ struct Runner {
     live: Option<Live>,
     setup: Option<LiveSetup>,
     quit_when_done: bool,
+    /// The desktop outlives the episode (`--keep`, or one that was already running): its
+    /// view URL stays usable, and is printed at exit.
+    keep_desktop: bool,
     /// The finished episode's exit code, as `run --headless` would exit.
     exit: Option<u8>,
     first_paint: Option<Duration>,
@@ -120,6 +123,7 @@ impl Runner {
             live: None,
             setup: None,
             quit_when_done: false,
+            keep_desktop: false,
             exit: None,
             first_paint: None,
             first_image: None,
@@ -213,6 +217,20 @@ impl Runner {
                     }
                 }
                 Effect::Start(task) => self.start_live(task),
+                Effect::Copy { text, what } => {
+                    use std::io::Write;
+                    let mut out = std::io::stdout();
+                    let _ = out
+                        .write_all(osc52(&text).as_bytes())
+                        .and_then(|()| out.flush());
+                    self.app.flash = Some(format!("copied {what} to the clipboard (OSC 52)"));
+                }
+                Effect::OpenUrl(url) => {
+                    self.app.flash = Some(match open_in_browser(&url) {
+                        Ok(opener) => format!("opened the live view with {opener}"),
+                        Err(e) => format!("{e}; y copies the URL"),
+                    });
+                }
             }
         }
         Ok(false)
@@ -222,6 +240,7 @@ impl Runner {
         let Some(mut setup) = self.setup.take() else {
             return;
         };
+        self.keep_desktop = setup.keep || matches!(setup.source, episode::Source::Existing(_));
         setup.cfg.agent.instruction = task;
         let (control_tx, control_rx) = mpsc::channel(64);
         self.live = Some(Live {
@@ -256,6 +275,10 @@ impl Runner {
             self.shots.set_picker(picker);
         }
         let mut input = EventStream::new();
+        // SIGTERM and SIGHUP (a service manager, a closed ssh session) are a quit: the
+        // agent is stopped and recorded, and the terminal is restored on the way out.
+        let mut signals = crate::signals::StopSignals::new();
+        let mut signalled = false;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut play_at: Option<tokio::time::Instant> = None;
         loop {
@@ -307,6 +330,10 @@ impl Runner {
                             live.done = true;
                         }
                         self.app.run = RunState::Finished;
+                        // The desktop is gone with the episode: so is its view.
+                        if !self.keep_desktop {
+                            self.app.view_url = None;
+                        }
                         match result {
                             Ok((code, recording_error)) => {
                                 self.exit = Some(code);
@@ -330,6 +357,17 @@ impl Runner {
                         }
                     }
                 },
+                name = signals.recv() => {
+                    // A second one quits at once (the terminal is still restored).
+                    if signalled {
+                        return Ok(());
+                    }
+                    signalled = true;
+                    tracing::warn!("{name}: stopping the agent, then quitting");
+                    if self.effects(vec![Effect::Quit])? {
+                        return Ok(());
+                    }
+                }
                 Some(enc) = self.encoded_rx.recv() => self.shots.finished(enc),
                 _ = tick.tick() => {
                     if let Some(live) = &self.live
@@ -399,6 +437,39 @@ async fn live_episode(
     end
 }
 
+/// The OSC 52 sequence that puts `text` on the terminal's clipboard (terminals and tmux
+/// with `set-clipboard on` honour it, also over ssh).
+pub fn osc52(text: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "\x1b]52;c;{}\x07",
+        base64::engine::general_purpose::STANDARD.encode(text)
+    )
+}
+
+/// Opens `url` with the desktop's opener (`xdg-open`, `open` on macOS), detached; says
+/// which, or why not.
+fn open_in_browser(url: &str) -> Result<&'static str, String> {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(opener).is_file()));
+    if !found {
+        return Err(format!("no {opener} here to open a browser"));
+    }
+    std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(|_| opener)
+        .map_err(|e| format!("{opener}: {e}"))
+}
+
 /// Log lines go back to stderr; says where the ones written while the UI was up are.
 fn logged_while_drawing() {
     let lines = crate::logs::restore();
@@ -440,6 +511,12 @@ pub async fn live(setup: LiveSetup) -> anyhow::Result<u8> {
             "session {session} {status}; recorded in {}",
             db_path.display()
         );
+    }
+    // The whole URL, which the status bar could only abbreviate, while it still works.
+    if let Some(url) = &runner.app.view_url
+        && runner.keep_desktop
+    {
+        eprintln!("live view (the desktop is still running): {url}");
     }
     // Quit before the episode said how it ended: stopped, as Ctrl-C is headless.
     Ok(runner.exit.unwrap_or(if runner.live.is_some() {

@@ -41,6 +41,7 @@ fn started() -> Event {
         max_steps: 30,
         timeout_s: 600.0,
         task: None,
+        price: None,
     })
 }
 
@@ -180,6 +181,7 @@ fn finish(
         tokens_in: 8200,
         tokens_out: 120,
         wall_ms: 42_000,
+        cost: None,
     }));
 }
 
@@ -625,4 +627,134 @@ fn replay_plays_at_the_recorded_pace() {
         (Some(2), None),
         "stops at the end"
     );
+}
+
+#[test]
+fn replay_says_where_it_is_and_how_fast_it_plays() {
+    let mut app = App::new(Screen::Replay);
+    let steps: Vec<StepRow> = (1..=25)
+        .map(|i| step_row(i, json!({"action": "wait", "duration": 1}), true))
+        .collect();
+    app.load_replay(&session_row("s", "succeeded", 25, "t"), &steps);
+    let screen = draw(&app, 140, 36);
+    assert!(screen.contains("❚❚ 1x"), "{screen}");
+    assert!(screen.contains("step 1/25"), "{screen}");
+    assert!(screen.contains("space  play"), "{screen}");
+    app.on_key(KeyEvent::new(KeyCode::PageDown, KeyModifiers::NONE));
+    assert!(draw(&app, 140, 36).contains("step 11/25"));
+    app.on_key(key('+'));
+    app.on_key(key(' '));
+    let screen = draw(&app, 140, 36);
+    assert!(screen.contains("▶ 2x"), "{screen}");
+    assert!(screen.contains("space  pause"), "{screen}");
+    app.on_key(key('-'));
+    app.on_key(key('-'));
+    assert!(draw(&app, 140, 36).contains("▶ ½x"));
+    app.on_key(KeyEvent::new(KeyCode::End, KeyModifiers::NONE));
+    app.on_key(KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE));
+    assert!(draw(&app, 140, 36).contains("step 15/25"));
+    app.on_key(KeyEvent::new(KeyCode::Home, KeyModifiers::NONE));
+    assert!(draw(&app, 140, 36).contains("step 1/25"));
+    // Y copies the session id.
+    assert_eq!(
+        app.on_key(key('Y')),
+        vec![Effect::Copy {
+            text: "s".into(),
+            what: "the session id"
+        }]
+    );
+}
+
+#[test]
+fn the_screen_says_what_is_going_on() {
+    let mut app = live_app();
+    // The task is always in sight.
+    let screen = draw(&app, 160, 48);
+    assert!(
+        screen.contains("task: Open a terminal and write the date into ~/today.txt"),
+        "{screen}"
+    );
+    // The step in flight counts up.
+    app.elapsed_ms = 10_000;
+    app.on_event(&Event::StepStarted { step: 4 });
+    app.elapsed_ms = 12_500;
+    assert!(draw(&app, 160, 48).contains("2.5s…"));
+    // A question waits: the status says so, not "running".
+    app.on_event(&Event::AwaitingApproval {
+        step: 4,
+        index: 0,
+        action: Action::Screenshot,
+    });
+    let screen = draw(&app, 160, 48);
+    assert!(screen.contains("? approve step 4 (y/n)"), "{screen}");
+    assert!(!screen.contains("● running"), "{screen}");
+    assert_eq!(app.on_key(key('n')), vec![Effect::Send(Command::Deny)]);
+    // A long summary is cut with "…", not silently.
+    let long = "x".repeat(300);
+    app.on_event(&Event::ModelReply {
+        step: 4,
+        thought: None,
+        text: Some(long),
+        calls: vec![],
+        usage: Usage::default(),
+        model_ms: 1.0,
+        attempts: 1,
+        exchange: None,
+    });
+    app.on_event(&Event::StepFinished {
+        step: 4,
+        frame: frame(4),
+        step_ms: 10.0,
+    });
+    assert!(draw(&app, 160, 48).contains("answer: xxxxx"));
+    assert!(draw(&app, 160, 48).contains("x…"));
+    // y copies the view URL, o opens it.
+    assert_eq!(
+        app.on_key(key('y')),
+        vec![Effect::Copy {
+            text: "http://127.0.0.1:35001/vnc.html?token=…".into(),
+            what: "the view URL"
+        }]
+    );
+    assert_eq!(
+        app.on_key(key('o')),
+        vec![Effect::OpenUrl(
+            "http://127.0.0.1:35001/vnc.html?token=…".into()
+        )]
+    );
+    // After the run, help lists only what still works.
+    finish(&mut app, Status::Failed, EndedBy::StepLimit, None, None);
+    app.view_url = None;
+    app.on_key(key('?'));
+    let screen = draw(&app, 160, 48);
+    assert!(!screen.contains("pause; again to resume"), "{screen}");
+    assert!(screen.contains("the sessions list"), "{screen}");
+    app.on_key(key('?'));
+    // The desktop is gone: y copies the session id, o says why it cannot open.
+    assert_eq!(
+        app.on_key(key('y')),
+        vec![Effect::Copy {
+            text: "20261122-101500-abc123".into(),
+            what: "the session id"
+        }]
+    );
+    assert_eq!(app.on_key(key('o')), vec![]);
+    assert!(draw(&app, 160, 48).contains("no live view to open"));
+}
+
+#[test]
+fn dollars_are_shown_where_the_price_is_known() {
+    let mut app = live_app();
+    assert!(!draw(&app, 160, 48).contains('$'));
+    app.header.price = Some(crate::agent::price::Price {
+        input: 3.0,
+        output: 15.0,
+    });
+    let screen = draw(&app, 160, 48);
+    assert!(screen.contains(" tok $0.0"), "{screen}");
+}
+
+#[test]
+fn osc52_carries_the_text_in_base64() {
+    assert_eq!(super::osc52("hi"), "\x1b]52;c;aGk=\x07");
 }

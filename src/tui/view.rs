@@ -86,6 +86,21 @@ pub fn image_area(shot: Rect) -> Rect {
 }
 
 fn state_span(app: &App) -> Span<'static> {
+    // A question the loop waits on comes first: the agent is not running, it waits for you.
+    if let Some(ask) = &app.awaiting
+        && app.screen == Screen::Live
+        && app.run != RunState::Finished
+    {
+        let text = match ask.kind {
+            super::app::AskKind::Approve => format!("? approve step {} (y/n)", ask.step),
+            super::app::AskKind::Safety => format!("? safety check, step {} (y/n)", ask.step),
+            super::app::AskKind::Help => "? the agent asks for help".to_owned(),
+        };
+        return Span::styled(
+            text,
+            Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+        );
+    }
     match (app.screen, app.run, app.status) {
         (Screen::Browser, _, _) => Span::styled("sessions", Style::new().fg(Color::Cyan)),
         (Screen::Ask, _, _) => Span::styled("new task", Style::new().fg(Color::Cyan)),
@@ -114,6 +129,27 @@ fn state_span(app: &App) -> Span<'static> {
         ),
         (_, RunState::Finished, None) => Span::raw("finished"),
     }
+}
+
+/// "4x", "½x", "¼x".
+fn speed_text(speed: f64) -> String {
+    match speed {
+        s if (s - 0.5).abs() < 1e-9 => "½x".into(),
+        s if (s - 0.25).abs() < 1e-9 => "¼x".into(),
+        s => format!("{s:.0}x"),
+    }
+}
+
+/// `text` in at most `room` characters, with "…" when it was cut.
+pub fn fit(text: &str, room: usize) -> String {
+    if text.chars().count() <= room {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(room.saturating_sub(1)).collect();
+    if room > 0 {
+        out.push('…');
+    }
+    out
 }
 
 fn tokens(n: u64) -> String {
@@ -147,21 +183,43 @@ fn status_bar(f: &mut Frame, area: Rect, app: &App) {
             Span::styled(text, Style::new().fg(color).add_modifier(Modifier::BOLD)),
         ]);
     }
+    if app.screen == Screen::Replay {
+        let (text, color) = match app.playing {
+            Some(speed) => (format!("▶ {} ", speed_text(speed)), Color::Green),
+            None => (format!("❚❚ {} ", speed_text(app.speed)), Color::DarkGray),
+        };
+        spans.extend([sep.clone(), Span::styled(text, Style::new().fg(color))]);
+    }
     if app.screen != Screen::Browser && app.screen != Screen::Ask {
-        let step = app.steps.last().map_or(0, |s| s.idx);
-        let max = if app.header.max_steps > 0 {
-            format!("/{}", app.header.max_steps)
+        // Replay: the step on screen, of the last; live: the newest, of the limit.
+        let (step, max) = if app.screen == Screen::Replay {
+            let on = app.selected().map_or(0, |i| app.steps[i].idx);
+            let last = app.steps.last().map_or(0, |s| s.idx);
+            (on, format!("/{last}"))
         } else {
-            String::new()
+            let step = app.steps.last().map_or(0, |s| s.idx);
+            let max = if app.header.max_steps > 0 {
+                format!("/{}", app.header.max_steps)
+            } else {
+                String::new()
+            };
+            (step, max)
         };
         spans.extend([
             sep.clone(),
             Span::raw(format!("step {step}{max}")),
             sep.clone(),
             Span::raw(format!(
-                "{}+{} tok",
+                "{}+{} tok{}",
                 tokens(app.tokens.0),
-                tokens(app.tokens.1)
+                tokens(app.tokens.1),
+                app.header
+                    .price
+                    .map(|p| format!(
+                        " {}",
+                        crate::agent::price::dollars(p.cost(app.tokens.0, app.tokens.1))
+                    ))
+                    .unwrap_or_default()
             )),
             sep.clone(),
             Span::raw(clock(app.elapsed_ms)),
@@ -182,14 +240,16 @@ fn status_bar(f: &mut Frame, area: Rect, app: &App) {
                 )),
             ]);
         }
-        // Last: the real URL (token, password) is longer than most terminals; it is shown
-        // in full when a person takes over.
-        if let Some(url) = &app.view_url
-            && app.screen == Screen::Live
-        {
+        // Last: the real URL (with its token) is longer than most terminals and useless
+        // cut, so the keys that use it are shown instead: y copies it whole, o opens it;
+        // it is printed below the UI at exit while the desktop is still there.
+        if app.view_url.is_some() && app.screen == Screen::Live {
             spans.extend([
-                sep,
-                Span::styled(format!("view {url}"), Style::new().fg(Color::Blue)),
+                sep.clone(),
+                Span::styled(
+                    "view: y copy · o open".to_owned(),
+                    Style::new().fg(Color::Cyan),
+                ),
             ]);
         }
     }
@@ -214,10 +274,18 @@ fn shot_pane(f: &mut Frame, area: Rect, app: &App, shots: &Shots) {
         " screen {}x{} · {which} ",
         app.header.width, app.header.height
     );
-    let block = Block::default()
+    let mut block = Block::default()
         .borders(Borders::ALL)
         .title(title)
         .border_style(Style::new().fg(Color::DarkGray));
+    // The task, always in sight (cut to the pane, whole in the details).
+    if !app.header.instruction.is_empty() {
+        let room = area.width.saturating_sub(12) as usize;
+        block = block.title_bottom(Line::styled(
+            format!(" task: {} ", fit(&app.header.instruction, room)),
+            Style::new().fg(Color::Gray),
+        ));
+    }
     let inner = block.inner(area);
     f.render_widget(block, area);
     let shown = app.shown_frame();
@@ -283,13 +351,25 @@ fn timeline(f: &mut Frame, area: Rect, app: &App) {
                 (true, true) => ("✓", Color::Green),
                 (true, false) => ("✗", Color::Red),
             };
-            let time = s
-                .step_ms
-                .or(s.model_ms)
-                .map(|ms| format!("{:.1}s", ms / 1000.0))
+            // The step in flight counts up.
+            let running = (!s.finished && !s.cut_short && app.run != RunState::Finished)
+                .then_some(s.began_ms)
+                .flatten()
+                .map(|began| {
+                    format!(
+                        "{:.1}s…",
+                        app.elapsed_ms.saturating_sub(began) as f64 / 1000.0
+                    )
+                });
+            let time = running
+                .or_else(|| {
+                    s.step_ms
+                        .or(s.model_ms)
+                        .map(|ms| format!("{:.1}s", ms / 1000.0))
+                })
                 .unwrap_or_default();
-            let room = width.saturating_sub(4 + 2 + time.len() + 1);
-            let summary: String = s.summary().chars().take(room).collect();
+            let room = width.saturating_sub(4 + 2 + time.chars().count() + 1);
+            let summary = fit(&s.summary(), room);
             let pad = room.saturating_sub(summary.chars().count());
             ListItem::new(Line::from(vec![
                 Span::styled(format!("{:>3} ", s.idx), Style::new().fg(Color::DarkGray)),
@@ -331,7 +411,17 @@ fn detail(f: &mut Frame, area: Rect, app: &App) {
                 facts.push(format!("model {:.1}s", ms / 1000.0));
             }
             if s.tokens != (0, 0) {
-                facts.push(format!("{}+{} tok", s.tokens.0, s.tokens.1));
+                let cost = app
+                    .header
+                    .price
+                    .map(|p| {
+                        format!(
+                            " {}",
+                            crate::agent::price::dollars(p.cost(s.tokens.0, s.tokens.1))
+                        )
+                    })
+                    .unwrap_or_default();
+                facts.push(format!("{}+{} tok{cost}", s.tokens.0, s.tokens.1));
             }
             if let Some(ms) = s.settle_ms {
                 facts.push(format!("settle {ms:.0}ms"));
@@ -443,8 +533,15 @@ fn hints(app: &App) -> Vec<(&'static str, &'static str)> {
         Screen::Replay => vec![
             ("←→", "step"),
             ("g/G", "start/end"),
-            ("space", "play"),
-            ("1/4", "speed"),
+            (
+                "space",
+                if app.playing.is_some() {
+                    "pause"
+                } else {
+                    "play"
+                },
+            ),
+            ("+/-", "speed"),
             ("b", "before/after"),
             ("f", "full"),
             ("l", "sessions"),
@@ -452,6 +549,7 @@ fn hints(app: &App) -> Vec<(&'static str, &'static str)> {
         ],
         Screen::Live if app.run == RunState::Finished => vec![
             ("↑↓", "steps"),
+            ("y", "copy id"),
             ("f", "full"),
             ("l", "sessions"),
             ("?", "help"),
@@ -487,6 +585,10 @@ fn footer(f: &mut Frame, area: Rect, app: &App) {
             Span::styled("message to the agent> ", Style::new().fg(Color::Cyan)),
             Span::raw(format!("{text}▏")),
         ]),
+        _ if app.flash.is_some() => Line::styled(
+            app.flash.clone().unwrap_or_default(),
+            Style::new().fg(Color::Cyan),
+        ),
         _ => match (&app.notice, app.run, &app.outcome_text) {
             (_, RunState::Finished, Some(o)) if app.screen == Screen::Live => {
                 let color = if app.status == Some(Status::Succeeded) {
@@ -539,6 +641,21 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
 
 fn help(f: &mut Frame, area: Rect, app: &App) {
     let keys: &[(&str, &str)] = match app.screen {
+        // After the run only what still works.
+        Screen::Live if app.run == RunState::Finished => &[
+            ("↑ ↓, j k", "look at the steps; PgUp PgDn by ten, Home End"),
+            ("f, esc", "full-screen screenshot; esc leaves it"),
+            (
+                "y, Y",
+                "copy the view URL (while the desktop lives) / the session id",
+            ),
+            (
+                "o",
+                "open the live view in a browser (while the desktop lives)",
+            ),
+            ("l", "the sessions list"),
+            ("q", "quit"),
+        ],
         Screen::Live | Screen::Ask => &[
             (
                 "p, space",
@@ -555,16 +672,25 @@ fn help(f: &mut Frame, area: Rect, app: &App) {
                 "x, ctrl-c",
                 "stop the agent (the session is recorded as stopped)",
             ),
-            ("↑ ↓, j k", "look at earlier steps; End follows the latest"),
+            (
+                "↑ ↓, j k",
+                "earlier steps; PgUp PgDn by ten; End follows the latest",
+            ),
             ("f, esc", "full-screen screenshot; esc leaves it"),
+            ("y, Y", "copy the view URL (OSC 52) / the session id"),
+            ("o", "open the live view in a browser"),
             ("l", "the sessions list (after the run)"),
             ("q", "quit (asks first while the agent runs, then stops it)"),
         ],
         Screen::Replay => &[
-            ("← →, ↑ ↓", "previous / next step"),
-            ("g, G", "first / last step"),
-            ("space", "play / pause"),
-            ("1, 4", "play at 1x / 4x"),
+            ("← →, ↑ ↓", "previous / next step; PgUp PgDn by ten"),
+            ("g, G, Home, End", "first / last step"),
+            ("space", "play / pause (from the start when at the end)"),
+            (
+                "+ -, 1 2 4 8",
+                "speed: faster / slower, or play at 1x to 8x",
+            ),
+            ("Y", "copy the session id (OSC 52)"),
             ("b, tab", "the screen before / after the step"),
             ("f", "full-screen screenshot (esc leaves it)"),
             ("l, esc", "back to the sessions list"),
@@ -581,7 +707,7 @@ fn help(f: &mut Frame, area: Rect, app: &App) {
         .map(|(k, v)| {
             Line::from(vec![
                 Span::styled(
-                    format!("{k:>12}  "),
+                    format!("{k:>16}  "),
                     Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD),
                 ),
                 Span::raw(*v),
@@ -591,11 +717,11 @@ fn help(f: &mut Frame, area: Rect, app: &App) {
     if !app.log_path.is_empty() {
         lines.push(Line::raw(""));
         lines.push(Line::from(vec![
-            Span::styled(format!("{:>12}  ", "log"), Style::new().fg(Color::DarkGray)),
+            Span::styled(format!("{:>16}  ", "log"), Style::new().fg(Color::DarkGray)),
             Span::raw(app.log_path.clone()),
         ]));
     }
-    let r = centered(area, 78, lines.len() as u16 + 4);
+    let r = centered(area, 88, lines.len() as u16 + 4);
     f.render_widget(Clear, r);
     f.render_widget(
         Paragraph::new(Text::from(lines))

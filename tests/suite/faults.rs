@@ -351,6 +351,7 @@ async fn read_commands_change_nothing_and_work_on_read_only_recordings() {
             max_steps: 3,
             timeout_s: 60.0,
             task: None,
+            price: None,
         }))
         .await;
     emitter.emit(Event::StepStarted { step: 1 }).await;
@@ -377,6 +378,7 @@ async fn read_commands_change_nothing_and_work_on_read_only_recordings() {
             tokens_in: 0,
             tokens_out: 0,
             wall_ms: 5,
+            cost: None,
         }))
         .await;
     drop(emitter);

@@ -618,3 +618,70 @@ async fn ctrl_c_stops_cleanly_and_removes_the_desktop() {
         );
     }
 }
+
+/// `--max-cost`: the episode stops before the model call after the limit was spent
+/// (stopped, by budget, exit 3), and the cost is in the events, the recording and
+/// `sessions show`. The price comes from the config file's `[prices]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cost_limit_stops_the_episode_and_the_cost_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rec.db");
+    let config = dir.path().join("config.toml");
+    // Each scripted reply is 100 tokens in and 10 out: $0.002 a step at these prices.
+    std::fs::write(&config, "[prices.scripted]\ninput = 10.0\noutput = 100.0\n").unwrap();
+    let wait = || call(json!({"action": "wait", "duration": 0.1}));
+    let server = ModelServer::start((0..6).map(|_| wait()).collect(), (1280, 800)).await;
+    let (code, events, err, _guard) = run(
+        &server,
+        &db,
+        &["--config", config.to_str().unwrap(), "--max-cost", "0.005"],
+        "wait a bit",
+    )
+    .await;
+    assert_eq!(code, Some(3), "{err}");
+    let end = events.iter().find(|e| e["type"] == "finished").unwrap();
+    assert_eq!(end["status"], "stopped", "{end}");
+    assert_eq!(end["ended_by"], "budget", "{end}");
+    assert_eq!(
+        end["steps"], 3,
+        "three steps cost $0.006, over $0.005: {end}"
+    );
+    assert!(
+        (end["cost"].as_f64().unwrap() - 0.006).abs() < 1e-9,
+        "{end}"
+    );
+    assert!(
+        end["error"]
+            .as_str()
+            .unwrap()
+            .contains("the cost limit ($0.005) was reached: $0.006 spent"),
+        "{end}"
+    );
+    let session = events[0]["session"].as_str().unwrap().to_owned();
+    let out = cli(&["sessions", "show", &session, "--db", db.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("cost      $0.006 ($10/$100 per million tokens in/out, config)"),
+        "{}",
+        stdout(&out)
+    );
+    // Without a price, a cost limit cannot be kept: refused before anything starts.
+    let out = cli(&[
+        "run",
+        "--headless",
+        "--base-url",
+        &server.base_url(),
+        "--model",
+        "nobody-prices-this",
+        "--max-cost",
+        "1",
+        "--db",
+        db.to_str().unwrap(),
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--max-cost needs the price of nobody-prices-this"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -418,3 +418,87 @@ async fn the_ui_exits_with_the_code_headless_gives_the_same_end() {
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("DEBUG"), "{logged}");
 }
+
+/// The selfagent process (not the shell around it) whose command line holds `needle`.
+fn selfagent_pid(needle: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let exe = std::fs::read_link(e.path().join("exe")).ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        (exe == Path::new(bin()) && String::from_utf8_lossy(&cmdline).contains(needle))
+            .then_some(pid)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn y_copies_the_view_and_sigterm_stops_the_agent_and_restores_the_terminal() {
+    let script: Vec<Reply> = (0..60)
+        .map(|_| {
+            Reply::Slow(
+                Duration::from_millis(300),
+                Box::new(call(json!({"action": "wait", "duration": 0.5}))),
+            )
+        })
+        .collect();
+    let server = ModelServer::start(script, (1280, 800)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rec.db");
+    let command = format!(
+        "env -u SELFAGENT_CONFIG HOME={} {} run --base-url {} --db {} {}; echo EXITED $?; sleep 60",
+        shell_quote(dir.path().to_str().unwrap()),
+        bin(),
+        server.base_url(),
+        shell_quote(db.to_str().unwrap()),
+        shell_quote("wait around")
+    );
+    let tmux = Tmux::start("term", 160, 40, &command);
+    // OSC 52 from the application becomes a tmux buffer.
+    tmux.cmd(&["set", "-g", "set-clipboard", "on"]);
+    tmux.wait_for(
+        "a running agent with a view",
+        Duration::from_secs(60),
+        |s| s.contains("● running") && s.contains("view: y copy"),
+    )
+    .await;
+    tmux.keys("y");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let copied = loop {
+        let buffer = String::from_utf8_lossy(&tmux.cmd(&["show-buffer"]).stdout).into_owned();
+        if !buffer.is_empty() || Instant::now() > deadline {
+            break buffer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        copied.starts_with("http://127.0.0.1:") && copied.contains("token="),
+        "copied: {copied:?}\n{}",
+        tmux.screen()
+    );
+    let pid = selfagent_pid(db.to_str().unwrap()).expect("the selfagent process");
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let end = tmux
+        .wait_for("the process to end", Duration::from_secs(60), |s| {
+            s.contains("EXITED")
+        })
+        .await;
+    assert!(end.contains("EXITED 130"), "{end}");
+    let alternate = tmux.cmd(&["display", "-p", "-t", "t", "#{alternate_on}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&alternate.stdout).trim(),
+        "0",
+        "the terminal was left in the alternate screen:\n{end}"
+    );
+    let session = &Db::open(&db).unwrap().sessions(1).unwrap()[0];
+    assert_eq!(session.status, "stopped");
+    assert!(
+        Command::new("docker")
+            .args(["inspect", session.sandbox.as_deref().unwrap_or("none")])
+            .output()
+            .is_ok_and(|o| !o.status.success()),
+        "the desktop is still there"
+    );
+}
