@@ -195,6 +195,10 @@ pub enum SandboxCmd {
     View {
         /// The sandbox: an id, a unique id prefix or a name.
         id: String,
+        /// A URL to watch without control: the view proxy drops everything its viewers
+        /// send but screen requests, and Xvnc ignores input from its password.
+        #[arg(long)]
+        view_only: bool,
     },
 }
 
@@ -600,18 +604,26 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        SandboxCmd::View { id } => {
+        SandboxCmd::View { id, view_only } => {
             let sandbox = engine.get(&id).await?;
-            match sandbox.view_url() {
-                Some(url) => {
-                    crate::outln!("{url}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => bail!(
+            if sandbox.view_url().is_none() {
+                bail!(
                     "sandbox {} has no network, so it has no web view",
                     sandbox.short_id()
-                ),
+                );
             }
+            let url = if view_only {
+                sandbox.watch_url().with_context(|| {
+                    format!(
+                        "sandbox {} was made before view-only URLs existed: start a new one",
+                        sandbox.short_id()
+                    )
+                })?
+            } else {
+                sandbox.view_url().unwrap_or_default()
+            };
+            crate::outln!("{url}");
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -912,7 +924,10 @@ fn print_list(list: Vec<sb::SandboxInfo>, json: bool, engines: bool) -> anyhow::
             expires,
             s.vnc.unwrap_or_else(|| "-".into()),
             s.view
-                .map(|v| format!("http://{v}/ (see `sandbox view`)"))
+                .map(|v| format!(
+                    "http://{v}/ (the URL with its token: selfagent sandbox view {})",
+                    &s.id[..12.min(s.id.len())]
+                ))
                 .unwrap_or_else(|| "-".into()),
         );
     }

@@ -298,6 +298,12 @@ pub struct Secrets {
     pub vnc_password: String,
     pub x11_cookie: String,
     pub view_token: String,
+    /// The view-only URL's token: its connections' input is dropped by the view proxy.
+    /// Empty for desktops made before view-only URLs existed.
+    pub watch_token: String,
+    /// Xvnc's view-only password (the second line of its password file): the VNC server
+    /// ignores input from clients that authenticated with it.
+    pub watch_password: String,
 }
 
 impl fmt::Debug for Secrets {
@@ -321,12 +327,20 @@ impl Secrets {
                 .map(|_| format!("{:02x}", rng.random::<u8>()))
                 .collect(),
             view_token: alnum(&mut rng, 32),
+            watch_token: alnum(&mut rng, 32),
+            watch_password: alnum(&mut rng, 8),
         }
     }
 
     /// Every secret value, for redaction.
-    pub fn values(&self) -> [&str; 3] {
-        [&self.vnc_password, &self.x11_cookie, &self.view_token]
+    pub fn values(&self) -> [&str; 5] {
+        [
+            &self.vnc_password,
+            &self.x11_cookie,
+            &self.view_token,
+            &self.watch_token,
+            &self.watch_password,
+        ]
     }
 
     /// The boot file the entrypoint reads (`KEY=value` lines).
@@ -336,7 +350,10 @@ impl Secrets {
             self.vnc_password, self.x11_cookie
         );
         if with_view {
-            text.push_str(&format!("VIEW_TOKEN={}\n", self.view_token));
+            text.push_str(&format!(
+                "VIEW_TOKEN={}\nWATCH_TOKEN={}\nWATCH_PASSWORD={}\n",
+                self.view_token, self.watch_token, self.watch_password
+            ));
         }
         text
     }
@@ -353,6 +370,8 @@ impl Secrets {
             vnc_password: value("VNC_PASSWORD"),
             x11_cookie: value("X11_COOKIE"),
             view_token: value("VIEW_TOKEN"),
+            watch_token: value("WATCH_TOKEN"),
+            watch_password: value("WATCH_PASSWORD"),
         }
     }
 
@@ -455,7 +474,28 @@ impl Sandbox {
     /// The noVNC page with the token (and the VNC password, which noVNC needs) in it.
     pub fn view_url(&self) -> Option<String> {
         let view = self.published?.view?;
-        Some(view_url(view, &self.secrets))
+        Some(view_url(
+            view,
+            &self.secrets.view_token,
+            &self.secrets.vnc_password,
+            false,
+        ))
+    }
+
+    /// The view-only URL: to share a desktop to watch without handing over control. The
+    /// view proxy drops every input message of its connections, and Xvnc ignores input
+    /// from its password; `None` without a view, or on a desktop made before it existed.
+    pub fn watch_url(&self) -> Option<String> {
+        let view = self.published?.view?;
+        if self.secrets.watch_token.is_empty() {
+            return None;
+        }
+        Some(view_url(
+            view,
+            &self.secrets.watch_token,
+            &self.secrets.watch_password,
+            true,
+        ))
     }
 
     /// Stops and removes the container.
@@ -525,10 +565,13 @@ impl Sandbox {
     }
 }
 
-fn view_url(addr: SocketAddr, secrets: &Secrets) -> String {
+/// A noVNC URL. The WebSocket path carries the token too (`path=websockify?token=…`), so
+/// the proxy knows which kind of connection it serves even when a browser holds the
+/// cookies of both.
+fn view_url(addr: SocketAddr, token: &str, password: &str, view_only: bool) -> String {
     format!(
-        "http://{addr}/vnc.html?token={}&autoconnect=1&resize=scale&reconnect=1&password={}",
-        secrets.view_token, secrets.vnc_password
+        "http://{addr}/vnc.html?token={token}&path=websockify%3Ftoken%3D{token}&autoconnect=1&resize=scale&reconnect=1{}&password={password}",
+        if view_only { "&view_only=1" } else { "" }
     )
 }
 

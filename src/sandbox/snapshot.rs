@@ -171,6 +171,8 @@ impl Engine {
                 vnc_password: String::new(),
                 x11_cookie: String::new(),
                 view_token: String::new(),
+                watch_token: String::new(),
+                watch_password: String::new(),
             },
             published: None,
             tunnel: Arc::new(OnceCell::new()),

@@ -225,6 +225,8 @@ pub struct App {
     /// `q` was pressed while the agent runs: the next key says whether to stop it and quit.
     pub confirm_quit: bool,
     pub view_url: Option<String>,
+    /// The view-only URL (to share for watching); goes with the desktop, as `view_url`.
+    pub watch_url: Option<String>,
     pub tokens: (u64, u64),
     /// Shown in the status bar; the runner sets it from its clock.
     pub elapsed_ms: u64,
@@ -277,6 +279,7 @@ impl App {
             fullscreen: false,
             confirm_quit: false,
             view_url: None,
+            watch_url: None,
             tokens: (0, 0),
             elapsed_ms: 0,
             notice: None,
@@ -742,14 +745,24 @@ impl App {
         true
     }
 
-    /// `y` copies the view URL (or the session id when there is none), `Y` the session id,
-    /// `o` opens the view in a browser.
+    /// `y` copies the view URL (or the session id when there is none), `w` the view-only
+    /// URL, `Y` the session id, `o` opens the view in a browser.
     fn copy_key(&mut self, key: KeyEvent) -> Option<Vec<Effect>> {
         let session = (!self.header.session.is_empty()).then(|| self.header.session.clone());
-        let url = self
-            .view_url
-            .clone()
-            .filter(|_| self.screen == Screen::Live);
+        let live = self.screen == Screen::Live;
+        if key.code == KeyCode::Char('w') && live {
+            return Some(match self.watch_url.clone() {
+                Some(text) => vec![Effect::Copy {
+                    text,
+                    what: "the view-only URL",
+                }],
+                None => {
+                    self.flash = Some("no view-only URL (the desktop is gone)".into());
+                    Vec::new()
+                }
+            });
+        }
+        let url = self.view_url.clone().filter(|_| live);
         let effect = match (key.code, url, session) {
             (KeyCode::Char('y'), Some(text), _) => Effect::Copy {
                 text,

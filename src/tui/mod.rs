@@ -53,6 +53,7 @@ enum Msg {
     /// The desktop is up: its id and view URL.
     Desktop {
         view_url: Option<String>,
+        watch_url: Option<String>,
     },
     /// The episode is over and cleaned up (recording drained, desktop removed).
     /// The episode ended: its exit code and, when the recording stopped early, why; or
@@ -321,8 +322,9 @@ impl Runner {
                 },
                 Some(msg) = self.msg_rx.recv() => match msg {
                     Msg::Agent(e) => self.app.on_event(&e),
-                    Msg::Desktop { view_url } => {
+                    Msg::Desktop { view_url, watch_url } => {
                         self.app.view_url = view_url;
+                        self.app.watch_url = watch_url;
                         self.app.notice = None;
                     }
                     Msg::Done(result) => {
@@ -333,6 +335,7 @@ impl Runner {
                         // The desktop is gone with the episode: so is its view.
                         if !self.keep_desktop {
                             self.app.view_url = None;
+                            self.app.watch_url = None;
                         }
                         match result {
                             Ok((code, recording_error)) => {
@@ -419,6 +422,7 @@ async fn live_episode(
         on_desktop: Some(Box::new(move |sandbox| {
             let _ = desktop_ui.send(Msg::Desktop {
                 view_url: sandbox.view_url(),
+                watch_url: sandbox.watch_url(),
             });
         })),
     };

@@ -677,7 +677,10 @@ fn help(f: &mut Frame, area: Rect, app: &App) {
                 "earlier steps; PgUp PgDn by ten; End follows the latest",
             ),
             ("f, esc", "full-screen screenshot; esc leaves it"),
-            ("y, Y", "copy the view URL (OSC 52) / the session id"),
+            (
+                "y, w, Y",
+                "copy the view URL / the view-only URL / the session id",
+            ),
             ("o", "open the live view in a browser"),
             ("l", "the sessions list (after the run)"),
             ("q", "quit (asks first while the agent runs, then stops it)"),

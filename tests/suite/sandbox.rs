@@ -250,3 +250,100 @@ async fn a_desktop_that_dies_while_starting_is_reported_at_once() {
         "{err}"
     );
 }
+
+/// Through the view proxy with `token`, as a VNC client authenticating with `password`:
+/// waits for a screen update (a watcher does see the screen), then moves the pointer to
+/// `to` and waits a moment for it to take effect.
+async fn point_through_the_view(view: SocketAddr, token: &str, password: &str, to: (u16, u16)) {
+    use vnc::{PixelFormat, VncConnector, VncEncoding, VncEvent, X11Event};
+    let bridge = common::websocket_bridge(view, format!("/websockify?token={token}")).await;
+    let tcp = tokio::net::TcpStream::connect(bridge).await.unwrap();
+    let password = password.to_owned();
+    let client = VncConnector::new(tcp)
+        .set_auth_method(async move { Ok(password) })
+        .allow_shared(true)
+        .set_pixel_format(PixelFormat::bgra())
+        .add_encoding(VncEncoding::Raw)
+        .build()
+        .unwrap()
+        .try_start()
+        .await
+        .unwrap()
+        .finish()
+        .unwrap();
+    client.input(X11Event::Refresh).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no screen came through the view");
+        if let Ok(Ok(VncEvent::RawImage(..))) =
+            tokio::time::timeout(Duration::from_secs(5), client.recv_event()).await
+        {
+            break;
+        }
+    }
+    for _ in 0..3 {
+        client
+            .input(X11Event::PointerEvent((to.0, to.1, 0).into()))
+            .await
+            .unwrap();
+        client.input(X11Event::Refresh).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_only_url_shows_the_screen_and_drops_every_input() {
+    let d = desktop().await;
+    let secrets = d.sandbox.secrets().clone();
+    let full = d.sandbox.view_url().unwrap();
+    let watch = d.sandbox.watch_url().expect("a view-only URL");
+    assert!(watch.contains("view_only=1"), "{watch}");
+    for secret in [&secrets.vnc_password, &secrets.view_token] {
+        assert!(
+            !watch.contains(secret.as_str()),
+            "the view-only URL gives control"
+        );
+    }
+    let view: SocketAddr = full
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let path = watch.trim_start_matches(&format!("http://{view}"));
+    let (status, head, _) = http(view, path, &[]);
+    assert_eq!(status, 200, "{head}");
+
+    let start = d.cursor_position().await.unwrap();
+    // The control: the full token and password move the pointer.
+    let target = if (start.x, start.y) == (300, 200) {
+        (310, 210)
+    } else {
+        (300, 200)
+    };
+    point_through_the_view(view, &secrets.view_token, &secrets.vnc_password, target).await;
+    let moved = d.cursor_position().await.unwrap();
+    assert_eq!(
+        (moved.x as u16, moved.y as u16),
+        target,
+        "the full view does not drive the desktop"
+    );
+    // The view-only password: Xvnc and the proxy both drop the input.
+    point_through_the_view(
+        view,
+        &secrets.watch_token,
+        &secrets.watch_password,
+        (10, 10),
+    )
+    .await;
+    // A watcher who learnt the full VNC password still only watches: the proxy drops it.
+    point_through_the_view(view, &secrets.watch_token, &secrets.vnc_password, (20, 20)).await;
+    let still = d.cursor_position().await.unwrap();
+    assert_eq!(
+        (still.x, still.y),
+        (moved.x, moved.y),
+        "a watcher moved the pointer"
+    );
+}
