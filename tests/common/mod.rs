@@ -395,14 +395,12 @@ pub async fn websocket_bridge(view: SocketAddr, path: String) -> SocketAddr {
                     if ws_read.read_exact(&mut payload).await.is_err() {
                         break;
                     }
-                    match h[0] & 0x0f {
-                        0x8 => break,
-                        0x0..=0x2 => {
-                            if client_write.write_all(&payload).await.is_err() {
-                                break;
-                            }
-                        }
-                        _ => {}
+                    let opcode = h[0] & 0x0f;
+                    if opcode == 0x8 {
+                        break;
+                    }
+                    if opcode <= 0x2 && client_write.write_all(&payload).await.is_err() {
+                        break;
                     }
                 }
                 up.abort();
