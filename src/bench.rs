@@ -133,6 +133,22 @@ pub struct Report {
     /// and its first screenshot drawn.
     pub replay_first_paint_ms: f64,
     pub replay_first_screenshot_ms: f64,
+    /// One window's stream (`sandbox view --window`) against the whole screen's view, both
+    /// through the view proxy as a browser gets them.
+    pub streams: Option<Streams>,
+}
+
+/// Window stream against whole-screen view: updates per second while the window scrolls
+/// text, and the time from a key (sent over the desktop's own VNC) to the first update
+/// showing it.
+#[derive(Debug, Serialize)]
+pub struct Streams {
+    pub window_fps: f64,
+    pub screen_fps: f64,
+    pub window_key_to_update_ms: Stats,
+    pub screen_key_to_update_ms: Stats,
+    /// The window stream's framebuffer (the window's size) and the screen's.
+    pub window_size: (u32, u32),
 }
 
 /// One scenario of whole loop steps.
@@ -434,6 +450,21 @@ async fn measure(
 
     progress(
         args.json,
+        "a window stream against the whole screen, through the view",
+    );
+    let streams = match window_streams(&desktop, &sandbox, &term.title, samples.min(20)).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            progress(args.json, &format!("window streams not measured: {e:#}"));
+            None
+        }
+    };
+    desktop
+        .settle(desktop.mark(), SettleOptions::default())
+        .await;
+
+    progress(
+        args.json,
         "protocols: 40-step conversations on this screenshot",
     );
     let busy = desktop.encode_screenshot().await?;
@@ -601,6 +632,130 @@ async fn measure(
         baseline_request_ms,
         replay_first_paint_ms: round(ms(first_paint)),
         replay_first_screenshot_ms: round(ms(first_shot)),
+        streams,
+    })
+}
+
+/// A VNC client through the view proxy at `path` (`/websockify?…`), and the size it got.
+async fn view_client(
+    sandbox: &Sandbox,
+    path: String,
+) -> anyhow::Result<(vnc::VncClient, (u32, u32))> {
+    use vnc::{PixelFormat, VncConnector, VncEncoding, VncEvent};
+    let view = sandbox
+        .endpoints()
+        .await?
+        .view
+        .context("the desktop has no view")?;
+    let bridge = crate::sandbox::viewsock::bridge(view, path).await?;
+    let tcp = tokio::net::TcpStream::connect(bridge).await?;
+    let password = sandbox.secrets().vnc_password.clone();
+    let client = VncConnector::new(tcp)
+        .set_auth_method(async move { Ok(password) })
+        .allow_shared(true)
+        .set_pixel_format(PixelFormat::bgra())
+        .add_encoding(VncEncoding::Zrle)
+        .add_encoding(VncEncoding::Raw)
+        .add_encoding(VncEncoding::DesktopSizePseudo)
+        .build()?
+        .try_start()
+        .await?
+        .finish()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        anyhow::ensure!(Instant::now() < deadline, "no screen through the view");
+        if let Ok(Ok(VncEvent::SetResolution(s))) =
+            tokio::time::timeout(Duration::from_secs(5), client.recv_event()).await
+        {
+            return Ok((client, (u32::from(s.width), u32::from(s.height))));
+        }
+    }
+}
+
+/// Waits for the next screen update (after asking for one); `false` after `within`.
+async fn next_update(client: &vnc::VncClient, within: Duration) -> bool {
+    use vnc::{VncEvent, X11Event};
+    if client.input(X11Event::Refresh).await.is_err() {
+        return false;
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, client.recv_event()).await {
+        if matches!(event, VncEvent::RawImage(..) | VncEvent::Copy(..)) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Drains what arrives within `quiet` (an update's remaining rectangles).
+async fn drain(client: &vnc::VncClient, quiet: Duration) {
+    while let Ok(Ok(_)) = tokio::time::timeout(quiet, client.recv_event()).await {}
+}
+
+async fn window_streams(
+    desktop: &Desktop,
+    sandbox: &Sandbox,
+    title: &str,
+    samples: usize,
+) -> anyhow::Result<Streams> {
+    let token = sandbox.secrets().view_token.clone();
+    let stream = sandbox
+        .window_stream(&format!("^{}$", regex::escape(title)), false)
+        .await?;
+    let (window, window_size) = view_client(
+        sandbox,
+        format!("/websockify?stream={}&token={token}", stream.stream),
+    )
+    .await?;
+    let (screen, _) = view_client(sandbox, format!("/websockify?token={token}")).await?;
+    let mut latency = [Vec::new(), Vec::new()];
+    for i in 0..samples {
+        for (which, client) in [&window, &screen].into_iter().enumerate() {
+            drain(client, Duration::from_millis(100)).await;
+            let key = if i % 2 == 0 {
+                Action::Type { text: "x".into() }
+            } else {
+                Action::Key {
+                    text: "BackSpace".into(),
+                }
+            };
+            let t = Instant::now();
+            desktop.act(&key).await?;
+            if next_update(client, Duration::from_secs(2)).await {
+                latency[which].push(ms(t.elapsed()));
+            }
+        }
+    }
+    // Text scrolling for three seconds: updates per second on each.
+    desktop
+        .act(&Action::Type {
+            text: "for i in $(seq 1 3000); do echo line $i; sleep 0.001; done\n".into(),
+        })
+        .await?;
+    let mut fps = [0.0, 0.0];
+    for (which, client) in [&window, &screen].into_iter().enumerate() {
+        let t = Instant::now();
+        let mut frames = 0u32;
+        while t.elapsed() < Duration::from_secs(3) {
+            if next_update(client, Duration::from_millis(500)).await {
+                frames += 1;
+            }
+        }
+        fps[which] = round(f64::from(frames) / t.elapsed().as_secs_f64());
+    }
+    desktop
+        .act(&Action::Key {
+            text: "ctrl+c".into(),
+        })
+        .await?;
+    let _ = window.close().await;
+    let _ = screen.close().await;
+    Ok(Streams {
+        window_fps: fps[0],
+        screen_fps: fps[1],
+        window_key_to_update_ms: Stats::of(&latency[0]),
+        screen_key_to_update_ms: Stats::of(&latency[1]),
+        window_size,
     })
 }
 
@@ -839,6 +994,18 @@ fn print_report(r: &Report) {
         r.x_server
     );
     row("create to ready", &r.ready_ms);
+    if let Some(s) = &r.streams {
+        row("window stream: key to update", &s.window_key_to_update_ms);
+        row("whole screen: key to update", &s.screen_key_to_update_ms);
+        crate::outln!(
+            "{:<34} {} fps window ({}x{}), {} fps whole screen",
+            "view streams while text scrolls",
+            s.window_fps,
+            s.window_size.0,
+            s.window_size.1,
+            s.screen_fps
+        );
+    }
     row("warm pool: lease to ready", &r.pool_lease_ready_ms);
     row("  of which the claim", &r.pool_claim_ms);
     row("fork of a snapshot to ready", &r.fork_ready_ms);

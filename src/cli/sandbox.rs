@@ -199,6 +199,13 @@ pub enum SandboxCmd {
         /// send but screen requests, and Xvnc ignores input from its password.
         #[arg(long)]
         view_only: bool,
+        /// Only the first visible window whose title matches this regex, followed as it
+        /// moves and resizes; each call adds a stream (several windows side by side).
+        #[arg(long, value_name = "REGEX")]
+        window: Option<String>,
+        /// With --window: print the stream's number, window and title as JSON too.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -604,13 +611,31 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        SandboxCmd::View { id, view_only } => {
+        SandboxCmd::View {
+            id,
+            view_only,
+            window,
+            json,
+        } => {
             let sandbox = engine.get(&id).await?;
             if sandbox.view_url().is_none() {
                 bail!(
                     "sandbox {} has no network, so it has no web view",
                     sandbox.short_id()
                 );
+            }
+            if let Some(regex) = window {
+                let stream = sandbox.window_stream(&regex, view_only).await?;
+                if json {
+                    crate::outln!("{}", serde_json::to_string(&stream)?);
+                } else {
+                    crate::outln!("{}", stream.url);
+                    eprintln!(
+                        "stream {}: window {} \"{}\"",
+                        stream.stream, stream.window, stream.title
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
             }
             let url = if view_only {
                 sandbox.watch_url().with_context(|| {

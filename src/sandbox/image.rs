@@ -43,6 +43,11 @@ pub const CONTEXT: &[(&str, &[u8], u32)] = &[
         0o755,
     ),
     (
+        "rootfs/usr/local/bin/selfagent-stream",
+        include_bytes!("../../sandbox/rootfs/usr/local/bin/selfagent-stream"),
+        0o755,
+    ),
+    (
         "rootfs/opt/selfagent/view.py",
         include_bytes!("../../sandbox/rootfs/opt/selfagent/view.py"),
         0o644,

@@ -18,6 +18,7 @@ pub mod image;
 pub mod leases;
 pub mod snapshot;
 mod tunnel;
+pub mod viewsock;
 
 pub use exec::{ExecOptions, ExecOutput, Process};
 pub use files::{CopyReport, FileStat, HOME, MAX_READ, sandbox_path, unpack};
@@ -562,6 +563,76 @@ impl Sandbox {
     /// Why the container stopped: its exit code and last output (after [`Sandbox::wait_exit`]).
     pub async fn died(&self) -> SandboxError {
         self.engine.died(&self.id).await
+    }
+}
+
+/// One window's stream (`sandbox view --window`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowStream {
+    /// The stream's number: its VNC server listens on 5900+N inside the desktop.
+    pub stream: u32,
+    /// The X window id.
+    pub window: String,
+    pub title: String,
+    pub url: String,
+}
+
+impl Sandbox {
+    /// Serves the first visible window whose title matches `regex` as a stream of its own,
+    /// following the window as it moves and resizes (x11vnc inside the desktop), and
+    /// returns its URL (view-only with `view_only`). Each call adds a stream: several
+    /// windows of one desktop can be watched side by side.
+    pub async fn window_stream(
+        &self,
+        regex: &str,
+        view_only: bool,
+    ) -> Result<WindowStream, SandboxError> {
+        let Some(view) = self.published.and_then(|p| p.view) else {
+            return Err(SandboxError::Invalid(
+                "this desktop has no network, so it has no web view".into(),
+            ));
+        };
+        let out = self
+            .exec(
+                &["/usr/local/bin/selfagent-stream", regex],
+                &exec::ExecOptions {
+                    user: Some("root".into()),
+                    timeout: Some(std::time::Duration::from_secs(30)),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.success() {
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            return Err(SandboxError::Invalid(if why.is_empty() {
+                format!("the window stream did not start (exit {})", out.exit_code)
+            } else {
+                why
+            }));
+        }
+        let mut parts = text.trim().splitn(3, ' ');
+        let stream: u32 = parts
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| SandboxError::Invalid(format!("selfagent-stream said: {text}")))?;
+        let window = parts.next().unwrap_or_default().to_owned();
+        let title = parts.next().unwrap_or_default().to_owned();
+        let (token, password) = if view_only {
+            (&self.secrets.watch_token, &self.secrets.watch_password)
+        } else {
+            (&self.secrets.view_token, &self.secrets.vnc_password)
+        };
+        let url = view_url(view, token, password, view_only).replace(
+            "websockify%3Ftoken%3D",
+            &format!("websockify%3Fstream%3D{stream}%26token%3D"),
+        );
+        Ok(WindowStream {
+            stream,
+            window,
+            title,
+            url,
+        })
     }
 }
 

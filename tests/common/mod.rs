@@ -313,99 +313,16 @@ pub fn websocket_headers() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-/// A local TCP port that carries each connection over a WebSocket to `path` at `view` (the
-/// desktop's view proxy), as noVNC does: so a plain VNC client can go through the proxy.
+/// A local TCP port that carries each connection over a WebSocket to `path` at `view`.
 pub async fn websocket_bridge(view: SocketAddr, path: String) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let path = path.clone();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio::net::TcpStream::connect(view).await else {
-                    return;
-                };
-                let mut req = format!("GET {path} HTTP/1.1\r\nHost: {view}\r\n");
-                for (k, v) in websocket_headers() {
-                    req.push_str(&format!("{k}: {v}\r\n"));
-                }
-                req.push_str("\r\n");
-                if ws.write_all(req.as_bytes()).await.is_err() {
-                    return;
-                }
-                // The response head, byte by byte (frames may follow at once).
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    let mut b = [0u8; 1];
-                    if ws.read_exact(&mut b).await.is_err() {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
-                if !head.starts_with(b"HTTP/1.1 101") {
-                    return;
-                }
-                let (mut ws_read, mut ws_write) = ws.into_split();
-                let (mut client_read, mut client_write) = client.into_split();
-                // Client to WebSocket: masked binary frames.
-                let up = tokio::spawn(async move {
-                    let mut buf = vec![0u8; 65536];
-                    loop {
-                        let n = match client_read.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        let mut frame = vec![0x82u8];
-                        if n < 126 {
-                            frame.push(0x80 | n as u8);
-                        } else {
-                            frame.push(0x80 | 126);
-                            frame.extend_from_slice(&(n as u16).to_be_bytes());
-                        }
-                        let mask = [0x1b, 0x2c, 0x3d, 0x4e];
-                        frame.extend_from_slice(&mask);
-                        frame.extend(buf[..n].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-                        if ws_write.write_all(&frame).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                // WebSocket to client: unwrap the server's (unmasked) frames.
-                loop {
-                    let mut h = [0u8; 2];
-                    if ws_read.read_exact(&mut h).await.is_err() {
-                        break;
-                    }
-                    let mut len = u64::from(h[1] & 0x7f);
-                    if len == 126 {
-                        let mut l = [0u8; 2];
-                        if ws_read.read_exact(&mut l).await.is_err() {
-                            break;
-                        }
-                        len = u64::from(u16::from_be_bytes(l));
-                    } else if len == 127 {
-                        let mut l = [0u8; 8];
-                        if ws_read.read_exact(&mut l).await.is_err() {
-                            break;
-                        }
-                        len = u64::from_be_bytes(l);
-                    }
-                    let mut payload = vec![0u8; len as usize];
-                    if ws_read.read_exact(&mut payload).await.is_err() {
-                        break;
-                    }
-                    let opcode = h[0] & 0x0f;
-                    if opcode == 0x8 {
-                        break;
-                    }
-                    if opcode <= 0x2 && client_write.write_all(&payload).await.is_err() {
-                        break;
-                    }
-                }
-                up.abort();
-            });
-        }
-    });
-    local
+    selfagent::sandbox::viewsock::bridge(view, path)
+        .await
+        .expect("a local port for the bridge")
+}
+
+/// Reads what a VNC client has pending until it is quiet for 300 ms.
+pub async fn drain_updates(client: &vnc::VncClient) {
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(300), client.recv_event()).await
+    {}
 }

@@ -251,12 +251,11 @@ async fn a_desktop_that_dies_while_starting_is_reported_at_once() {
     );
 }
 
-/// Through the view proxy with `token`, as a VNC client authenticating with `password`:
-/// waits for a screen update (a watcher does see the screen), then moves the pointer to
-/// `to` and waits a moment for it to take effect.
-async fn point_through_the_view(view: SocketAddr, token: &str, password: &str, to: (u16, u16)) {
+/// A VNC client through the view proxy at `path` (`/websockify?token=…`), authenticated
+/// with `password`, once the first screen update has come; and the size it was told.
+async fn view_vnc(view: SocketAddr, path: String, password: &str) -> (vnc::VncClient, (u16, u16)) {
     use vnc::{PixelFormat, VncConnector, VncEncoding, VncEvent, X11Event};
-    let bridge = common::websocket_bridge(view, format!("/websockify?token={token}")).await;
+    let bridge = common::websocket_bridge(view, path).await;
     let tcp = tokio::net::TcpStream::connect(bridge).await.unwrap();
     let password = password.to_owned();
     let client = VncConnector::new(tcp)
@@ -273,14 +272,41 @@ async fn point_through_the_view(view: SocketAddr, token: &str, password: &str, t
         .unwrap();
     client.input(X11Event::Refresh).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut size = (0, 0);
     loop {
         assert!(Instant::now() < deadline, "no screen came through the view");
-        if let Ok(Ok(VncEvent::RawImage(..))) =
-            tokio::time::timeout(Duration::from_secs(5), client.recv_event()).await
-        {
-            break;
+        match tokio::time::timeout(Duration::from_secs(5), client.recv_event()).await {
+            Ok(Ok(VncEvent::SetResolution(s))) => size = (s.width, s.height),
+            Ok(Ok(VncEvent::RawImage(..))) => break,
+            _ => {}
         }
     }
+    (client, size)
+}
+
+/// Whether an update comes through `client` within `within` (after asking for one).
+async fn an_update_comes(client: &vnc::VncClient, within: Duration) -> bool {
+    use vnc::{VncEvent, X11Event};
+    client.input(X11Event::Refresh).await.unwrap();
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(Ok(e)) = tokio::time::timeout_at(deadline, client.recv_event()).await {
+        if matches!(e, VncEvent::RawImage(..) | VncEvent::Copy(..)) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Through the view proxy with `token` (and `extra` query), as a VNC client
+/// authenticating with `password`: waits for a screen update (a watcher does see the
+/// screen), then moves the pointer to `to` and waits a moment for it to take effect.
+async fn point_through_the_view(view: SocketAddr, token: &str, password: &str, to: (u16, u16)) {
+    point_through(view, format!("/websockify?token={token}"), password, to).await;
+}
+
+async fn point_through(view: SocketAddr, path: String, password: &str, to: (u16, u16)) {
+    use vnc::X11Event;
+    let (client, _) = view_vnc(view, path, password).await;
     for _ in 0..3 {
         client
             .input(X11Event::PointerEvent((to.0, to.1, 0).into()))
@@ -346,4 +372,85 @@ async fn a_view_only_url_shows_the_screen_and_drops_every_input() {
         (moved.x, moved.y),
         "a watcher moved the pointer"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_streams_show_one_window_each_and_follow_it() {
+    let d = desktop().await;
+    let a = d.terminal("stream-a", None).await;
+    let b = d.terminal("stream-b", None).await;
+    let secrets = d.sandbox.secrets().clone();
+    let sa = d.sandbox.window_stream("^stream-a$", false).await.unwrap();
+    let sb = d.sandbox.window_stream("^stream-b$", true).await.unwrap();
+    assert_ne!(sa.stream, sb.stream, "two streams at once");
+    assert_eq!(sa.title, "stream-a");
+    assert!(sb.url.contains("view_only=1") && !sb.url.contains(&secrets.vnc_password));
+    let err = d.sandbox.window_stream("^no such window$", false).await;
+    assert!(
+        err.unwrap_err()
+            .to_string()
+            .contains("no visible window matches"),
+        "a missing window is said plainly"
+    );
+    let full = d.sandbox.view_url().unwrap();
+    let view: SocketAddr = full
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Stream a is window a: its size, not the screen's.
+    let path_a = format!(
+        "/websockify?stream={}&token={}",
+        sa.stream, secrets.view_token
+    );
+    let (client, size) = view_vnc(view, path_a, &secrets.vnc_password).await;
+    assert_eq!(
+        (u32::from(size.0), u32::from(size.1)),
+        (a.width, a.height),
+        "the stream is not the window (the screen is {:?})",
+        d.size()
+    );
+    assert_ne!((u32::from(size.0), u32::from(size.1)), d.size());
+    // Moved, it is followed: typing into it still reaches the stream.
+    let moved = d
+        .sandbox
+        .exec(
+            &["xdotool", "windowmove", &a.id.to_string(), "400", "300"],
+            &ExecOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        moved.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    d.focus(a.id, Duration::from_secs(5)).await.unwrap();
+    common::drain_updates(&client).await;
+    d.act(&Action::Type {
+        text: "echo followed\n".into(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        an_update_comes(&client, Duration::from_secs(10)).await,
+        "typing into the moved window did not reach its stream"
+    );
+    // Stream b is view-only: a watcher of it cannot move the pointer.
+    let before = d.cursor_position().await.unwrap();
+    point_through(
+        view,
+        format!(
+            "/websockify?stream={}&token={}",
+            sb.stream, secrets.watch_token
+        ),
+        &secrets.watch_password,
+        (5, 5),
+    )
+    .await;
+    let after = d.cursor_position().await.unwrap();
+    assert_eq!((after.x, after.y), (before.x, before.y));
+    let _ = b;
 }

@@ -231,6 +231,18 @@ class TokenHandler(websocketproxy.ProxyRequestHandler):
         # WebSocket upgrades bypass do_GET in websockify: check them here too.
         if not self._authorized():
             return self._refuse()
+        # A window stream (`stream=N`, served by selfagent-stream on 5900+N) instead of the
+        # whole screen. Each connection is a process of its own: changing the target here
+        # changes it for this connection only.
+        values = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("stream")
+        if values:
+            try:
+                n = int(values[0])
+            except ValueError:
+                n = 0
+            if not 1 <= n <= 99:
+                return self.send_error(400, "selfagent view: stream must be 1 to 99")
+            self.server.target_port = 5900 + n
         super().handle_upgrade()
 
     def do_POST(self):
