@@ -52,6 +52,15 @@ pub enum SessionsCmd {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Delete sessions and what was recorded for them; screenshots another session shows
+    /// too are kept. A running session is refused.
+    Rm {
+        /// Session ids or unique prefixes.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        db: DbArg,
+    },
 }
 
 fn trunc(s: &str, n: usize) -> String {
@@ -225,6 +234,31 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
                     g.score,
                     g.passed
                 );
+            }
+        }
+        SessionsCmd::Rm { ids, db } => {
+            if !db.db.exists() {
+                anyhow::bail!(
+                    "no recording at {} (run an episode first, or pass --db PATH)",
+                    db.db.display()
+                );
+            }
+            let mut rec = Db::open(&db.db)?;
+            let mut failed = false;
+            for id in ids {
+                match rec.delete_session(&id) {
+                    Ok((removed, kept)) => crate::outln!(
+                        "deleted {id} ({} removed, {kept} shared with other sessions kept)",
+                        crate::output::count(removed as i64, "screenshot")
+                    ),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
             }
         }
         SessionsCmd::Frame {

@@ -156,6 +156,8 @@ pub enum RecordError {
     NoSession(String),
     #[error("'{0}' matches several sessions; give more of the id")]
     Ambiguous(String),
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// The one redaction every output uses (the transport's, for replies and errors, too).
@@ -581,6 +583,85 @@ impl Db {
             }
         }
         row
+    }
+
+    /// Deletes a session and everything recorded for it (steps, events, grades, final
+    /// state) in one transaction. Its frames go too, except those another session also
+    /// refers to (identical screenshots are stored once). Long texts stay (shared texts
+    /// cannot be told apart cheaply, and they are small). Returns the frames removed and
+    /// kept. A running session is refused.
+    pub fn delete_session(&mut self, id: &str) -> Result<(usize, usize), RecordError> {
+        let session = self.session(id)?;
+        if session.status == "running" {
+            return Err(RecordError::Busy(format!(
+                "session {} is still running",
+                session.id
+            )));
+        }
+        let id = session.id;
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| db_err(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut candidates: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
+        {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT frame_before, frame_after, COALESCE(request, ''), actions FROM steps WHERE session_id = ?1",
+                )
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([&id], |r| {
+                    Ok((
+                        r.get::<_, Option<i64>>(0)?,
+                        r.get::<_, Option<i64>>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(err)?;
+            for row in rows {
+                let (before, after, request, actions) = row.map_err(err)?;
+                candidates.extend(before.into_iter().chain(after));
+                // Screenshots in recorded requests: "frame:ID".
+                for part in request.split("\"frame:").skip(1) {
+                    if let Some(n) = part.split('"').next().and_then(|n| n.parse().ok()) {
+                        candidates.insert(n);
+                    }
+                }
+                // Zoom images of actions: {"image": ID}.
+                if let Ok(Value::Array(list)) = serde_json::from_str::<Value>(&actions) {
+                    candidates.extend(list.iter().filter_map(|a| a["image"].as_i64()));
+                }
+            }
+        }
+        for table in ["steps", "events", "grades", "final_states"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE session_id = ?1"), [&id])
+                .map_err(err)?;
+        }
+        tx.execute("DELETE FROM sessions WHERE id = ?1", [&id])
+            .map_err(err)?;
+        let (mut removed, mut kept) = (0, 0);
+        for frame in candidates {
+            let marker = format!("\"frame:{frame}\"");
+            let used: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM steps WHERE frame_before = ?1 OR frame_after = ?1
+                        OR instr(request, ?2) > 0
+                        OR EXISTS (SELECT 1 FROM json_each(steps.actions) WHERE json_extract(value, '$.image') = ?1))",
+                    rusqlite::params![frame, marker],
+                    |r| r.get(0),
+                )
+                .map_err(err)?;
+            if used {
+                kept += 1;
+            } else {
+                removed += tx
+                    .execute("DELETE FROM frames WHERE id = ?1", [frame])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok((removed, kept))
     }
 
     /// Sessions, newest first.
@@ -1546,6 +1627,55 @@ mod tests {
                 step_ms: 9.0,
             },
         ]
+    }
+
+    #[tokio::test]
+    async fn deleting_a_session_keeps_the_frames_another_one_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let (a, b, c) = (frame(1), frame(2), frame(3));
+        let end = || {
+            Event::Finished(Outcome {
+                status: Status::Failed,
+                ended_by: crate::agent::EndedBy::Model,
+                answer: None,
+                error: Some("no".into()),
+                steps: 1,
+                tokens_in: 10,
+                tokens_out: 2,
+                wall_ms: 10,
+                cost: None,
+            })
+        };
+        let mut events = vec![Event::SessionStarted(info("s1"))];
+        events.extend(step_events(1, &a, &b));
+        events.push(end());
+        events.push(Event::SessionStarted(info("s2")));
+        events.extend(step_events(1, &b, &c));
+        events.push(end());
+        record(&path, events).await;
+        let mut running = vec![Event::SessionStarted(info("s3"))];
+        running.extend(step_events(1, &c, &c));
+        record(&path, running).await;
+
+        let mut db = Db::open(&path).unwrap();
+        let frames = |db: &Db| -> i64 {
+            db.conn
+                .query_row("SELECT COUNT(*) FROM frames", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(frames(&db), 3);
+        // s1 alone showed a; b is s2's first screen too.
+        assert_eq!(db.delete_session("s1").unwrap(), (1, 1));
+        assert_eq!(frames(&db), 2);
+        assert!(matches!(db.session("s1"), Err(RecordError::NoSession(_))));
+        let s2 = db.steps("s2").unwrap();
+        for id in [s2[0].frame_before, s2[0].frame_after] {
+            assert!(db.frame(id.unwrap()).unwrap().is_some(), "s2 lost a frame");
+        }
+        // A session still being recorded is left alone.
+        assert!(matches!(db.delete_session("s3"), Err(RecordError::Busy(_))));
+        assert_eq!(db.steps("s3").unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use crate::agent::{Command, Event, Status};
 use crate::headless::describe;
 use crate::record::{SessionRow, StepRow};
 use crate::task::check::Grade;
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
 use std::sync::Arc;
 
 /// Which screen is up.
@@ -151,6 +151,38 @@ pub enum Effect {
     },
     /// Open this URL in a browser, where there is one.
     OpenUrl(String),
+    /// Delete this session from the recording (asked first).
+    DeleteSession(String),
+}
+
+/// The order of the sessions list (`s` cycles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionSort {
+    #[default]
+    Newest,
+    Status,
+    Task,
+    Longest,
+}
+
+impl SessionSort {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Newest => "newest",
+            Self::Status => "status",
+            Self::Task => "task",
+            Self::Longest => "longest",
+        }
+    }
+
+    fn next(self) -> Self {
+        match self {
+            Self::Newest => Self::Status,
+            Self::Status => Self::Task,
+            Self::Task => Self::Longest,
+            Self::Longest => Self::Newest,
+        }
+    }
 }
 
 /// The live loop's state as the UI knows it.
@@ -236,7 +268,16 @@ pub struct App {
     /// notice line until the next key.
     pub flash: Option<String>,
     pub sessions: Vec<SessionRow>,
+    /// The selected row of the visible (filtered, sorted) list.
     pub session_cursor: usize,
+    /// The sessions list's filter (`/`): rows whose id, status, task, model or error
+    /// contain it, any case.
+    pub filter: String,
+    /// The filter is being typed.
+    pub filtering: bool,
+    pub sort: SessionSort,
+    /// `d` was pressed on this session: the next key says whether to delete it.
+    pub confirm_delete: Option<String>,
     /// Replay playback speed when playing.
     pub playing: Option<f64>,
     /// Replay: the speed space plays at (1, 2, 4, 8 or 16; +/- and the digits change it).
@@ -286,6 +327,10 @@ impl App {
             flash: None,
             sessions: Vec::new(),
             session_cursor: 0,
+            filter: String::new(),
+            filtering: false,
+            sort: SessionSort::Newest,
+            confirm_delete: None,
             playing: None,
             speed: 1.0,
             grade: None,
@@ -906,7 +951,136 @@ impl App {
         Vec::new()
     }
 
+    /// The sessions the list shows, filtered and sorted: indices into `sessions`.
+    pub fn visible_sessions(&self) -> Vec<usize> {
+        let needle = self.filter.to_lowercase();
+        let mut shown: Vec<usize> = (0..self.sessions.len())
+            .filter(|&i| {
+                let s = &self.sessions[i];
+                needle.is_empty()
+                    || [
+                        s.id.as_str(),
+                        s.status.as_str(),
+                        s.instruction.as_str(),
+                        s.model.as_deref().unwrap_or_default(),
+                        s.error.as_deref().unwrap_or_default(),
+                        s.task_id.as_deref().unwrap_or_default(),
+                    ]
+                    .iter()
+                    .any(|f| f.to_lowercase().contains(&needle))
+            })
+            .collect();
+        let s = &self.sessions;
+        match self.sort {
+            SessionSort::Newest => shown.sort_by_key(|&i| std::cmp::Reverse(s[i].created_at)),
+            SessionSort::Status => shown.sort_by(|&a, &b| {
+                s[a].status
+                    .cmp(&s[b].status)
+                    .then(s[b].created_at.cmp(&s[a].created_at))
+            }),
+            SessionSort::Task => shown.sort_by(|&a, &b| {
+                s[a].instruction
+                    .to_lowercase()
+                    .cmp(&s[b].instruction.to_lowercase())
+                    .then(s[b].created_at.cmp(&s[a].created_at))
+            }),
+            SessionSort::Longest => {
+                shown.sort_by_key(|&i| std::cmp::Reverse(s[i].wall_ms.unwrap_or(0)))
+            }
+        }
+        shown
+    }
+
+    /// The session under the cursor in the list.
+    pub fn selected_session(&self) -> Option<&SessionRow> {
+        let shown = self.visible_sessions();
+        shown.get(self.session_cursor).map(|&i| &self.sessions[i])
+    }
+
     fn browser_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        if self.filtering {
+            match key.code {
+                KeyCode::Enter => self.filtering = false,
+                KeyCode::Esc => {
+                    self.filtering = false;
+                    self.filter.clear();
+                }
+                KeyCode::Backspace => {
+                    self.filter.pop();
+                }
+                KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    self.filter.push(c)
+                }
+                _ => {}
+            }
+            self.session_cursor = 0;
+            return Vec::new();
+        }
+        if let Some(id) = self.confirm_delete.take() {
+            if key.code == KeyCode::Char('y') {
+                return vec![Effect::DeleteSession(id)];
+            }
+            self.flash = Some(format!("kept {id}"));
+            return Vec::new();
+        }
+        let shown = self.visible_sessions().len();
+        match key.code {
+            KeyCode::Char('/') => {
+                self.filtering = true;
+                Vec::new()
+            }
+            KeyCode::Esc if !self.filter.is_empty() => {
+                self.filter.clear();
+                self.session_cursor = 0;
+                Vec::new()
+            }
+            KeyCode::Char('s') => {
+                self.sort = self.sort.next();
+                self.session_cursor = 0;
+                Vec::new()
+            }
+            KeyCode::Char('d') | KeyCode::Delete => {
+                if let Some(s) = self.selected_session() {
+                    let id = s.id.clone();
+                    self.flash = Some(format!(
+                        "delete session {id} and its recording? y deletes, any other key keeps it"
+                    ));
+                    self.confirm_delete = Some(id);
+                }
+                Vec::new()
+            }
+            KeyCode::Down | KeyCode::Char('j') => {
+                if self.session_cursor + 1 < shown {
+                    self.session_cursor += 1;
+                }
+                Vec::new()
+            }
+            KeyCode::PageDown => {
+                self.session_cursor =
+                    (self.session_cursor + PAGE as usize).min(shown.saturating_sub(1));
+                Vec::new()
+            }
+            KeyCode::PageUp => {
+                self.session_cursor = self.session_cursor.saturating_sub(PAGE as usize);
+                Vec::new()
+            }
+            KeyCode::Home | KeyCode::Char('g') => {
+                self.session_cursor = 0;
+                Vec::new()
+            }
+            KeyCode::End | KeyCode::Char('G') => {
+                self.session_cursor = shown.saturating_sub(1);
+                Vec::new()
+            }
+            KeyCode::Enter => self
+                .selected_session()
+                .map(|s| vec![Effect::OpenReplay(s.id.clone())])
+                .unwrap_or_default(),
+            _ => self.browser_key_rest(key),
+        }
+    }
+
+    fn browser_key_rest(&mut self, key: KeyEvent) -> Vec<Effect> {
         match key.code {
             // The top level: Esc has nowhere to go back to (as in lazygit and k9s).
             KeyCode::Char('q') => vec![Effect::Quit],
@@ -917,17 +1091,7 @@ impl App {
                 self.session_cursor = self.session_cursor.saturating_sub(1);
                 Vec::new()
             }
-            KeyCode::Down | KeyCode::Char('j') => {
-                if self.session_cursor + 1 < self.sessions.len() {
-                    self.session_cursor += 1;
-                }
-                Vec::new()
-            }
-            KeyCode::Enter => self
-                .sessions
-                .get(self.session_cursor)
-                .map(|s| vec![Effect::OpenReplay(s.id.clone())])
-                .unwrap_or_default(),
+
             KeyCode::Char('?') => {
                 self.help = true;
                 Vec::new()
@@ -949,6 +1113,61 @@ impl App {
         Some(std::time::Duration::from_secs_f64(
             (gap.clamp(150.0, 3000.0) / speed) / 1000.0,
         ))
+    }
+
+    /// The mouse: the wheel scrolls the timeline (or the sessions list), a click selects
+    /// the row under it. `areas` is the layout the screen was drawn with.
+    pub fn on_mouse(&mut self, m: MouseEvent, areas: &super::view::Areas) {
+        let inside = |r: ratatui::layout::Rect| {
+            m.column >= r.x && m.column < r.x + r.width && m.row >= r.y && m.row < r.y + r.height
+        };
+        // The first row a list shows when `selected` must be visible in `rows` rows (as
+        // ratatui scrolls a list drawn from offset 0).
+        let first = |selected: usize, rows: usize| (selected + 1).saturating_sub(rows.max(1));
+        if self.help || self.input.is_some() || self.filtering {
+            return;
+        }
+        match (self.screen, m.kind) {
+            (Screen::Browser, MouseEventKind::ScrollDown) => {
+                let shown = self.visible_sessions().len();
+                if self.session_cursor + 1 < shown {
+                    self.session_cursor += 1;
+                }
+            }
+            (Screen::Browser, MouseEventKind::ScrollUp) => {
+                self.session_cursor = self.session_cursor.saturating_sub(1);
+            }
+            (Screen::Browser, MouseEventKind::Down(MouseButton::Left)) if inside(areas.shot) => {
+                // Inside the border and below the header row.
+                let rows = areas.shot.height.saturating_sub(3) as usize;
+                let Some(line) = (m.row as usize).checked_sub(areas.shot.y as usize + 2) else {
+                    return;
+                };
+                let i = first(self.session_cursor, rows) + line;
+                if line < rows && i < self.visible_sessions().len() {
+                    self.session_cursor = i;
+                }
+            }
+            (Screen::Live | Screen::Replay, MouseEventKind::ScrollDown) => {
+                self.move_cursor(1);
+            }
+            (Screen::Live | Screen::Replay, MouseEventKind::ScrollUp) => {
+                self.move_cursor(-1);
+            }
+            (Screen::Live | Screen::Replay, MouseEventKind::Down(MouseButton::Left))
+                if inside(areas.timeline) =>
+            {
+                let rows = areas.timeline.height.saturating_sub(2) as usize;
+                let Some(line) = (m.row as usize).checked_sub(areas.timeline.y as usize + 1) else {
+                    return;
+                };
+                let i = self.selected().map_or(0, |s| first(s, rows)) + line;
+                if line < rows && i < self.steps.len() {
+                    self.cursor = Some(i);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Replay: a new speed (1/4x to 16x), kept while playing.

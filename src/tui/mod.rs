@@ -226,6 +226,19 @@ impl Runner {
                         .and_then(|()| out.flush());
                     self.app.flash = Some(format!("copied {what} to the clipboard (OSC 52)"));
                 }
+                Effect::DeleteSession(id) => {
+                    let result = Db::open(&self.db_path).and_then(|mut db| db.delete_session(&id));
+                    self.app.flash = Some(match result {
+                        Ok((removed, kept)) => format!(
+                            "deleted {id} ({} removed, {kept} shared kept)",
+                            crate::output::count(removed as i64, "screenshot")
+                        ),
+                        Err(e) => format!("not deleted: {e}"),
+                    });
+                    if let Err(e) = self.load_browser() {
+                        self.app.notice = Some(e.to_string());
+                    }
+                }
                 Effect::OpenUrl(url) => {
                     self.app.flash = Some(match open_in_browser(&url) {
                         Ok(opener) => format!("opened the live view with {opener}"),
@@ -315,6 +328,14 @@ impl Runner {
                         if self.effects(effects)? {
                             return Ok(());
                         }
+                    }
+                    Some(Ok(TermEvent::Mouse(m))) => {
+                        let size = terminal.size()?;
+                        let areas = view::layout(
+                            ratatui::layout::Rect::new(0, 0, size.width, size.height),
+                            &self.app,
+                        );
+                        self.app.on_mouse(m, &areas);
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(e.into()),
@@ -441,6 +462,25 @@ async fn live_episode(
     end
 }
 
+/// The terminal in raw mode, on the alternate screen, with mouse reports (wheel and
+/// clicks; hold Shift to select text as usual). `ratatui::init` restores it on panic too.
+fn init_terminal() -> DefaultTerminal {
+    let terminal = ratatui::init();
+    let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableMouseCapture);
+    // On a panic, mouse reports off before ratatui's own hook restores the rest.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableMouseCapture);
+        previous(info);
+    }));
+    terminal
+}
+
+fn restore_terminal() {
+    let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableMouseCapture);
+    ratatui::restore();
+}
+
 /// The OSC 52 sequence that puts `text` on the terminal's clipboard (terminals and tmux
 /// with `set-clipboard on` honour it, also over ssh).
 pub fn osc52(text: &str) -> String {
@@ -498,7 +538,7 @@ pub async fn live(setup: LiveSetup) -> anyhow::Result<u8> {
     };
     // ratatui::init restores the terminal on panic too.
     crate::logs::divert_to_file();
-    let mut terminal = ratatui::init();
+    let mut terminal = init_terminal();
     let mut runner = Runner::new(App::new(screen), None, db_path.clone());
     runner.app.log_path = crate::logs::file_path().display().to_string();
     runner.setup = Some(setup);
@@ -506,7 +546,7 @@ pub async fn live(setup: LiveSetup) -> anyhow::Result<u8> {
         runner.start_live(task);
     }
     let result = runner.run(&mut terminal, true).await;
-    ratatui::restore();
+    restore_terminal();
     logged_while_drawing();
     result?;
     if let Some(status) = runner.app.status {
@@ -549,7 +589,7 @@ pub async fn replay(db_path: &Path, session: Option<&str>, timing: bool) -> anyh
     }
     let opened = Instant::now();
     crate::logs::divert_to_file();
-    let mut terminal = ratatui::init();
+    let mut terminal = init_terminal();
     let mut runner = Runner::new(App::new(Screen::Browser), None, db_path.to_owned());
     runner.app.log_path = crate::logs::file_path().display().to_string();
     runner.opened = opened;
@@ -561,7 +601,7 @@ pub async fn replay(db_path: &Path, session: Option<&str>, timing: bool) -> anyh
         Ok(()) => runner.run(&mut terminal, true).await,
         Err(e) => Err(e),
     };
-    ratatui::restore();
+    restore_terminal();
     logged_while_drawing();
     result.context("replay")?;
     if timing {

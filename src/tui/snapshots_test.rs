@@ -758,3 +758,116 @@ fn dollars_are_shown_where_the_price_is_known() {
 fn osc52_carries_the_text_in_base64() {
     assert_eq!(super::osc52("hi"), "\x1b]52;c;aGk=\x07");
 }
+
+#[test]
+fn the_sessions_list_filters_sorts_and_deletes_with_a_question() {
+    let mut app = App::new(Screen::Browser);
+    let mut failed = session_row(
+        "20261122-094012-77e0c1",
+        "failed",
+        30,
+        "Find the cheapest flight",
+    );
+    failed.error = Some("the step limit (30) was reached".into());
+    failed.created_at -= 1000;
+    let mut old = session_row(
+        "20261121-170301-0b9f4d",
+        "interrupted",
+        7,
+        "Rename the files",
+    );
+    old.created_at -= 2000;
+    old.error = None;
+    let mut good = session_row("20261122-101500-abc123", "succeeded", 4, "Open a terminal");
+    good.error = None;
+    app.sessions = vec![good, failed, old];
+    let screen = draw(&app, 160, 14);
+    assert!(screen.contains("sessions · 3 · by newest"), "{screen}");
+    assert!(screen.contains("the step limit (30) was"), "{screen}");
+    for c in "/limit".chars() {
+        app.on_key(key(c));
+    }
+    let screen = draw(&app, 160, 14);
+    assert!(screen.contains("1 of 3"), "{screen}");
+    assert!(screen.contains("filter: limit"), "{screen}");
+    assert!(!screen.contains("abc123"), "{screen}");
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert_eq!(
+        app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)),
+        vec![Effect::OpenReplay("20261122-094012-77e0c1".into())]
+    );
+    // Esc clears the filter; it does not leave the list.
+    assert_eq!(
+        app.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE)),
+        vec![]
+    );
+    assert!(draw(&app, 160, 14).contains("sessions · 3 · by newest"));
+    app.on_key(key('s'));
+    assert_eq!(app.sort.label(), "status");
+    assert_eq!(app.selected_session().unwrap().status, "failed");
+    // Delete asks; only y deletes.
+    assert_eq!(app.on_key(key('d')), vec![]);
+    assert!(draw(&app, 160, 14).contains("y deletes"));
+    assert_eq!(app.on_key(key('n')), vec![]);
+    assert!(draw(&app, 160, 14).contains("kept 20261122-094012-77e0c1"));
+    app.on_key(key('d'));
+    assert_eq!(
+        app.on_key(key('y')),
+        vec![Effect::DeleteSession("20261122-094012-77e0c1".into())]
+    );
+}
+
+#[test]
+fn the_wheel_scrolls_and_a_click_selects_a_row() {
+    use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
+    let mouse = |kind, column, row| MouseEvent {
+        kind,
+        column,
+        row,
+        modifiers: KeyModifiers::NONE,
+    };
+    let mut app = App::new(Screen::Replay);
+    let steps: Vec<StepRow> = (1..=6)
+        .map(|i| step_row(i, json!({"action": "wait", "duration": 1}), true))
+        .collect();
+    app.load_replay(&session_row("s", "succeeded", 6, "t"), &steps);
+    let size = ratatui::layout::Rect::new(0, 0, 140, 36);
+    let areas = view::layout(size, &app);
+    // Row 3 of the timeline (inside its border) is step 4.
+    app.on_mouse(
+        mouse(
+            MouseEventKind::Down(MouseButton::Left),
+            areas.timeline.x + 5,
+            areas.timeline.y + 4,
+        ),
+        &areas,
+    );
+    assert_eq!(app.selected(), Some(3));
+    app.on_mouse(mouse(MouseEventKind::ScrollDown, 1, 1), &areas);
+    assert_eq!(app.selected(), Some(4));
+    app.on_mouse(mouse(MouseEventKind::ScrollUp, 1, 1), &areas);
+    app.on_mouse(mouse(MouseEventKind::ScrollUp, 1, 1), &areas);
+    assert_eq!(app.selected(), Some(2));
+    // A click outside the timeline selects nothing.
+    app.on_mouse(
+        mouse(
+            MouseEventKind::Down(MouseButton::Left),
+            areas.shot.x + 2,
+            areas.shot.y + 2,
+        ),
+        &areas,
+    );
+    assert_eq!(app.selected(), Some(2));
+    // The sessions list: a click on the second row selects it.
+    let mut list = App::new(Screen::Browser);
+    list.sessions = vec![
+        session_row("a", "succeeded", 1, "one"),
+        session_row("b", "failed", 2, "two"),
+    ];
+    let areas = view::layout(size, &list);
+    list.on_mouse(
+        mouse(MouseEventKind::Down(MouseButton::Left), 5, areas.shot.y + 3),
+        &areas,
+    );
+    assert_eq!(list.selected_session().map(|s| s.id.as_str()), Some("b"));
+}

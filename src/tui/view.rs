@@ -527,6 +527,9 @@ fn hints(app: &App) -> Vec<(&'static str, &'static str)> {
         Screen::Browser => vec![
             ("↑↓", "select"),
             ("enter", "replay"),
+            ("/", "filter"),
+            ("s", "sort"),
+            ("d", "delete"),
             ("?", "help"),
             ("q", "quit"),
         ],
@@ -700,8 +703,20 @@ fn help(f: &mut Frame, area: Rect, app: &App) {
             ("q", "quit"),
         ],
         Screen::Browser => &[
-            ("↑ ↓, j k", "select a session"),
+            (
+                "↑ ↓, j k",
+                "select a session; PgUp PgDn by ten, g G first / last",
+            ),
             ("enter", "replay it"),
+            (
+                "/",
+                "filter by id, status, task, model or error (enter keeps, esc clears)",
+            ),
+            ("s", "sort: newest, status, task, longest"),
+            (
+                "d, del",
+                "delete it (asks; screenshots other sessions show are kept)",
+            ),
             ("q", "quit"),
         ],
     };
@@ -740,12 +755,13 @@ fn help(f: &mut Frame, area: Rect, app: &App) {
 
 fn browser(f: &mut Frame, area: Rect, app: &App) {
     let header = Row::new([
-        "session", "created", "status", "steps", "tokens", "model", "task",
+        "session", "created", "status", "steps", "took", "tokens", "model", "task", "why",
     ])
     .style(Style::new().add_modifier(Modifier::BOLD));
-    let rows: Vec<Row> = app
-        .sessions
+    let shown = app.visible_sessions();
+    let rows: Vec<Row> = shown
         .iter()
+        .map(|&i| &app.sessions[i])
         .map(|s| {
             let color = match s.status.as_str() {
                 "succeeded" => Color::Green,
@@ -758,9 +774,18 @@ fn browser(f: &mut Frame, area: Rect, app: &App) {
                 Span::raw(crate::time::short(s.created_at)),
                 Span::styled(s.status.clone(), Style::new().fg(color)),
                 Span::raw(s.steps.to_string()),
+                Span::raw(
+                    s.wall_ms
+                        .map(|ms| clock(ms.max(0) as u64))
+                        .unwrap_or_default(),
+                ),
                 Span::raw(tokens((s.tokens_in + s.tokens_out) as u64)),
                 Span::raw(s.model.clone().unwrap_or_default()),
                 Span::raw(s.instruction.clone()),
+                Span::styled(
+                    s.error.clone().unwrap_or_default(),
+                    Style::new().fg(Color::DarkGray),
+                ),
             ])
         })
         .collect();
@@ -771,29 +796,49 @@ fn browser(f: &mut Frame, area: Rect, app: &App) {
             Constraint::Length(16),
             Constraint::Length(11),
             Constraint::Length(5),
+            Constraint::Length(5),
             Constraint::Length(7),
             Constraint::Length(14),
-            Constraint::Min(10),
+            Constraint::Fill(1),
+            Constraint::Fill(1),
         ],
     )
     .header(header)
     .block(
         Block::default()
             .borders(Borders::ALL)
-            .title(format!(" sessions · {} ", app.sessions.len())),
+            .title(browser_title(app, shown.len())),
     )
     .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
     let mut state = TableState::default();
-    state.select((!app.sessions.is_empty()).then_some(app.session_cursor));
+    state.select((!shown.is_empty()).then_some(app.session_cursor));
     f.render_stateful_widget(table, area, &mut state);
-    if app.sessions.is_empty() {
+    if shown.is_empty() {
+        let text = if app.sessions.is_empty() {
+            "no recorded sessions yet".to_owned()
+        } else {
+            format!("no session matches '{}' (esc clears)", app.filter)
+        };
         f.render_widget(
-            Paragraph::new("no recorded sessions yet")
-                .alignment(Alignment::Center)
-                .dim(),
-            centered(area, 40, 1),
+            Paragraph::new(text).alignment(Alignment::Center).dim(),
+            centered(area, 60, 1),
         );
     }
+}
+
+/// " sessions · 3 of 40 · newest · filter: tars▏ ".
+fn browser_title(app: &App, shown: usize) -> String {
+    let count = if shown == app.sessions.len() {
+        shown.to_string()
+    } else {
+        format!("{shown} of {}", app.sessions.len())
+    };
+    let filter = match (app.filtering, app.filter.is_empty()) {
+        (true, _) => format!(" · filter: {}▏", app.filter),
+        (false, false) => format!(" · filter: {}", app.filter),
+        (false, true) => String::new(),
+    };
+    format!(" sessions · {count} · by {}{filter} ", app.sort.label())
 }
 
 /// Draws the whole screen.
