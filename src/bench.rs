@@ -138,9 +138,9 @@ pub struct Report {
     pub streams: Option<Streams>,
 }
 
-/// Window stream against whole-screen view: updates per second while the window scrolls
-/// text, and the time from a key (sent over the desktop's own VNC) to the first update
-/// showing it.
+/// Window stream against whole-screen view: pictures that differ from the last, per
+/// second, while the window scrolls text; and the time from a key (sent over the desktop's
+/// own VNC) until the picture a viewer holds has changed.
 #[derive(Debug, Serialize)]
 pub struct Streams {
     pub window_fps: f64,
@@ -452,7 +452,7 @@ async fn measure(
         args.json,
         "a window stream against the whole screen, through the view",
     );
-    let streams = match window_streams(&desktop, &sandbox, &term.title, samples.min(20)).await {
+    let streams = match window_streams(&desktop, &sandbox, term.id, samples.min(20)).await {
         Ok(s) => Some(s),
         Err(e) => {
             progress(args.json, &format!("window streams not measured: {e:#}"));
@@ -636,82 +636,145 @@ async fn measure(
     })
 }
 
-/// A VNC client through the view proxy at `path` (`/websockify?…`), and the size it got.
-async fn view_client(
-    sandbox: &Sandbox,
-    path: String,
-) -> anyhow::Result<(vnc::VncClient, (u32, u32))> {
-    use vnc::{PixelFormat, VncConnector, VncEncoding, VncEvent};
-    let view = sandbox
-        .endpoints()
-        .await?
-        .view
-        .context("the desktop has no view")?;
-    let bridge = crate::sandbox::viewsock::bridge(view, path).await?;
-    let tcp = tokio::net::TcpStream::connect(bridge).await?;
-    let password = sandbox.secrets().vnc_password.clone();
-    let client = VncConnector::new(tcp)
-        .set_auth_method(async move { Ok(password) })
-        .allow_shared(true)
-        .set_pixel_format(PixelFormat::bgra())
-        .add_encoding(VncEncoding::Zrle)
-        .add_encoding(VncEncoding::Raw)
-        .add_encoding(VncEncoding::DesktopSizePseudo)
-        .build()?
-        .try_start()
-        .await?
-        .finish()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        anyhow::ensure!(Instant::now() < deadline, "no screen through the view");
-        if let Ok(Ok(VncEvent::SetResolution(s))) =
-            tokio::time::timeout(Duration::from_secs(5), client.recv_event()).await
-        {
-            return Ok((client, (u32::from(s.width), u32::from(s.height))));
-        }
-    }
+/// A VNC client through the view proxy, keeping the picture it is sent (to tell an update
+/// that changes pixels from one that does not).
+struct Watched {
+    client: vnc::VncClient,
+    size: (usize, usize),
+    fb: Vec<u8>,
 }
 
-/// Waits for the next screen update (after asking for one); `false` after `within`.
-async fn next_update(client: &vnc::VncClient, within: Duration) -> bool {
-    use vnc::{VncEvent, X11Event};
-    if client.input(X11Event::Refresh).await.is_err() {
-        return false;
-    }
-    let deadline = tokio::time::Instant::now() + within;
-    while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, client.recv_event()).await {
-        if matches!(event, VncEvent::RawImage(..) | VncEvent::Copy(..)) {
-            return true;
+impl Watched {
+    /// Connects through the view proxy at `path` (`/websockify?…`), as a browser would.
+    async fn connect(sandbox: &Sandbox, path: String) -> anyhow::Result<Self> {
+        use vnc::{PixelFormat, VncConnector, VncEncoding, VncEvent};
+        let view = sandbox
+            .endpoints()
+            .await?
+            .view
+            .context("the desktop has no view")?;
+        let bridge = crate::sandbox::viewsock::bridge(view, path).await?;
+        let tcp = tokio::net::TcpStream::connect(bridge).await?;
+        let password = sandbox.secrets().vnc_password.clone();
+        let client = VncConnector::new(tcp)
+            .set_auth_method(async move { Ok(password) })
+            .allow_shared(true)
+            .set_pixel_format(PixelFormat::bgra())
+            .add_encoding(VncEncoding::Zrle)
+            .add_encoding(VncEncoding::CopyRect)
+            .add_encoding(VncEncoding::Raw)
+            .add_encoding(VncEncoding::DesktopSizePseudo)
+            .build()?
+            .try_start()
+            .await?
+            .finish()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            anyhow::ensure!(Instant::now() < deadline, "no screen through the view");
+            if let Ok(Ok(VncEvent::SetResolution(s))) =
+                tokio::time::timeout(Duration::from_secs(5), client.recv_event()).await
+            {
+                let size = (usize::from(s.width), usize::from(s.height));
+                let mut w = Self {
+                    client,
+                    size,
+                    fb: vec![0; size.0 * size.1 * 4],
+                };
+                w.frame(Duration::from_secs(2)).await;
+                return Ok(w);
+            }
         }
     }
-    false
-}
 
-/// Drains what arrives within `quiet` (an update's remaining rectangles).
-async fn drain(client: &vnc::VncClient, quiet: Duration) {
-    while let Ok(Ok(_)) = tokio::time::timeout(quiet, client.recv_event()).await {}
+    fn apply(&mut self, event: vnc::VncEvent) {
+        let (w, h) = self.size;
+        match event {
+            vnc::VncEvent::RawImage(r, data) => {
+                let (x, y, rw) = (usize::from(r.x), usize::from(r.y), usize::from(r.width));
+                for row in 0..usize::from(r.height) {
+                    let (dy, from) = (y + row, row * rw * 4);
+                    if dy >= h || x >= w || from + rw * 4 > data.len() {
+                        break;
+                    }
+                    let n = rw.min(w - x) * 4;
+                    let at = (dy * w + x) * 4;
+                    self.fb[at..at + n].copy_from_slice(&data[from..from + n]);
+                }
+            }
+            vnc::VncEvent::Copy(dst, src) => {
+                let old = self.fb.clone();
+                for row in 0..usize::from(dst.height) {
+                    let (sy, dy) = (usize::from(src.y) + row, usize::from(dst.y) + row);
+                    let (sx, dx) = (usize::from(src.x), usize::from(dst.x));
+                    let n = usize::from(dst.width).min(w.saturating_sub(sx.max(dx))) * 4;
+                    if sy >= h || dy >= h {
+                        break;
+                    }
+                    let (from, to) = ((sy * w + sx) * 4, (dy * w + dx) * 4);
+                    self.fb[to..to + n].copy_from_slice(&old[from..from + n]);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Asks for an update and applies what comes until a short quiet gap (one update's
+    /// rectangles), within `within`; returns whether anything came.
+    async fn frame(&mut self, within: Duration) -> bool {
+        if self.client.input(vnc::X11Event::Refresh).await.is_err() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        let mut got = false;
+        loop {
+            let wait = if got {
+                Duration::from_millis(3)
+            } else {
+                deadline.saturating_duration_since(tokio::time::Instant::now())
+            };
+            match tokio::time::timeout(wait, self.client.recv_event()).await {
+                Ok(Ok(e)) => {
+                    got |= matches!(e, vnc::VncEvent::RawImage(..) | vnc::VncEvent::Copy(..));
+                    self.apply(e);
+                }
+                _ => return got,
+            }
+        }
+    }
+
+    /// Frames until the picture differs from `before`, within `within`.
+    async fn until_changed(&mut self, before: &[u8], within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            self.frame(Duration::from_millis(200)).await;
+            if self.fb != before {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 async fn window_streams(
     desktop: &Desktop,
     sandbox: &Sandbox,
-    title: &str,
+    window: u32,
     samples: usize,
 ) -> anyhow::Result<Streams> {
     let token = sandbox.secrets().view_token.clone();
-    let stream = sandbox
-        .window_stream(&format!("^{}$", regex::escape(title)), false)
-        .await?;
-    let (window, window_size) = view_client(
+    let stream = sandbox.window_stream_of(window, false).await?;
+    let mut window = Watched::connect(
         sandbox,
         format!("/websockify?stream={}&token={token}", stream.stream),
     )
     .await?;
-    let (screen, _) = view_client(sandbox, format!("/websockify?token={token}")).await?;
+    let mut screen = Watched::connect(sandbox, format!("/websockify?token={token}")).await?;
     let mut latency = [Vec::new(), Vec::new()];
     for i in 0..samples {
-        for (which, client) in [&window, &screen].into_iter().enumerate() {
-            drain(client, Duration::from_millis(100)).await;
+        for (which, view) in [&mut window, &mut screen].into_iter().enumerate() {
+            // Settled first: what came before the key is not its effect.
+            while view.frame(Duration::from_millis(150)).await {}
+            let before = view.fb.clone();
             let key = if i % 2 == 0 {
                 Action::Type { text: "x".into() }
             } else {
@@ -721,24 +784,28 @@ async fn window_streams(
             };
             let t = Instant::now();
             desktop.act(&key).await?;
-            if next_update(client, Duration::from_secs(2)).await {
+            if view.until_changed(&before, Duration::from_secs(2)).await {
                 latency[which].push(ms(t.elapsed()));
             }
         }
     }
-    // Text scrolling for three seconds: updates per second on each.
+    // A line every 10 ms, steadily, while each view is watched for three seconds:
+    // pictures that differ from the last, per second (at most 100 here).
     desktop
         .act(&Action::Type {
-            text: "for i in $(seq 1 3000); do echo line $i; sleep 0.001; done\n".into(),
+            text: "while :; do date +%T.%N; sleep 0.01; done\n".into(),
         })
         .await?;
     let mut fps = [0.0, 0.0];
-    for (which, client) in [&window, &screen].into_iter().enumerate() {
+    for (which, view) in [&mut window, &mut screen].into_iter().enumerate() {
         let t = Instant::now();
         let mut frames = 0u32;
+        let mut last = view.fb.clone();
         while t.elapsed() < Duration::from_secs(3) {
-            if next_update(client, Duration::from_millis(500)).await {
+            view.frame(Duration::from_millis(500)).await;
+            if view.fb != last {
                 frames += 1;
+                last.clone_from(&view.fb);
             }
         }
         fps[which] = round(f64::from(frames) / t.elapsed().as_secs_f64());
@@ -748,8 +815,9 @@ async fn window_streams(
             text: "ctrl+c".into(),
         })
         .await?;
-    let _ = window.close().await;
-    let _ = screen.close().await;
+    let window_size = (window.size.0 as u32, window.size.1 as u32);
+    let _ = window.client.close().await;
+    let _ = screen.client.close().await;
     Ok(Streams {
         window_fps: fps[0],
         screen_fps: fps[1],

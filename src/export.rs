@@ -4,7 +4,7 @@
 //! The pictures here (frames with the actions drawn on them, thumbnails) are shared with the
 //! batch report.
 
-use crate::record::{Db, GradeRow, SessionRow, StepRow};
+use crate::record::{Db, EventRow, GradeRow, SessionRow, StepRow};
 use crate::task::check::Grade;
 use crate::tui::app::ActionView;
 use crate::tui::shot::draw_marks;
@@ -21,6 +21,8 @@ pub struct Episode {
     pub steps: Vec<StepRow>,
     /// The newest grade, if the episode was graded.
     pub grade: Option<GradeRow>,
+    /// Interventions, safety checks, calls for help, setup steps.
+    pub events: Vec<EventRow>,
 }
 
 impl Episode {
@@ -28,11 +30,27 @@ impl Episode {
         let session = db.session(id)?;
         let steps = db.steps(&session.id)?;
         let grade = db.latest_grade(&session.id)?;
+        let events = db.events(&session.id)?;
         Ok(Self {
             session,
             steps,
             grade,
+            events,
         })
+    }
+
+    /// What people (and the provider's safety checks) did at step `idx`, in words.
+    /// Those of a step that was never recorded (the one a stop cut short) go with the last.
+    pub fn notes(&self, idx: i64) -> Vec<String> {
+        let last = self.steps.last().map_or(1, |s| s.idx);
+        self.events
+            .iter()
+            .filter(|e| {
+                let at = e.step.unwrap_or(1).max(1);
+                at == idx || (idx == last && at > last)
+            })
+            .filter_map(|e| crate::agent::event::note(&e.kind, e.data.as_deref()))
+            .collect()
     }
 
     /// The grade as the checks wrote it.
@@ -174,7 +192,7 @@ th{background:#eef1f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .strip img{display:block;border:1px solid #ccd;border-radius:3px}.strip figcaption{font-size:11px;color:#667;text-align:center}
 .step img{max-width:100%;border:1px solid #ccd;border-radius:4px}
 pre{white-space:pre-wrap;background:#f0f2f5;padding:.5em;border-radius:4px;margin:.3em 0}
-ul.checks{margin:.3em 0;padding-left:1.3em}code{background:#eef1f5;padding:0 .25em;border-radius:3px}
+ul.checks{margin:.3em 0;padding-left:1.3em}ul.notes{margin:.3em 0;padding-left:1.3em;color:#7a2b8f}code{background:#eef1f5;padding:0 .25em;border-radius:3px}
 "#;
 
 /// A grade's checks as a list.
@@ -267,6 +285,30 @@ pub fn html(db: &Db, ep: &Episode) -> anyhow::Result<String> {
             checks_html(&g)
         );
     }
+    // The step index: a thumbnail of each step's result, linked to the step below.
+    if !ep.steps.is_empty() {
+        out.push_str("<nav class=\"card\"><b>Steps</b><div class=\"strip\">");
+        for st in &ep.steps {
+            let Some(id) = st.frame_after.or(st.frame_before) else {
+                continue;
+            };
+            let thumb = frame_image(db, id, &step_actions(st))
+                .and_then(|img| jpeg_data_url(&img, 160, 60))?;
+            let marks = if ep.notes(st.idx).is_empty() {
+                ""
+            } else {
+                " ✋"
+            };
+            let ok = step_actions(st).iter().all(|a| a.ok) && st.error.is_none();
+            let _ = write!(
+                out,
+                "<figure><a href=\"#step-{idx}\"><img src=\"{thumb}\" alt=\"step {idx}\" loading=\"lazy\"></a><figcaption>{verdict} {idx}{marks}</figcaption></figure>",
+                idx = st.idx,
+                verdict = if ok { "✓" } else { "✗" },
+            );
+        }
+        out.push_str("</div></nav>");
+    }
     if let Some(id) = ep.first_frame() {
         let img = frame_image(db, id, &[])?;
         let _ = write!(
@@ -306,6 +348,14 @@ pub fn html(db: &Db, ep: &Episode) -> anyhow::Result<String> {
             }
             out.push_str("</ul>");
         }
+        let notes = ep.notes(st.idx);
+        if !notes.is_empty() {
+            out.push_str("<ul class=\"notes\">");
+            for n in notes {
+                let _ = write!(out, "<li>{}</li>", html_escape(&n));
+            }
+            out.push_str("</ul>");
+        }
         if let Some(e) = &st.error {
             let _ = write!(out, "<pre class=\"err\">{}</pre>", html_escape(e));
         }
@@ -339,8 +389,9 @@ pub fn gif(db: &Db, ep: &Episode, width: u32, delay_ms: u32) -> anyhow::Result<V
         enc.set_repeat(Repeat::Infinite)
             .context("writing the GIF")?;
         let last = frames.len() - 1;
-        for (i, (id, marks, _)) in frames.iter().enumerate() {
-            let img = scaled(&frame_image(db, *id, marks)?, width);
+        for (i, (id, marks, label)) in frames.iter().enumerate() {
+            let mut img = scaled(&frame_image(db, *id, marks)?, width);
+            caption(&mut img, &frame_caption(label, marks));
             let rgba = DynamicImage::ImageRgb8(img).to_rgba8();
             let d = if i == last { delay_ms * 3 } else { delay_ms };
             enc.encode_frame(Frame::from_parts(
@@ -353,6 +404,71 @@ pub fn gif(db: &Db, ep: &Episode, width: u32, delay_ms: u32) -> anyhow::Result<V
         }
     }
     Ok(out)
+}
+
+/// A frame's caption: "step 3: click (640, 400)".
+fn frame_caption(label: &str, marks: &[ActionView]) -> String {
+    match marks {
+        [] => label.to_owned(),
+        [one] => format!("{label}: {}", one.line()),
+        [first, rest @ ..] => format!("{label}: {} (+{} more)", first.line(), rest.len()),
+    }
+}
+
+/// Writes `text` on a dark band across the bottom of `img` (an 8x8 bitmap font, doubled
+/// on wide frames; characters outside ASCII become '?'; cut with "..." to fit).
+pub fn caption(img: &mut RgbImage, text: &str) {
+    use font8x8::UnicodeFonts;
+    let (w, h) = img.dimensions();
+    let scale = if w >= 800 { 2 } else { 1 };
+    let glyph = 8 * scale;
+    let band = glyph + 6;
+    if h <= band || w < glyph * 4 {
+        return;
+    }
+    for y in h - band..h {
+        for x in 0..w {
+            let p = img.get_pixel_mut(x, y);
+            p.0 = p.0.map(|c| c / 5);
+        }
+    }
+    let fits = ((w - 8) / glyph) as usize;
+    let mut chars: Vec<char> = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if chars.len() > fits {
+        chars.truncate(fits.saturating_sub(3));
+        chars.extend(['.', '.', '.']);
+    }
+    let top = h - band + 3;
+    for (i, c) in chars.iter().enumerate() {
+        let Some(rows) = font8x8::BASIC_FONTS.get(*c) else {
+            continue;
+        };
+        let left = 4 + i as u32 * glyph;
+        for (ry, bits) in rows.iter().enumerate() {
+            for rx in 0..8u32 {
+                if bits & (1 << rx) == 0 {
+                    continue;
+                }
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let (x, y) = (left + rx * scale + dx, top + ry as u32 * scale + dy);
+                        if x < w && y < h {
+                            img.put_pixel(x, y, image::Rgb([255, 255, 255]));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `20261122@043501`, the timestamp OSWorld puts in file names and `action_timestamp`.
@@ -464,6 +580,23 @@ mod tests {
         assert_eq!(sample(10, 4), vec![0, 3, 6, 9]);
         assert_eq!(sample(10, 1), vec![9]);
         assert_eq!(sample(0, 4), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn captions_are_drawn_in_a_band_at_the_bottom() {
+        let mut img = RgbImage::from_pixel(400, 100, image::Rgb([200, 200, 200]));
+        caption(&mut img, "step 1: click (5, 5)");
+        // The band is dark, with white text in it; above it nothing changed.
+        let band: Vec<_> = (86..100)
+            .flat_map(|y| (0..400).map(move |x| (x, y)))
+            .map(|(x, y)| img.get_pixel(x, y).0)
+            .collect();
+        assert!(band.iter().any(|p| *p == [255, 255, 255]), "no text");
+        assert!(band.iter().any(|p| *p == [40, 40, 40]), "no band");
+        assert_eq!(img.get_pixel(10, 10).0, [200, 200, 200]);
+        // Text beyond the width is cut, and nothing is drawn past the edge.
+        let mut small = RgbImage::from_pixel(64, 40, image::Rgb([0, 0, 0]));
+        caption(&mut small, &"x".repeat(100));
     }
 
     #[test]

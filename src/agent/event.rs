@@ -334,3 +334,71 @@ impl Emitter {
         }
     }
 }
+
+/// What a person (or the provider) did to an episode, in words, from an event's kind and
+/// data as recorded: interventions, safety checks, calls for help. `None` for other events.
+/// One wording for the TUI's timeline, `sessions show` and the HTML export.
+pub fn note(kind: &str, data: Option<&str>) -> Option<String> {
+    let text = data.unwrap_or_default();
+    Some(match kind {
+        "pause" => "✋ paused by the person watching".into(),
+        "resume" => "▶ resumed".into(),
+        "step" => "▶ one step".into(),
+        "stop" => "■ stopped by the person watching".into(),
+        "message" => format!("✉ message from the person watching: {text}"),
+        "approve_on" => "approve mode on: each action waits for a yes".into(),
+        "approve_off" => "approve mode off".into(),
+        "approve" => "✓ action approved".into(),
+        "deny" => "✗ action denied".into(),
+        "take_over" => "✋ taken over by the person watching".into(),
+        "hand_back" => "↩ handed back to the agent".into(),
+        "abort" => format!("■ aborted: {text}"),
+        "needs_user" if text.is_empty() => "? the agent asked for help".into(),
+        "needs_user" => format!("? the agent asked for help: {text}"),
+        "safety_check" => {
+            let v: Value = serde_json::from_str(text).unwrap_or_default();
+            let codes: Vec<String> = v["checks"]
+                .as_array()
+                .map(|c| {
+                    c.iter()
+                        .map(|x| {
+                            x["code"]
+                                .as_str()
+                                .or(x["message"].as_str())
+                                .unwrap_or("check")
+                                .to_owned()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!(
+                "⚠ the provider's safety check ({}): {}",
+                codes.join(", "),
+                v["acknowledged"].as_str().unwrap_or("asked")
+            )
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod note_tests {
+    use super::note;
+
+    #[test]
+    fn interventions_read_as_words() {
+        assert_eq!(
+            note("message", Some("use the menu")).as_deref(),
+            Some("✉ message from the person watching: use the menu")
+        );
+        assert_eq!(
+            note(
+                "safety_check",
+                Some(r#"{"checks":[{"code":"malicious_instructions"}],"acknowledged":"yes"}"#)
+            )
+            .as_deref(),
+            Some("⚠ the provider's safety check (malicious_instructions): yes")
+        );
+        assert_eq!(note("setup", None), None);
+    }
+}

@@ -587,6 +587,24 @@ impl Sandbox {
         regex: &str,
         view_only: bool,
     ) -> Result<WindowStream, SandboxError> {
+        self.start_stream(&[regex], view_only).await
+    }
+
+    /// [`Sandbox::window_stream`] of the window with this X id.
+    pub async fn window_stream_of(
+        &self,
+        window: u32,
+        view_only: bool,
+    ) -> Result<WindowStream, SandboxError> {
+        self.start_stream(&["--id", &window.to_string()], view_only)
+            .await
+    }
+
+    async fn start_stream(
+        &self,
+        which: &[&str],
+        view_only: bool,
+    ) -> Result<WindowStream, SandboxError> {
         let Some(view) = self.published.and_then(|p| p.view) else {
             return Err(SandboxError::Invalid(
                 "this desktop has no network, so it has no web view".into(),
@@ -594,7 +612,7 @@ impl Sandbox {
         };
         let out = self
             .exec(
-                &["/usr/local/bin/selfagent-stream", regex],
+                &[&["/usr/local/bin/selfagent-stream"], which].concat(),
                 &exec::ExecOptions {
                     user: Some("root".into()),
                     timeout: Some(std::time::Duration::from_secs(30)),

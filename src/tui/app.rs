@@ -112,6 +112,8 @@ pub struct StepView {
     /// Live: the run's clock (`App::elapsed_ms`) when the step began, for the running
     /// timer of the step in flight.
     pub began_ms: Option<u64>,
+    /// What people (and the provider's safety checks) did at this step, in words.
+    pub notes: Vec<String>,
 }
 
 impl StepView {
@@ -526,6 +528,13 @@ impl App {
                 checks,
                 acknowledged,
             } => {
+                let data = serde_json::json!({"checks": checks, "acknowledged": acknowledged});
+                if acknowledged != "asked"
+                    && let Some(n) =
+                        crate::agent::event::note("safety_check", Some(&data.to_string()))
+                {
+                    self.note_on(*step, n);
+                }
                 let lines: Vec<String> = checks
                     .iter()
                     .map(|c| format!("{}: {}", c.code, c.message))
@@ -544,6 +553,9 @@ impl App {
                 }
             }
             Event::NeedsUser { step, question } => {
+                if let Some(n) = crate::agent::event::note("needs_user", question.as_deref()) {
+                    self.note_on(*step, n);
+                }
                 self.awaiting = Some(Ask {
                     step: *step,
                     kind: AskKind::Help,
@@ -554,26 +566,13 @@ impl App {
                     ],
                 });
             }
-            Event::Intervention { kind, .. } => match kind.as_str() {
-                // An answer to the agent's call for help, or going on without one.
-                "message" | "resume" | "hand_back" | "take_over" | "stop"
-                    if self
-                        .awaiting
-                        .as_ref()
-                        .is_some_and(|a| a.kind == AskKind::Help) =>
-                {
-                    self.awaiting = None;
-                    if kind == "resume" || kind == "hand_back" || kind == "message" {
-                        self.run = RunState::Running;
-                    }
+            Event::Intervention { step, kind, text } => {
+                if let Some(n) = crate::agent::event::note(kind, text.as_deref()) {
+                    // Before the first step, it belongs to the first.
+                    self.note_on(*step, n);
                 }
-                "approve_on" => self.approve_mode = true,
-                "approve_off" => self.approve_mode = false,
-                "resume" | "step" | "hand_back" if self.run != RunState::Finished => {
-                    self.run = RunState::Running
-                }
-                _ => {}
-            },
+                self.intervened(kind);
+            }
             Event::Setup {
                 phase,
                 index,
@@ -614,6 +613,53 @@ impl App {
                     (None, None) => String::new(),
                 });
             }
+        }
+    }
+
+    /// The state an intervention leaves the run in.
+    fn intervened(&mut self, kind: &str) {
+        match kind {
+            // An answer to the agent's call for help, or going on without one.
+            "message" | "resume" | "hand_back" | "take_over" | "stop"
+                if self
+                    .awaiting
+                    .as_ref()
+                    .is_some_and(|a| a.kind == AskKind::Help) =>
+            {
+                self.awaiting = None;
+                if kind == "resume" || kind == "hand_back" || kind == "message" {
+                    self.run = RunState::Running;
+                }
+            }
+            "approve_on" => self.approve_mode = true,
+            "approve_off" => self.approve_mode = false,
+            "resume" | "step" | "hand_back" if self.run != RunState::Finished => {
+                self.run = RunState::Running
+            }
+            _ => {}
+        }
+    }
+
+    /// Puts the recorded interventions, safety checks and calls for help on their steps.
+    pub fn attach_events(&mut self, events: &[crate::record::EventRow]) {
+        for e in events {
+            let Some(note) = crate::agent::event::note(&e.kind, e.data.as_deref()) else {
+                continue;
+            };
+            self.note_on(e.step.unwrap_or(1).max(1) as u32, note);
+        }
+    }
+
+    /// A note on step `idx`; on the newest step when that one is not in the timeline (a
+    /// question asked between steps), and kept for the first when there is none yet.
+    fn note_on(&mut self, idx: u32, note: String) {
+        match self.steps.iter().position(|s| s.idx == idx) {
+            Some(i) => self.steps[i].notes.push(note),
+            None if !self.steps.is_empty() => {
+                let last = self.steps.len() - 1;
+                self.steps[last].notes.push(note);
+            }
+            None => self.step_mut(idx.max(1)).notes.push(note),
         }
     }
 
@@ -662,6 +708,7 @@ impl App {
                 finished: true,
                 cut_short: false,
                 began_ms: None,
+                notes: Vec::new(),
             })
             .collect();
         self.cursor = if self.steps.is_empty() { None } else { Some(0) };

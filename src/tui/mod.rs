@@ -162,11 +162,13 @@ impl Runner {
         let guard = db.lock().map_err(|_| anyhow::anyhow!("recording lock"))?;
         let session = guard.session(id)?;
         let steps = guard.steps(&session.id)?;
+        let events = guard.events(&session.id)?;
         let grade = guard
             .latest_grade(&session.id)?
             .and_then(|g| serde_json::from_value(g.details).ok());
         drop(guard);
         self.app.load_replay(&session, &steps);
+        self.app.attach_events(&events);
         self.app.grade = grade;
         Ok(())
     }

@@ -369,7 +369,12 @@ fn timeline(f: &mut Frame, area: Rect, app: &App) {
                 })
                 .unwrap_or_default();
             let room = width.saturating_sub(4 + 2 + time.chars().count() + 1);
-            let summary = fit(&s.summary(), room);
+            let marked = if s.notes.is_empty() {
+                s.summary()
+            } else {
+                format!("» {}", s.summary())
+            };
+            let summary = fit(&marked, room);
             let pad = room.saturating_sub(summary.chars().count());
             ListItem::new(Line::from(vec![
                 Span::styled(format!("{:>3} ", s.idx), Style::new().fg(Color::DarkGray)),
@@ -464,6 +469,9 @@ fn detail(f: &mut Frame, area: Rect, app: &App) {
                     Span::styled("answer: ", Style::new().fg(Color::Green)),
                     Span::raw(t.clone()),
                 ]));
+            }
+            for n in &s.notes {
+                lines.push(Line::styled(n.clone(), Style::new().fg(Color::Magenta)));
             }
             if !s.finished && s.model_ms.is_none() {
                 lines.push(Line::styled(

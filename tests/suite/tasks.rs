@@ -488,7 +488,9 @@ async fn a_batch_grades_reports_regrades_and_exports() {
         assert!(o.status.success(), "{}", text(&o));
     }
     let page = std::fs::read_to_string(&page).unwrap();
-    assert_eq!(page.matches("<img ").count(), steps.len() + 1);
+    // The start, each step's result, and a thumbnail of each in the step index.
+    assert_eq!(page.matches("<img ").count(), 2 * steps.len() + 1);
+    assert!(page.contains("href=\"#step-1\""));
     assert!(page.contains("remember the milk"));
     let frames = {
         use image::AnimationDecoder;

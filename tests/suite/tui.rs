@@ -144,7 +144,7 @@ async fn the_ui_runs_pauses_resumes_quits_and_replays() {
     // Pause: after the current step, nothing new happens.
     tmux.keys("p");
     tmux.wait_for("the paused state", Duration::from_secs(15), |s| {
-        s.contains("paused")
+        s.contains("❚❚ paused")
     })
     .await;
     let (steps, requests) = (db_steps(&db), server.requests().len());
@@ -230,12 +230,49 @@ async fn the_ui_runs_pauses_resumes_quits_and_replays() {
         })
         .await;
     assert_eq!(timeline_steps(&screen), Some(recorded), "{screen}");
+    // The person's pause is on the timeline, in words, where it happened.
+    assert!(screen.contains("» "), "no intervention marked:\n{screen}");
     tmux.keys("G");
     tmux.wait_for("the last step", Duration::from_secs(5), |s| {
         s.contains(&format!("step {recorded}, after"))
     })
     .await;
     tmux.keys("q");
+
+    // The HTML export: a step index of thumbnails linked to the steps, and the
+    // interventions in words; the GIF: one captioned frame per step and the start.
+    let html = dir.path().join("episode.html");
+    let out = Command::new(bin())
+        .args([
+            "export",
+            &session.id,
+            "--html",
+            "-o",
+            html.to_str().unwrap(),
+        ])
+        .args(["--db", db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    for i in 1..=recorded {
+        assert!(
+            page.contains(&format!("href=\"#step-{i}\"")),
+            "no index entry for {i}"
+        );
+    }
+    assert!(
+        page.contains("paused by the person watching"),
+        "no pause in the page"
+    );
+    assert!(
+        page.contains("stopped by the person watching"),
+        "no stop in the page"
+    );
 }
 
 /// A safety check raised by the model's provider is asked in the TUI, and the answer goes
