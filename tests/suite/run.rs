@@ -685,3 +685,109 @@ async fn the_cost_limit_stops_the_episode_and_the_cost_is_recorded() {
         stderr(&out)
     );
 }
+
+/// A chat-completions reply that says what it is about to do, then does it.
+fn said_and_done(thought: &str, args: Value) -> Reply {
+    Reply::Json(completion(json!({
+        "role": "assistant",
+        "content": thought,
+        "tool_calls": [{"id": "call_0", "type": "function",
+            "function": {"name": "computer", "arguments": args.to_string()}}]
+    })))
+}
+
+const DEMO_TASK: &str = r#"id = "demo-hello"
+instruction = "(A scripted demo: the replies come from selfagent's test model server, not from a real model.) Open a terminal, write the line 'Hello from selfagent' into ~/hello.txt and show it."
+tags = ["demo"]
+
+[limits]
+max_steps = 8
+timeout = 120
+
+[check]
+all = [
+  { file = "~/hello.txt", equals = "Hello from selfagent\n" },
+]
+"#;
+
+/// Makes `recordings/demo.db`, the recording `selfagent replay recordings/demo.db` shows a
+/// newcomer: the scripted model against a real desktop, graded. Run by hand after a change
+/// that the shipped file should show:
+/// `cargo nextest run --run-ignored only -E 'test(make_the_demo_recording)'`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes recordings/demo.db; run by hand"]
+async fn make_the_demo_recording() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let db = root.join("recordings/demo.db");
+    let _ = std::fs::remove_file(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let task = dir.path().join("demo.toml");
+    std::fs::write(&task, DEMO_TASK).unwrap();
+    let server = ModelServer::start(
+        vec![
+            said_and_done(
+                "The desktop is empty. I will open a terminal with its shortcut.",
+                json!({"action": "key", "text": "ctrl+alt+t"}),
+            ),
+            Reply::When(
+                terminal_ready,
+                Box::new(said_and_done(
+                    "The terminal is open. I will write the line and print the file.",
+                    json!({"action": "type", "text": "echo 'Hello from selfagent' > ~/hello.txt && cat ~/hello.txt\n"}),
+                )),
+            ),
+            answer("Done: ~/hello.txt holds 'Hello from selfagent', as the terminal shows."),
+        ],
+        (1280, 800),
+    )
+    .await;
+    let out = tokio::process::Command::new(bin())
+        .args(["run", "--headless", "--no-snapshot", "--base-url"])
+        .arg(server.base_url())
+        .args(["--model", "scripted", "--task"])
+        .arg(&task)
+        .arg("--db")
+        .arg(&db)
+        .env_remove("SELFAGENT_CONFIG")
+        .env("HOME", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// The shipped demo recording opens with this version and shows a graded, scripted run.
+#[test]
+fn the_shipped_demo_recording_replays() {
+    let db = Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings/demo.db");
+    let rec = Db::open_read(&db).unwrap();
+    let sessions = rec.sessions(10).unwrap();
+    assert_eq!(sessions.len(), 1);
+    let s = &sessions[0];
+    assert_eq!(s.status, "succeeded");
+    assert!(
+        s.instruction.contains("A scripted demo"),
+        "{}",
+        s.instruction
+    );
+    let steps = rec.steps(&s.id).unwrap();
+    assert!(steps.len() >= 3, "{} steps", steps.len());
+    for st in &steps {
+        let id = st.frame_after.expect("a screenshot after each step");
+        assert!(rec.frame(id).unwrap().is_some());
+    }
+    let grade = rec.latest_grade(&s.id).unwrap().expect("graded");
+    assert_eq!(grade.passed, Some(true));
+    let out = cli(&["sessions", "show", &s.id, "--db", db.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("Hello from selfagent"),
+        "{}",
+        stdout(&out)
+    );
+}
