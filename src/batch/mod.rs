@@ -38,6 +38,7 @@ pub const EXIT_STOPPED: u8 = 130;
 <db dir>/batches/<batch id>/): report.json, junit.xml, report.html.\n\
 Exit codes: 0 the batch ran (whatever the agent scored), 4 some episodes failed because of \
 the harness (a desktop did not start, a setup step failed, checks could not run), \
+3 the batch's cost limit (--max-total-cost) was reached and it stopped, \
 130 stopped with Ctrl-C (the reports cover what finished)."
 )]
 pub struct BatchArgs {
@@ -71,6 +72,11 @@ pub struct BatchArgs {
     /// Default: `[[engines]]` in the config file, else the local engine (DOCKER_HOST).
     #[arg(long = "engine", value_name = "URL[,max=N]")]
     pub engines: Vec<EngineSpec>,
+    /// Dollars for the whole batch: once the finished episodes cost this much, no new
+    /// episode starts and the running ones stop after their current action (needs the
+    /// model's price, as --max-cost). --max-cost still caps each episode.
+    #[arg(long, value_name = "USD")]
+    pub max_total_cost: Option<f64>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -237,6 +243,11 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let file = config::load(args.common.config.as_deref())?;
+    if let Some(max) = args.max_total_cost
+        && !(max.is_finite() && max > 0.0)
+    {
+        bail!("--max-total-cost must be a positive number of dollars");
+    }
     drop(Db::open(&crate::settings::db_path(
         args.common.db.as_ref(),
         &file,
@@ -249,6 +260,12 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
         resolved.push(Arc::new(cfg));
     }
     let db_path = resolved[0].db.clone();
+    if args.max_total_cost.is_some() && resolved[0].agent.price.is_none() {
+        bail!(
+            "--max-total-cost needs the price of {}: add [prices.\"{0}\"] input = …, output = … (dollars per million tokens) to the config file",
+            resolved[0].model.model
+        );
+    }
     let spec = args.common.spec();
     let engines = connect_engines(&args.engines, file.engines.as_deref(), &spec.image).await?;
     let engine = engines[0].0.clone();
@@ -308,6 +325,10 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
     let memory = report::MemorySampler::start();
     let queue = Arc::new(Mutex::new(queue));
     let stopping = Arc::new(AtomicBool::new(false));
+    // Dollars the finished episodes cost: a worker adds its episode's before it takes the
+    // next job, so none starts once the batch's limit is reached.
+    let spent = Arc::new(Mutex::new(0.0f64));
+    let max_total_cost = args.max_total_cost;
     let controls: Arc<Mutex<BTreeMap<usize, mpsc::Sender<agent::Command>>>> = Arc::default();
     let live = Arc::new(Mutex::new(Live::default()));
     let (done_tx, mut done_rx) = mpsc::channel::<(Job, String, anyhow::Result<End>)>(total);
@@ -315,6 +336,7 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
     for _ in 0..parallel {
         let queue = queue.clone();
         let stopping = stopping.clone();
+        let spent = spent.clone();
         let controls = controls.clone();
         let live = live.clone();
         let done_tx = done_tx.clone();
@@ -395,6 +417,14 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
                         ),
                     );
                 }
+                if let (Some(max), Ok(end)) = (max_total_cost, &end)
+                    && let Ok(mut total) = spent.lock()
+                {
+                    *total += end.outcome.cost.unwrap_or(0.0);
+                    if *total >= max {
+                        stopping.store(true, Ordering::SeqCst);
+                    }
+                }
                 placement.release(slot, harness);
                 if let Ok(mut c) = controls.lock() {
                     c.remove(&job.n);
@@ -416,6 +446,7 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
 
     let mut episodes: Vec<EpisodeReport> = Vec::new();
     let mut interrupts = 0;
+    let mut over_budget = false;
     let mut stop_signals = crate::signals::StopSignals::new();
     loop {
         tokio::select! {
@@ -436,6 +467,23 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
                 print_line(&bar, &ep.line());
                 bar.inc(1);
                 episodes.push(ep);
+                let spent: f64 = episodes.iter().filter_map(|e| e.cost).sum();
+                if let Some(max) = args.max_total_cost
+                    && spent >= max
+                    && !over_budget
+                {
+                    over_budget = true;
+                    stopping.store(true, Ordering::SeqCst);
+                    print_line(&bar, &format!(
+                        "the batch's cost limit ({}) was reached ({} spent): no new episodes start, the running ones stop after their current action",
+                        crate::agent::price::dollars(max),
+                        crate::agent::price::dollars(spent)
+                    ));
+                    let senders: Vec<_> = controls.lock().map(|c| c.values().cloned().collect()).unwrap_or_default();
+                    for s in senders {
+                        let _ = s.send(agent::Command::Stop).await;
+                    }
+                }
             }
             name = stop_signals.recv() => {
                 interrupts += 1;
@@ -484,6 +532,7 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
             Vec::new()
         },
         stopped,
+        over_budget,
         memory,
     };
     let report = Report::new(meta, &tasks, episodes);
@@ -503,7 +552,9 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
             .join(", "),
         report_dir.join("report.html").display()
     );
-    Ok(if stopped {
+    Ok(if over_budget {
+        ExitCode::from(crate::episode::EXIT_LIMIT)
+    } else if stopped {
         ExitCode::from(EXIT_STOPPED)
     } else if report.episodes.iter().any(|e| e.harness_error.is_some()) {
         ExitCode::from(EXIT_HARNESS)

@@ -61,6 +61,9 @@ impl EpisodeReport {
 
     /// `PASS`, `FAIL`, `STOP` or `ERROR`.
     pub fn verdict(&self) -> &'static str {
+        if self.harness_error.is_none() && self.stopped() {
+            return "STOP";
+        }
         match (&self.harness_error, self.passed) {
             (Some(_), _) => "ERROR",
             (None, true) => "PASS",
@@ -338,6 +341,9 @@ pub struct BatchMeta {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub engines: Vec<super::placement::EngineSummary>,
     pub stopped: bool,
+    /// Stopped because `--max-total-cost` was reached.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub over_budget: bool,
     pub memory: Memory,
 }
 
@@ -387,7 +393,8 @@ impl Report {
             .iter()
             .filter(|e| e.harness_error.is_some())
             .count();
-        let passed = episodes.iter().filter(|e| e.passed).count();
+        // A stopped episode is neither passed nor failed, whatever its checks said.
+        let passed = episodes.iter().filter(|e| e.passed && e.graded()).count();
         let stopped = episodes.iter().filter(|e| e.stopped()).count();
         let costs: Vec<f64> = episodes.iter().filter_map(|e| e.cost).collect();
         Self {
@@ -441,6 +448,8 @@ impl Report {
                     b.not_run,
                     if b.engines.iter().all(|e| e.died) && !b.engines.is_empty() {
                         "no engine left"
+                    } else if b.over_budget {
+                        "the cost limit was reached"
                     } else {
                         "stopped"
                     }
@@ -734,6 +743,7 @@ mod tests {
             engines: Vec::new(),
             not_run: 0,
             stopped: false,
+            over_budget: false,
             memory: Memory::default(),
         }
     }
@@ -783,5 +793,20 @@ mod tests {
             table.contains("model m (protocol tools, coords native)"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn a_stopped_episode_is_neither_passed_nor_failed_and_out_of_budget_is_a_result() {
+        let mut stopped = ep("a", 1, true, false);
+        stopped.status = "stopped".into();
+        stopped.ended_by = "user".into();
+        let mut broke = ep("a", 2, false, false);
+        broke.status = "stopped".into();
+        broke.ended_by = "budget".into();
+        let r = Report::new(meta(), &[task("a")], vec![stopped, broke]);
+        assert_eq!((r.passed, r.failed, r.stopped), (0, 1, 1));
+        assert_eq!(r.episodes[0].verdict(), "STOP");
+        assert_eq!(r.episodes[1].verdict(), "FAIL");
+        assert_eq!(r.summary[0].pass_rate, Some(0.0));
     }
 }

@@ -843,7 +843,15 @@ impl std::str::FromStr for EngineSpec {
                         .ok_or_else(|| format!("engine weight={v}: expected a number above 0"))?;
                 }
                 "reach" => {
-                    spec.reach = Some(Reach::for_host("", Some(v))?);
+                    spec.reach = Some(match v.trim() {
+                        "direct" => Reach::Direct,
+                        "tunnels" => Reach::Tunnels,
+                        other => {
+                            return Err(format!(
+                                "reach={other:?}: expected reach=direct or reach=tunnels"
+                            ));
+                        }
+                    });
                 }
                 other => {
                     return Err(format!(
@@ -1677,6 +1685,9 @@ mod tests {
         ] {
             assert!(bad.parse::<EngineSpec>().is_err(), "{bad} was accepted");
         }
+        // The message names the option as it was given, not the environment variable.
+        let e = "tcp://h:1,reach=fast".parse::<EngineSpec>().unwrap_err();
+        assert!(e.contains("reach=\"fast\": expected reach=direct"), "{e}");
         let file: crate::config::FileConfig = toml::from_str(
             "[[engines]]\nurl = \"tcp://a:1\"\nmax_desktops = 2\n[[engines]]\nurl = \"tcp://b:1\"\nreach = \"tunnels\"\n",
         )

@@ -885,3 +885,71 @@ async fn bad_input_to_the_evaluation_commands_is_explained() {
         b"this is not a database, and must stay as it is"
     );
 }
+
+/// `batch --max-total-cost`: once the finished episodes cost that much, no new one starts;
+/// the batch says why and exits 3. The price comes from the config's `[prices]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stops_at_its_cost_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let db = home.join("rec.db");
+    let _snapshots = SnapshotsOf(db.clone());
+    let report = home.join("report");
+    let task = home.join("cheap.toml");
+    std::fs::write(
+        &task,
+        "id = \"cheap\"\ninstruction = \"say the cost-limit word\"\n[check]\ncommand = \"echo ok\"\nstdout = \"ok\"\n",
+    )
+    .unwrap();
+    let config = home.join("config.toml");
+    // One reply is 100 tokens in: $0.10 at $1000 per million.
+    std::fs::write(&config, "[prices.scripted]\ninput = 1000.0\noutput = 0.0\n").unwrap();
+    let server = ModelServer::routed(
+        vec![route("cost-limit word", vec![answer("the word")])],
+        (1280, 800),
+    )
+    .await;
+    let out = selfagent(
+        &[
+            "batch",
+            task.to_str().unwrap(),
+            "--repeat",
+            "3",
+            "--max-total-cost",
+            "0.1",
+            "--config",
+            config.to_str().unwrap(),
+            "--base-url",
+            &server.base_url(),
+            "--model",
+            "scripted",
+            "--no-snapshot",
+            "--db",
+            db.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        home,
+    )
+    .await;
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{log}");
+    assert!(
+        log.contains("the batch's cost limit ($0.10) was reached ($0.10 spent)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("2 not run (the cost limit was reached)"),
+        "{log}"
+    );
+    assert!(log.contains("cost $0.10"), "{log}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["batch"]["over_budget"], true);
+    assert_eq!(json["batch"]["finished"], 1);
+    assert!(
+        (json["cost"].as_f64().unwrap() - 0.1).abs() < 1e-9,
+        "{json}"
+    );
+}
