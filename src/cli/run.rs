@@ -18,7 +18,7 @@ pub use crate::episode::{
 #[derive(Debug, Args)]
 #[command(
     after_help = "Exit codes: 0 the model finished (answered, done or fail; with --task: and the \
-checks passed), 1 error, 2 with --task: the checks failed, 3 step or time limit reached, \
+checks passed), 1 error, 2 with --task: the checks failed, 3 step, time or cost limit reached, \
 4 the harness failed (the desktop did not start or died, a setup step failed, the checks \
 could not run), 5 the recording could not be written (the episode stopped), 6 a person was \
 needed and none could answer (the model called for help, or its provider raised a safety check \
