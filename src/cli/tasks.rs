@@ -19,10 +19,13 @@ pub enum TasksCmd {
     /// Convert OSWorld task JSONs into task files: the setup and checks this desktop can
     /// run; every task not converted is listed with the reasons.
     ImportOsworld {
-        /// OSWorld task files (one task object each, or an array of them).
+        /// OSWorld task files (one task object each, or an array of them), or directories
+        /// of them (searched recursively, e.g. evaluation_examples/examples: the folder
+        /// a file is in names its app).
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Where the task files go (one <id>.toml per converted task).
+        /// Where the task files go (one <id>.toml per converted task), with coverage.json:
+        /// converted and skipped per app and per reason.
         #[arg(long)]
         out: PathBuf,
         /// Download the expected files (`cloud_file`) that checks compare against.
@@ -77,10 +80,65 @@ pub async fn run(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// JSON files under `paths` (directories searched recursively), sorted.
+fn json_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.extension().is_some_and(|x| x == "json") {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &mut found)?;
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    if out.is_empty() {
+        bail!("no .json task files found");
+    }
+    Ok(out)
+}
+
+/// One task's fate, for coverage.json.
+#[derive(serde::Serialize)]
+struct Fate {
+    id: String,
+    app: String,
+    converted: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<String>,
+}
+
+#[derive(serde::Serialize, Default)]
+struct AppCount {
+    tasks: usize,
+    converted: usize,
+    needs_account: usize,
+}
+
 async fn import(files: &[PathBuf], out: &std::path::Path, fetch: bool) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let files = json_files(files)?;
     let (mut converted, mut skipped) = (0, 0);
-    for f in files {
+    let mut fates: Vec<Fate> = Vec::new();
+    for f in &files {
+        // OSWorld's layout: examples/<app>/<id>.json.
+        let folder = f
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let text =
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| {
@@ -96,6 +154,11 @@ async fn import(files: &[PathBuf], out: &std::path::Path, fetch: bool) -> anyhow
             v => vec![v],
         };
         for t in &list {
+            let app = if folder.is_empty() {
+                t["related_apps"][0].as_str().unwrap_or("?").to_owned()
+            } else {
+                folder.clone()
+            };
             let mut fetched = HashMap::new();
             if fetch {
                 for url in osworld::expected_downloads(t) {
@@ -122,6 +185,12 @@ async fn import(files: &[PathBuf], out: &std::path::Path, fetch: bool) -> anyhow
                     std::fs::write(&path, text)
                         .with_context(|| format!("writing {}", path.display()))?;
                     converted += 1;
+                    fates.push(Fate {
+                        id: imported.task.id.clone(),
+                        app,
+                        converted: true,
+                        reasons: Vec::new(),
+                    });
                     crate::outln!("converted {} -> {}", imported.task.id, path.display());
                     for n in &imported.notes {
                         crate::outln!("    note: {n}");
@@ -133,6 +202,12 @@ async fn import(files: &[PathBuf], out: &std::path::Path, fetch: bool) -> anyhow
                     for r in &s.reasons {
                         crate::outln!("    - {r}");
                     }
+                    fates.push(Fate {
+                        id: s.id.clone(),
+                        app,
+                        converted: false,
+                        reasons: s.reasons,
+                    });
                 }
             }
         }
@@ -141,7 +216,96 @@ async fn import(files: &[PathBuf], out: &std::path::Path, fetch: bool) -> anyhow
         "{converted} converted, {skipped} skipped, into {}",
         out.display()
     );
+    coverage(&fates, out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Converted and skipped per app and per reason: printed, and written to coverage.json.
+/// Tasks that need a Google account are counted apart and left out of the percentage.
+fn coverage(fates: &[Fate], out: &std::path::Path) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    let account = |f: &Fate| {
+        f.reasons
+            .iter()
+            .any(|r| r.starts_with(osworld::NEEDS_ACCOUNT))
+    };
+    let mut apps: BTreeMap<&str, AppCount> = BTreeMap::new();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for f in fates {
+        let a = apps.entry(f.app.as_str()).or_default();
+        a.tasks += 1;
+        a.converted += usize::from(f.converted);
+        a.needs_account += usize::from(account(f));
+        // Each kind of reason once per task.
+        let kinds: std::collections::BTreeSet<String> =
+            f.reasons.iter().map(|r| osworld::reason_kind(r)).collect();
+        for k in kinds {
+            *reasons.entry(k).or_default() += 1;
+        }
+    }
+    let total = fates.len();
+    let needs_account = fates.iter().filter(|f| account(f)).count();
+    let converted = fates.iter().filter(|f| f.converted).count();
+    let considered = total - needs_account;
+    let percent = |n: usize, of: usize| {
+        if of == 0 {
+            0.0
+        } else {
+            (n as f64 * 1000.0 / of as f64).round() / 10.0
+        }
+    };
+    crate::outln!("\ncoverage by app (tasks needing a Google account left out of the %):");
+    crate::outln!(
+        "{:<22} {:>5} {:>9} {:>7} {:>8}",
+        "app",
+        "tasks",
+        "converted",
+        "account",
+        "%"
+    );
+    for (app, c) in &apps {
+        crate::outln!(
+            "{:<22} {:>5} {:>9} {:>7} {:>7}%",
+            app,
+            c.tasks,
+            c.converted,
+            c.needs_account,
+            percent(c.converted, c.tasks - c.needs_account)
+        );
+    }
+    crate::outln!(
+        "{:<22} {:>5} {:>9} {:>7} {:>7}%",
+        "all",
+        total,
+        converted,
+        needs_account,
+        percent(converted, considered)
+    );
+    let mut by_count: Vec<(&String, &usize)> = reasons.iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    crate::outln!("\nwhy tasks were skipped (tasks per reason):");
+    for (r, n) in &by_count {
+        crate::outln!("{n:>5}  {r}");
+    }
+    let report = serde_json::json!({
+        "tasks": total,
+        "needs_account": needs_account,
+        "considered": considered,
+        "converted": converted,
+        "percent": percent(converted, considered),
+        "by_app": apps,
+        "by_reason": reasons,
+        "tasks_list": fates,
+    });
+    let path = out.join("coverage.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    crate::outln!(
+        "coverage: {converted} of {considered} tasks ({}%); {}",
+        percent(converted, considered),
+        path.display()
+    );
+    Ok(())
 }
 
 async fn download(url: &str) -> anyhow::Result<String> {

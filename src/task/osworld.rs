@@ -55,6 +55,35 @@ pub struct Skipped {
     pub reasons: Vec<String>,
 }
 
+/// The start of the reason of tasks that sign in to a Google account: left out of the
+/// coverage's denominator (OSWorld's own harness needs the account's credentials).
+pub const NEEDS_ACCOUNT: &str = "needs a Google account";
+
+impl Skipped {
+    /// Whether it was skipped because it needs a Google account.
+    pub fn needs_account(&self) -> bool {
+        self.reasons.iter().any(|r| r.starts_with(NEEDS_ACCOUNT))
+    }
+}
+
+/// The kind of a skip reason, for counting: the reason with what varies taken out
+/// (`reads its result with `vlc_playing_info`` stays whole: the getter is the kind).
+pub fn reason_kind(reason: &str) -> String {
+    // Options and URLs differ per task; the function, getter or step named is the kind.
+    if reason.starts_with(NEEDS_ACCOUNT) {
+        return NEEDS_ACCOUNT.to_owned();
+    }
+    if let Some((head, _)) = reason.split_once(" options ") {
+        return format!("{head} options are not supported");
+    }
+    match (reason.find(" (http"), reason.find(')')) {
+        (Some(start), Some(end)) if end > start => {
+            format!("{} (a URL){}", &reason[..start], &reason[end + 1..])
+        }
+        _ => reason.to_owned(),
+    }
+}
+
 /// URLs of expected files (`cloud_file`) a task compares against, to fetch before
 /// converting it with `--fetch`.
 pub fn expected_downloads(v: &Value) -> Vec<String> {
@@ -226,6 +255,12 @@ impl Converter<'_> {
             }
             "" => {
                 self.skip("a step has no type");
+                None
+            }
+            "googledrive" | "login" => {
+                self.skip(format!(
+                    "{NEEDS_ACCOUNT} (a `{kind}` setup step): not run here"
+                ));
                 None
             }
             other => {
@@ -540,6 +575,27 @@ mod tests {
             t.task.source.as_deref(),
             Some("osworld:94d95f96-9699-4208-98ba-3c3119edf9c2")
         );
+    }
+
+    #[test]
+    fn reasons_are_counted_by_kind() {
+        assert_eq!(
+            reason_kind("`compare_table` options {\"rules\": [1]} are not supported"),
+            "`compare_table` options are not supported"
+        );
+        assert_eq!(
+            reason_kind(
+                "`compare_text_file` compares with a download (https://x/y?id=1); import with --fetch"
+            ),
+            "`compare_text_file` compares with a download (a URL); import with --fetch"
+        );
+        let s = Skipped {
+            id: "g".into(),
+            reasons: vec![format!(
+                "{NEEDS_ACCOUNT} (a `googledrive` setup step): not run here"
+            )],
+        };
+        assert!(s.needs_account());
     }
 
     #[test]

@@ -151,7 +151,7 @@ impl Runner {
         self.app.session_cursor = self
             .app
             .session_cursor
-            .min(self.app.sessions.len().saturating_sub(1));
+            .min(self.app.visible_sessions().len().saturating_sub(1));
         self.app.screen = Screen::Browser;
         self.app.help = false;
         Ok(())

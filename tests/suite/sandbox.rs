@@ -380,7 +380,23 @@ async fn window_streams_show_one_window_each_and_follow_it() {
     let a = d.terminal("stream-a", None).await;
     let b = d.terminal("stream-b", None).await;
     let secrets = d.sandbox.secrets().clone();
+    // The agent listens on the first stream port, hoping to be served to viewers.
+    let squat = d
+        .sandbox
+        .exec(
+            &[
+                "sh",
+                "-c",
+                "nohup python3 -m http.server --bind 127.0.0.1 5901 >/dev/null 2>&1 & \
+                 for i in $(seq 1 100); do grep -q ':170D 00000000:0000 0A' /proc/net/tcp && exit 0; sleep 0.05; done; exit 1",
+            ],
+            &ExecOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(squat.success(), "the agent's listener did not start");
     let sa = d.sandbox.window_stream("^stream-a$", false).await.unwrap();
+    assert_ne!(sa.stream, 1, "a stream was put on the agent's port");
     let sb = d.sandbox.window_stream("^stream-b$", true).await.unwrap();
     assert_ne!(sa.stream, sb.stream, "two streams at once");
     assert_eq!(sa.title, "stream-a");
@@ -413,6 +429,16 @@ async fn window_streams_show_one_window_each_and_follow_it() {
         d.size()
     );
     assert_ne!((u32::from(size.0), u32::from(size.1)), d.size());
+    // A viewer asking for the agent's port gets nothing from it.
+    let (status, _, _) = http(
+        view,
+        &format!("/websockify?stream=1&token={}", secrets.view_token),
+        &websocket_headers(),
+    );
+    assert_eq!(
+        status, 404,
+        "the proxy handed a viewer to the agent's listener"
+    );
     // Moved, it is followed: typing into it still reaches the stream.
     let moved = d
         .sandbox

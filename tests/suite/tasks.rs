@@ -164,6 +164,42 @@ async fn selfagent(args: &[&str], home: &Path) -> Output {
         .unwrap()
 }
 
+/// `selfagent batch ARGS…` against `server` (model `scripted`), recording to `db` and
+/// reporting to `report`.
+async fn batch(
+    args: &[&str],
+    server: &ModelServer,
+    db: &Path,
+    report: &Path,
+    home: &Path,
+) -> Output {
+    let url = server.base_url();
+    let mut all = vec!["batch"];
+    all.extend_from_slice(args);
+    all.extend([
+        "--base-url",
+        &url,
+        "--model",
+        "scripted",
+        "--db",
+        db.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    selfagent(&all, home).await
+}
+
+/// `selfagent tasks import-osworld INPUTS… --out OUT`, which must succeed; its output.
+async fn import_osworld(inputs: &[&Path], out: &Path, home: &Path) -> String {
+    let mut args = vec!["tasks", "import-osworld"];
+    args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
+    args.extend(["--out", out.to_str().unwrap()]);
+    let output = selfagent(&args, home).await;
+    let log = text(&output);
+    assert!(output.status.success(), "{log}");
+    log
+}
+
 /// `selfagent run --headless --task TASK` against `server`.
 async fn run_task(task: &Path, server: &ModelServer, db: &Path, home: &Path) -> Output {
     let url = server.base_url();
@@ -233,22 +269,16 @@ async fn a_batch_grades_reports_regrades_and_exports() {
     std::fs::write(extra.join("broken.toml"), BROKEN).unwrap();
     let server = ModelServer::routed(routes(), (1280, 800)).await;
 
-    let out = selfagent(
+    let out = batch(
         &[
-            "batch",
             tasks_dir().to_str().unwrap(),
             extra.to_str().unwrap(),
             "--parallel",
             "4",
-            "--base-url",
-            &server.base_url(),
-            "--model",
-            "scripted",
-            "--db",
-            db.to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
         ],
+        &server,
+        &db,
+        &report,
         home,
     )
     .await;
@@ -618,20 +648,7 @@ async fn osworld_tasks_import_into_runnable_tasks_or_clear_skips() {
     std::fs::write(&a, runnable.to_string()).unwrap();
     std::fs::write(&b, json!([needs_chrome, infeasible]).to_string()).unwrap();
     let out_dir = home.join("imported");
-    let out = selfagent(
-        &[
-            "tasks",
-            "import-osworld",
-            a.to_str().unwrap(),
-            b.to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
-        ],
-        home,
-    )
-    .await;
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
+    let log = import_osworld(&[&a, &b], &out_dir, home).await;
     assert!(log.contains("1 converted, 2 skipped"), "{log}");
     assert!(
         log.contains("skipped 06fe7178-4491-4589-810f-2e2bc9502122"),
@@ -643,6 +660,7 @@ async fn osworld_tasks_import_into_runnable_tasks_or_clear_skips() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     assert_eq!(
         files,
@@ -909,9 +927,8 @@ async fn a_batch_stops_at_its_cost_limit() {
         (1280, 800),
     )
     .await;
-    let out = selfagent(
+    let out = batch(
         &[
-            "batch",
             task.to_str().unwrap(),
             "--repeat",
             "3",
@@ -919,16 +936,11 @@ async fn a_batch_stops_at_its_cost_limit() {
             "0.1",
             "--config",
             config.to_str().unwrap(),
-            "--base-url",
-            &server.base_url(),
-            "--model",
-            "scripted",
             "--no-snapshot",
-            "--db",
-            db.to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
         ],
+        &server,
+        &db,
+        &report,
         home,
     )
     .await;
@@ -951,5 +963,39 @@ async fn a_batch_stops_at_its_cost_limit() {
     assert!(
         (json["cost"].as_f64().unwrap() - 0.1).abs() < 1e-9,
         "{json}"
+    );
+}
+
+/// `tasks import-osworld DIR` over OSWorld's layout (`<app>/<id>.json`, real task files):
+/// converted and skipped per app and per reason, printed and in coverage.json; tasks that
+/// sign in to a Google account are counted apart, out of the percentage.
+#[tokio::test]
+async fn the_osworld_import_reports_its_coverage_by_app_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let out_dir = home.join("imported");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/osworld");
+    let log = import_osworld(&[&fixtures], &out_dir, home).await;
+    assert!(log.contains("coverage by app"), "{log}");
+    let cov: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("coverage.json")).unwrap())
+            .unwrap();
+    assert_eq!(cov["tasks"], 4, "{cov}");
+    assert_eq!(cov["needs_account"], 1, "{cov}");
+    assert_eq!(cov["considered"], 3, "{cov}");
+    assert_eq!(cov["by_app"]["os"]["tasks"], 2, "{cov}");
+    assert_eq!(cov["by_app"]["multi_apps"]["needs_account"], 1, "{cov}");
+    let reasons = cov["by_reason"].as_object().unwrap();
+    assert_eq!(reasons["needs a Google account"], 1, "{cov}");
+    assert_eq!(
+        reasons["a step scripts the mouse or keyboard with pyautogui (not in this desktop)"], 2,
+        "{cov}"
+    );
+    let listed = cov["tasks_list"].as_array().unwrap();
+    assert_eq!(listed.len(), 4);
+    assert!(
+        listed
+            .iter()
+            .all(|t| t["app"].is_string() && t["id"].is_string())
     );
 }

@@ -60,6 +60,21 @@ def _matches(candidate, token=TOKEN):
     )
 
 
+def _ours_listening(port):
+    """Whether a socket of this process's user listens on 127.0.0.1:port."""
+    want = "0100007F:%04X" % port
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[1] == want and fields[3] == "0A":
+                    return int(fields[7]) == os.getuid()
+    except (OSError, StopIteration, IndexError, ValueError):
+        pass
+    return False
+
+
 class Refused(Exception):
     """A watch connection sent what a viewer has no business sending."""
 
@@ -242,6 +257,10 @@ class TokenHandler(websocketproxy.ProxyRequestHandler):
                 n = 0
             if not 1 <= n <= 99:
                 return self.send_error(400, "selfagent view: stream must be 1 to 99")
+            # Ports above 1024 are the agent's to listen on as well: only a listener of
+            # our own user (x11vnc, started by selfagent-stream) is a stream.
+            if not _ours_listening(5900 + n):
+                return self.send_error(404, "selfagent view: no such stream")
             self.server.target_port = 5900 + n
         super().handle_upgrade()
 
