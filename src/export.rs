@@ -40,17 +40,9 @@ impl Episode {
     }
 
     /// What people (and the provider's safety checks) did at step `idx`, in words.
-    /// Those of a step that was never recorded (the one a stop cut short) go with the last.
     pub fn notes(&self, idx: i64) -> Vec<String> {
         let last = self.steps.last().map_or(1, |s| s.idx);
-        self.events
-            .iter()
-            .filter(|e| {
-                let at = e.step.unwrap_or(1).max(1);
-                at == idx || (idx == last && at > last)
-            })
-            .filter_map(|e| crate::agent::event::note(&e.kind, e.data.as_deref()))
-            .collect()
+        crate::record::notes_at(&self.events, idx, last)
     }
 
     /// The grade as the checks wrote it.

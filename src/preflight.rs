@@ -296,6 +296,16 @@ pub async fn check_endpoint(args: &mut CommonArgs, file: &FileConfig) -> Vec<Fin
     found
 }
 
+/// What `run`, `batch` and `calibrate` check before a desktop starts: the recording can be
+/// opened (or made), and the endpoint (see [`endpoint`]).
+pub async fn before_desktop(args: &mut CommonArgs, file: &FileConfig) -> anyhow::Result<()> {
+    drop(crate::record::Db::open(&crate::settings::db_path(
+        args.db.as_ref(),
+        file,
+    ))?);
+    endpoint(args, file).await
+}
+
 /// The endpoint part of the checks, before a desktop starts: the first failure is the
 /// error; notes go to stderr. Fills in the model as [`check_endpoint`] does.
 pub async fn endpoint(args: &mut CommonArgs, file: &FileConfig) -> anyhow::Result<()> {

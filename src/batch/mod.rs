@@ -216,6 +216,20 @@ fn print_line(bar: &ProgressBar, line: &str) {
     }
 }
 
+/// The control channels of the running episodes, by job.
+type Controls = Arc<Mutex<BTreeMap<usize, mpsc::Sender<agent::Command>>>>;
+
+/// Asks every running episode to stop after its current action.
+async fn stop_running(controls: &Controls) {
+    let senders: Vec<_> = controls
+        .lock()
+        .map(|c| c.values().cloned().collect())
+        .unwrap_or_default();
+    for s in senders {
+        let _ = s.send(agent::Command::Stop).await;
+    }
+}
+
 pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
     if args.parallel == 0 {
         bail!("--parallel must be at least 1");
@@ -248,11 +262,7 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("--max-total-cost must be a positive number of dollars");
     }
-    drop(Db::open(&crate::settings::db_path(
-        args.common.db.as_ref(),
-        &file,
-    ))?);
-    crate::preflight::endpoint(&mut args.common, &file).await?;
+    crate::preflight::before_desktop(&mut args.common, &file).await?;
     let mut resolved = Vec::new();
     for t in &tasks {
         let cfg = resolve(&args.common, &file, t.instruction.clone(), &t.limits)
@@ -329,7 +339,7 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
     // next job, so none starts once the batch's limit is reached.
     let spent = Arc::new(Mutex::new(0.0f64));
     let max_total_cost = args.max_total_cost;
-    let controls: Arc<Mutex<BTreeMap<usize, mpsc::Sender<agent::Command>>>> = Arc::default();
+    let controls: Controls = Arc::default();
     let live = Arc::new(Mutex::new(Live::default()));
     let (done_tx, mut done_rx) = mpsc::channel::<(Job, String, anyhow::Result<End>)>(total);
     let mut workers = Vec::new();
@@ -467,9 +477,9 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
                 print_line(&bar, &ep.line());
                 bar.inc(1);
                 episodes.push(ep);
-                let spent: f64 = episodes.iter().filter_map(|e| e.cost).sum();
+                let total = spent.lock().map_or(0.0, |s| *s);
                 if let Some(max) = args.max_total_cost
-                    && spent >= max
+                    && total >= max
                     && !over_budget
                 {
                     over_budget = true;
@@ -477,12 +487,9 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
                     print_line(&bar, &format!(
                         "the batch's cost limit ({}) was reached ({} spent): no new episodes start, the running ones stop after their current action",
                         crate::agent::price::dollars(max),
-                        crate::agent::price::dollars(spent)
+                        crate::agent::price::dollars(total)
                     ));
-                    let senders: Vec<_> = controls.lock().map(|c| c.values().cloned().collect()).unwrap_or_default();
-                    for s in senders {
-                        let _ = s.send(agent::Command::Stop).await;
-                    }
+                    stop_running(&controls).await;
                 }
             }
             name = stop_signals.recv() => {
@@ -494,10 +501,7 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
                 }
                 stopping.store(true, Ordering::SeqCst);
                 print_line(&bar, &format!("{name}: stopping; the running episodes end after their current action, no new ones start (again to quit at once)"));
-                let senders: Vec<_> = controls.lock().map(|c| c.values().cloned().collect()).unwrap_or_default();
-                for s in senders {
-                    let _ = s.send(agent::Command::Stop).await;
-                }
+                stop_running(&controls).await;
             }
         }
     }

@@ -4,7 +4,6 @@
 use crate::calibrate::{self, Verdict};
 use crate::config;
 use crate::episode::{self, Hooks};
-use crate::record::Db;
 use crate::sandbox::Engine;
 use crate::settings::{CommonArgs, resolve};
 use crate::task::Limits;
@@ -44,11 +43,7 @@ pub async fn run(mut args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         bail!("--max-error must be a positive number of pixels");
     }
     let file = config::load(args.common.config.as_deref())?;
-    drop(Db::open(&crate::settings::db_path(
-        args.common.db.as_ref(),
-        &file,
-    ))?);
-    crate::preflight::endpoint(&mut args.common, &file).await?;
+    crate::preflight::before_desktop(&mut args.common, &file).await?;
     let cfg = resolve(&args.common, &file, String::new(), &Limits::default())?;
     let db = cfg.db.clone();
     let engine = Engine::connect().await?;

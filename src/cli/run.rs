@@ -2,9 +2,8 @@
 
 use crate::config::{self, FileConfig};
 use crate::episode::{self, End, Hooks, Plan};
-use crate::record::Db;
 use crate::sandbox::Engine;
-use crate::settings::{CommonArgs, db_path, resolve};
+use crate::settings::{CommonArgs, resolve};
 use crate::task::{Limits, Task};
 use anyhow::bail;
 use clap::Args;
@@ -88,8 +87,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // A recording that cannot be opened, an endpoint that is not there or refuses the key:
     // each stops us before a desktop starts.
-    drop(Db::open(&db_path(args.common.db.as_ref(), &file))?);
-    crate::preflight::endpoint(&mut args.common, &file).await?;
+    crate::preflight::before_desktop(&mut args.common, &file).await?;
     let cfg = resolve(&args.common, &file, instruction, &limits)?;
     let engine = Engine::connect().await?;
     let db = cfg.db.clone();
@@ -141,8 +139,7 @@ async fn ui(
         bail!("the terminal UI needs a terminal: add --headless to run without one");
     }
     // Before the UI asks for the task: a missing endpoint is found now, not after typing.
-    drop(Db::open(&db_path(args.common.db.as_ref(), &file))?);
-    crate::preflight::endpoint(&mut args.common, &file).await?;
+    crate::preflight::before_desktop(&mut args.common, &file).await?;
     let cfg = resolve(
         &args.common,
         &file,

@@ -259,6 +259,20 @@ pub struct EventRow {
     pub data: Option<String>,
 }
 
+/// What people (and the provider's safety checks) did at step `idx` of an episode whose last
+/// recorded step is `last`, in words. Events before the first step count for the first;
+/// those of a step never recorded (the one a stop cut short) count for the last.
+pub fn notes_at(events: &[EventRow], idx: i64, last: i64) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| {
+            let at = e.step.unwrap_or(1).max(1);
+            at == idx || (idx == last && at > last)
+        })
+        .filter_map(|e| crate::agent::event::note(&e.kind, e.data.as_deref()))
+        .collect()
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct GradeRow {
     pub id: i64,

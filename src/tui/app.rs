@@ -642,11 +642,9 @@ impl App {
 
     /// Puts the recorded interventions, safety checks and calls for help on their steps.
     pub fn attach_events(&mut self, events: &[crate::record::EventRow]) {
-        for e in events {
-            let Some(note) = crate::agent::event::note(&e.kind, e.data.as_deref()) else {
-                continue;
-            };
-            self.note_on(e.step.unwrap_or(1).max(1) as u32, note);
+        let last = self.steps.last().map_or(1, |s| i64::from(s.idx));
+        for s in &mut self.steps {
+            s.notes = crate::record::notes_at(events, i64::from(s.idx), last);
         }
     }
 
