@@ -361,7 +361,7 @@ impl EventPrinter for Human {
                 writeln!(
                     out,
                     "{} after {} in {:.1} s ({} in / {} out tokens{})",
-                    o.status,
+                    crate::output::status(&o.status.to_string(), 0),
                     crate::output::count(o.steps, "step"),
                     o.wall_ms as f64 / 1000.0,
                     o.tokens_in,

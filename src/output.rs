@@ -106,6 +106,22 @@ impl std::fmt::Display for Painted {
     }
 }
 
+/// The tone of an episode's status word: succeeded is good; failed and error bad; the
+/// rest (running, stopped, interrupted, needs_user) a warning.
+pub fn status_tone(status: &str) -> Tone {
+    match status {
+        "succeeded" | "passed" | "PASS" | "ok" => Tone::Good,
+        "failed" | "error" | "FAIL" | "ERROR" => Tone::Bad,
+        _ => Tone::Warn,
+    }
+}
+
+/// A status word painted by its tone and padded to `width` columns.
+pub fn status(word: &str, width: usize) -> String {
+    let p = paint(word, status_tone(word));
+    format!("{}{}", p.text, " ".repeat(width.saturating_sub(p.width)))
+}
+
 pub fn paint(word: &str, tone: Tone) -> Painted {
     let width = word.chars().count();
     let text = if *COLOR.get().unwrap_or(&false) {

@@ -127,10 +127,10 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
                 );
                 for s in rows {
                     crate::outln!(
-                        "{:<22}  {:<16}  {:<11} {:>5} {:>9}  {:<18} {}",
+                        "{:<22}  {:<16}  {} {:>5} {:>9}  {:<18} {}",
                         s.id,
                         crate::time::short(s.created_at),
-                        s.status,
+                        crate::output::status(&s.status, 11),
                         s.steps,
                         s.tokens_in + s.tokens_out,
                         trunc(s.model.as_deref().unwrap_or("-"), 18),

@@ -343,3 +343,36 @@ fn output_into_a_closed_pipe_ends_quietly_and_replay_needs_a_terminal() {
         out.stdout
     );
 }
+
+/// Status words are coloured when asked (`--color always`; on a terminal by default), never
+/// into a pipe or with `--color never`; completions and the man page come from the same
+/// definitions as `--help`.
+#[test]
+fn colours_completions_and_the_man_page() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/recordings/demo.db");
+    let coloured = cli(&["sessions", "ls", "--db", demo, "--color", "always"]);
+    assert!(
+        stdout(&coloured).contains("\x1b[32msucceeded\x1b[0m"),
+        "{}",
+        stdout(&coloured)
+    );
+    for args in [
+        &["sessions", "ls", "--db", demo][..],
+        &["sessions", "ls", "--db", demo, "--color", "never"][..],
+    ] {
+        let plain = cli(args);
+        assert!(plain.status.success());
+        assert!(!stdout(&plain).contains('\x1b'), "{}", stdout(&plain));
+        assert!(stdout(&plain).contains("succeeded"));
+    }
+    let bash = cli(&["completions", "bash"]);
+    assert!(
+        stdout(&bash).contains("complete -F _selfagent"),
+        "{}",
+        stdout(&bash)
+    );
+    assert!(stdout(&bash).contains("--max-cost"));
+    let man = cli(&["man"]);
+    assert!(stdout(&man).starts_with(".ie") || stdout(&man).contains(".TH selfagent"));
+    assert!(stdout(&man).contains("doctor"));
+}
