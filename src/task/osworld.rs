@@ -2,8 +2,9 @@
 //!
 //! The subset that fits this desktop converts:
 //! - setup (`config`) and `evaluator.postconfig` steps: `execute` / `command` (a command
-//!   line), `launch`, `open`, `sleep`, `activate_window`, and `download` (fetched inside the
-//!   desktop when the task runs, so it needs the network then);
+//!   line), `launch`, `open`, `sleep`, `activate_window`, `close_window` (wmctrl), and
+//!   `download` (fetched inside the desktop when the task runs, so it needs the network
+//!   then);
 //! - checks: a `vm_command_line` or `vm_file` result with `exact_match`,
 //!   `check_include_exclude` or `compare_text_file`, several of them combined with `conj`.
 //!
@@ -224,6 +225,26 @@ impl Converter<'_> {
                     title: (!by_class).then(|| re.clone()),
                     class: by_class.then_some(re),
                     timeout: None,
+                })
+            }
+            "close_window" => {
+                let Some(name) = p["window_name"].as_str() else {
+                    self.skip("a `close_window` step has no window_name");
+                    return None;
+                };
+                // wmctrl -c closes the first window whose title contains NAME (-F: is
+                // exactly NAME; -x: NAME is the window's class); gracefully, as a click on
+                // its close button would.
+                let mut flags = String::new();
+                if p["strict"].as_bool().unwrap_or(false) {
+                    flags.push_str("-F ");
+                }
+                if p["by_class"].as_bool().unwrap_or(false) {
+                    flags.push_str("-x ");
+                }
+                Some(SetupStep::Exec {
+                    command: format!("wmctrl {flags}-c {}", shell_quote(name)),
+                    timeout: Some(10.0),
                 })
             }
             "download" => {
@@ -596,6 +617,36 @@ mod tests {
             )],
         };
         assert!(s.needs_account());
+    }
+
+    #[test]
+    fn close_window_steps_become_wmctrl() {
+        let t = convert_json(json!({
+            "id": "c1",
+            "instruction": "Do it.",
+            "config": [
+                {"type": "close_window", "parameters": {"window_name": "Untitled 1 - Mousepad", "strict": true}},
+                {"type": "close_window", "parameters": {"window_name": "Thunar", "by_class": true}}
+            ],
+            "evaluator": {"func": "exact_match", "result": {"type": "vm_command_line", "command": "echo ok"}, "expected": {"type": "rule", "rules": {"expected": "ok"}}}
+        }))
+        .unwrap();
+        let lines: Vec<String> = t
+            .task
+            .setup
+            .iter()
+            .filter_map(|s| match s {
+                SetupStep::Exec { command, .. } => Some(command.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                "wmctrl -F -c 'Untitled 1 - Mousepad'".to_owned(),
+                "wmctrl -x -c Thunar".to_owned()
+            ]
+        );
     }
 
     #[test]
