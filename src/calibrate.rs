@@ -332,17 +332,8 @@ pub async fn drive<C: Computer, M: Model>(
     let started = Instant::now();
     let screen = computer.size();
     // Ended before any target was asked: no report.
-    let failed = |ended_by, error| Outcome {
-        status: Status::Error,
-        ended_by,
-        answer: None,
-        error: Some(error),
-        steps: 0,
-        tokens_in: 0,
-        tokens_out: 0,
-        wall_ms: started.elapsed().as_millis() as u64,
-        cost: None,
-    };
+    let failed =
+        |ended_by, error| Outcome::failed(ended_by, error, started.elapsed().as_millis() as u64);
     if let Err(e) = wait_for_page(computer, &cal.targets).await {
         let outcome = failed(EndedBy::Harness, e);
         emit.emit(Event::Finished(outcome.clone())).await;

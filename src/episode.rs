@@ -415,17 +415,11 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
 }
 
 fn harness_outcome(error: String, started: Instant) -> Outcome {
-    Outcome {
-        status: Status::Error,
-        ended_by: EndedBy::Harness,
-        answer: None,
-        error: Some(error),
-        steps: 0,
-        tokens_in: 0,
-        tokens_out: 0,
-        wall_ms: started.elapsed().as_millis() as u64,
-        cost: None,
-    }
+    Outcome::failed(
+        EndedBy::Harness,
+        error,
+        started.elapsed().as_millis() as u64,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -170,6 +170,24 @@ pub struct Outcome {
     pub cost: Option<f64>,
 }
 
+impl Outcome {
+    /// An episode that ended in error before or outside the loop (the desktop did not start,
+    /// calibration could not run), after `wall_ms`.
+    pub fn failed(ended_by: EndedBy, error: String, wall_ms: u64) -> Self {
+        Self {
+            status: Status::Error,
+            ended_by,
+            answer: None,
+            error: Some(error),
+            steps: 0,
+            tokens_in: 0,
+            tokens_out: 0,
+            wall_ms,
+            cost: None,
+        }
+    }
+}
+
 /// The request as recorded (images as frame references) and the raw response.
 #[derive(Debug, Clone)]
 pub struct Exchange {

@@ -609,21 +609,15 @@ async fn endpoint_mistakes_are_found_before_a_desktop_starts() {
         "{shown}"
     );
     // A model the server does not list is a note, not a failure (aliases exist).
-    let out = selfagent(
-        &[
-            "doctor",
-            "--base-url",
-            &good.base_url(),
-            "--model",
-            "nosuch-model",
-            "--db",
-            db_s,
-        ],
-        home,
-    )
-    .output()
-    .await
-    .unwrap();
+    let doctor = |extra: &'static [&'static str]| {
+        let url = good.base_url();
+        async move {
+            let mut args = vec!["doctor", "--base-url", &url, "--db", db_s];
+            args.extend_from_slice(extra);
+            selfagent(&args, home).output().await.unwrap()
+        }
+    };
+    let out = doctor(&["--model", "nosuch-model"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("note  model      nosuch-model is not among"),
@@ -631,21 +625,7 @@ async fn endpoint_mistakes_are_found_before_a_desktop_starts() {
         text(&out)
     );
     // A missing image is a failure with the command that makes it.
-    let out = selfagent(
-        &[
-            "doctor",
-            "--base-url",
-            &good.base_url(),
-            "--image",
-            "nosuch:tag",
-            "--db",
-            db_s,
-        ],
-        home,
-    )
-    .output()
-    .await
-    .unwrap();
+    let out = doctor(&["--image", "nosuch:tag"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("fix: selfagent sandbox build"),

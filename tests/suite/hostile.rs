@@ -309,13 +309,7 @@ async fn the_agent_cannot_read_the_desktops_credentials() {
 async fn the_agent_cannot_replace_the_view() {
     let d = desktop().await;
     let view = d.sandbox.view_url().unwrap();
-    let addr: std::net::SocketAddr = view
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = d.sandbox.endpoints().await.unwrap().view.expect("a view");
     // As the agent: kill the view, then serve a page of its own on the view's port.
     let out = d
         .sandbox

@@ -63,13 +63,7 @@ async fn containers_are_hardened_and_bound_to_loopback() {
 async fn the_view_needs_the_token_and_serves_several_viewers() {
     let d = desktop().await;
     let url = d.sandbox.view_url().expect("a view URL");
-    let addr: SocketAddr = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = d.sandbox.endpoints().await.unwrap().view.expect("a view");
     let token = &d.sandbox.secrets().view_token;
 
     let (status, _, _) = http(addr, "/vnc.html", &[]);
@@ -322,7 +316,6 @@ async fn point_through(view: SocketAddr, path: String, password: &str, to: (u16,
 async fn a_view_only_url_shows_the_screen_and_drops_every_input() {
     let d = desktop().await;
     let secrets = d.sandbox.secrets().clone();
-    let full = d.sandbox.view_url().unwrap();
     let watch = d.sandbox.watch_url().expect("a view-only URL");
     assert!(watch.contains("view_only=1"), "{watch}");
     for secret in [&secrets.vnc_password, &secrets.view_token] {
@@ -331,13 +324,7 @@ async fn a_view_only_url_shows_the_screen_and_drops_every_input() {
             "the view-only URL gives control"
         );
     }
-    let view: SocketAddr = full
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let view = d.sandbox.endpoints().await.unwrap().view.expect("a view");
     let path = watch.trim_start_matches(&format!("http://{view}"));
     let (status, head, _) = http(view, path, &[]);
     assert_eq!(status, 200, "{head}");
@@ -408,14 +395,7 @@ async fn window_streams_show_one_window_each_and_follow_it() {
             .contains("no visible window matches"),
         "a missing window is said plainly"
     );
-    let full = d.sandbox.view_url().unwrap();
-    let view: SocketAddr = full
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let view = d.sandbox.endpoints().await.unwrap().view.expect("a view");
     // Stream a is window a: its size, not the screen's.
     let path_a = format!(
         "/websockify?stream={}&token={}",

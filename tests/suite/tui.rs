@@ -102,6 +102,19 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The shell command that runs `selfagent run TASK` in the UI against `server`, with `home`
+/// as HOME, then says how it exited and stays (so the screen can be read).
+fn ui_run(home: &Path, server: &ModelServer, db: &Path, task: &str) -> String {
+    format!(
+        "env -u SELFAGENT_CONFIG HOME={} {} run --base-url {} --db {} {}; echo EXITED $?; sleep 60",
+        shell_quote(home.to_str().unwrap()),
+        bin(),
+        server.base_url(),
+        shell_quote(db.to_str().unwrap()),
+        shell_quote(task)
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ui_runs_pauses_resumes_quits_and_replays() {
     let script: Vec<Reply> = (0..60)
@@ -117,14 +130,7 @@ async fn the_ui_runs_pauses_resumes_quits_and_replays() {
     let server = ModelServer::start(script, (1280, 800)).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("rec.db");
-    let command = format!(
-        "env -u SELFAGENT_CONFIG HOME={} {} run --base-url {} --db {} {}; echo EXITED $?; sleep 60",
-        shell_quote(dir.path().to_str().unwrap()),
-        bin(),
-        server.base_url(),
-        shell_quote(db.to_str().unwrap()),
-        shell_quote("move the pointer around")
-    );
+    let command = ui_run(dir.path(), &server, &db, "move the pointer around");
     let tmux = Tmux::start("run", 140, 40, &command);
 
     // It starts and the timeline fills.
@@ -480,14 +486,7 @@ async fn y_copies_the_view_and_sigterm_stops_the_agent_and_restores_the_terminal
     let server = ModelServer::start(script, (1280, 800)).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("rec.db");
-    let command = format!(
-        "env -u SELFAGENT_CONFIG HOME={} {} run --base-url {} --db {} {}; echo EXITED $?; sleep 60",
-        shell_quote(dir.path().to_str().unwrap()),
-        bin(),
-        server.base_url(),
-        shell_quote(db.to_str().unwrap()),
-        shell_quote("wait around")
-    );
+    let command = ui_run(dir.path(), &server, &db, "wait around");
     let tmux = Tmux::start("term", 160, 40, &command);
     // OSC 52 from the application becomes a tmux buffer.
     tmux.cmd(&["set", "-g", "set-clipboard", "on"]);
