@@ -123,6 +123,7 @@ pub fn task(targets: &[Target]) -> Task {
         tags: vec!["calibration".into()],
         source: None,
         from: None,
+        desktop: None,
     }
 }
 

@@ -252,8 +252,8 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
     let keep = keep || matches!(source, Source::Existing(_));
     let model = Arc::new(HttpModel::new(cfg.model.clone())?);
     let session = session.unwrap_or_else(record::new_session_id);
-    let image = match task.as_ref().and_then(|t| t.from.as_deref()) {
-        Some(tag) => crate::sandbox::snapshot::saved_image(tag),
+    let image = match &task {
+        Some(t) => t.image(&spec.image),
         None => spec.image.clone(),
     };
     let spec = SandboxSpec {
@@ -522,6 +522,11 @@ async fn with_desktop(
             sandbox: sandbox.clone(),
             windows: desktop.windows().await.map_err(|e| e.to_string()),
             judge,
+            inspector: false,
+            gave_up: Some(
+                outcome.ended_by == agent::EndedBy::Model
+                    && check::agent_gave_up(outcome.status.as_str(), outcome.answer.as_deref()),
+            ),
         });
         let g = check::grade(&task.id, check, &evidence, "live").await;
         let state = FinalState {

@@ -77,9 +77,16 @@ pub struct BatchArgs {
     /// model's price, as --max-cost). --max-cost still caps each episode.
     #[arg(long, value_name = "USD")]
     pub max_total_cost: Option<f64>,
+    /// The no-op agent: no model and no action, only each task's setup, post steps and
+    /// checks (what `tasks audit` runs). A task that passes this way is broken.
+    #[arg(long, conflicts_with_all = ["calibrate", "max_total_cost"])]
+    pub no_agent: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
+
+/// The endpoint recorded for `--no-agent` episodes, which never call it.
+pub const NO_AGENT_URL: &str = "http://127.0.0.1:9/no-agent/v1";
 
 /// One episode to run.
 struct Job {
@@ -122,7 +129,7 @@ impl Live {
 async fn connect_engines(
     flags: &[EngineSpec],
     file: Option<&[EngineSpec]>,
-    image: &str,
+    images: &[String],
 ) -> anyhow::Result<Vec<(Engine, EngineSpec)>> {
     let specs: Vec<EngineSpec> = if !flags.is_empty() {
         flags.to_vec()
@@ -150,12 +157,20 @@ async fn connect_engines(
         let engine = Engine::connect_to(&spec).await?;
         engines.push((engine, spec));
     }
-    for (engine, _) in &engines {
+    for (engine, image) in engines
+        .iter()
+        .flat_map(|(e, _)| images.iter().map(move |i| (e, i)))
+    {
         if !engine.image_exists(image).await? {
+            let flavor = if image == crate::sandbox::image::OFFICE_IMAGE {
+                " --flavor office"
+            } else {
+                ""
+            };
             bail!(
                 "the desktop image {image} is missing on the engine at {}: run `selfagent \
-                 sandbox build` there (DOCKER_HOST={} selfagent sandbox build), or copy it: \
-                 docker save {image} | docker -H {} load",
+                 sandbox build{flavor}` there (DOCKER_HOST={} selfagent sandbox build{flavor}), \
+                 or copy it: docker save {image} | docker -H {} load",
                 engine.url(),
                 engine.url(),
                 engine.url()
@@ -230,7 +245,12 @@ async fn stop_running(controls: &Controls) {
     }
 }
 
-pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
+    run_report(args).await.map(|(code, _)| code)
+}
+
+/// Runs the batch; its exit code and its report.
+pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report)> {
     if args.parallel == 0 {
         bail!("--parallel must be at least 1");
     }
@@ -262,11 +282,25 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("--max-total-cost must be a positive number of dollars");
     }
-    crate::preflight::before_desktop(&mut args.common, &file).await?;
+    if args.no_agent {
+        args.common
+            .base_url
+            .get_or_insert_with(|| NO_AGENT_URL.to_owned());
+        args.common
+            .model
+            .get_or_insert_with(|| "no-agent".to_owned());
+    } else {
+        crate::preflight::before_desktop(&mut args.common, &file).await?;
+    }
     let mut resolved = Vec::new();
     for t in &tasks {
-        let cfg = resolve(&args.common, &file, t.instruction.clone(), &t.limits)
+        let mut cfg = resolve(&args.common, &file, t.instruction.clone(), &t.limits)
             .with_context(|| format!("task {}", t.id))?;
+        if args.no_agent {
+            // No step: the episode ends at its step limit before any model call, and is
+            // graded as the setup left the desktop.
+            cfg.agent.max_steps = 0;
+        }
         resolved.push(Arc::new(cfg));
     }
     let db_path = resolved[0].db.clone();
@@ -277,7 +311,15 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let spec = args.common.spec();
-    let engines = connect_engines(&args.engines, file.engines.as_deref(), &spec.image).await?;
+    // Every image the tasks start from (the office one for `desktop = "office"`).
+    let mut images: Vec<String> = tasks
+        .iter()
+        .filter(|t| t.from.is_none())
+        .map(|t| t.image(&spec.image))
+        .collect();
+    images.sort();
+    images.dedup();
+    let engines = connect_engines(&args.engines, file.engines.as_deref(), &images).await?;
     let engine = engines[0].0.clone();
     let several = engines.len() > 1;
     let placement = Arc::new(placement::Placement::new(engines));
@@ -556,7 +598,7 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
             .join(", "),
         report_dir.join("report.html").display()
     );
-    Ok(if over_budget {
+    let code = if over_budget {
         ExitCode::from(crate::episode::EXIT_LIMIT)
     } else if stopped {
         ExitCode::from(EXIT_STOPPED)
@@ -564,7 +606,8 @@ pub async fn run(mut args: BatchArgs) -> anyhow::Result<ExitCode> {
         ExitCode::from(EXIT_HARNESS)
     } else {
         ExitCode::SUCCESS
-    })
+    };
+    Ok((code, report))
 }
 
 impl EpisodeReport {

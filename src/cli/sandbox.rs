@@ -211,9 +211,22 @@ pub enum SandboxCmd {
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Image tag.
-    #[arg(long, default_value = sb::DEFAULT_IMAGE)]
-    tag: String,
+    /// Which desktop: `office` adds LibreOffice, GIMP, VLC, Thunderbird, Chromium and
+    /// OSWorld's evaluators on top of the default image (built first if missing).
+    #[arg(long, value_enum, default_value = "default")]
+    flavor: image::Flavor,
+    /// Image tag (default: selfagent-desktop:latest, or :office for --flavor office).
+    #[arg(long)]
+    tag: Option<String>,
+    /// A certificate (PEM) to trust while building and in the image, for a
+    /// TLS-inspecting proxy between this machine and PyPI or Debian; repeatable.
+    /// Without it, the certificates this machine added itself
+    /// (/usr/local/share/ca-certificates) are trusted too, as this machine trusts them.
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    ca_certs: Vec<PathBuf>,
+    /// Trust only the image's own certificates (and --ca-cert), not this machine's added ones.
+    #[arg(long)]
+    no_host_certs: bool,
     /// Build arguments, e.g. EXTRA_PACKAGES="gimp libreoffice-calc".
     #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = super::parse_key_value)]
     build_args: Vec<(String, String)>,
@@ -698,11 +711,70 @@ async fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<ExitCode> {
             bail!("making the base image failed (see above)");
         }
     }
+    let mut ca_certs = Vec::new();
+    let mut paths = args.ca_certs.clone();
+    if !args.no_host_certs {
+        paths.extend(host_certs(std::path::Path::new(HOST_CERTS)));
+    }
+    for (i, path) in paths.iter().enumerate() {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the certificate {}", path.display()))?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            bail!("{} is not a PEM certificate", path.display());
+        }
+        ca_certs.push((format!("extra-{i}.crt"), pem));
+    }
+    if args.flavor == image::Flavor::Office
+        && !args.build_args.iter().any(|(k, _)| k == "BASE")
+        && !engine.image_exists(sb::DEFAULT_IMAGE).await?
+    {
+        eprintln!(
+            "the office desktop is built on {}, which is missing: building it first",
+            sb::DEFAULT_IMAGE
+        );
+        let base = BuildOptions {
+            ca_certs: ca_certs.clone(),
+            no_cache: args.no_cache,
+            ..BuildOptions::default()
+        };
+        build_with_progress(engine, base).await?;
+    }
     let opts = BuildOptions {
-        tag: args.tag.clone(),
+        tag: args
+            .tag
+            .unwrap_or_else(|| args.flavor.default_tag().to_owned()),
+        flavor: args.flavor,
         build_args: args.build_args,
         no_cache: args.no_cache,
+        ca_certs,
     };
+    build_with_progress(engine, opts).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where Debian keeps the certificates a machine added to its trust store.
+const HOST_CERTS: &str = "/usr/local/share/ca-certificates";
+
+/// The `.crt` files under `dir` (a TLS-inspecting proxy's certificate is usually there).
+fn host_certs(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(host_certs(&p));
+        } else if p.extension().is_some_and(|x| x == "crt") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One image build, with a progress bar on a terminal and step lines otherwise.
+async fn build_with_progress(engine: &Engine, opts: BuildOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let bar = indicatif::ProgressBar::new(0);
@@ -745,7 +817,7 @@ async fn build(engine: &Engine, args: BuildArgs) -> anyhow::Result<ExitCode> {
         &id.trim_start_matches("sha256:")[..12.min(id.len())],
         started.elapsed().as_secs_f64()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn up(engine: &Engine, args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -773,6 +845,7 @@ async fn up(engine: &Engine, args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     if let Ok(Some(hash)) = image::image_context(engine, &spec.image).await
         && hash != image::context_hash()
+        && hash != image::context_hash_of(image::Flavor::Office)
     {
         eprintln!(
             "note: {} was built from another sandbox/ context than this binary's; \

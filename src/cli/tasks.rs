@@ -1,4 +1,4 @@
-//! `selfagent tasks ...`: check task files, import OSWorld tasks.
+//! `selfagent tasks ...`: check task files, import OSWorld tasks, audit tasks with the no-op agent.
 
 use crate::task::{self, osworld};
 use anyhow::{Context, bail};
@@ -16,8 +16,17 @@ pub enum TasksCmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Convert OSWorld task JSONs into task files: the setup and checks this desktop can
-    /// run; every task not converted is listed with the reasons.
+    /// Run every task with the no-op agent (no model, no action: each task's setup, post
+    /// steps and checks) and list the broken ones: a task that passes without the agent
+    /// doing anything checks nothing. Exit 1 when a task is broken, 4 when one could not
+    /// be set up or checked (a harness error, e.g. a download missing from the cache).
+    Audit {
+        #[command(flatten)]
+        batch: Box<crate::batch::BatchArgs>,
+    },
+    /// Convert OSWorld task JSONs into task files for the office desktop (`sandbox build
+    /// --flavor office`), checked by OSWorld's own evaluator; every task not converted is
+    /// listed with the reasons, and the coverage per app and reason ends the output.
     ImportOsworld {
         /// OSWorld task files (one task object each, or an array of them), or directories
         /// of them (searched recursively, e.g. evaluation_examples/examples: the folder
@@ -28,7 +37,10 @@ pub enum TasksCmd {
         /// converted and skipped per app and per reason.
         #[arg(long)]
         out: PathBuf,
-        /// Download the expected files (`cloud_file`) that checks compare against.
+        /// Download every file the tasks use (their `download` steps and the expected
+        /// files their checks compare with) into OUT/cache, so runs are offline and
+        /// repeatable; without it, a task whose file is not cached fails at setup, as a
+        /// harness error that says so.
         #[arg(long)]
         fetch: bool,
     },
@@ -36,6 +48,7 @@ pub enum TasksCmd {
 
 pub async fn run(cmd: TasksCmd) -> anyhow::Result<ExitCode> {
     match cmd {
+        TasksCmd::Audit { batch } => audit(*batch).await,
         TasksCmd::Check { files } => {
             let mut bad = 0;
             let list = task::task_files(&files)?;
@@ -159,18 +172,19 @@ async fn import(files: &[PathBuf], out: &std::path::Path, fetch: bool) -> anyhow
             } else {
                 folder.clone()
             };
-            let mut fetched = HashMap::new();
             if fetch {
-                for url in osworld::expected_downloads(t) {
-                    match download(&url).await {
-                        Ok(body) => {
-                            fetched.insert(url, body);
-                        }
+                for (url, rel) in osworld::downloads(t) {
+                    let path = out.join(&rel);
+                    if path.exists() {
+                        continue;
+                    }
+                    match download(&url, &path).await {
+                        Ok(bytes) => eprintln!("fetched {url} ({bytes} bytes) -> {rel}"),
                         Err(e) => eprintln!("warning: fetching {url}: {e:#}"),
                     }
                 }
             }
-            match osworld::convert(t, &fetched) {
+            match osworld::convert(t) {
                 Ok(imported) => {
                     let path = out.join(format!("{}.toml", imported.task.id));
                     let mut text = format!("# Imported from OSWorld ({}).\n", f.display());
@@ -297,7 +311,7 @@ fn coverage(fates: &[Fate], out: &std::path::Path) -> anyhow::Result<()> {
         "by_reason": reasons,
         "tasks_list": fates,
     });
-    let path = out.join("coverage.json");
+    let path = out.join(task::COVERAGE_FILE);
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", path.display()))?;
     crate::outln!(
@@ -308,12 +322,61 @@ fn coverage(fates: &[Fate], out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn download(url: &str) -> anyhow::Result<String> {
+/// `tasks audit`: the batch with the no-op agent, and what it says about the tasks.
+async fn audit(mut args: crate::batch::BatchArgs) -> anyhow::Result<ExitCode> {
+    args.no_agent = true;
+    let (_, report) = crate::batch::run_report(args).await?;
+    let broken: Vec<_> = report
+        .episodes
+        .iter()
+        .filter(|e| e.harness_error.is_none() && e.passed)
+        .collect();
+    let harness: Vec<_> = report
+        .episodes
+        .iter()
+        .filter(|e| e.harness_error.is_some())
+        .collect();
+    let sound = report.episodes.len() - broken.len() - harness.len();
+    crate::outln!(
+        "\naudit: {} tasks with the no-op agent: {sound} fail as they should, {} broken (pass with no action), {} could not be set up or checked",
+        report.episodes.len(),
+        broken.len(),
+        harness.len()
+    );
+    for e in &broken {
+        crate::outln!("  broken  {}  (session {})", e.task_id, e.session_id);
+    }
+    for e in &harness {
+        crate::outln!(
+            "  harness {}: {}",
+            e.task_id,
+            e.harness_error.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(if !broken.is_empty() {
+        ExitCode::from(1)
+    } else if !harness.is_empty() {
+        ExitCode::from(crate::batch::EXIT_HARNESS)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Downloads `url` into the import cache at `path` (through a temporary file, so a
+/// broken download leaves nothing that looks cached).
+async fn download(url: &str, path: &std::path::Path) -> anyhow::Result<usize> {
     let resp = reqwest::Client::new()
         .get(url)
-        .timeout(std::time::Duration::from_secs(60))
+        .timeout(std::time::Duration::from_secs(600))
         .send()
         .await?
         .error_for_status()?;
-    Ok(resp.text().await?)
+    let body = resp.bytes().await?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let partial = path.with_extension("part");
+    std::fs::write(&partial, &body).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(body.len())
 }

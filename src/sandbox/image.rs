@@ -72,6 +72,59 @@ pub const CONTEXT: &[(&str, &[u8], u32)] = &[
         include_bytes!("../../sandbox/rootfs/usr/lib/firefox-esr/distribution/policies.json"),
         0o644,
     ),
+    // The office flavour (Dockerfile.office, on top of the default image).
+    (
+        "Dockerfile.office",
+        include_bytes!("../../sandbox/Dockerfile.office"),
+        0o644,
+    ),
+    (
+        "office/rootfs/etc/asound.conf",
+        include_bytes!("../../sandbox/office/rootfs/etc/asound.conf"),
+        0o644,
+    ),
+    (
+        "office/rootfs/usr/local/bin/google-chrome",
+        include_bytes!("../../sandbox/office/rootfs/usr/local/bin/google-chrome"),
+        0o755,
+    ),
+    (
+        "office/rootfs/usr/local/bin/gnome-terminal",
+        include_bytes!("../../sandbox/office/rootfs/usr/local/bin/gnome-terminal"),
+        0o755,
+    ),
+    (
+        "office/rootfs/usr/local/bin/selfagent-chrome",
+        include_bytes!("../../sandbox/office/rootfs/usr/local/bin/selfagent-chrome"),
+        0o755,
+    ),
+    (
+        "office/rootfs/home/user/.config/libreoffice/4/user/registrymodifications.xcu",
+        include_bytes!(
+            "../../sandbox/office/rootfs/home/user/.config/libreoffice/4/user/registrymodifications.xcu"
+        ),
+        0o644,
+    ),
+    (
+        "office/rootfs/home/user/.config/vlc/vlcrc",
+        include_bytes!("../../sandbox/office/rootfs/home/user/.config/vlc/vlcrc"),
+        0o644,
+    ),
+    (
+        "office/rootfs/opt/selfagent/osworld/requirements.txt",
+        include_bytes!("../../sandbox/office/rootfs/opt/selfagent/osworld/requirements.txt"),
+        0o644,
+    ),
+    (
+        "office/rootfs/opt/selfagent/osworld/evaluate.py",
+        include_bytes!("../../sandbox/office/rootfs/opt/selfagent/osworld/evaluate.py"),
+        0o644,
+    ),
+    (
+        "office/rootfs/opt/selfagent/osworld/stubs/easyocr.py",
+        include_bytes!("../../sandbox/office/rootfs/opt/selfagent/osworld/stubs/easyocr.py"),
+        0o644,
+    ),
 ];
 
 /// The embedded bootstrap script, for `selfagent sandbox base`.
@@ -79,10 +132,51 @@ pub fn bootstrap_script() -> &'static [u8] {
     include_bytes!("../../sandbox/bootstrap-base.sh")
 }
 
+/// The office desktop's tag (`sandbox build --flavor office`).
+pub const OFFICE_IMAGE: &str = "selfagent-desktop:office";
+
+/// Which desktop image a build makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Flavor {
+    /// The desktop: XFCE, Firefox, a terminal, an editor, a file manager.
+    #[default]
+    Default,
+    /// The desktop plus LibreOffice, GIMP, VLC, Thunderbird, Chromium and OSWorld's
+    /// evaluators (built on top of the default image, which is built first if missing).
+    Office,
+}
+
+impl Flavor {
+    pub fn dockerfile(self) -> &'static str {
+        match self {
+            Flavor::Default => "Dockerfile",
+            Flavor::Office => "Dockerfile.office",
+        }
+    }
+
+    pub fn default_tag(self) -> &'static str {
+        match self {
+            Flavor::Default => super::DEFAULT_IMAGE,
+            Flavor::Office => OFFICE_IMAGE,
+        }
+    }
+
+    /// Whether a context file goes into this flavour's image.
+    fn uses(self, path: &str) -> bool {
+        let office = path == "Dockerfile.office" || path.starts_with("office/");
+        self == Flavor::Office || !office
+    }
+}
+
 /// A short hash of the embedded context: images built from another context are stale.
 pub fn context_hash() -> String {
+    context_hash_of(Flavor::Default)
+}
+
+/// The context hash of one flavour's files (the office image's include the default's).
+pub fn context_hash_of(flavor: Flavor) -> String {
     let mut h = Sha256::new();
-    for (path, data, mode) in CONTEXT {
+    for (path, data, mode) in CONTEXT.iter().filter(|(p, _, _)| flavor.uses(p)) {
         h.update(path.as_bytes());
         h.update(mode.to_le_bytes());
         h.update((data.len() as u64).to_le_bytes());
@@ -95,16 +189,29 @@ pub fn context_hash() -> String {
         .collect()
 }
 
-/// The context as a tar archive, as `docker build` sends it.
-pub fn context_tar() -> Result<Vec<u8>, SandboxError> {
+/// The context as a tar archive, as `docker build` sends it, with `ca/` holding extra
+/// certificates to trust (a TLS-inspecting proxy's), `(file name, PEM)`.
+pub fn context_tar(ca_certs: &[(String, Vec<u8>)]) -> Result<Vec<u8>, SandboxError> {
     let mut builder = tar::Builder::new(Vec::new());
-    for (path, data, mode) in CONTEXT {
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    dir.set_mtime(0);
+    builder
+        .append_data(&mut dir, "ca/", std::io::empty())
+        .map_err(|e| SandboxError::io("packing the build context", e))?;
+    let certs = ca_certs
+        .iter()
+        .map(|(name, pem)| (format!("ca/{name}"), pem.as_slice(), 0o644));
+    let embedded = CONTEXT.iter().map(|(p, d, m)| ((*p).to_owned(), *d, *m));
+    for (path, data, mode) in embedded.chain(certs) {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
-        h.set_mode(*mode);
+        h.set_mode(mode);
         h.set_mtime(0);
         builder
-            .append_data(&mut h, path, *data)
+            .append_data(&mut h, &path, data)
             .map_err(|e| SandboxError::io("packing the build context", e))?;
     }
     builder
@@ -115,16 +222,21 @@ pub fn context_tar() -> Result<Vec<u8>, SandboxError> {
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub tag: String,
+    pub flavor: Flavor,
     pub build_args: Vec<(String, String)>,
     pub no_cache: bool,
+    /// Extra certificates to trust while building (and in the image): `(name, PEM)`.
+    pub ca_certs: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
         Self {
             tag: super::DEFAULT_IMAGE.into(),
+            flavor: Flavor::Default,
             build_args: Vec::new(),
             no_cache: false,
+            ca_certs: Vec::new(),
         }
     }
 }
@@ -187,11 +299,15 @@ pub async fn build(
     mut progress: impl FnMut(BuildEvent),
 ) -> Result<String, SandboxError> {
     ensure_base(engine).await?;
-    let tar = context_tar()?;
-    let args: HashMap<String, String> = opts.build_args.iter().cloned().collect();
-    let labels = HashMap::from([(LABEL_CONTEXT.to_owned(), context_hash())]);
+    let tar = context_tar(&opts.ca_certs)?;
+    let mut args: HashMap<String, String> = opts.build_args.iter().cloned().collect();
+    if opts.flavor == Flavor::Office {
+        args.entry("BASE".into())
+            .or_insert_with(|| super::DEFAULT_IMAGE.into());
+    }
+    let labels = HashMap::from([(LABEL_CONTEXT.to_owned(), context_hash_of(opts.flavor))]);
     let options = BuildImageOptionsBuilder::default()
-        .dockerfile("Dockerfile")
+        .dockerfile(opts.flavor.dockerfile())
         .t(&opts.tag)
         .rm(true)
         .forcerm(true)
@@ -311,14 +427,20 @@ mod tests {
 
     #[test]
     fn context_tar_holds_every_file() {
-        let tar = context_tar().unwrap();
+        let tar = context_tar(&[("proxy.crt".into(), b"PEM".to_vec())]).unwrap();
         let mut archive = tar::Archive::new(tar.as_slice());
         let names: Vec<String> = archive
             .entries()
             .unwrap()
             .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names.len(), CONTEXT.len());
+        // The files, the ca/ folder (empty without certificates) and the certificate.
+        assert_eq!(names.len(), CONTEXT.len() + 2);
+        assert!(names.contains(&"ca/proxy.crt".to_owned()), "{names:?}");
         assert_eq!(context_hash().len(), 12);
+        // Office files change the office image's hash only.
+        assert_ne!(context_hash(), context_hash_of(Flavor::Office));
+        assert!(!Flavor::Default.uses("office/rootfs/etc/asound.conf"));
+        assert!(Flavor::Office.uses("Dockerfile"));
     }
 }

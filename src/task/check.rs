@@ -197,6 +197,9 @@ pub struct FinalState {
     /// By command line.
     #[serde(default)]
     pub commands: BTreeMap<String, CommandOutput>,
+    /// Whether the agent gave up (declared the task infeasible), for OSWorld's checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gave_up: Option<bool>,
 }
 
 /// A file as a check sees it: its size, and its bytes when they were asked for and it is
@@ -225,6 +228,107 @@ pub trait Evidence: Sync {
     ) -> impl Future<Output = Result<Option<FileSeen>, String>> + Send;
     fn windows(&self) -> impl Future<Output = Result<Vec<Window>, String>> + Send;
     fn judge(&self, question: &str) -> impl Future<Output = Result<JudgeVerdict, String>> + Send;
+    /// Runs OSWorld's evaluator in the desktop (see [`osworld_request`]): its reply,
+    /// `{"score": ..}` or `{"error": ..}`.
+    fn osworld(&self, request: &Value) -> impl Future<Output = Result<Value, String>> + Send;
+    /// Whether the agent gave up on the task (OSWorld's `FAIL`), when known.
+    fn gave_up(&self) -> Option<bool>;
+}
+
+/// Where the office image keeps OSWorld's evaluator, and how it is run: as root (files are
+/// read as the desktop's user by the evaluator itself), isolated from the user's site
+/// packages and environment, so the agent can neither change nor shadow it.
+pub const OSWORLD_EVALUATE: &[&str] = &[
+    "/opt/osworld/bin/python",
+    "-I",
+    "/opt/selfagent/osworld/evaluate.py",
+];
+/// How long OSWorld's evaluator may take (some metrics render or compare media).
+pub const OSWORLD_TIMEOUT: Duration = Duration::from_secs(300);
+/// The largest expected file sent to the evaluator.
+const MAX_EXPECTED_FILE: u64 = 64 << 20;
+
+/// Whether an episode's end means the agent gave up, as OSWorld counts it: it called
+/// `fail` (or `call_user`, where the protocol has no fail), or answered that the task is
+/// infeasible.
+pub fn agent_gave_up(status: &str, answer: Option<&str>) -> bool {
+    match status {
+        "failed" | "needs_user" => true,
+        "succeeded" => answer.is_some_and(|a| a.to_ascii_lowercase().contains("infeasible")),
+        _ => false,
+    }
+}
+
+/// The request the office image's evaluator reads: the evaluator, and the expected files
+/// (read here, from the import cache).
+pub fn osworld_request(
+    evaluator: &Value,
+    files: &BTreeMap<String, String>,
+) -> Result<Value, String> {
+    let mut sent = serde_json::Map::new();
+    for (name, path) in files {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            format!(
+                "the expected file {name} is not in the import cache ({path}: {e}); import the task again with `selfagent tasks import-osworld --fetch`"
+            )
+        })?;
+        if meta.len() > MAX_EXPECTED_FILE {
+            return Err(format!(
+                "the expected file {path} is larger than {MAX_EXPECTED_FILE} bytes"
+            ));
+        }
+        let data = std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))?;
+        sent.insert(
+            name.clone(),
+            Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
+        );
+    }
+    Ok(serde_json::json!({ "evaluator": evaluator, "files": sent }))
+}
+
+/// An OSWorld check: infeasible tasks pass when the agent gave up; feasible ones score 0
+/// then (as OSWorld's harness does), else what OSWorld's metrics say.
+async fn osworld_outcome<E: Evidence>(
+    evaluator: &Value,
+    files: &BTreeMap<String, String>,
+    evidence: &E,
+) -> Result<(f64, String), String> {
+    let funcs = super::osworld_funcs(evaluator)?;
+    let gave_up = evidence.gave_up();
+    if funcs == ["infeasible"] {
+        return match gave_up {
+            Some(true) => Ok((1.0, "the agent declared the task infeasible".into())),
+            Some(false) => Ok((0.0, "the agent did not declare the task infeasible".into())),
+            None => Err("how the agent ended is not known".into()),
+        };
+    }
+    if gave_up == Some(true) {
+        return Ok((0.0, "the agent declared a feasible task infeasible".into()));
+    }
+    let request = osworld_request(evaluator, files)?;
+    let reply = evidence.osworld(&request).await?;
+    if let Some(e) = reply["error"].as_str() {
+        return Err(format!("OSWorld's evaluator raised {e}"));
+    }
+    let score = reply["score"]
+        .as_f64()
+        .filter(|s| s.is_finite())
+        .ok_or_else(|| {
+            format!(
+                "OSWorld's evaluator gave no score: {}",
+                excerpt(&reply.to_string())
+            )
+        })?;
+    let details = reply["details"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .map(|x| format!("{} {}", x["func"].as_str().unwrap_or("?"), x["score"]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    Ok((score.clamp(0.0, 1.0), format!("score {score}: {details}")))
 }
 
 /// Evaluates `check` (and its children) against `evidence`.
@@ -364,6 +468,18 @@ pub fn evaluate<'a, E: Evidence>(
                 let outcome = evidence.judge(question).await.map(|v| (v.passed, v.reason));
                 CheckResult::leaf(describe(&check.kind), w, outcome)
             }
+            CheckKind::Osworld { evaluator, files } => {
+                let outcome = osworld_outcome(evaluator, files, evidence).await;
+                let score = outcome.as_ref().map_or(0.0, |(s, _)| *s);
+                let mut r = CheckResult::leaf(
+                    describe(&check.kind),
+                    w,
+                    outcome.map(|(s, d)| (s >= 1.0, d)),
+                );
+                // OSWorld's partial scores count as they are; passing needs a full score.
+                r.score = score;
+                r
+            }
             CheckKind::Not(inner) => {
                 let child = evaluate(inner, evidence).await;
                 let verdict = match child.verdict {
@@ -461,6 +577,23 @@ fn judged(problems: &[String], seen: String) -> (bool, String) {
 /// A check in words.
 pub fn describe(kind: &CheckKind) -> String {
     match kind {
+        CheckKind::Osworld { evaluator, .. } => {
+            let funcs = super::osworld_funcs(evaluator)
+                .unwrap_or_default()
+                .join(", ");
+            let getters: Vec<String> = match &evaluator["result"] {
+                Value::Array(a) => a.clone(),
+                other => vec![other.clone()],
+            }
+            .iter()
+            .filter_map(|r| r["type"].as_str().map(str::to_owned))
+            .collect();
+            if getters.is_empty() {
+                format!("OSWorld {funcs}")
+            } else {
+                format!("OSWorld {funcs} on {}", getters.join(", "))
+            }
+        }
         CheckKind::Command {
             command,
             exit_code,
@@ -644,6 +777,11 @@ pub struct SandboxEvidence {
     pub sandbox: Sandbox,
     pub windows: Result<Vec<Window>, String>,
     pub judge: Option<Judge>,
+    /// Whether the agent gave up (see [`agent_gave_up`]).
+    pub gave_up: Option<bool>,
+    /// An inspector started from a snapshot (no capabilities, no agent process alive),
+    /// rather than the live desktop.
+    pub inspector: bool,
 }
 
 impl Evidence for SandboxEvidence {
@@ -699,6 +837,53 @@ impl Evidence for SandboxEvidence {
             Some(j) => j.ask(question).await,
             None => Err("no judge model is configured".into()),
         }
+    }
+
+    async fn osworld(&self, request: &Value) -> Result<Value, String> {
+        let stdin = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+        // On the live desktop as root, out of reach of the agent's processes (it reads the
+        // agent's files as the agent's user); in an inspector, where no agent process runs
+        // and root has no capability to change user, as the desktop's user.
+        let user = if self.inspector { "user" } else { "root" };
+        let out = self
+            .sandbox
+            .exec(
+                OSWORLD_EVALUATE,
+                &ExecOptions {
+                    user: Some(user.into()),
+                    stdin: Some(stdin),
+                    timeout: Some(OSWORLD_TIMEOUT),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if out.timed_out {
+            return Err(format!(
+                "OSWorld's evaluator did not finish in {} s",
+                OSWORLD_TIMEOUT.as_secs()
+            ));
+        }
+        let stdout = out.stdout_text();
+        let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
+        match last.map(serde_json::from_str::<Value>) {
+            Some(Ok(v)) if v.is_object() => Ok(v),
+            _ if out.exit_code == 126 || out.exit_code == 127 || stdout.is_empty() => Err(format!(
+                "OSWorld's evaluator is not in this desktop's image (exit {}: {}): run the task on {} (`selfagent sandbox build --flavor office`)",
+                out.exit_code,
+                excerpt(&out.stderr_text()),
+                crate::sandbox::image::OFFICE_IMAGE
+            )),
+            _ => Err(format!(
+                "OSWorld's evaluator did not reply (exit {}): {}",
+                out.exit_code,
+                excerpt(&format!("{stdout}{}", out.stderr_text()))
+            )),
+        }
+    }
+
+    fn gave_up(&self) -> Option<bool> {
+        self.gave_up
     }
 }
 
@@ -767,6 +952,17 @@ impl Evidence for StoredEvidence {
             Some(j) => j.ask(question).await,
             None => Err("no judge model is configured".into()),
         }
+    }
+
+    async fn osworld(&self, _request: &Value) -> Result<Value, String> {
+        Err(
+            "OSWorld's evaluator runs in the desktop, and there is no snapshot image to run it in"
+                .into(),
+        )
+    }
+
+    fn gave_up(&self) -> Option<bool> {
+        self.state.gave_up
     }
 }
 
@@ -845,6 +1041,16 @@ impl<E: Evidence> Evidence for Recorded<E> {
     async fn judge(&self, question: &str) -> Result<JudgeVerdict, String> {
         self.inner.judge(question).await
     }
+
+    async fn osworld(&self, request: &Value) -> Result<Value, String> {
+        self.inner.osworld(request).await
+    }
+
+    fn gave_up(&self) -> Option<bool> {
+        let gave_up = self.inner.gave_up();
+        self.with_seen(|s| s.gave_up = gave_up);
+        gave_up
+    }
 }
 
 #[cfg(test)]
@@ -857,6 +1063,7 @@ mod tests {
         let b64 = |s: &str| Some(base64::engine::general_purpose::STANDARD.encode(s));
         FinalState {
             snapshot: None,
+            gave_up: None,
             snapshot_skipped: None,
             windows: Some(vec![Window {
                 id: 1,

@@ -87,6 +87,19 @@ pub enum SetupStep {
     Sleep {
         seconds: f64,
     },
+    /// A file of this machine (an imported task's download cache) copied into the
+    /// desktop; a relative `from` is relative to the task file.
+    Upload {
+        from: String,
+        to: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadSpec {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -145,6 +158,8 @@ struct RawSetup {
     activate_window: Option<WindowSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sleep: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upload: Option<UploadSpec>,
 }
 
 impl TryFrom<RawSetup> for SetupStep {
@@ -158,12 +173,13 @@ impl TryFrom<RawSetup> for SetupStep {
             r.wait_for_window.is_some(),
             r.activate_window.is_some(),
             r.sleep.is_some(),
+            r.upload.is_some(),
         ]
         .iter()
         .filter(|g| **g)
         .count();
         if given != 1 {
-            return Err("a setup step needs exactly one of exec, write_file, launch, open, wait_for_window, activate_window, sleep".into());
+            return Err("a setup step needs exactly one of exec, write_file, launch, open, wait_for_window, activate_window, sleep, upload".into());
         }
         if r.timeout.is_some() && r.exec.is_none() {
             return Err(
@@ -197,6 +213,14 @@ impl TryFrom<RawSetup> for SetupStep {
                 title: w.title,
                 class: w.class,
                 timeout: w.timeout,
+            }
+        } else if let Some(u) = r.upload {
+            if u.from.is_empty() || !u.to.starts_with('/') {
+                return Err("`upload` needs `from` and an absolute `to`".into());
+            }
+            Self::Upload {
+                from: u.from,
+                to: u.to,
             }
         } else {
             let seconds = r.sleep.unwrap_or_default();
@@ -256,6 +280,10 @@ impl From<SetupStep> for RawSetup {
                 sleep: Some(seconds),
                 ..Default::default()
             },
+            SetupStep::Upload { from, to } => Self {
+                upload: Some(UploadSpec { from, to }),
+                ..Default::default()
+            },
         }
     }
 }
@@ -296,6 +324,13 @@ pub enum CheckKind {
     Not(Box<Check>),
     /// A vision-language model judges the recorded frames against this question.
     Judge { question: String },
+    /// OSWorld's own evaluator (`func`, `result`, `expected`, `options`, `conj`), run by
+    /// the office image's copy of OSWorld's `desktop-env`; `files` are the expected files
+    /// (OSWorld's `dest` name -> a file of this machine, relative to the task file).
+    Osworld {
+        evaluator: serde_json::Value,
+        files: std::collections::BTreeMap<String, String>,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -333,6 +368,10 @@ struct RawCheck {
     not: Option<Box<Check>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     judge: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    osworld: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default = "default_weight")]
     weight: f64,
 }
@@ -355,12 +394,16 @@ impl TryFrom<RawCheck> for Check {
             r.any.is_some(),
             r.not.is_some(),
             r.judge.is_some(),
+            r.osworld.is_some(),
         ]
         .iter()
         .filter(|k| **k)
         .count();
         if kinds != 1 {
-            return Err("a check needs exactly one of command, file, window (or window_class), all, any, not, judge".into());
+            return Err("a check needs exactly one of command, file, window (or window_class), all, any, not, judge, osworld".into());
+        }
+        if r.files.is_some() && r.osworld.is_none() {
+            return Err("`files` belongs to an `osworld` check".into());
         }
         if !(r.weight.is_finite() && r.weight >= 0.0) {
             return Err(format!("`weight` must be a number >= 0, got {}", r.weight));
@@ -429,6 +472,16 @@ impl TryFrom<RawCheck> for Check {
             CheckKind::Any(any)
         } else if let Some(not) = r.not {
             CheckKind::Not(not)
+        } else if let Some(evaluator) = r.osworld {
+            osworld_funcs(&evaluator)?;
+            let files = r.files.unwrap_or_default();
+            if let Some(bad) = files
+                .keys()
+                .find(|k| k.is_empty() || k.contains('/') || k.starts_with('.'))
+            {
+                return Err(format!("`files`: '{bad}' is not a plain file name"));
+            }
+            CheckKind::Osworld { evaluator, files }
         } else {
             let question = r.judge.unwrap_or_default();
             if question.trim().is_empty() {
@@ -502,8 +555,31 @@ impl From<Check> for RawCheck {
                 judge: Some(question),
                 ..base
             },
+            CheckKind::Osworld { evaluator, files } => RawCheck {
+                osworld: Some(evaluator),
+                files: (!files.is_empty()).then_some(files),
+                ..base
+            },
         }
     }
+}
+
+/// The metric names of an OSWorld evaluator (`func`: one name or a list of them).
+pub fn osworld_funcs(evaluator: &serde_json::Value) -> Result<Vec<String>, String> {
+    let bad = || "`osworld` needs `func`: a metric name or a list of them".to_owned();
+    let list = match &evaluator["func"] {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(a) => a
+            .iter()
+            .map(|f| f.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    if list.is_empty() || list.iter().any(String::is_empty) {
+        return Err(bad());
+    }
+    Ok(list)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -539,6 +615,10 @@ pub struct Task {
     /// that is expensive done once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// The desktop image's flavour it needs: `office` (LibreOffice, GIMP, VLC, Chromium,
+    /// OSWorld's evaluators: `sandbox build --flavor office`), or the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desktop: Option<String>,
 }
 
 impl Limits {
@@ -548,6 +628,18 @@ impl Limits {
 }
 
 impl Task {
+    /// The image this task's desktop starts from, given the one asked for: a saved
+    /// snapshot (`from`), the office image for `desktop = "office"` when the default image
+    /// was asked for, else `image`.
+    pub fn image(&self, image: &str) -> String {
+        match (&self.from, self.desktop.as_deref()) {
+            (Some(tag), _) => crate::sandbox::snapshot::saved_image(tag),
+            (None, Some("office")) if image == crate::sandbox::DEFAULT_IMAGE => {
+                crate::sandbox::image::OFFICE_IMAGE.to_owned()
+            }
+            _ => image.to_owned(),
+        }
+    }
     /// Parses task text; `name` (a file name) decides TOML or JSON.
     pub fn parse(text: &str, name: &str) -> Result<Self, TaskError> {
         let parsed: Result<Task, String> = if name.ends_with(".json") {
@@ -579,7 +671,37 @@ impl Task {
             path: path.display().to_string(),
             error,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut task = Self::parse(&text, &path.display().to_string())?;
+        task.resolve_files(path.parent().unwrap_or(Path::new(".")));
+        Ok(task)
+    }
+
+    /// Makes the task's files of this machine (uploads, OSWorld's expected files)
+    /// relative to `dir`, the task file's folder, absolute.
+    pub fn resolve_files(&mut self, dir: &Path) {
+        let abs = |p: &mut String| {
+            if !Path::new(p.as_str()).is_absolute() {
+                *p = dir.join(p.as_str()).display().to_string();
+            }
+        };
+        for step in self.setup.iter_mut().chain(self.post.iter_mut()) {
+            if let SetupStep::Upload { from, .. } = step {
+                abs(from);
+            }
+        }
+        fn walk(c: &mut Check, abs: &dyn Fn(&mut String)) {
+            match &mut c.kind {
+                CheckKind::All(list) | CheckKind::Any(list) => {
+                    list.iter_mut().for_each(|c| walk(c, abs));
+                }
+                CheckKind::Not(c) => walk(c, abs),
+                CheckKind::Osworld { files, .. } => files.values_mut().for_each(abs),
+                _ => {}
+            }
+        }
+        if let Some(c) = &mut self.check {
+            walk(c, &abs);
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -600,6 +722,12 @@ impl Task {
         if let Some(tag) = &self.from {
             crate::sandbox::snapshot::check_tag(tag).map_err(|e| format!("`from`: {e}"))?;
         }
+        if let Some(d) = &self.desktop
+            && d != "office"
+            && d != "default"
+        {
+            return Err(format!("`desktop` '{d}' is not `office` or `default`"));
+        }
         if let Some(t) = self.limits.timeout
             && !(t.is_finite() && t > 0.0)
         {
@@ -613,6 +741,9 @@ impl Task {
 }
 
 /// Every task file named, directories searched for `*.toml` and `*.json` (sorted).
+/// The report `tasks import-osworld` writes next to the tasks it converted.
+pub const COVERAGE_FILE: &str = "coverage.json";
+
 pub fn task_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, TaskError> {
     let mut out = Vec::new();
     for p in paths {
@@ -624,6 +755,8 @@ pub fn task_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, TaskError> {
                 })?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|f| f.extension().is_some_and(|x| x == "toml" || x == "json"))
+                // The OSWorld import's report, next to the tasks it wrote, is not a task.
+                .filter(|f| f.file_name().is_none_or(|n| n != COVERAGE_FILE))
                 .collect();
             found.sort();
             out.extend(found);

@@ -9,7 +9,7 @@ use crate::episode::check_has_judge;
 use crate::record::{Db, SessionRow};
 use crate::sandbox::Engine;
 use crate::task::Task;
-use crate::task::check::{self, Grade, Judge, SandboxEvidence, StoredEvidence};
+use crate::task::check::{self, FinalState, Grade, Judge, SandboxEvidence, StoredEvidence};
 use anyhow::{Context, bail};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -98,6 +98,12 @@ pub async fn regrade(
         }
         _ => None,
     };
+    // How the agent ended, for OSWorld's infeasible tasks: as recorded with the grade, or
+    // from the session (recordings before it was kept).
+    let gave_up = state.gave_up.or_else(|| {
+        (session.meta["ended_by"] == "model")
+            .then(|| check::agent_gave_up(&session.status, session.answer.as_deref()))
+    });
     let after = match snapshot {
         Some((image, engine)) => {
             let inspector = engine
@@ -105,6 +111,8 @@ pub async fn regrade(
                 .await
                 .with_context(|| format!("starting an inspector from {image}"))?;
             let evidence = SandboxEvidence {
+                gave_up,
+                inspector: true,
                 sandbox: inspector.clone(),
                 windows: state
                     .windows
@@ -119,7 +127,10 @@ pub async fn regrade(
             g
         }
         None => {
-            let evidence = StoredEvidence { state, judge };
+            let evidence = StoredEvidence {
+                state: FinalState { gave_up, ..state },
+                judge,
+            };
             check::grade(&task.id, check, &evidence, "recorded").await
         }
     };

@@ -18,6 +18,8 @@ pub const WINDOW_TIMEOUT: Duration = Duration::from_secs(30);
 pub const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 /// After setup: the screen must be unchanged this long before the agent looks.
 const SETTLED_QUIET: Duration = Duration::from_millis(300);
+/// The largest file an `upload` step copies (OSWorld's videos are tens of megabytes).
+const MAX_UPLOAD: u64 = 512 << 20;
 
 impl SetupStep {
     /// The step in words, for progress and recordings.
@@ -46,6 +48,7 @@ impl SetupStep {
                 format!("activate the window with {}", window(title, class))
             }
             Self::Sleep { seconds } => format!("sleep {seconds} s"),
+            Self::Upload { from, to } => format!("upload {from} to {to}"),
         }
     }
 }
@@ -173,6 +176,22 @@ pub async fn run_step(desktop: &Desktop, step: &SetupStep) -> Result<(), String>
         SetupStep::Sleep { seconds } => {
             tokio::time::sleep(Duration::from_secs_f64(*seconds)).await;
             Ok(())
+        }
+        SetupStep::Upload { from, to } => {
+            let meta = std::fs::metadata(from).map_err(|e| {
+                format!(
+                    "{from} is not there ({e}): an imported task's downloads come from its \
+                     import cache, made by `selfagent tasks import-osworld --fetch`"
+                )
+            })?;
+            if meta.len() > MAX_UPLOAD {
+                return Err(format!("{from} is larger than {MAX_UPLOAD} bytes"));
+            }
+            let data = std::fs::read(from).map_err(|e| format!("reading {from}: {e}"))?;
+            sandbox
+                .write_file(to, &data)
+                .await
+                .map_err(|e| e.to_string())
         }
     }
 }

@@ -200,6 +200,11 @@ async fn import_osworld(inputs: &[&Path], out: &Path, home: &Path) -> String {
     log
 }
 
+/// `selfagent run --headless --task TASK` against `server`, owning its path.
+async fn run_task_file(task: PathBuf, server: &ModelServer, db: &Path, home: &Path) -> Output {
+    run_task(&task, server, db, home).await
+}
+
 /// `selfagent run --headless --task TASK` against `server`.
 async fn run_task(task: &Path, server: &ModelServer, db: &Path, home: &Path) -> Output {
     let url = server.base_url();
@@ -592,19 +597,79 @@ async fn run_with_a_task_reports_a_failed_setup_as_a_harness_error() {
     );
 }
 
-/// Small OSWorld tasks in their exact format: one runs here, the others are skipped with
-/// their reasons.
+/// The file `script` writes to `OUT`, run by the office image's Python in a throwaway
+/// container without network: stand-ins for OSWorld's downloads, which are on Google
+/// Drive and Hugging Face (unreachable here).
+async fn made_in_office_image(name: &str, script: &str) -> Vec<u8> {
+    // OUT keeps the file's name: its extension tells some writers the format.
+    let wrapper = "import base64, os, sys; os.makedirs('/tmp/stand-in'); \
+                   OUT = '/tmp/stand-in/' + os.environ['NAME']; exec(os.environ['SCRIPT']); \
+                   sys.stdout.write(base64.b64encode(open(OUT, 'rb').read()).decode())";
+    let out = tokio::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-e",
+            &format!("SCRIPT={script}"),
+            "-e",
+            &format!("NAME={}", name.replace('/', "_")),
+            "--entrypoint",
+            "/opt/osworld/bin/python",
+            selfagent::sandbox::image::OFFICE_IMAGE,
+            "-c",
+            wrapper,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8_lossy(&out.stdout).trim())
+        .unwrap()
+}
+
+/// The latest grade of the session that ran `task_id`.
+fn grade_of(db: &Path, task_id: &str) -> (String, selfagent::task::check::Grade) {
+    let rec = Db::open(db).unwrap();
+    let s = rec
+        .task_sessions()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.task_id.as_deref() == Some(task_id))
+        .max_by_key(|s| (s.created_at, s.id.clone()))
+        .unwrap_or_else(|| panic!("no session of {task_id}"));
+    let row = rec.latest_grade(&s.id).unwrap().unwrap();
+    let g = serde_json::from_value(row.details.clone())
+        .unwrap_or_else(|e| panic!("grade {:?}: {e}", row.details));
+    (s.id, g)
+}
+
+/// OSWorld tasks in their exact format, imported and run on the office desktop, graded by
+/// OSWorld's own metrics inside it: a solved task passes and the same task with a no-op
+/// agent fails (exact_match on a command's output); an infeasible task passes when the
+/// agent gives up and fails when it claims success; Chrome's tabs opened by a setup step are
+/// what OSWorld's getter reads; a Calc-style task (downloads from the import cache,
+/// compare_table against a cached expected file) passes with its oracle, fails without, and
+/// is an error, not a failure, when the metric raises; and a graded episode is graded
+/// again from its snapshot after the desktop is gone.
 #[tokio::test(flavor = "multi_thread")]
-async fn osworld_tasks_import_into_runnable_tasks_or_clear_skips() {
+async fn osworld_tasks_run_on_the_office_desktop_graded_by_osworlds_own_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path();
-    let runnable = json!({
+    let folder = json!({
         "id": "b6781586-6346-41cd-935a-a6b1487918fc",
         "snapshot": "os",
         "instruction": "Create a folder named 'reports' in the home directory, using the terminal.",
         "source": "https://www.example.com/osworld-style",
         "config": [
-            {"type": "execute", "parameters": {"command": ["python", "-c", "import pathlib; pathlib.Path('/home/user/seed.txt').write_text('x')"]}},
+            {"type": "execute", "parameters": {"command": ["python", "-c", "import pyautogui, pathlib; pathlib.Path('/home/user/seed.txt').write_text(str(pyautogui.size()))"]}},
             {"type": "launch", "parameters": {"command": ["gnome-terminal"]}},
             {"type": "sleep", "parameters": {"seconds": 0.5}}
         ],
@@ -616,21 +681,22 @@ async fn osworld_tasks_import_into_runnable_tasks_or_clear_skips() {
             "expected": {"type": "rule", "rules": {"expected": "yes\n"}}
         }
     });
-    let needs_chrome = json!({
+    let tabs = json!({
         "id": "06fe7178-4491-4589-810f-2e2bc9502122",
         "snapshot": "chrome",
-        "instruction": "Can you make my computer bring back the last tab I shut down?",
-        "source": "https://www.wikihow.com/",
+        "instruction": "Keep the page about this machine open.",
+        "source": "",
         "config": [
             {"type": "launch", "parameters": {"command": ["google-chrome", "--remote-debugging-port=1337"]}},
-            {"type": "chrome_open_tabs", "parameters": {"urls_to_open": ["https://www.lonelyplanet.com"]}}
+            {"type": "launch", "parameters": {"command": ["socat", "tcp-listen:9222,fork", "tcp:localhost:1337"]}},
+            {"type": "chrome_open_tabs", "parameters": {"urls_to_open": ["file:///etc/os-release"]}}
         ],
         "trajectory": "trajectories/",
         "related_apps": ["chrome"],
         "evaluator": {
             "func": "is_expected_tabs",
             "result": {"type": "open_tabs_info"},
-            "expected": {"type": "rule", "rules": {"type": "url", "urls": ["https://www.lonelyplanet.com"]}}
+            "expected": {"type": "rule", "rules": {"type": "url", "urls": ["file:///etc/os-release"]}}
         }
     });
     let infeasible = json!({
@@ -643,44 +709,404 @@ async fn osworld_tasks_import_into_runnable_tasks_or_clear_skips() {
         "related_apps": ["os"],
         "evaluator": {"func": "infeasible"}
     });
-    let a = home.join("runnable.json");
-    let b = home.join("more.json");
-    std::fs::write(&a, runnable.to_string()).unwrap();
-    std::fs::write(&b, json!([needs_chrome, infeasible]).to_string()).unwrap();
+    let total = |id: &str, gold: &str| {
+        json!({
+            "id": id,
+            "snapshot": "libreoffice_calc",
+            "instruction": "Put 42 next to 'total' in in.xlsx and save it as out.xlsx.",
+            "source": "",
+            "config": [
+                {"type": "download", "parameters": {"files": [{"url": "https://example.invalid/in.xlsx", "path": "/home/user/in.xlsx"}]}}
+            ],
+            "trajectory": "trajectories/",
+            "related_apps": ["libreoffice_calc"],
+            "evaluator": {
+                "func": "compare_table",
+                "result": {"type": "vm_file", "path": "/home/user/out.xlsx", "dest": "out.xlsx"},
+                "expected": {"type": "cloud_file", "path": gold, "dest": "gold.xlsx"},
+                "options": {"rules": [{"type": "sheet_data", "sheet_idx0": 0, "sheet_idx1": "EI0"}]}
+            }
+        })
+    };
+    let calc = total("calc-total", "https://example.invalid/gold.xlsx");
+    let broken = total(
+        "calc-total-broken-gold",
+        "https://example.invalid/broken.xlsx",
+    );
+    let file = home.join("osworld.json");
+    std::fs::write(
+        &file,
+        json!([folder, tabs, infeasible, calc, broken]).to_string(),
+    )
+    .unwrap();
     let out_dir = home.join("imported");
-    let log = import_osworld(&[&a, &b], &out_dir, home).await;
-    assert!(log.contains("1 converted, 2 skipped"), "{log}");
-    assert!(
-        log.contains("skipped 06fe7178-4491-4589-810f-2e2bc9502122"),
-        "{log}"
-    );
-    assert!(log.contains("Google Chrome"), "{log}");
-    assert!(log.contains("infeasible"), "{log}");
-    let files: Vec<_> = std::fs::read_dir(&out_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    assert_eq!(
-        files,
-        vec![out_dir.join("b6781586-6346-41cd-935a-a6b1487918fc.toml")]
-    );
+    let log = import_osworld(&[&file], &out_dir, home).await;
+    assert!(log.contains("5 converted, 0 skipped"), "{log}");
 
-    // The imported task runs here: setup (python3, the terminal), the agent, the check.
-    let server = ModelServer::start(
-        vec![typed("mkdir ~/reports\n"), answer("Done.")],
+    // The import cache, as `--fetch` fills it, with stand-in files.
+    let workbook = |cells: &str| {
+        format!("import openpyxl; wb = openpyxl.Workbook(); ws = wb.active; {cells}; wb.save(OUT)")
+    };
+    let input = made_in_office_image("in.xlsx", &workbook("ws['A1'] = 'total'")).await;
+    let gold =
+        made_in_office_image("gold.xlsx", &workbook("ws['A1'] = 'total'; ws['B1'] = 42")).await;
+    let cached = |url: &str, name: &str, data: &[u8]| {
+        let path = out_dir.join(selfagent::task::osworld::cache_path(url, name));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    };
+    cached(
+        "https://example.invalid/in.xlsx",
+        "/home/user/in.xlsx",
+        &input,
+    );
+    cached("https://example.invalid/gold.xlsx", "gold.xlsx", &gold);
+    cached(
+        "https://example.invalid/broken.xlsx",
+        "gold.xlsx",
+        b"not a spreadsheet",
+    );
+    // The oracle of the Calc task: what a solution leaves, made after the agent (a no-op).
+    let oracle = "[[post]]\nexec = \"/opt/osworld/bin/python -c 'import openpyxl; wb = openpyxl.load_workbook(\\\"/home/user/in.xlsx\\\"); wb.active[\\\"B1\\\"] = 42; wb.save(\\\"/home/user/out.xlsx\\\")'\"\n";
+    let imported = |id: &str| out_dir.join(format!("{id}.toml"));
+    let with_oracle = |id: &str| {
+        let path = out_dir.join(format!("{id}-solved.toml"));
+        std::fs::write(
+            &path,
+            std::fs::read_to_string(imported(id))
+                .unwrap()
+                .replace(&format!("id = \"{id}\""), &format!("id = \"{id}-solved\""))
+                .replace("\n[check]", &format!("\n{oracle}\n[check]")),
+        )
+        .unwrap();
+        path
+    };
+    let solved = with_oracle("calc-total");
+    let broken_solved = with_oracle("calc-total-broken-gold");
+
+    let server = ModelServer::routed(
+        vec![
+            route(
+                "folder named 'reports'",
+                vec![typed("mkdir ~/reports\n"), answer("Done.")],
+            ),
+            route(
+                "240 Hz",
+                vec![call(
+                    json!({"action": "fail", "reason": "the virtual screen has no refresh rate"}),
+                )],
+            ),
+        ],
         (1280, 800),
     )
     .await;
+    // The no-op agent: it answers at once.
+    let noop = ModelServer::routed(vec![route("", vec![answer("Done.")])], (1280, 800)).await;
     let db = home.join("rec.db");
     let _snapshots = SnapshotsOf(db.clone());
-    let run = run_task(&files[0], &server, &db, home).await;
-    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    let run = |id: &str| run_task_file(imported(id), &server, &db, home);
+    let run_noop = |id: &str| run_task_file(imported(id), &noop, &db, home);
+    // Solved, then a no-op on the same task.
+    let ran = run("b6781586-6346-41cd-935a-a6b1487918fc").await;
+    assert_eq!(ran.status.code(), Some(0), "{}", text(&ran));
+    let ran = run_noop("b6781586-6346-41cd-935a-a6b1487918fc").await;
+    assert_ne!(
+        ran.status.code(),
+        Some(0),
+        "a no-op agent passed: {}",
+        text(&ran)
+    );
+    let (_, g) = grade_of(&db, "b6781586-6346-41cd-935a-a6b1487918fc");
+    assert_eq!(g.passed, Some(false), "{g:?}");
+    // Infeasible: giving up passes, claiming success fails.
+    run("f5c13cdd-205c-4719-a562-348ae5cd1d91").await;
+    let (_, g) = grade_of(&db, "f5c13cdd-205c-4719-a562-348ae5cd1d91");
+    assert_eq!(g.passed, Some(true), "{g:?}");
+    run_noop("f5c13cdd-205c-4719-a562-348ae5cd1d91").await;
+    let (_, g) = grade_of(&db, "f5c13cdd-205c-4719-a562-348ae5cd1d91");
+    assert_eq!(g.passed, Some(false), "{g:?}");
+    // Chrome's tabs, read over its debugging port by OSWorld's getter.
+    let ran = run_noop("06fe7178-4491-4589-810f-2e2bc9502122").await;
+    assert_eq!(ran.status.code(), Some(0), "{}", text(&ran));
+    // Calc: the oracle passes, a no-op fails, a metric that raises is an error.
+    let ran = run_task_file(solved.clone(), &noop, &db, home).await;
+    assert_eq!(ran.status.code(), Some(0), "{}", text(&ran));
+    let (solved_session, g) = grade_of(&db, "calc-total-solved");
+    let leaf = g.result.as_ref().unwrap();
+    assert!(leaf.check.contains("compare_table"), "{g:?}");
+    assert!(leaf.detail.contains("compare_table 1"), "{g:?}");
+    run_noop("calc-total").await;
+    let (_, g) = grade_of(&db, "calc-total");
+    assert_eq!(g.passed, Some(false), "{g:?}");
+    // The result is there; the expected file is not a spreadsheet: openpyxl raises.
+    run_task_file(broken_solved, &noop, &db, home).await;
+    let (_, g) = grade_of(&db, "calc-total-broken-gold-solved");
+    assert_eq!(g.passed, None, "a raising metric is an error: {g:?}");
+    assert!(
+        g.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("OSWorld's evaluator raised"),
+        "{g:?}"
+    );
     assert!(server.problems().is_empty(), "{:?}", server.problems());
+    assert!(noop.problems().is_empty(), "{:?}", noop.problems());
+
+    // Graded again from the snapshot, the desktop long gone.
+    let regraded = selfagent(
+        &[
+            "grade",
+            &solved_session,
+            "--db",
+            db.to_str().unwrap(),
+            "--json",
+        ],
+        home,
+    )
+    .await;
+    assert_eq!(regraded.status.code(), Some(0), "{}", text(&regraded));
+    let list: Value = serde_json::from_slice(&regraded.stdout).unwrap();
+    assert_eq!(list[0]["after"]["passed"], json!(true), "{list}");
+    assert!(
+        list[0]["after"]["evidence"]
+            .as_str()
+            .unwrap()
+            .starts_with("snapshot"),
+        "{list}"
+    );
+}
+
+#[derive(serde::Deserialize)]
+struct Oracle {
+    task: String,
+    #[serde(default)]
+    stand_in: Vec<StandIn>,
+    solution: Vec<selfagent::task::SetupStep>,
+}
+
+#[derive(serde::Deserialize)]
+struct StandIn {
+    name: String,
+    python: String,
+}
+
+/// Real OSWorld tasks (tests/fixtures/osworld-oracles/README.md) across the OS, Chrome,
+/// GIMP, VLC, Calc, Writer, Impress and a multi-app task: each passes OSWorld's own metric
+/// with its hand-written solution run after a no-op agent, and fails without it
+/// (`tasks audit` finds no broken task among them).
+#[tokio::test(flavor = "multi_thread")]
+async fn osworld_oracles_pass_and_no_op_agents_fail() {
+    use selfagent::task::{Task, osworld};
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut oracles: Vec<(String, Oracle)> = Vec::new();
+    for e in std::fs::read_dir(fixtures.join("osworld-oracles")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let o: Oracle = toml::from_str(&std::fs::read_to_string(&p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            oracles.push((p.file_stem().unwrap().to_string_lossy().into_owned(), o));
+        }
+    }
+    oracles.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(oracles.len() >= 12, "{} oracles", oracles.len());
+    let files: Vec<PathBuf> = oracles
+        .iter()
+        .map(|(_, o)| fixtures.join("osworld").join(&o.task))
+        .collect();
+    let out_dir = home.join("imported");
+    let inputs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let log = import_osworld(&inputs, &out_dir, home).await;
+    assert!(
+        log.contains(&format!("{} converted, 0 skipped", oracles.len())),
+        "{log}"
+    );
+
+    // The import cache, filled with the stand-ins, made in parallel.
+    let mut making = tokio::task::JoinSet::new();
+    for ((id, o), file) in oracles.iter().zip(&files) {
+        let task: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        assert_eq!(task["id"], json!(id));
+        for (url, rel) in osworld::downloads(&task) {
+            let s = o
+                .stand_in
+                .iter()
+                .find(|s| osworld::cache_path(&url, &s.name) == rel)
+                .unwrap_or_else(|| panic!("{id}: no stand-in for {rel}"));
+            let (name, script, path) = (s.name.clone(), s.python.clone(), out_dir.join(rel));
+            making.spawn(async move { (path, made_in_office_image(&name, &script).await) });
+        }
+    }
+    while let Some(made) = making.join_next().await {
+        let (path, data) = made.unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+
+    // Each task with its solution after the agent.
+    let solved = home.join("solved");
+    std::fs::create_dir_all(&solved).unwrap();
+    for (id, o) in &oracles {
+        let mut t = Task::load(&out_dir.join(format!("{id}.toml"))).unwrap();
+        t.id = format!("{id}-solved");
+        t.post.extend(o.solution.iter().cloned());
+        std::fs::write(
+            solved.join(format!("{id}-solved.toml")),
+            t.to_toml().unwrap(),
+        )
+        .unwrap();
+    }
+    let db = home.join("rec.db");
+    let _snapshots = SnapshotsOf(db.clone());
+    let run = selfagent(
+        &[
+            "batch",
+            solved.to_str().unwrap(),
+            "--no-agent",
+            "--parallel",
+            "2",
+            "--json",
+            "--db",
+            db.to_str().unwrap(),
+            "--report",
+            home.join("solved-report").to_str().unwrap(),
+        ],
+        home,
+    )
+    .await;
+    let report: Value =
+        serde_json::from_slice(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&run)));
+    let not_passed: Vec<String> = report["episodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["passed"] != json!(true))
+        .map(|e| {
+            format!(
+                "{}: {} {}",
+                e["task_id"], e["harness_error"], e["grade"]["result"]
+            )
+        })
+        .collect();
+    assert!(not_passed.is_empty(), "{not_passed:#?}\n{}", text(&run));
+    assert_eq!(report["episodes"].as_array().unwrap().len(), oracles.len());
+
+    // Without the solutions, nothing passes.
+    let audit = selfagent(
+        &[
+            "tasks",
+            "audit",
+            out_dir.to_str().unwrap(),
+            "--parallel",
+            "2",
+            "--db",
+            db.to_str().unwrap(),
+            "--report",
+            home.join("audit-report").to_str().unwrap(),
+        ],
+        home,
+    )
+    .await;
+    let log = text(&audit);
+    assert_eq!(audit.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains(&format!(
+            "audit: {n} tasks with the no-op agent: {n} fail as they should, 0 broken",
+            n = oracles.len()
+        )),
+        "{log}"
+    );
+}
+
+/// `tasks audit` names a task that passes with no action as broken, and exits 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_finds_a_task_that_passes_with_no_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let tasks = home.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(
+        tasks.join("already-done.toml"),
+        "id = \"already-done\"\ninstruction = \"Make sure /etc/hostname exists.\"\n[check]\nfile = \"/etc/hostname\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tasks.join("needs-work.toml"),
+        "id = \"needs-work\"\ninstruction = \"Create ~/report.txt.\"\n[check]\nfile = \"/home/user/report.txt\"\n",
+    )
+    .unwrap();
+    let db = home.join("rec.db");
+    let _snapshots = SnapshotsOf(db.clone());
+    let audit = selfagent(
+        &[
+            "tasks",
+            "audit",
+            tasks.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--report",
+            home.join("report").to_str().unwrap(),
+        ],
+        home,
+    )
+    .await;
+    let log = text(&audit);
+    assert_eq!(audit.status.code(), Some(1), "{log}");
+    assert!(log.contains("1 fail as they should, 1 broken"), "{log}");
+    assert!(log.contains("broken  already-done"), "{log}");
+    // No model was asked anything: the recorded sessions took no step.
     let rec = Db::open(&db).unwrap();
-    let s = &rec.task_sessions().unwrap()[0];
-    assert_eq!(rec.latest_grade(&s.id).unwrap().unwrap().passed, Some(true));
+    assert!(rec.task_sessions().unwrap().iter().all(|s| s.steps == 0));
+}
+
+/// The importer's lists of OSWorld metrics and getters are what the office image loads.
+#[tokio::test]
+async fn the_importers_osworld_lists_are_what_the_office_image_loads() {
+    let out = tokio::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/opt/osworld/bin/python",
+            selfagent::sandbox::image::OFFICE_IMAGE,
+            "-I",
+            "/opt/selfagent/osworld/evaluate.py",
+            "--list",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failed"], json!([]), "{v}");
+    let lines = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("src/task")
+                .join(name),
+        )
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+    };
+    let names = |k: &str, strip: &str| -> Vec<String> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().trim_start_matches(strip).to_owned())
+            .collect()
+    };
+    assert_eq!(lines("osworld-metrics.txt"), names("metrics", ""));
+    assert_eq!(lines("osworld-getters.txt"), names("getters", "get_"));
 }
 
 /// SIGTERM (as Ctrl-C) during a batch: the running episode stops after its current action,
@@ -980,19 +1406,23 @@ async fn the_osworld_import_reports_its_coverage_by_app_and_reason() {
     let cov: Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("coverage.json")).unwrap())
             .unwrap();
-    assert_eq!(cov["tasks"], 4, "{cov}");
+    assert_eq!(cov["tasks"], 18, "{cov}");
     assert_eq!(cov["needs_account"], 1, "{cov}");
-    assert_eq!(cov["considered"], 3, "{cov}");
-    assert_eq!(cov["by_app"]["os"]["tasks"], 2, "{cov}");
+    assert_eq!(cov["considered"], 17, "{cov}");
+    assert_eq!(cov["converted"], 15, "{cov}");
+    assert_eq!(cov["by_app"]["os"]["tasks"], 3, "{cov}");
+    assert_eq!(cov["by_app"]["os"]["converted"], 1, "{cov}");
     assert_eq!(cov["by_app"]["multi_apps"]["needs_account"], 1, "{cov}");
+    assert_eq!(cov["by_app"]["vlc"]["converted"], 2, "{cov}");
     let reasons = cov["by_reason"].as_object().unwrap();
     assert_eq!(reasons["needs a Google account"], 1, "{cov}");
+    assert_eq!(reasons["the evaluator has no `func`"], 1, "{cov}");
     assert_eq!(
-        reasons["a step scripts the mouse or keyboard with pyautogui (not in this desktop)"], 2,
+        reasons["needs GNOME's settings store, which the office image does not have"], 1,
         "{cov}"
     );
     let listed = cov["tasks_list"].as_array().unwrap();
-    assert_eq!(listed.len(), 4);
+    assert_eq!(listed.len(), 18);
     assert!(
         listed
             .iter()
