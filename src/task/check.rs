@@ -1178,6 +1178,79 @@ mod tests {
         assert_eq!(g.passed, Some(false));
     }
 
+    /// OSWorld's FAIL, from each protocol: `fail`, `call_user` (UI-TARS has no fail), or an
+    /// answer that says the task is infeasible (Claude and OpenAI answer in words).
+    #[test]
+    fn giving_up_is_read_from_each_protocols_ending() {
+        assert!(agent_gave_up("failed", None));
+        assert!(agent_gave_up("needs_user", None));
+        assert!(agent_gave_up(
+            "succeeded",
+            Some("This task is INFEASIBLE: the screen has no 240 Hz mode.")
+        ));
+        assert!(!agent_gave_up("succeeded", Some("Done.")));
+        assert!(!agent_gave_up("stopped", None));
+        assert!(!agent_gave_up("error", None));
+    }
+
+    /// An OSWorld check: infeasible tasks are decided here, feasible ones score 0 when the
+    /// agent gave up, and the evaluator's error is the check's error.
+    #[tokio::test]
+    async fn osworld_checks_follow_osworlds_rules() {
+        use crate::task::{Check, CheckKind};
+        struct Fake(Option<bool>, Value);
+        impl Evidence for Fake {
+            async fn command(&self, _: &str) -> Result<CommandOutput, String> {
+                Err("unused".into())
+            }
+            async fn file(&self, _: &str, _: bool) -> Result<Option<FileSeen>, String> {
+                Err("unused".into())
+            }
+            async fn windows(&self) -> Result<Vec<Window>, String> {
+                Err("unused".into())
+            }
+            async fn judge(&self, _: &str) -> Result<JudgeVerdict, String> {
+                Err("unused".into())
+            }
+            async fn osworld(&self, _: &Value) -> Result<Value, String> {
+                Ok(self.1.clone())
+            }
+            fn gave_up(&self) -> Option<bool> {
+                self.0
+            }
+        }
+        let check = |func: &str| Check {
+            kind: CheckKind::Osworld {
+                evaluator: serde_json::json!({"func": func, "result": {"type": "vm_file", "path": "/x"}}),
+                files: BTreeMap::new(),
+            },
+            weight: 1.0,
+        };
+        let half =
+            serde_json::json!({"score": 0.5, "details": [{"func": "compare_table", "score": 0.5}]});
+        let r = evaluate(&check("infeasible"), &Fake(Some(true), Value::Null)).await;
+        assert_eq!((r.verdict, r.score), (Verdict::Passed, 1.0));
+        let r = evaluate(&check("infeasible"), &Fake(None, Value::Null)).await;
+        assert_eq!(r.verdict, Verdict::Error);
+        let r = evaluate(&check("compare_table"), &Fake(Some(true), half.clone())).await;
+        assert_eq!((r.verdict, r.score), (Verdict::Failed, 0.0));
+        // A partial score counts as it is; passing needs all of it.
+        let r = evaluate(&check("compare_table"), &Fake(Some(false), half)).await;
+        assert_eq!((r.verdict, r.score), (Verdict::Failed, 0.5));
+        let raised = serde_json::json!({"error": "BadZipFile: File is not a zip file"});
+        let r = evaluate(&check("compare_table"), &Fake(Some(false), raised)).await;
+        assert_eq!(r.verdict, Verdict::Error);
+        assert!(r.detail.contains("BadZipFile"), "{}", r.detail);
+        // An expected file missing from the import cache is an error that says what to do.
+        let mut c = check("compare_table");
+        if let CheckKind::Osworld { files, .. } = &mut c.kind {
+            files.insert("gold.xlsx".into(), "/nonexistent/cache/gold.xlsx".into());
+        }
+        let r = evaluate(&c, &Fake(Some(false), Value::Null)).await;
+        assert_eq!(r.verdict, Verdict::Error);
+        assert!(r.detail.contains("--fetch"), "{}", r.detail);
+    }
+
     #[test]
     fn judge_verdicts_are_read_leniently_but_not_guessed() {
         assert_eq!(
