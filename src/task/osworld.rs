@@ -227,6 +227,21 @@ struct Converter {
     notes: Vec<String>,
     /// Steps one OSWorld step became beyond the first (a download of several files).
     pending: Vec<SetupStep>,
+    /// Converting `postconfig` (after the agent) rather than `config`.
+    in_post: bool,
+}
+
+/// A window name as a regex (`strict`: the whole title); Google Chrome's windows are
+/// Chromium's here (and its class `Google-chrome` is `Chromium`).
+fn window_regex(name: &str, strict: bool) -> String {
+    let mut re = regex::escape(name)
+        .replace("Google Chrome", "(?:Google Chrome|Chromium)")
+        .replace("Google-chrome", "(?:Google-chrome|Chromium)")
+        .replace("google-chrome", "(?:google-chrome|chromium)");
+    if strict {
+        re = format!("^{re}$");
+    }
+    re
 }
 
 impl Converter {
@@ -358,12 +373,32 @@ impl Converter {
                     self.skip("an `activate_window` step has no window_name");
                     return None;
                 };
-                let re = if p["strict"].as_bool().unwrap_or(false) {
-                    format!("^{}$", regex::escape(name))
-                } else {
-                    regex::escape(name)
-                };
+                let strict = p["strict"].as_bool().unwrap_or(false);
                 let by_class = p["by_class"].as_bool().unwrap_or(false);
+                if self.in_post {
+                    // After the agent, OSWorld raises the window if it is there and goes
+                    // on if not (the agent may not have left it): so does wmctrl -a.
+                    let mut flags = String::new();
+                    if strict {
+                        flags.push_str("-F ");
+                    }
+                    if by_class {
+                        flags.push_str("-x ");
+                    }
+                    let mut names = vec![name.to_owned()];
+                    if name.contains("Google Chrome") {
+                        names.push(name.replace("Google Chrome", "Chromium"));
+                    }
+                    let tries: Vec<String> = names
+                        .iter()
+                        .map(|n| format!("wmctrl {flags}-a {}", shell_quote(n)))
+                        .collect();
+                    return Some(SetupStep::Exec {
+                        command: format!("{{ {}; }} || true", tries.join(" || ")),
+                        timeout: Some(10.0),
+                    });
+                }
+                let re = window_regex(name, strict);
                 Some(SetupStep::ActivateWindow {
                     title: (!by_class).then(|| re.clone()),
                     class: by_class.then_some(re),
@@ -556,6 +591,7 @@ pub fn convert(v: &Value) -> Result<Imported, Skipped> {
         reasons: Vec::new(),
         notes: Vec::new(),
         pending: Vec::new(),
+        in_post: false,
     };
     let instruction = v["instruction"].as_str().unwrap_or_default().to_owned();
     if id.is_empty() || instruction.is_empty() {
@@ -576,6 +612,7 @@ pub fn convert(v: &Value) -> Result<Imported, Skipped> {
     };
     let setup = steps(&mut c, &v["config"]);
     let ev = &v["evaluator"];
+    c.in_post = true;
     let post = steps(&mut c, &ev["postconfig"]);
     let check = c.check(ev);
     if !c.reasons.is_empty() {
@@ -674,6 +711,31 @@ mod tests {
             )],
         };
         assert!(s.needs_account());
+    }
+
+    #[test]
+    fn windows_are_awaited_in_setup_and_raised_if_there_after_the_agent() {
+        let t = convert_json(json!({
+            "id": "w1",
+            "instruction": "Do it.",
+            "config": [{"type": "activate_window", "parameters": {"window_name": "Google Chrome"}}],
+            "evaluator": {
+                "postconfig": [{"type": "activate_window", "parameters": {"window_name": "a.docx - LibreOffice Writer", "strict": true}}],
+                "func": "exact_match", "result": {"type": "vm_command_line", "command": "echo ok"}, "expected": {"type": "rule", "rules": {"expected": "ok"}}}
+        }))
+        .unwrap();
+        let SetupStep::ActivateWindow { title, .. } = &t.task.setup[0] else {
+            panic!("{:?}", t.task.setup)
+        };
+        let re = regex::Regex::new(title.as_deref().unwrap()).unwrap();
+        assert!(re.is_match("New Tab - Chromium") && re.is_match("New Tab - Google Chrome"));
+        let SetupStep::Exec { command, .. } = &t.task.post[0] else {
+            panic!("{:?}", t.task.post)
+        };
+        assert_eq!(
+            command,
+            "{ wmctrl -F -a 'a.docx - LibreOffice Writer'; } || true"
+        );
     }
 
     #[test]

@@ -1060,6 +1060,175 @@ async fn the_audit_finds_a_task_that_passes_with_no_action() {
     assert!(rec.task_sessions().unwrap().iter().all(|s| s.steps == 0));
 }
 
+/// A plain HTTP server on loopback serving `files` by path; counts the requests.
+async fn file_server(
+    files: Vec<(&'static str, Vec<u8>)>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = vec![0u8; 4096];
+            let n = conn.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let reply = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(body);
+                    r
+                }
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = conn.write_all(&reply).await;
+        }
+    });
+    (base, hits)
+}
+
+/// `--fetch` downloads a task's files (its downloads and its expected files) into the import
+/// cache once, and the task uses them from there; without them, the task's setup fails as
+/// a harness error that says to fetch.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_osworld_import_fetches_into_its_cache_and_runs_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let (base, hits) = file_server(vec![
+        ("/notes.txt", b"buy milk\n".to_vec()),
+        ("/gold.txt", b"buy milk\nbuy bread\n".to_vec()),
+    ])
+    .await;
+    let task = |id: &str, file: &str| {
+        json!({
+            "id": id,
+            "snapshot": "os",
+            "instruction": "Add 'buy bread' to notes.txt on the desktop.",
+            "source": "",
+            "config": [{"type": "download", "parameters": {"files": [{"url": format!("{base}/{file}"), "path": "/home/user/Desktop/notes.txt"}]}}],
+            "trajectory": "trajectories/",
+            "related_apps": ["os"],
+            "evaluator": {
+                "func": "compare_text_file",
+                "result": {"type": "vm_file", "path": "/home/user/Desktop/notes.txt", "dest": "notes.txt"},
+                "expected": {"type": "cloud_file", "path": format!("{base}/gold.txt"), "dest": "notes_gold.txt"}
+            }
+        })
+    };
+    let file = home.join("tasks.json");
+    std::fs::write(
+        &file,
+        json!([
+            task("fetched", "notes.txt"),
+            task("not-there", "missing.txt")
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let out_dir = home.join("imported");
+    let fetch = |out: PathBuf| {
+        let file = file.clone();
+        async move {
+            selfagent(
+                &[
+                    "tasks",
+                    "import-osworld",
+                    file.to_str().unwrap(),
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--fetch",
+                ],
+                home,
+            )
+            .await
+        }
+    };
+    let first = fetch(out_dir.clone()).await;
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(
+        text(&first).contains("missing.txt"),
+        "the failed fetch is named: {}",
+        text(&first)
+    );
+    // Three files asked for (notes, gold once for both tasks, missing), each once.
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let cached = |url: &str, name: &str| {
+        out_dir.join(selfagent::task::osworld::cache_path(
+            &format!("{base}/{url}"),
+            name,
+        ))
+    };
+    assert_eq!(
+        std::fs::read(cached("notes.txt", "/home/user/Desktop/notes.txt")).unwrap(),
+        b"buy milk\n"
+    );
+    assert!(cached("gold.txt", "notes_gold.txt").exists());
+    // Cached files are not fetched again.
+    let again = fetch(out_dir.clone()).await;
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "only the missing one again"
+    );
+
+    // The oracle (the line added) passes offline from the cache; the task whose download
+    // failed is a harness error that says what to do.
+    let mut t = selfagent::task::Task::load(&out_dir.join("fetched.toml")).unwrap();
+    t.id = "fetched-solved".into();
+    t.post.push(selfagent::task::SetupStep::Exec {
+        command: "echo 'buy bread' >> ~/Desktop/notes.txt".into(),
+        timeout: None,
+    });
+    let solved = home.join("solved");
+    std::fs::create_dir_all(&solved).unwrap();
+    std::fs::write(solved.join("fetched-solved.toml"), t.to_toml().unwrap()).unwrap();
+    std::fs::copy(
+        out_dir.join("not-there.toml"),
+        solved.join("not-there.toml"),
+    )
+    .unwrap();
+    let db = home.join("rec.db");
+    let _snapshots = SnapshotsOf(db.clone());
+    let run = selfagent(
+        &[
+            "batch",
+            solved.to_str().unwrap(),
+            "--no-agent",
+            "--no-network",
+            "--json",
+            "--db",
+            db.to_str().unwrap(),
+            "--report",
+            home.join("report").to_str().unwrap(),
+        ],
+        home,
+    )
+    .await;
+    assert_eq!(run.status.code(), Some(4), "{}", text(&run));
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+    let episode = |id: &str| {
+        report["episodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["task_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(episode("fetched-solved")["passed"], json!(true), "{report}");
+    let harness = episode("not-there")["harness_error"].to_string();
+    assert!(harness.contains("--fetch"), "{harness}");
+}
+
 /// The importer's lists of OSWorld metrics and getters are what the office image loads.
 #[tokio::test]
 async fn the_importers_osworld_lists_are_what_the_office_image_loads() {
