@@ -320,6 +320,31 @@ impl Converter {
         }
     }
 
+    /// A Chrome setup step over its debugging port: `selfagent-chrome VERB ITEM...`, the
+    /// items from the list `key` of the step's parameters.
+    fn chrome(
+        &mut self,
+        p: &Value,
+        key: &str,
+        verb: &str,
+        item: impl Fn(&Value) -> Option<String>,
+    ) -> Option<SetupStep> {
+        let items: Vec<String> = p[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(item)
+            .collect();
+        if items.is_empty() {
+            self.skip(format!("a Chrome step lists no `{key}`"));
+            return None;
+        }
+        Some(SetupStep::Exec {
+            command: format!("selfagent-chrome {verb} {}", items.join(" ")),
+            timeout: Some(90.0),
+        })
+    }
+
     fn step(&mut self, step: &Value) -> Option<SetupStep> {
         let kind = step["type"].as_str().unwrap_or_default();
         let p = &step["parameters"];
@@ -446,37 +471,11 @@ impl Converter {
                 None
             }
             "chrome_open_tabs" => {
-                let urls: Vec<String> = p["urls_to_open"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|u| u.as_str().map(shell_quote))
-                    .collect();
-                if urls.is_empty() {
-                    self.skip("a `chrome_open_tabs` step lists no URLs");
-                    return None;
-                }
-                Some(SetupStep::Exec {
-                    command: format!("selfagent-chrome open {}", urls.join(" ")),
-                    timeout: Some(90.0),
-                })
+                self.chrome(p, "urls_to_open", "open", |u| u.as_str().map(shell_quote))
             }
-            "chrome_close_tabs" => {
-                let idx: Vec<String> = p["urls_to_close"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|u| u.as_u64().map(|i| i.to_string()))
-                    .collect();
-                if idx.is_empty() {
-                    self.skip("a `chrome_close_tabs` step lists no tab numbers");
-                    return None;
-                }
-                Some(SetupStep::Exec {
-                    command: format!("selfagent-chrome close {}", idx.join(" ")),
-                    timeout: Some(90.0),
-                })
-            }
+            "chrome_close_tabs" => self.chrome(p, "urls_to_close", "close", |u| {
+                u.as_u64().map(|i| i.to_string())
+            }),
             "update_browse_history" => {
                 let history = &p["history"];
                 if !history.is_array() {

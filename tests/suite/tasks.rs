@@ -876,6 +876,37 @@ async fn osworld_tasks_run_on_the_office_desktop_graded_by_osworlds_own_metrics(
     );
 }
 
+/// The task file `task` with `solution` run after the agent (after its own post steps),
+/// as `<id>-solved` in `dir`.
+fn write_solved(task: &Path, solution: &[selfagent::task::SetupStep], dir: &Path) -> PathBuf {
+    let mut t = selfagent::task::Task::load(task).unwrap();
+    t.id = format!("{}-solved", t.id);
+    t.post.extend(solution.iter().cloned());
+    let path = dir.join(format!("{}.toml", t.id));
+    std::fs::write(&path, t.to_toml().unwrap()).unwrap();
+    path
+}
+
+/// `selfagent batch DIR --no-agent --json ARGS…`: its output and its report.
+async fn no_agent_batch(dir: &Path, args: &[&str], db: &Path, home: &Path) -> (Output, Value) {
+    let report_dir = home.join(format!(
+        "report-{}",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    let mut all = vec!["batch", dir.to_str().unwrap(), "--no-agent", "--json"];
+    all.extend_from_slice(args);
+    all.extend([
+        "--db",
+        db.to_str().unwrap(),
+        "--report",
+        report_dir.to_str().unwrap(),
+    ]);
+    let run = selfagent(&all, home).await;
+    let report =
+        serde_json::from_slice(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&run)));
+    (run, report)
+}
+
 #[derive(serde::Deserialize)]
 struct Oracle {
     task: String,
@@ -896,7 +927,7 @@ struct StandIn {
 /// (`tasks audit` finds no broken task among them).
 #[tokio::test(flavor = "multi_thread")]
 async fn osworld_oracles_pass_and_no_op_agents_fail() {
-    use selfagent::task::{Task, osworld};
+    use selfagent::task::osworld;
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -948,35 +979,11 @@ async fn osworld_oracles_pass_and_no_op_agents_fail() {
     let solved = home.join("solved");
     std::fs::create_dir_all(&solved).unwrap();
     for (id, o) in &oracles {
-        let mut t = Task::load(&out_dir.join(format!("{id}.toml"))).unwrap();
-        t.id = format!("{id}-solved");
-        t.post.extend(o.solution.iter().cloned());
-        std::fs::write(
-            solved.join(format!("{id}-solved.toml")),
-            t.to_toml().unwrap(),
-        )
-        .unwrap();
+        write_solved(&out_dir.join(format!("{id}.toml")), &o.solution, &solved);
     }
     let db = home.join("rec.db");
     let _snapshots = SnapshotsOf(db.clone());
-    let run = selfagent(
-        &[
-            "batch",
-            solved.to_str().unwrap(),
-            "--no-agent",
-            "--parallel",
-            "2",
-            "--json",
-            "--db",
-            db.to_str().unwrap(),
-            "--report",
-            home.join("solved-report").to_str().unwrap(),
-        ],
-        home,
-    )
-    .await;
-    let report: Value =
-        serde_json::from_slice(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&run)));
+    let (run, report) = no_agent_batch(&solved, &["--parallel", "2"], &db, home).await;
     let not_passed: Vec<String> = report["episodes"]
         .as_array()
         .unwrap()
@@ -1182,15 +1189,13 @@ async fn the_osworld_import_fetches_into_its_cache_and_runs_offline() {
 
     // The oracle (the line added) passes offline from the cache; the task whose download
     // failed is a harness error that says what to do.
-    let mut t = selfagent::task::Task::load(&out_dir.join("fetched.toml")).unwrap();
-    t.id = "fetched-solved".into();
-    t.post.push(selfagent::task::SetupStep::Exec {
-        command: "echo 'buy bread' >> ~/Desktop/notes.txt".into(),
-        timeout: None,
-    });
     let solved = home.join("solved");
     std::fs::create_dir_all(&solved).unwrap();
-    std::fs::write(solved.join("fetched-solved.toml"), t.to_toml().unwrap()).unwrap();
+    let solution = [selfagent::task::SetupStep::Exec {
+        command: "echo 'buy bread' >> ~/Desktop/notes.txt".into(),
+        timeout: None,
+    }];
+    write_solved(&out_dir.join("fetched.toml"), &solution, &solved);
     std::fs::copy(
         out_dir.join("not-there.toml"),
         solved.join("not-there.toml"),
@@ -1198,23 +1203,8 @@ async fn the_osworld_import_fetches_into_its_cache_and_runs_offline() {
     .unwrap();
     let db = home.join("rec.db");
     let _snapshots = SnapshotsOf(db.clone());
-    let run = selfagent(
-        &[
-            "batch",
-            solved.to_str().unwrap(),
-            "--no-agent",
-            "--no-network",
-            "--json",
-            "--db",
-            db.to_str().unwrap(),
-            "--report",
-            home.join("report").to_str().unwrap(),
-        ],
-        home,
-    )
-    .await;
+    let (run, report) = no_agent_batch(&solved, &["--no-network"], &db, home).await;
     assert_eq!(run.status.code(), Some(4), "{}", text(&run));
-    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
     let episode = |id: &str| {
         report["episodes"]
             .as_array()

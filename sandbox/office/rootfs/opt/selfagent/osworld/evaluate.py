@@ -187,12 +187,6 @@ class Env:
         self.controller = Controller()
 
 
-def as_list(v, n):
-    if isinstance(v, list):
-        return v
-    return [v] * n if n > 1 and v is None else [v]
-
-
 def evaluate(request):
     root = bare_packages()
     errors = []
