@@ -663,6 +663,17 @@ mod tests {
         convert(&v)
     }
 
+    /// The command lines of the `exec` steps among `steps`.
+    fn exec_lines(steps: &[SetupStep]) -> Vec<String> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                SetupStep::Exec { command, .. } => Some(command.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn command_checks_with_include_exclude_convert() {
         let t = convert_json(json!({
@@ -749,17 +760,8 @@ mod tests {
             "evaluator": {"func": "exact_match", "result": {"type": "vm_command_line", "command": "echo ok"}, "expected": {"type": "rule", "rules": {"expected": "ok"}}}
         }))
         .unwrap();
-        let lines: Vec<String> = t
-            .task
-            .setup
-            .iter()
-            .filter_map(|s| match s {
-                SetupStep::Exec { command, .. } => Some(command.clone()),
-                _ => None,
-            })
-            .collect();
         assert_eq!(
-            lines,
+            exec_lines(&t.task.setup),
             vec![
                 "wmctrl -F -c 'Untitled 1 - Mousepad'".to_owned(),
                 "wmctrl -x -c Thunar".to_owned()
@@ -809,15 +811,7 @@ mod tests {
             ]
         );
         assert!(cache_path("https://x/in.xlsx", "/home/user/in.xlsx").ends_with("-in.xlsx"));
-        let commands: Vec<&str> = t
-            .task
-            .setup
-            .iter()
-            .filter_map(|s| match s {
-                SetupStep::Exec { command, .. } => Some(command.as_str()),
-                _ => None,
-            })
-            .collect();
+        let commands = exec_lines(&t.task.setup);
         assert!(
             commands[0].starts_with("{ /opt/osworld/bin/python -c"),
             "{commands:?}"

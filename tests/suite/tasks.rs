@@ -605,25 +605,14 @@ async fn made_in_office_image(name: &str, script: &str) -> Vec<u8> {
     let wrapper = "import base64, os, sys; os.makedirs('/tmp/stand-in'); \
                    OUT = '/tmp/stand-in/' + os.environ['NAME']; exec(os.environ['SCRIPT']); \
                    sys.stdout.write(base64.b64encode(open(OUT, 'rb').read()).decode())";
-    let out = tokio::process::Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "-e",
-            &format!("SCRIPT={script}"),
-            "-e",
-            &format!("NAME={}", name.replace('/', "_")),
-            "--entrypoint",
-            "/opt/osworld/bin/python",
-            selfagent::sandbox::image::OFFICE_IMAGE,
-            "-c",
-            wrapper,
-        ])
-        .output()
-        .await
-        .unwrap();
+    let out = office_python(
+        &[
+            ("SCRIPT", script.to_owned()),
+            ("NAME", name.replace('/', "_")),
+        ],
+        &["-c", wrapper],
+    )
+    .await;
     assert!(
         out.status.success(),
         "{script}: {}",
@@ -633,6 +622,39 @@ async fn made_in_office_image(name: &str, script: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(String::from_utf8_lossy(&out.stdout).trim())
         .unwrap()
+}
+
+/// The office image's Python (`/opt/osworld/bin/python ARGS…`) in a throwaway container
+/// without network, with `env` set.
+async fn office_python(env: &[(&str, String)], args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new("docker");
+    cmd.args(["run", "--rm", "--network", "none"]);
+    for (k, v) in env {
+        cmd.arg("-e").arg(format!("{k}={v}"));
+    }
+    cmd.args([
+        "--entrypoint",
+        "/opt/osworld/bin/python",
+        selfagent::sandbox::image::OFFICE_IMAGE,
+    ]);
+    cmd.args(args).output().await.unwrap()
+}
+
+/// `selfagent tasks audit TASKS ARGS…`, recording to `db`.
+async fn audit(tasks: &Path, args: &[&str], db: &Path, home: &Path) -> Output {
+    let report = home.join(format!(
+        "audit-{}",
+        tasks.file_name().unwrap().to_string_lossy()
+    ));
+    let mut all = vec!["tasks", "audit", tasks.to_str().unwrap()];
+    all.extend_from_slice(args);
+    all.extend([
+        "--db",
+        db.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    selfagent(&all, home).await
 }
 
 /// The latest grade of the session that ran `task_id`.
@@ -1000,23 +1022,9 @@ async fn osworld_oracles_pass_and_no_op_agents_fail() {
     assert_eq!(report["episodes"].as_array().unwrap().len(), oracles.len());
 
     // Without the solutions, nothing passes.
-    let audit = selfagent(
-        &[
-            "tasks",
-            "audit",
-            out_dir.to_str().unwrap(),
-            "--parallel",
-            "2",
-            "--db",
-            db.to_str().unwrap(),
-            "--report",
-            home.join("audit-report").to_str().unwrap(),
-        ],
-        home,
-    )
-    .await;
-    let log = text(&audit);
-    assert_eq!(audit.status.code(), Some(0), "{log}");
+    let audited = audit(&out_dir, &["--parallel", "2"], &db, home).await;
+    let log = text(&audited);
+    assert_eq!(audited.status.code(), Some(0), "{log}");
     assert!(
         log.contains(&format!(
             "audit: {n} tasks with the no-op agent: {n} fail as they should, 0 broken",
@@ -1045,21 +1053,9 @@ async fn the_audit_finds_a_task_that_passes_with_no_action() {
     .unwrap();
     let db = home.join("rec.db");
     let _snapshots = SnapshotsOf(db.clone());
-    let audit = selfagent(
-        &[
-            "tasks",
-            "audit",
-            tasks.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-            "--report",
-            home.join("report").to_str().unwrap(),
-        ],
-        home,
-    )
-    .await;
-    let log = text(&audit);
-    assert_eq!(audit.status.code(), Some(1), "{log}");
+    let audited = audit(&tasks, &[], &db, home).await;
+    let log = text(&audited);
+    assert_eq!(audited.status.code(), Some(1), "{log}");
     assert!(log.contains("1 fail as they should, 1 broken"), "{log}");
     assert!(log.contains("broken  already-done"), "{log}");
     // No model was asked anything: the recorded sessions took no step.
@@ -1222,22 +1218,7 @@ async fn the_osworld_import_fetches_into_its_cache_and_runs_offline() {
 /// The importer's lists of OSWorld metrics and getters are what the office image loads.
 #[tokio::test]
 async fn the_importers_osworld_lists_are_what_the_office_image_loads() {
-    let out = tokio::process::Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--entrypoint",
-            "/opt/osworld/bin/python",
-            selfagent::sandbox::image::OFFICE_IMAGE,
-            "-I",
-            "/opt/selfagent/osworld/evaluate.py",
-            "--list",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let out = office_python(&[], &["-I", "/opt/selfagent/osworld/evaluate.py", "--list"]).await;
     assert!(
         out.status.success(),
         "{}",
