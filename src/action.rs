@@ -194,6 +194,18 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         question: Option<String>,
     },
+    /// Keeps a fact for the model to see again (Fara's `pause_and_memorize_fact`): nothing
+    /// happens on the desktop.
+    Memorize {
+        fact: String,
+    },
+    /// Opens a web page in the desktop's browser (starting it if needed), or the browser
+    /// alone: the browser actions of models trained in one (Gemini 2.5's `navigate`,
+    /// Fara's `visit_url`). Only http(s) pages: see [`Action::navigate`].
+    Navigate {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+    },
     // Setup-only actions, not offered to models by default.
     Launch {
         app: String,
@@ -232,6 +244,35 @@ impl InvalidAction {
 }
 
 impl Action {
+    /// A [`Action::Navigate`] to `url`: http or https only (a bare host gets `https://`),
+    /// no spaces or control characters, at most 2048 bytes. Other schemes (`file:`,
+    /// `javascript:`) are refused: the browser opens web pages, nothing else.
+    pub fn navigate(url: Option<&str>) -> Result<Self, InvalidAction> {
+        let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
+            return Ok(Self::Navigate { url: None });
+        };
+        if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(InvalidAction::new(
+                "a URL has no spaces or control characters and at most 2048 bytes",
+            ));
+        }
+        let lower = url.to_ascii_lowercase();
+        let url = if lower.starts_with("http://") || lower.starts_with("https://") {
+            url.to_owned()
+        } else if url.contains("://")
+            || lower.starts_with("javascript:")
+            || lower.starts_with("file:")
+            || lower.starts_with("data:")
+        {
+            return Err(InvalidAction::new(format!(
+                "only http and https pages can be opened, not {url}"
+            )));
+        } else {
+            format!("https://{url}")
+        };
+        Ok(Self::Navigate { url: Some(url) })
+    }
+
     /// The action's name as stored and shown (`click`, `type`, ...).
     pub fn name(&self) -> &'static str {
         match self {
@@ -253,6 +294,8 @@ impl Action {
             Self::Done { .. } => "done",
             Self::Fail { .. } => "fail",
             Self::CallUser { .. } => "call_user",
+            Self::Navigate { .. } => "navigate",
+            Self::Memorize { .. } => "memorize",
             Self::Launch { .. } => "launch",
             Self::Open { .. } => "open",
             Self::Exec { .. } => "exec",
@@ -280,6 +323,7 @@ impl Action {
                 | Self::CallUser { .. }
                 | Self::Wait { .. }
                 | Self::WriteFile { .. }
+                | Self::Memorize { .. }
         )
     }
 

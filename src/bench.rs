@@ -184,44 +184,6 @@ pub struct ProtocolCodec {
     pub image_ms: Option<Stats>,
 }
 
-/// A typical reply of each protocol: one click.
-fn typical_reply(protocol: crate::agent::protocol::ProtocolName) -> Value {
-    use crate::agent::protocol::ProtocolName as P;
-    let chat = |content: &str| {
-        json!({"choices": [{"message": {"role": "assistant", "content": content}}],
-               "usage": {"prompt_tokens": 1500, "completion_tokens": 40}})
-    };
-    match protocol {
-        P::Tools => {
-            json!({"choices": [{"message": {"role": "assistant", "content": "Clicking the button.",
-            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "computer",
-            "arguments": "{\"action\": \"left_click\", \"coordinate\": [500, 300]}"}}]}}],
-            "usage": {"prompt_tokens": 1500, "completion_tokens": 40}})
-        }
-        P::Anthropic => json!({"id": "msg_1", "type": "message", "role": "assistant",
-            "content": [{"type": "text", "text": "Clicking the button."},
-                        {"type": "tool_use", "id": "toolu_1", "name": "computer",
-                         "input": {"action": "left_click", "coordinate": [500, 300]}}],
-            "stop_reason": "tool_use", "usage": {"input_tokens": 1500, "output_tokens": 40}}),
-        P::OpenAi => json!({"id": "resp_1", "object": "response", "output": [
-            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Clicking the button."}]},
-            {"type": "computer_call", "id": "cu_1", "call_id": "call_1",
-             "action": {"type": "click", "button": "left", "x": 500, "y": 300},
-             "pending_safety_checks": [], "status": "completed"}],
-            "usage": {"input_tokens": 1500, "output_tokens": 40}}),
-        P::UiTars => chat(
-            "Thought: I click the button.\nAction: click(start_box='<|box_start|>(500,300)<|box_end|>')",
-        ),
-        P::Qwen => chat(
-            "Action: click the button.\n<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": \"left_click\", \"coordinate\": [500, 300]}}\n</tool_call>",
-        ),
-        P::OpenCua => chat(
-            "## Thought:\nThe button is there.\n## Action:\nClick it.\n## Code:\n```python\npyautogui.click(x=500, y=300)\n```",
-        ),
-        P::PyAutoGui => chat("```python\npyautogui.click(500, 300)\n```"),
-    }
-}
-
 /// Each protocol's work per step on `png` (a `screen`-sized screenshot), `steps` steps.
 pub fn protocol_codecs(
     png: &[u8],
@@ -247,22 +209,11 @@ pub fn protocol_codecs(
     }
     let baseline = Stats::of(&baseline);
     let mut out = Vec::new();
-    for (name, model) in [
-        (ProtocolName::Tools, "gpt-4o"),
-        (ProtocolName::Anthropic, "claude-sonnet-4-5"),
-        (ProtocolName::OpenAi, "computer-use-preview"),
-        (ProtocolName::UiTars, "ui-tars-1.5-7b"),
-        (ProtocolName::Qwen, "qwen2.5-vl-7b-instruct"),
-        (ProtocolName::OpenCua, "opencua-7b"),
-        (ProtocolName::PyAutoGui, "gpt-4o"),
-    ] {
-        let space = protocol::detect(model).1;
-        let cfg = ProtocolConfig {
-            name,
-            space,
-            model: model.into(),
-            ..Default::default()
-        };
+    // Every protocol, with its own typical model and reply (one click).
+    for name in ProtocolName::all() {
+        let example = name.spec().example();
+        let cfg = ProtocolConfig::for_model(name, example.model);
+        let space = cfg.space;
         let geometry = protocol::geometry(&cfg, screen);
         let mut image_ms = Vec::new();
         let mut sent = png.clone();
@@ -282,7 +233,7 @@ pub fn protocol_codecs(
             sha256: format!("{i:064x}"),
             png: sent.clone(),
         };
-        let raw = typical_reply(name);
+        let raw = example.reply;
         let mut p = protocol::create(&cfg, screen).map_err(anyhow::Error::msg)?;
         p.begin("Click the button that says OK.", &shot(0));
         let (mut times, mut bytes) = (Vec::new(), Vec::new());
@@ -1150,7 +1101,7 @@ mod tests {
         // its requests must carry the screenshot.
         let png = crate::desktop::encode_png(64, 40, &vec![200u8; 64 * 40 * 3]).unwrap();
         let (codecs, baseline) = protocol_codecs(&png, (64, 40), 5).unwrap();
-        assert_eq!(codecs.len(), 7);
+        assert_eq!(codecs.len(), crate::agent::protocol::ALL.len());
         assert_eq!(baseline.n, 5);
         for c in &codecs {
             assert_eq!(c.encode_decode_ms.n, 5, "{c:?}");

@@ -51,6 +51,13 @@ pub struct FileConfig {
     pub native_tools: Option<bool>,
     pub keep_images: Option<usize>,
     pub image_in_tool: Option<bool>,
+    /// Options of the protocols (`--option KEY=VALUE`), e.g. `prune-every = 25`.
+    pub options: Option<toml::Table>,
+    /// A grounding model for a planner (see `--grounder`).
+    pub grounder: Option<String>,
+    pub grounder_base_url: Option<String>,
+    pub grounder_protocol: Option<String>,
+    pub grounder_api_key_env: Option<String>,
     /// Seconds for one model call.
     pub model_timeout: Option<f64>,
     pub max_retries: Option<u32>,

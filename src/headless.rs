@@ -195,7 +195,7 @@ impl EventPrinter for Human {
                     out,
                     "session {}  sandbox {}",
                     s.session,
-                    &s.sandbox[..s.sandbox.len().min(12)]
+                    crate::text::prefix(&s.sandbox, 12)
                 )?;
                 writeln!(
                     out,
@@ -267,6 +267,27 @@ impl EventPrinter for Human {
                     describe(action)
                 )?;
             }
+            Event::Grounded {
+                element,
+                point,
+                error,
+                model,
+                model_ms,
+                ..
+            } => match (point, error) {
+                (Some(p), _) => writeln!(
+                    out,
+                    "        found \"{}\" at {p} ({model}, {:.2} s)",
+                    one_line(element, 80),
+                    model_ms / 1000.0
+                )?,
+                (None, e) => writeln!(
+                    out,
+                    "        \"{}\" not found ({model}): {}",
+                    one_line(element, 80),
+                    one_line(e.as_deref().unwrap_or("no answer"), 160)
+                )?,
+            },
             Event::ActionFailed { input, error, .. } => {
                 let name = crate::agent::protocol::describe_input(input);
                 writeln!(out, "        {name}  ERROR {}", one_line(error, 200))?;

@@ -45,5 +45,6 @@ pub mod sandbox;
 pub mod settings;
 pub mod signals;
 pub mod task;
+pub mod text;
 pub mod time;
 pub mod tui;

@@ -3,7 +3,7 @@
 //! `run`, `batch` and `calibrate` do the endpoint part before any desktop starts, so a wrong
 //! `--base-url` or key costs a second, not a desktop start and a minute of retries.
 
-use crate::agent::model::{Auth, HttpModel, Listing, ModelError, redact_url};
+use crate::agent::model::{HttpModel, Listing, ModelError, redact_url};
 use crate::agent::protocol::{self, ProtocolName};
 use crate::config::FileConfig;
 use crate::settings::{CommonArgs, model_config, protocol_name};
@@ -119,11 +119,7 @@ pub async fn check_endpoint(args: &mut CommonArgs, file: &FileConfig) -> Vec<Fin
             return found;
         }
     };
-    let auth = if name == ProtocolName::Anthropic {
-        Auth::XApiKey
-    } else {
-        Auth::Bearer
-    };
+    let endpoint = name.spec().endpoint();
     let key = key_source(args, file, name);
     let has_key = !cfg.api_key.is_empty();
     let model = match HttpModel::new(cfg.clone()) {
@@ -133,7 +129,7 @@ pub async fn check_endpoint(args: &mut CommonArgs, file: &FileConfig) -> Vec<Fin
             return found;
         }
     };
-    let listing = match model.list_models(auth, PROBE_WITHIN).await {
+    let listing = match model.list_models(&endpoint, PROBE_WITHIN).await {
         Ok(listing) => listing,
         Err(ModelError::Http { status, body }) => {
             let fix = if has_key {

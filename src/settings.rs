@@ -4,7 +4,7 @@
 //! command line themselves.
 
 use crate::agent::model::{EndpointConfig, HttpModel, Secret, redact_url};
-use crate::agent::protocol::{self, CoordSpace, ProtocolConfig, ProtocolName, Target};
+use crate::agent::protocol::{self, CoordSpace, Options, ProtocolConfig, ProtocolName, Target};
 use crate::agent::{AgentConfig, DEFAULT_MAX_ACTIONS};
 use crate::config::{self, FileConfig};
 use crate::record;
@@ -63,8 +63,8 @@ pub struct CommonArgs {
     /// Actions done per model reply (more are refused and the model told so).
     #[arg(long)]
     pub max_actions: Option<usize>,
-    /// anthropic: the computer tool version, 20250124 or 20251124 (with zoom); chosen by
-    /// the model id when not given.
+    /// anthropic: the computer tool: toolset (computer_toolset_20260801), 20251124 (with
+    /// zoom), 20250124 or 20241022; chosen by the model id when not given.
     #[arg(long, value_name = "VERSION")]
     pub tool_version: Option<String>,
     /// anthropic: extended thinking, a token budget (e.g. 4096) or `adaptive`.
@@ -90,6 +90,28 @@ pub struct CommonArgs {
     /// Offer launch, open and exec to the model.
     #[arg(long)]
     pub allow_setup_actions: bool,
+    /// An option of the protocol, KEY=VALUE (repeatable); `selfagent doctor` and
+    /// docs/PROTOCOLS.md list each protocol's options (e.g. anthropic's prune-every=25,
+    /// gemini's environment=browser, qwen's function=computer).
+    #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+    /// A grounding model: the model named by --model plans, naming elements in words,
+    /// and this one finds them on the screen (OS-Atlas, UGround, UI-TARS, GTA1, Holo).
+    #[arg(long, value_name = "MODEL")]
+    pub grounder: Option<String>,
+    /// The grounder's OpenAI-compatible endpoint (default: the planner's).
+    #[arg(long, value_name = "URL")]
+    pub grounder_base_url: Option<String>,
+    /// The grounder's answer format: osatlas, point or holo (chosen from its model id when
+    /// not given).
+    #[arg(long, value_name = "NAME")]
+    pub grounder_protocol: Option<String>,
+    /// Read the grounder's key from this environment variable (default: the planner's).
+    #[arg(long, value_name = "VAR")]
+    pub grounder_api_key_env: Option<String>,
+    /// The grounder's coordinate space (chosen with its format when not given).
+    #[arg(long, value_name = "SPACE")]
+    pub grounder_coords: Option<String>,
     /// JSON object merged into every request, e.g. '{"temperature":0,"max_tokens":512}'.
     #[arg(long, value_name = "JSON")]
     pub extra: Option<String>,
@@ -193,15 +215,8 @@ pub fn model_config(args: &CommonArgs, file: &FileConfig) -> anyhow::Result<Endp
         .or_else(|| file.base_url.clone())
         .or_else(|| protocol.default_base_url().map(str::to_owned))
         .context("no model endpoint: pass --base-url, set OPENAI_BASE_URL, or put base_url in the config file")?;
-    // Anthropic's path is /v1/messages: a base URL given up to /v1 (as for OpenAI) works too.
-    let base_url = if protocol == ProtocolName::Anthropic {
-        base_url
-            .trim_end_matches('/')
-            .trim_end_matches("/v1")
-            .to_owned()
-    } else {
-        base_url
-    };
+    // As the protocol's paths expect it (Anthropic's /v1/messages: without a trailing /v1).
+    let base_url = protocol.spec().base_url(&base_url);
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
         bail!(
             "--base-url must start with http:// or https://, got '{}'",
@@ -216,8 +231,12 @@ pub fn model_config(args: &CommonArgs, file: &FileConfig) -> anyhow::Result<Endp
         Some(var) => {
             std::env::var(var).with_context(|| format!("the API key variable {var} is not set"))?
         }
-        None => std::env::var(protocol.key_variable())
-            .ok()
+        None => protocol
+            .spec()
+            .endpoint()
+            .key_variables
+            .iter()
+            .find_map(|v| std::env::var(v).ok())
             .or_else(|| file.api_key.clone())
             .unwrap_or_default(),
     };
@@ -254,6 +273,133 @@ pub fn model_config(args: &CommonArgs, file: &FileConfig) -> anyhow::Result<Endp
     })
 }
 
+/// The protocol's options: the file's `[options]`, then its named keys, then the flags
+/// (`--tool-version`, `--thinking`, `--no-store`, `--native-tools`, `--image-in-tool`, and
+/// every `--option KEY=VALUE`), checked against what the protocols read.
+pub fn protocol_options(
+    args: &CommonArgs,
+    file: &FileConfig,
+    protocol: ProtocolName,
+) -> anyhow::Result<Options> {
+    let mut o = Options::default();
+    for (k, v) in file.options.iter().flatten() {
+        let text = match v {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        o.set(k, text);
+    }
+    let named = [
+        (
+            "tool-version",
+            args.tool_version
+                .clone()
+                .or_else(|| file.tool_version.clone()),
+        ),
+        (
+            "thinking",
+            args.thinking.clone().or_else(|| file.thinking.clone()),
+        ),
+        (
+            "no-store",
+            (args.no_store || file.no_store.unwrap_or(false)).then(|| "true".into()),
+        ),
+        (
+            "native-tools",
+            (args.native_tools || file.native_tools.unwrap_or(false)).then(|| "true".into()),
+        ),
+        (
+            "image-in-tool",
+            (args.image_in_tool || file.image_in_tool.unwrap_or(false)).then(|| "true".into()),
+        ),
+    ];
+    for (k, v) in named {
+        if let Some(v) = v {
+            o.set(k, v);
+        }
+    }
+    for pair in &args.options {
+        let (k, v) = Options::parse_pair(pair).map_err(anyhow::Error::msg)?;
+        o.set(&k, v);
+    }
+    if grounder_model(args, file).is_some() {
+        o.set("planner", "true");
+    }
+    o.check(protocol).map_err(anyhow::Error::msg)?;
+    Ok(o)
+}
+
+fn grounder_model(args: &CommonArgs, file: &FileConfig) -> Option<String> {
+    args.grounder.clone().or_else(|| file.grounder.clone())
+}
+
+/// The grounder, when one is named: its endpoint (the planner's unless given), answer
+/// format and coordinate space.
+pub fn grounder(
+    args: &CommonArgs,
+    file: &FileConfig,
+    planner: &EndpointConfig,
+) -> anyhow::Result<Option<crate::agent::Grounder>> {
+    let Some(model) = grounder_model(args, file) else {
+        return Ok(None);
+    };
+    let (detected, detected_space) = protocol::grounding::detect(&model);
+    let dialect = match args
+        .grounder_protocol
+        .clone()
+        .or_else(|| file.grounder_protocol.clone())
+    {
+        Some(name) => protocol::grounding::by_name(&name).map_err(anyhow::Error::msg)?,
+        None => detected,
+    };
+    let space: CoordSpace = match &args.grounder_coords {
+        Some(c) => c.parse().map_err(anyhow::Error::msg)?,
+        None if dialect.name() == detected.name() => detected_space,
+        None => dialect.default_space(),
+    };
+    let base_url = args
+        .grounder_base_url
+        .clone()
+        .or_else(|| file.grounder_base_url.clone())
+        .unwrap_or_else(|| planner.base_url.clone());
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        bail!(
+            "--grounder-base-url must start with http:// or https://, got '{}'",
+            redact_url(&base_url)
+        );
+    }
+    let api_key = match args
+        .grounder_api_key_env
+        .clone()
+        .or_else(|| file.grounder_api_key_env.clone())
+    {
+        Some(var) => Secret::new(
+            std::env::var(&var)
+                .with_context(|| format!("the grounder's key variable {var} is not set"))?,
+        ),
+        None => planner.api_key.clone(),
+    };
+    let endpoint = EndpointConfig {
+        base_url,
+        model: model.clone(),
+        api_key,
+        extra: Default::default(),
+        ..planner.clone()
+    };
+    let prices: Vec<_> = file
+        .prices
+        .iter()
+        .flatten()
+        .map(|(k, p)| (k.clone(), *p))
+        .collect();
+    Ok(Some(crate::agent::Grounder {
+        model: std::sync::Arc::new(HttpModel::new(endpoint)?),
+        dialect,
+        space,
+        price: crate::agent::price::lookup(&model, &prices),
+    }))
+}
+
 /// Settings from flags, then a task's limits, then the file, then defaults.
 pub fn resolve(
     args: &CommonArgs,
@@ -266,12 +412,14 @@ pub fn resolve(
         Some(s) => s.parse().map_err(anyhow::Error::msg)?,
         None => Target::Native,
     };
-    let (detected, detected_space) = protocol::detect(&model.model);
     let name = protocol_name(args, file, &model.model)?;
+    let id = protocol::ModelId::new(&model.model);
     let space: CoordSpace = match args.coords.clone().or_else(|| file.coords.clone()) {
         Some(c) => c.parse().map_err(anyhow::Error::msg)?,
-        None if name == detected => detected_space,
-        None => CoordSpace::Native,
+        None => name
+            .spec()
+            .detect(&id)
+            .unwrap_or_else(|| name.spec().default_space(&id)),
     };
     let max_actions = args
         .max_actions
@@ -289,6 +437,25 @@ pub fn resolve(
         bail!("--max-steps must be at least 1");
     }
     let model_id = model.model.clone();
+    let protocol = ProtocolConfig {
+        name,
+        space,
+        target,
+        keep_images: args.keep_images.or(file.keep_images).unwrap_or(3),
+        allow_setup_actions: args.allow_setup_actions,
+        prompts: args.prompts.clone().or_else(|| file.prompts.clone()),
+        model: model_id.clone(),
+        options: protocol_options(args, file, name)?,
+    };
+    if name != ProtocolName::default() && grounder_model(args, file).is_some() {
+        bail!(
+            "--grounder plans with the tools protocol, not {name}: pass --protocol tools for the planner {model_id}"
+        );
+    }
+    // The options' values are the protocol's to read: a conversation started now says
+    // what is wrong before any desktop starts.
+    protocol::create(&protocol, (1280, 800)).map_err(anyhow::Error::msg)?;
+    let grounder = grounder(args, file, &model)?;
     let prices: Vec<_> = file
         .prices
         .iter()
@@ -317,33 +484,12 @@ pub fn resolve(
                 1800.0,
                 "--timeout",
             )?,
-            protocol: ProtocolConfig {
-                name,
-                space,
-                target,
-                keep_images: args.keep_images.or(file.keep_images).unwrap_or(3),
-                image_in_tool: args.image_in_tool || file.image_in_tool.unwrap_or(false),
-                allow_setup_actions: args.allow_setup_actions,
-                prompts: args.prompts.clone().or_else(|| file.prompts.clone()),
-                model: model_id,
-                tool_version: args
-                    .tool_version
-                    .clone()
-                    .or_else(|| file.tool_version.clone()),
-                thinking: args
-                    .thinking
-                    .clone()
-                    .or_else(|| file.thinking.clone())
-                    .map(|t| crate::agent::protocol::anthropic::Thinking::parse(&t))
-                    .transpose()
-                    .map_err(anyhow::Error::msg)?,
-                no_store: args.no_store || file.no_store.unwrap_or(false),
-                native_tools: args.native_tools || file.native_tools.unwrap_or(false),
-            },
+            protocol,
             max_actions,
             ack_safety_checks: args.ack_safety_checks,
             price,
             max_cost,
+            grounder,
             ..AgentConfig::default()
         },
         db: db_path(args.db.as_ref(), file),
@@ -358,6 +504,8 @@ pub fn protocol_name(
 ) -> anyhow::Result<ProtocolName> {
     match args.protocol.clone().or_else(|| file.protocol.clone()) {
         Some(p) => p.parse().map_err(anyhow::Error::msg),
+        // A planner speaks `tools`, whatever its model.
+        None if grounder_model(args, file).is_some() => Ok(ProtocolName::default()),
         None => Ok(protocol::detect(model).0),
     }
 }

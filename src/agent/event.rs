@@ -228,6 +228,24 @@ pub enum Event {
         #[serde(skip)]
         exchange: Option<Arc<Exchange>>,
     },
+    /// A planner named an element and the grounder looked for it (`--grounder`): where it
+    /// is in screen pixels, or why it was not found (then the action is not done).
+    Grounded {
+        step: u32,
+        /// The call the element belongs to.
+        index: usize,
+        element: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        point: Option<crate::action::Point>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// The grounding model.
+        model: String,
+        usage: Usage,
+        model_ms: f64,
+        #[serde(skip)]
+        exchange: Option<Arc<Exchange>>,
+    },
     ActionDone {
         step: u32,
         index: usize,

@@ -14,6 +14,7 @@
 pub mod computer;
 pub mod control;
 pub mod event;
+pub mod grounder;
 pub mod model;
 pub mod price;
 pub mod protocol;
@@ -21,6 +22,7 @@ pub mod protocol;
 pub use computer::Computer;
 pub use control::Command;
 pub use event::{Emitter, EndedBy, Event, Exchange, Frame, Outcome, SessionInfo, Status};
+pub use grounder::Grounder;
 pub use model::{EndpointConfig, HttpModel, Model};
 
 use crate::action::{Action, InvalidAction};
@@ -55,6 +57,8 @@ pub struct AgentConfig {
     pub price: Option<price::Priced>,
     /// Stop (status `stopped`, by `budget`) once this many dollars are spent.
     pub max_cost: Option<f64>,
+    /// A grounding model for a planner's elements (`--grounder`).
+    pub grounder: Option<Grounder>,
 }
 
 /// The default of [`AgentConfig::max_actions`]: above what real models batch (Claude sends a
@@ -75,6 +79,7 @@ impl Default for AgentConfig {
             ack_safety_checks: false,
             price: None,
             max_cost: None,
+            grounder: None,
         }
     }
 }
@@ -184,6 +189,8 @@ struct Episode<'a, C, M> {
     controls: Controls,
     deadline: tokio::time::Instant,
     totals: Outcome,
+    /// The grounder's tokens (in and out), priced apart from the planner's.
+    grounder_tokens: (u64, u64),
     /// The last step's reply and what it decoded to, kept for [`probe`] only.
     last_reply: Option<Option<(Value, Decision)>>,
 }
@@ -221,6 +228,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                 cost: None,
             },
             last_reply: None,
+            grounder_tokens: (0, 0),
         }
     }
 
@@ -238,10 +246,20 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
         outcome
     }
 
-    /// Dollars spent so far, where the price is known.
+    /// Dollars spent so far, where the price is known (the grounder's tokens at its own
+    /// price; unknown if a grounder was used and its price is not known).
     fn spent(&self) -> Option<f64> {
         let p = self.cfg.price.as_ref()?;
-        Some(p.price.cost(self.totals.tokens_in, self.totals.tokens_out))
+        let (gi, go) = self.grounder_tokens;
+        let grounder = match self.cfg.grounder.as_ref() {
+            Some(g) if gi + go > 0 => g.price.as_ref()?.price.cost(gi, go),
+            _ => 0.0,
+        };
+        Some(
+            p.price
+                .cost(self.totals.tokens_in - gi, self.totals.tokens_out - go)
+                + grounder,
+        )
     }
 
     /// The cost limit, when it is reached: checked before each model call, so a run goes
@@ -476,7 +494,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
         let on_retry = move |r: Retry| {
             let _ = retry_tx.send(r);
         };
-        let check = |raw: &Value| protocol.decode(raw).map(|_| ());
+        let check = |raw: &Value| protocol.decode(raw).map(|_| ()).map_err(|e| e.to_string());
         let model = self.model;
         let call = model.send(&request, &check, &on_retry);
         tokio::pin!(call);
@@ -534,10 +552,14 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
             step_ms: ms(step_started.elapsed()),
         };
 
-        let (raw, decision, recorded) = match self.decide(step, protocol).await {
+        let (raw, mut decision, recorded) = match self.decide(step, protocol).await {
             Err(i) => return Next::End(self.ending(i)),
             Ok(Err(e)) => return Next::End(Ending::new(Status::Error, EndedBy::Error).error(e)),
             Ok(Ok(d)) => d,
+        };
+        let grounded = match self.ground(step, &current, &mut decision).await {
+            Ok(events) => events,
+            Err(i) => return Next::End(self.ending(i)),
         };
         self.totals.tokens_in += decision.usage.input;
         self.totals.tokens_out += decision.usage.output;
@@ -556,6 +578,9 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                 })),
             })
             .await;
+        for event in grounded {
+            self.emit.emit(event).await;
+        }
         protocol.assistant(&raw.body, &decision);
         if let Some(last) = &mut self.last_reply {
             *last = Some((raw.body.clone(), decision.clone()));
@@ -582,12 +607,18 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                     } else {
                         "pass --ack-safety-checks to acknowledge such checks, or run in the TUI to be asked"
                     };
-                    return Next::End(Ending::new(Status::Stopped, EndedBy::Safety).error(
-                        format!(
-                            "the model's provider raised a safety check ({}); {how}",
-                            codes.join("; ")
-                        ),
-                    ));
+                    // A check that asks for a person's confirmation, where nobody gave it,
+                    // leaves the task waiting for a person.
+                    let status =
+                        if !self.cfg.interactive && decision.safety.iter().any(|c| c.confirm) {
+                            Status::NeedsUser
+                        } else {
+                            Status::Stopped
+                        };
+                    return Next::End(Ending::new(status, EndedBy::Safety).error(format!(
+                        "the model's provider raised a safety check ({}); {how}",
+                        codes.join("; ")
+                    )));
                 }
                 Err(Stop) => {
                     self.emit.emit(finish(&current.frame)).await;
@@ -602,6 +633,9 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
         let mut usable = false;
         let mut ending: Option<Ending> = None;
         let mut results = Vec::with_capacity(decision.calls.len());
+        // The protocol wants the turn to stop at its first failure (Anthropic's toolset).
+        let halts = protocol.stops_at_first_failure();
+        let mut failed = false;
         for (index, call) in decision.calls.iter().enumerate() {
             let refuse = |text: String| CallResult {
                 id: call.id.clone(),
@@ -613,6 +647,12 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                 results.push(refuse("skipped: the episode had already ended".into()));
                 continue;
             }
+            if failed {
+                let e = InvalidAction::new(protocol::NOT_EXECUTED);
+                self.reject(step, index, &call.input, &e).await;
+                results.push(refuse(e.to_string()));
+                continue;
+            }
             if index >= self.cfg.max_actions {
                 let e = InvalidAction::new(format!(
                     "not done: at most {} actions are done per turn (this reply had {})",
@@ -621,6 +661,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                 ));
                 self.reject(step, index, &call.input, &e).await;
                 results.push(refuse(e.to_string()));
+                failed = halts;
                 continue;
             }
             let action = match &call.action {
@@ -628,6 +669,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                 Err(e) => {
                     self.reject(step, index, &call.input, e).await;
                     results.push(refuse(e.to_string()));
+                    failed = halts;
                     continue;
                 }
             };
@@ -699,6 +741,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                         InvalidAction::new("the person watching did not allow this action");
                     self.reject(step, index, &call.input, &denied).await;
                     results.push(refuse(denied.to_string()));
+                    failed = halts;
                     continue;
                 }
                 Ok(true) => {}
@@ -738,11 +781,12 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                         let (x, y) = protocol.geometry().to_model(p);
                         text = Some(format!("X={x},Y={y}"));
                     }
-                    let image = out
-                        .image
-                        .as_ref()
-                        .filter(|_| !matches!(action, Action::Screenshot))
-                        .map(|i| Frame::new(i.png.clone(), i.width, i.height));
+                    let image = match out.image {
+                        Some(shot) if !matches!(action, Action::Screenshot) => {
+                            Some(shown(protocol, shot).await)
+                        }
+                        _ => None,
+                    };
                     results.push(CallResult {
                         id: call.id.clone(),
                         text: text.clone().unwrap_or_else(|| "ok".into()),
@@ -766,6 +810,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                 Err(ActionError::Invalid(e)) => {
                     self.reject(step, index, &call.input, &e).await;
                     results.push(refuse(e.to_string()));
+                    failed = halts;
                 }
                 Err(ActionError::Desktop(e)) => {
                     // The step in progress is recorded with what broke it.
@@ -811,6 +856,80 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
         self.emit.emit(finish(&after.frame)).await;
         *bad_replies = if usable { 0 } else { *bad_replies + 1 };
         Next::Continue(after)
+    }
+
+    /// Finds the elements a planner named (`decision.grounding`) with the grounder and puts
+    /// the points into their calls; a call whose element was not found becomes unusable,
+    /// with why (the planner hears it). Returns the events to report after the reply.
+    async fn ground(
+        &mut self,
+        step: u32,
+        current: &Observed,
+        decision: &mut Decision,
+    ) -> Result<Vec<Event>, Interrupt> {
+        let wanted = std::mem::take(&mut decision.grounding);
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(grounder) = self.cfg.grounder.clone() else {
+            for g in &wanted {
+                decision.calls[g.call].action = Err(InvalidAction::new(
+                    "nothing can find elements here: name no `element` (no --grounder is set)",
+                ));
+            }
+            return Ok(Vec::new());
+        };
+        let screen = (current.frame.width, current.frame.height);
+        let mut events = Vec::with_capacity(wanted.len());
+        for g in wanted {
+            let Some(call) = decision.calls.get(g.call) else {
+                continue;
+            };
+            if call.action.is_err() {
+                continue;
+            }
+            let located = self
+                .guarded(
+                    step,
+                    grounder.locate(
+                        &g.element,
+                        &current.frame.png,
+                        screen,
+                        &current.frame.sha256,
+                    ),
+                )
+                .await?;
+            self.totals.tokens_in += located.usage.input;
+            self.totals.tokens_out += located.usage.output;
+            self.grounder_tokens.0 += located.usage.input;
+            self.grounder_tokens.1 += located.usage.output;
+            let call = &mut decision.calls[g.call];
+            match (&located.point, &call.action) {
+                (Ok(p), Ok(a)) => call.action = Ok(with_point(a.clone(), g.point, *p)),
+                (Err(e), _) => {
+                    call.action = Err(InvalidAction::new(format!(
+                        "the grounder did not find \"{}\": {e}",
+                        g.element
+                    )));
+                }
+                (Ok(_), Err(_)) => {}
+            }
+            events.push(Event::Grounded {
+                step,
+                index: g.call,
+                element: g.element,
+                point: located.point.as_ref().ok().copied(),
+                error: located.point.as_ref().err().cloned(),
+                model: grounder.name().to_owned(),
+                usage: located.usage,
+                model_ms: located.model_ms,
+                exchange: Some(Arc::new(Exchange {
+                    request: located.request,
+                    response: located.response,
+                })),
+            });
+        }
+        Ok(events)
     }
 
     /// Decides about safety checks: acknowledged by flag, asked of the person (TUI), or
@@ -864,6 +983,38 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
 }
 
 use serde_json::Value;
+
+/// `action` with its point number `index` (in [`Action::points`] order) at `p`.
+fn with_point(action: Action, index: usize, p: crate::action::Point) -> Action {
+    let mut i = 0;
+    action.map_points(|q| {
+        let out = if i == index { p } else { q };
+        i += 1;
+        out
+    })
+}
+
+/// An image an action produced (a zoom), at the size the protocol shows it (scaled up to
+/// fill the model's image, for Anthropic's toolset), as the model sees it.
+async fn shown(protocol: &dyn Protocol, shot: crate::desktop::Screenshot) -> Frame {
+    let crop = (shot.width, shot.height);
+    let size = protocol.zoom_size(crop);
+    if size == crop {
+        return Frame::new(shot.png, crop.0, crop.1);
+    }
+    let g = protocol::Geometry::pixels(crop, size, protocol::CoordSpace::Native);
+    let (png, rgb) = (shot.png.clone(), shot.rgb.clone());
+    let scaled = tokio::task::spawn_blocking(move || match rgb {
+        Some(rgb) => g.image_from_rgb(crop.0, crop.1, &rgb),
+        None => g.image_for_model(&png),
+    })
+    .await;
+    match scaled {
+        Ok(Ok(png)) => Frame::new(Arc::new(png), size.0, size.1),
+        // Not worth failing the action over: the crop as it is.
+        _ => Frame::new(shot.png, crop.0, crop.1),
+    }
+}
 
 /// How an ending action ends the episode.
 fn end_of(action: &Action) -> Ending {

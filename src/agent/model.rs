@@ -107,8 +107,21 @@ pub struct Retry {
 pub enum Auth {
     /// `Authorization: Bearer KEY` (OpenAI and compatible servers).
     Bearer,
-    /// `x-api-key: KEY` (Anthropic).
-    XApiKey,
+    /// A header of its own: `x-api-key` (Anthropic), `x-goog-api-key` (Gemini).
+    Header(&'static str),
+}
+
+impl Auth {
+    /// `req` with the key attached (nothing when there is no key).
+    fn apply(self, req: reqwest::RequestBuilder, key: &Secret) -> reqwest::RequestBuilder {
+        if key.is_empty() {
+            return req;
+        }
+        match self {
+            Self::Bearer => req.bearer_auth(key.expose()),
+            Self::Header(name) => req.header(name, key.expose()),
+        }
+    }
 }
 
 /// One request as a protocol encodes it.
@@ -123,6 +136,20 @@ pub struct ModelRequest {
     pub auth: Auth,
     /// What the body's markers stand for.
     pub blobs: Blobs,
+    /// Where the model id and `extra` go: the body (chat completions, Messages, Responses),
+    /// or nowhere because the path names the model (Gemini's `models/ID:generateContent`),
+    /// with `extra` merged into the object named here (`generationConfig`).
+    pub model_field: ModelField,
+}
+
+/// Where a request names its model (see [`ModelRequest::model_field`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelField {
+    /// `"model": ID` in the body; `extra` merged into the body.
+    #[default]
+    Body,
+    /// The path names the model; `extra` merged into this object of the body.
+    Path { extra_into: &'static str },
 }
 
 /// Screenshots (base64, hundreds of kilobytes each, several per request) stand in a
@@ -364,12 +391,7 @@ impl HttpModel {
         for (k, v) in &request.headers {
             req = req.header(k, v);
         }
-        if !self.config.api_key.is_empty() {
-            req = match request.auth {
-                Auth::Bearer => req.bearer_auth(self.config.api_key.expose()),
-                Auth::XApiKey => req.header("x-api-key", self.config.api_key.expose()),
-            };
-        }
+        req = request.auth.apply(req, &self.config.api_key);
         let mut response = req
             .send()
             .await
@@ -427,24 +449,23 @@ pub enum Listing {
 }
 
 impl HttpModel {
-    /// Asks the server which models it serves (OpenAI and compatible servers at
-    /// `{base}/models`, Anthropic at `{base}/v1/models`), within `within`. A refused
-    /// connection, a timeout and a refused key (401, 403) are errors; any other answer
-    /// means the server is there.
-    pub async fn list_models(&self, auth: Auth, within: Duration) -> Result<Listing, ModelError> {
-        let path = match auth {
-            Auth::XApiKey => "/v1/models",
-            Auth::Bearer => "/models",
-        };
-        let mut req = self.http.get(self.url(path)).timeout(within);
-        if !self.config.api_key.is_empty() {
-            req = match auth {
-                Auth::Bearer => req.bearer_auth(self.config.api_key.expose()),
-                Auth::XApiKey => req
-                    .header("x-api-key", self.config.api_key.expose())
-                    .header("anthropic-version", "2023-06-01"),
-            };
+    /// Asks the server which models it serves, at the protocol's models path (OpenAI and
+    /// compatible servers at `{base}/models`, Anthropic at `{base}/v1/models`, Gemini at
+    /// `{base}/v1beta/models`), within `within`. A refused connection, a timeout and a
+    /// refused key (401, 403) are errors; any other answer means the server is there.
+    pub async fn list_models(
+        &self,
+        endpoint: &crate::agent::protocol::Endpoint,
+        within: Duration,
+    ) -> Result<Listing, ModelError> {
+        let mut req = self
+            .http
+            .get(self.url(endpoint.models_path))
+            .timeout(within);
+        for (k, v) in endpoint.headers {
+            req = req.header(*k, *v);
         }
+        req = endpoint.auth.apply(req, &self.config.api_key);
         let response = req.send().await.map_err(|e| {
             if e.is_timeout() {
                 ModelError::Timeout(within)
@@ -466,11 +487,22 @@ impl HttpModel {
         if !(200..300).contains(&status) {
             return Ok(Listing::NoList { status });
         }
+        // OpenAI's and Anthropic's `data[].id`, or Gemini's `models[].name`
+        // (`models/gemini-…`).
         let ids: Option<Vec<String>> = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
-            v.get("data")?.as_array().map(|models| {
+            if let Some(models) = v.get("data").and_then(Value::as_array) {
+                return Some(
+                    models
+                        .iter()
+                        .filter_map(|m| m.get("id")?.as_str().map(str::to_owned))
+                        .collect(),
+                );
+            }
+            v.get("models")?.as_array().map(|models| {
                 models
                     .iter()
-                    .filter_map(|m| m.get("id")?.as_str().map(str::to_owned))
+                    .filter_map(|m| m.get("name")?.as_str())
+                    .map(|n| n.trim_start_matches("models/").to_owned())
                     .collect()
             })
         });
@@ -517,8 +549,24 @@ impl Model for HttpModel {
     ) -> Result<RawReply, ModelError> {
         let started = Instant::now();
         let mut body = request.body.clone();
-        if let Some(obj) = body.as_object_mut() {
-            obj.insert("model".into(), Value::String(self.config.model.clone()));
+        let target = match request.model_field {
+            ModelField::Body => {
+                if let Some(obj) = body.as_object_mut() {
+                    obj.insert("model".into(), Value::String(self.config.model.clone()));
+                }
+                Some(&mut body)
+            }
+            ModelField::Path { extra_into } => {
+                if !self.config.extra.is_empty()
+                    && let Some(obj) = body.as_object_mut()
+                {
+                    obj.entry(extra_into)
+                        .or_insert_with(|| Value::Object(Map::new()));
+                }
+                body.get_mut(extra_into)
+            }
+        };
+        if let Some(obj) = target.and_then(Value::as_object_mut) {
             for (k, v) in &self.config.extra {
                 obj.insert(k.clone(), v.clone());
             }
@@ -643,8 +691,9 @@ mod tests {
             path: "/chat/completions".into(),
             body: serde_json::json!({}),
             headers: vec![],
-            auth: Auth::XApiKey,
+            auth: Auth::Header("x-api-key"),
             blobs: Blobs::default(),
+            model_field: ModelField::Body,
         }
     }
 

@@ -326,3 +326,162 @@ async fn an_abort_from_the_harness_ends_the_episode_as_a_recording_failure() {
     );
     assert!(outcome.error.unwrap().contains("disk full"));
 }
+
+fn anthropic_cfg(model: &str) -> AgentConfig {
+    AgentConfig {
+        protocol: protocol::ProtocolConfig::for_model("anthropic".parse().unwrap(), model),
+        ..cfg()
+    }
+}
+
+/// Anthropic's computer toolset: one block per action; the first that fails stops the
+/// turn, and every later block is answered, not done, with the toolset's own words.
+#[tokio::test]
+async fn a_toolset_turn_stops_at_its_first_failure_and_answers_every_block() {
+    let screen = FakeScreen::new();
+    let block = |id: &str, name: &str, input: Value| json!({"type": "tool_use", "id": id, "name": name, "toolset_name": "computer", "input": input});
+    let turn = json!({"content": [
+        block("t1", "key", json!({"text": "Down", "repeat": 3})),
+        block("t2", "key", json!({"text": "ctrl+NoSuchKey"})),
+        block("t3", "type", json!({"text": "never typed"})),
+        block("t4", "screenshot", json!({}))
+    ], "stop_reason": "tool_use", "usage": {"input_tokens": 10, "output_tokens": 2}});
+    let done = json!({"content": [{"type": "text", "text": "Done."}], "stop_reason": "end_turn"});
+    let model = Script::new(vec![turn, done]);
+    let (outcome, events) =
+        run_with(anthropic_cfg("claude-sonnet-5-5"), &screen, &model, vec![]).await;
+    assert_eq!(outcome.status, Status::Succeeded);
+    assert_eq!(screen.acted.load(Ordering::SeqCst), 1, "only the key ran");
+    let done: Vec<&Action> = events
+        .iter()
+        .filter_map(|e| match e.as_ref() {
+            Event::ActionDone { action, .. } => Some(action),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        done,
+        vec![&Action::Key {
+            text: "Down Down Down".into()
+        }]
+    );
+    let requests = model.requests.lock().unwrap();
+    let first = requests[0].resolved_body();
+    assert_eq!(
+        first["tools"],
+        json!([{"type": "computer_toolset_20260801", "cache_control": {"type": "ephemeral"}}])
+    );
+    assert!(
+        !requests[0]
+            .headers
+            .iter()
+            .any(|(k, _)| k == "anthropic-beta")
+    );
+    let second = requests[1].resolved_body();
+    let results: Vec<&Value> = second["messages"][2]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["type"] == "tool_result")
+        .collect();
+    assert_eq!(results.len(), 4, "every block is answered");
+    assert!(results.iter().all(|r| r["toolset_name"] == "computer"));
+    assert_eq!(
+        results
+            .iter()
+            .map(|r| r["is_error"] == true)
+            .collect::<Vec<_>>(),
+        vec![false, true, true, true]
+    );
+    assert!(
+        results[1].to_string().contains("NoSuchKey"),
+        "{}",
+        results[1]
+    );
+    for r in &results[2..] {
+        assert_eq!(r["content"][0]["text"], protocol::NOT_EXECUTED);
+    }
+    // No image in results that are not a screenshot or a zoom: the screen follows them.
+    assert!(results.iter().all(|r| !r.to_string().contains("\"image\"")));
+    assert!(
+        second["messages"][2]["content"]
+            .to_string()
+            .contains("\"image\"")
+    );
+}
+
+/// A 5.5 Claude never gets the older tool, and an older Claude never gets the toolset.
+#[tokio::test]
+async fn claude_models_get_their_own_computer_tool() {
+    for (model, tool) in [
+        ("claude-opus-5-5", "computer_toolset_20260801"),
+        ("claude-sonnet-5", "computer_toolset_20260801"),
+        ("claude-fable-5-1", "computer_toolset_20260801"),
+        ("claude-opus-4-8", "computer_toolset_20260801"),
+        ("claude-opus-4-7", "computer_20251124"),
+        ("us.anthropic.claude-opus-5-5", "computer_20251124"),
+        ("claude-sonnet-4-5-20250929", "computer_20250124"),
+    ] {
+        let screen = FakeScreen::new();
+        let script = Script::new(vec![
+            json!({"content": [{"type": "text", "text": "Done."}], "stop_reason": "end_turn"}),
+        ]);
+        let (outcome, _) = run_with(anthropic_cfg(model), &screen, &script, vec![]).await;
+        assert_eq!(outcome.status, Status::Succeeded, "{model}");
+        let body = script.requests.lock().unwrap()[0].resolved_body();
+        assert_eq!(body["tools"].as_array().unwrap().len(), 1, "{model}");
+        assert_eq!(body["tools"][0]["type"], tool, "{model}");
+    }
+}
+
+/// A reply in another model's call format is never taken for the final answer.
+#[tokio::test]
+async fn call_markup_the_dialect_cannot_read_is_not_an_answer() {
+    for text in [
+        "<tool_call>\n<function=computer_use>\n<parameter=action>\nleft_click\n</parameter>\n</function>\n</tool_call>",
+        "I click it.\n<|begin_of_box|>left_click(start_box='[500,500]')<|end_of_box|>\nMemory:\n[]",
+        "<tool_call>{\"name\": \"computer\", \"arguments\": {\"action\": \"left_click\", \"coordinate\": [1, 1]</tool_call>",
+    ] {
+        let screen = FakeScreen::new();
+        let reply = json!({"choices": [{"message": {"content": text}}]});
+        let model = Script::new(vec![reply.clone(), reply.clone(), reply]);
+        let (outcome, events) = run_with(cfg(), &screen, &model, vec![]).await;
+        assert_eq!(
+            (outcome.status, outcome.steps),
+            (Status::Error, 3),
+            "{text}: {:?}",
+            outcome.error
+        );
+        assert!(!failed(&events).is_empty());
+    }
+}
+
+/// Qwen3.5's XML-style call, in the text, drives the `qwen` protocol (the function is
+/// `computer`, coordinates 0-1000).
+#[tokio::test]
+async fn a_qwen35_xml_call_is_done() {
+    let screen = FakeScreen::new();
+    let xml = "Action: click.\n<tool_call>\n<function=computer>\n<parameter=action>\nleft_click\n</parameter>\n<parameter=coordinate>\n[500, 500]\n</parameter>\n</function>\n</tool_call>";
+    let model = Script::new(vec![
+        json!({"choices": [{"message": {"content": xml}}]}),
+        json!({"choices": [{"message": {"content": "The task is done."}}]}),
+    ]);
+    let cfg = AgentConfig {
+        protocol: protocol::ProtocolConfig::for_model(
+            "qwen".parse().unwrap(),
+            "Qwen/Qwen3.5-35B-A3B",
+        ),
+        ..cfg()
+    };
+    let (outcome, events) = run_with(cfg, &screen, &model, vec![]).await;
+    assert_eq!((outcome.status, outcome.steps), (Status::Succeeded, 2));
+    let clicked = events.iter().any(|e| {
+        matches!(e.as_ref(), Event::ActionDone { action: Action::Click { coordinate: Some(p), .. }, .. } if *p == crate::action::Point::new(32, 20))
+    });
+    assert!(clicked, "{:?}", failed(&events));
+    let sent = model.requests.lock().unwrap()[0].body.to_string();
+    assert!(
+        sent.contains("\\\"name\\\":\\\"computer\\\""),
+        "the function is `computer`"
+    );
+}

@@ -1065,6 +1065,27 @@ impl Desktop {
             Action::Done { answer } => out.text = answer.clone(),
             Action::Fail { reason } => out.text = Some(reason.clone()),
             Action::CallUser { question } => out.text = question.clone(),
+            Action::Memorize { .. } => out.text = Some("memorized".into()),
+            Action::Navigate { url } => {
+                // Checked again here: an action may come from anywhere (a recording, a
+                // task file), not only through `Action::navigate`.
+                let url = match url {
+                    Some(u) => match Action::navigate(Some(u))? {
+                        Action::Navigate { url } => url,
+                        _ => None,
+                    },
+                    None => None,
+                };
+                let command = match &url {
+                    Some(u) => format!("selfagent-launch browser {}", shell_quote(u)),
+                    None => "selfagent-launch browser".to_owned(),
+                };
+                let p = self.sandbox.spawn(&command).await?;
+                out.text = Some(match url {
+                    Some(u) => format!("opening {u} in the browser (pid {})", p.pid),
+                    None => format!("started the browser (pid {})", p.pid),
+                });
+            }
             Action::Launch { app } => {
                 let command = format!("selfagent-launch {}", shell_quote(app));
                 let p = self.sandbox.spawn(&command).await?;

@@ -1220,6 +1220,47 @@ impl Writer {
                 p.tokens_out = usage.output;
                 p.meta.insert("attempts".into(), json!(attempts));
             }
+            Event::Grounded {
+                step,
+                index,
+                element,
+                point,
+                error,
+                model,
+                usage,
+                model_ms,
+                exchange,
+            } => {
+                let mut entry = json!({
+                    "index": index,
+                    "element": self.redact(element),
+                    "model": model,
+                    "tokens_in": usage.input,
+                    "tokens_out": usage.output,
+                    "model_ms": model_ms,
+                });
+                if let Some(p) = point {
+                    entry["point"] = json!(p);
+                }
+                if let Some(e) = error {
+                    entry["error"] = json!(self.redact(e));
+                }
+                if let Some(x) = exchange {
+                    let mut req = x.request.clone();
+                    self.frame_refs(&mut req);
+                    entry["request"] = json!(self.stored_json(&req)?);
+                    entry["response"] = json!(self.stored_json(&x.response)?);
+                }
+                let p = self.pending.entry(*step).or_default();
+                p.tokens_in += usage.input;
+                p.tokens_out += usage.output;
+                match p.meta.get_mut("grounding").and_then(Value::as_array_mut) {
+                    Some(list) => list.push(entry),
+                    None => {
+                        p.meta.insert("grounding".into(), json!([entry]));
+                    }
+                }
+            }
             Event::ActionDone {
                 step,
                 index,

@@ -723,19 +723,24 @@ impl Judge {
                 .join(", "),
         );
         let pngs: Vec<Arc<Vec<u8>>> = picked.iter().map(|i| self.frames[*i].clone()).collect();
-        Ok(protocol::question(self.protocol, &template, &text, &pngs))
+        let cfg = protocol::ProtocolConfig::for_model(self.protocol, &self.model.config().model);
+        Ok(protocol::question(&cfg, &template, &text, &pngs))
     }
 
     pub async fn ask(&self, question: &str) -> Result<JudgeVerdict, String> {
         let request = self.request(question)?;
         let kind = self.protocol;
-        let check = move |raw: &Value| protocol::answer_text(kind, raw).map(|_| ());
+        let check = move |raw: &Value| {
+            protocol::answer_text(kind, raw)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
         let raw = self
             .model
             .send(&request, &check, &|_| {})
             .await
             .map_err(|e| format!("the judge model: {e}"))?;
-        parse_verdict(&protocol::answer_text(kind, &raw.body)?)
+        parse_verdict(&protocol::answer_text(kind, &raw.body).map_err(|e| e.to_string())?)
     }
 }
 

@@ -444,6 +444,24 @@ impl App {
                 s.model_ms = Some(*model_ms);
                 s.tokens = (usage.input, usage.output);
             }
+            Event::Grounded {
+                step,
+                element,
+                point,
+                usage,
+                ..
+            } => {
+                self.tokens.0 += usage.input;
+                self.tokens.1 += usage.output;
+                let s = self.step_mut(*step);
+                s.tokens.0 += usage.input;
+                s.tokens.1 += usage.output;
+                if point.is_none() {
+                    self.notice = Some(format!(
+                        "step {step}: the grounder did not find \"{element}\""
+                    ));
+                }
+            }
             Event::ActionDone {
                 step,
                 action,

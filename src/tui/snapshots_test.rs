@@ -240,6 +240,7 @@ fn a_safety_check_is_asked_and_answered() {
     app.on_event(&Event::SafetyCheck {
         step: 4,
         checks: vec![crate::agent::protocol::SafetyCheck {
+            confirm: false,
             id: "cu_sc_1".into(),
             code: "malicious_instructions".into(),
             message: "We've detected instructions that may cause your application to perform malicious or unauthorized actions.".into(),

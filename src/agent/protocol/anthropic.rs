@@ -1,27 +1,189 @@
-//! `anthropic`: the Messages API (`POST {base}/v1/messages`) with Anthropic's built-in
-//! `computer` tool (`computer_20250124`, or `computer_20251124` with `zoom` for the newer
-//! models; `--tool-version` chooses), `x-api-key` and `anthropic-version: 2023-06-01`, the
-//! `anthropic-beta` flag of the tool version.
+//! `anthropic`: the Messages API (`POST {base}/v1/messages`, `x-api-key`,
+//! `anthropic-version: 2023-06-01`) with one of Anthropic's computer tools, chosen by the
+//! model id (`--tool-version` forces one):
 //!
-//! The screenshot is pre-resized to what the API would resize it to (long edge at most
-//! 1568 px and at most 1568 tiles of 28x28 px) and `display_width_px`/`display_height_px`
-//! name that size, so the API never resizes again and coordinates map back exactly. Several
-//! `tool_use` blocks per turn get one `tool_result` each (text, image, `is_error`); the
-//! screenshot after the turn rides in the last one. `end_turn` without `tool_use` is the
-//! answer. Thinking blocks are kept as the step's thought and replayed unchanged (with their
-//! signatures), as the API requires. The system prompt and the tools are marked with
-//! `cache_control`, as are the last two user turns, so a long episode does not pay for its
-//! prefix every step; cache reads and writes are counted.
+//! - the **computer toolset** (`computer_toolset_20260801`) for Fable, Mythos, Opus 4.8 and
+//!   later, Sonnet 5 and later and every 5.5 model (Opus and Sonnet 5.5 refuse the older
+//!   tool): one `tools[]` entry `{"type": "computer_toolset_20260801"}` and no beta header.
+//!   Each action is its own `tool_use` block named after the member (`left_click`, `key`,
+//!   `zoom`, …) with `"toolset_name": "computer"` and the member's parameters as its input.
+//!   A turn's blocks run in order and stop at the first failure: it is answered
+//!   `is_error`, and every later block `is_error` with [`super::NOT_EXECUTED`]. Every block is
+//!   answered, each result echoing `toolset_name`; only screenshot and zoom results carry
+//!   an image (the screen after the turn follows the results as an image of its own when
+//!   no screenshot was asked for). `zoom` answers with the region scaled up to fill the
+//!   image the model sees; its coordinates stay those of the full screenshot. Screenshots
+//!   are pruned in batches (keep 3, prune every 25 turns) so the cached prefix holds;
+//! - the **computer tool** (`computer_20250124`, or `computer_20251124` with `zoom` for Opus
+//!   4.5-4.7 and Sonnet 4.6, `computer_20241022` for Claude 3.5) with its `anthropic-beta`
+//!   flag, for older models and Bedrock (`anthropic.claude-…` ids keep it).
+//!
+//! The screenshot is pre-resized to what the API would take without resizing (long edge at
+//! most 1568 px and at most 1568 tiles of 28x28 px; the toolset's API no longer resizes at
+//! all and refuses larger images) and the tool's display size names that size, so
+//! coordinates map back exactly. `end_turn` without `tool_use` is the answer. Thinking
+//! blocks are kept as the step's thought and replayed unchanged (with their signatures), as
+//! the API requires. The system prompt and the tools are marked with `cache_control`, as
+//! are the last two user turns, so a long episode does not pay for its prefix every step;
+//! cache reads and writes are counted.
 
 use super::{
-    Call, CallResult, Decision, Geometry, Images, Protocol, ProtocolConfig, ProtocolName, Shot,
-    prompt,
+    Call, CallResult, CoordSpace, DecodeError, Decision, Endpoint, Example, Geometry, Images,
+    ModelId, OptionDoc, Protocol, ProtocolConfig, ProtocolName, Shot, Spec, prompt,
 };
-use crate::action::{Action, InvalidAction};
+use crate::action::{Action, InvalidAction, MAX_DURATION_SECS};
 use crate::agent::model::{Auth, ModelRequest, Usage};
+use base64::Engine as _;
 use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 const SYSTEM_PROMPT: &str = include_str!("../../../prompts/anthropic.md");
+
+/// What `anthropic` is (see [`Spec`]).
+pub struct AnthropicSpec;
+
+pub static SPEC: AnthropicSpec = AnthropicSpec;
+
+const VERSION_HEADER: (&str, &str) = ("anthropic-version", "2023-06-01");
+
+impl Spec for AnthropicSpec {
+    fn name(&self) -> &'static str {
+        "anthropic"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["claude", "messages"]
+    }
+
+    fn wire(&self) -> &'static str {
+        "Messages API, the computer toolset or the `computer` tool"
+    }
+
+    fn detect(&self, model: &ModelId) -> Option<CoordSpace> {
+        (model.base.starts_with("claude-") || model.base.contains("anthropic.claude"))
+            .then_some(CoordSpace::Native)
+    }
+
+    fn detects(&self) -> &'static str {
+        "`claude-*`, `anthropic.claude*`"
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            default_base_url: Some("https://api.anthropic.com"),
+            key_variables: &["ANTHROPIC_API_KEY"],
+            auth: Auth::Header("x-api-key"),
+            models_path: "/v1/models",
+            headers: &[VERSION_HEADER],
+        }
+    }
+
+    /// The path is `/v1/messages`: a base URL given up to /v1 (as for OpenAI) works too.
+    fn base_url(&self, given: &str) -> String {
+        given
+            .trim_end_matches('/')
+            .trim_end_matches("/v1")
+            .to_owned()
+    }
+
+    fn options(&self) -> &'static [OptionDoc] {
+        &[
+            OptionDoc {
+                key: "tool-version",
+                help: "the computer tool: toolset (computer_toolset_20260801), 20251124, 20250124 or 20241022; chosen by the model id when not given (--tool-version)",
+            },
+            OptionDoc {
+                key: "thinking",
+                help: "extended thinking: a token budget (at least 1024) or adaptive (--thinking)",
+            },
+            OptionDoc {
+                key: "prune-every",
+                help: "screenshots pile up for this many turns past --keep-images, then are cut back at once (toolset default 25; 0 drops one a turn)",
+            },
+            OptionDoc {
+                key: "zoom",
+                help: "offer the toolset's zoom (default yes; no saves about 410 input tokens a request)",
+            },
+        ]
+    }
+
+    fn sent_size(&self, cfg: &ProtocolConfig, screen: (u32, u32)) -> (u32, u32) {
+        let t = cfg.target.size(screen);
+        let a = api_size(screen);
+        if u64::from(t.0) * u64::from(t.1) < u64::from(a.0) * u64::from(a.1) {
+            t
+        } else {
+            a
+        }
+    }
+
+    fn question(
+        &self,
+        _cfg: &ProtocolConfig,
+        system: &str,
+        text: &str,
+        pngs: &[Arc<Vec<u8>>],
+    ) -> ModelRequest {
+        let b64 = |png: &Arc<Vec<u8>>| base64::engine::general_purpose::STANDARD.encode(png.as_slice());
+        let mut content = vec![json!({"type": "text", "text": text})];
+        content.extend(pngs.iter().map(|p| {
+            json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(p)}})
+        }));
+        ModelRequest {
+            path: "/v1/messages".into(),
+            body: json!({
+                "max_tokens": 1024,
+                "system": system,
+                "messages": [{"role": "user", "content": content}],
+            }),
+            headers: vec![(VERSION_HEADER.0.into(), VERSION_HEADER.1.into())],
+            auth: self.endpoint().auth,
+            blobs: Default::default(),
+            model_field: Default::default(),
+        }
+    }
+
+    fn answer_text(&self, raw: &Value) -> Result<String, DecodeError> {
+        let text: Vec<&str> = content_of(raw)?
+            .iter()
+            .filter(|b| b["type"] == "text")
+            .filter_map(|b| b["text"].as_str())
+            .collect();
+        Some(text.join("\n"))
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| DecodeError::Empty("no text".into()))
+    }
+
+    fn example(&self) -> Example {
+        Example {
+            model: "claude-sonnet-4-5",
+            reply: json!({"id": "msg_1", "type": "message", "role": "assistant",
+                "content": [{"type": "text", "text": "Clicking the button."},
+                            {"type": "tool_use", "id": "toolu_1", "name": "computer",
+                             "input": {"action": "left_click", "coordinate": [500, 300]}}],
+                "stop_reason": "tool_use", "usage": {"input_tokens": 1500, "output_tokens": 40}}),
+        }
+    }
+
+    fn create(
+        &self,
+        cfg: &ProtocolConfig,
+        geometry: Geometry,
+    ) -> Result<Box<dyn Protocol>, String> {
+        Ok(Box::new(Anthropic::new(cfg, geometry)?))
+    }
+}
+
+/// A reply's `content`, or why it is not a Messages API reply.
+fn content_of(raw: &Value) -> Result<&Vec<Value>, DecodeError> {
+    if raw["type"] == "error" {
+        return Err(DecodeError::Server(raw["error"].to_string()));
+    }
+    raw["content"].as_array().ok_or_else(|| {
+        DecodeError::shape("no `content` in the reply (not a Messages API reply?)")
+    })
+}
 
 /// The Messages API's own limits on an image: what it would resize to.
 pub const MAX_LONG_EDGE: u32 = 1568;
@@ -42,13 +204,42 @@ pub fn api_size(screen: (u32, u32)) -> (u32, u32) {
     )
 }
 
-/// A version of the computer tool.
+/// Which computer tool a conversation declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToolVersion {
     V20241022,
     V20250124,
     V20251124,
+    /// `computer_toolset_20260801`: one tool per action.
+    Toolset20260801,
 }
+
+/// The toolset's type name.
+pub const TOOLSET: &str = "computer_toolset_20260801";
+
+/// The toolset's members: one tool each, named after its action.
+pub const TOOLSET_MEMBERS: [&str; 17] = [
+    "key",
+    "hold_key",
+    "type",
+    "cursor_position",
+    "mouse_move",
+    "left_mouse_down",
+    "left_mouse_up",
+    "left_click",
+    "left_click_drag",
+    "right_click",
+    "middle_click",
+    "double_click",
+    "triple_click",
+    "scroll",
+    "wait",
+    "screenshot",
+    "zoom",
+];
+
+/// The toolset's longest `wait`, in seconds.
+pub const TOOLSET_MAX_WAIT_SECS: f64 = 300.0;
 
 impl ToolVersion {
     pub fn type_name(self) -> &'static str {
@@ -56,32 +247,47 @@ impl ToolVersion {
             Self::V20241022 => "computer_20241022",
             Self::V20250124 => "computer_20250124",
             Self::V20251124 => "computer_20251124",
+            Self::Toolset20260801 => TOOLSET,
         }
     }
 
-    pub fn beta(self) -> &'static str {
+    /// The `anthropic-beta` flag; the toolset needs none.
+    pub fn beta(self) -> Option<&'static str> {
         match self {
-            Self::V20241022 => "computer-use-2024-10-22",
-            Self::V20250124 => "computer-use-2025-01-24",
-            Self::V20251124 => "computer-use-2025-11-24",
+            Self::V20241022 => Some("computer-use-2024-10-22"),
+            Self::V20250124 => Some("computer-use-2025-01-24"),
+            Self::V20251124 => Some("computer-use-2025-11-24"),
+            Self::Toolset20260801 => None,
         }
     }
 
-    /// `--tool-version`: `20241022`, `20250124`, `20251124` (or the full type name).
+    pub fn is_toolset(self) -> bool {
+        self == Self::Toolset20260801
+    }
+
+    /// `--tool-version`: `20241022`, `20250124`, `20251124`, `toolset` or `20260801` (or
+    /// the full type name).
     pub fn parse(s: &str) -> Result<Self, String> {
-        match s.trim().trim_start_matches("computer_") {
+        match s
+            .trim()
+            .trim_start_matches("computer_toolset_")
+            .trim_start_matches("computer_")
+        {
             "20241022" => Ok(Self::V20241022),
             "20250124" => Ok(Self::V20250124),
             "20251124" => Ok(Self::V20251124),
+            "toolset" | "20260801" => Ok(Self::Toolset20260801),
             other => Err(format!(
-                "'{other}' is not a computer tool version: 20241022, 20250124 or 20251124"
+                "'{other}' is not a computer tool version: toolset (20260801), 20251124, 20250124 or 20241022"
             )),
         }
     }
 
-    /// The version a model id uses, as Anthropic's reference demo chooses it:
-    /// 20251124 for Opus 4.5 and later and Sonnet 4.6 and later, 20241022 for the Claude 3.5
-    /// models, 20250124 otherwise.
+    /// The tool a model id takes: the toolset for Fable, Mythos, Opus 4.8 and later, Sonnet
+    /// 5 and later, and every 5.5 model (Opus and Sonnet 5.5 refuse the older tool), except
+    /// on Bedrock (`anthropic.claude-…`), which keeps the older tool; then, as Anthropic's
+    /// reference demo chooses: 20251124 for Opus 4.5 and later and Sonnet and Haiku 4.6
+    /// and later, 20241022 for the Claude 3.5 models, 20250124 otherwise.
     pub fn for_model(model: &str) -> Self {
         let m = model.to_ascii_lowercase();
         if m.contains("claude-3-5") || m.contains("claude-3.5") {
@@ -100,9 +306,19 @@ impl ToolVersion {
             Some((major, minor))
         };
         let newer = |v: Option<(u32, u32)>, since: (u32, u32)| v.is_some_and(|v| v >= since);
-        if newer(version("opus"), (4, 5))
-            || newer(version("sonnet"), (4, 6))
-            || newer(version("haiku"), (4, 6))
+        let (opus, sonnet, haiku) = (version("opus"), version("sonnet"), version("haiku"));
+        let toolset = m.contains("fable")
+            || m.contains("mythos")
+            || newer(opus, (4, 8))
+            || newer(sonnet, (5, 0))
+            || newer(haiku, (5, 5));
+        let bedrock = m.contains("anthropic.claude");
+        if toolset && !bedrock {
+            Self::Toolset20260801
+        } else if toolset
+            || newer(opus, (4, 5))
+            || newer(sonnet, (4, 6))
+            || newer(haiku, (4, 6))
         {
             Self::V20251124
         } else {
@@ -136,22 +352,41 @@ impl Thinking {
     }
 }
 
+/// The toolset's default batch of turns between prunes.
+const TOOLSET_PRUNE_EVERY: usize = 25;
+
 pub struct Anthropic {
     geometry: Geometry,
     version: ToolVersion,
     thinking: Option<Thinking>,
+    /// The toolset's zoom member is offered.
+    zoom: bool,
     system: String,
     messages: Vec<Value>,
     images: Images,
     allow_setup: bool,
+    /// The ids of the last turn's `screenshot` calls (their results carry the screen).
+    screenshot_calls: HashSet<String>,
 }
 
 impl Anthropic {
     pub fn new(cfg: &ProtocolConfig, geometry: Geometry) -> Result<Self, String> {
-        let version = match &cfg.tool_version {
-            Some(v) => ToolVersion::parse(v)?,
-            None => ToolVersion::for_model(&cfg.model),
-        };
+        let o = &cfg.options;
+        let version = o
+            .parsed("tool-version", ToolVersion::parse)?
+            .unwrap_or_else(|| ToolVersion::for_model(&cfg.model));
+        let thinking = o.parsed("thinking", Thinking::parse)?;
+        let prune_every = o
+            .parsed("prune-every", |v| {
+                v.parse::<usize>()
+                    .map_err(|_| format!("prune-every is a number of turns, got '{v}'"))
+            })?
+            .unwrap_or(if version.is_toolset() {
+                TOOLSET_PRUNE_EVERY
+            } else {
+                0
+            });
+        let zoom = o.get("zoom").is_none() || o.flag("zoom")?;
         let system = prompt(
             cfg.prompts.as_deref(),
             "anthropic.md",
@@ -162,15 +397,26 @@ impl Anthropic {
         Ok(Self {
             geometry,
             version,
-            thinking: cfg.thinking,
+            thinking,
+            zoom,
             system,
             messages: Vec::new(),
-            images: Images::new(cfg.keep_images),
+            images: Images::batched(cfg.keep_images, prune_every),
             allow_setup: cfg.allow_setup_actions,
+            screenshot_calls: HashSet::new(),
         })
     }
 
+    /// The `tools[]` entry: the toolset (with zoom switched off when asked), or the tool
+    /// with its display size.
     fn tool(&self) -> Value {
+        if self.version.is_toolset() {
+            let mut t = json!({"type": TOOLSET});
+            if !self.zoom {
+                t["configs"] = json!({"zoom": {"enabled": false}});
+            }
+            return t;
+        }
         let mut t = json!({
             "type": self.version.type_name(),
             "name": "computer",
@@ -280,20 +526,25 @@ impl Anthropic {
         body
     }
 
+    /// A `tool_use` block as an action in screen pixels.
     fn action(&self, block: &Value) -> Result<Action, InvalidAction> {
-        if block["name"] != "computer" {
-            return Err(InvalidAction::new(format!(
-                "there is no tool named '{}'; use the `computer` tool",
-                block["name"].as_str().unwrap_or_default()
-            )));
-        }
-        let input = &block["input"];
-        if input["action"] == "zoom" && self.version != ToolVersion::V20251124 {
-            return Err(InvalidAction::new(
-                "`zoom` needs computer_20251124 (--tool-version 20251124)",
-            ));
-        }
-        let action = Action::from_tool_input(input)?;
+        let name = block["name"].as_str().unwrap_or_default();
+        let action = if self.version.is_toolset() {
+            toolset_action(name, &block["input"], self.zoom)?
+        } else {
+            if name != "computer" {
+                return Err(InvalidAction::new(format!(
+                    "there is no tool named '{name}'; use the `computer` tool"
+                )));
+            }
+            let input = &block["input"];
+            if input["action"] == "zoom" && self.version != ToolVersion::V20251124 {
+                return Err(InvalidAction::new(
+                    "`zoom` needs computer_20251124 (--tool-version 20251124)",
+                ));
+            }
+            Action::from_tool_input(input)?
+        };
         if action.is_setup_only() && !self.allow_setup {
             return Err(InvalidAction::new(format!(
                 "`{}` is not available; use the mouse and keyboard",
@@ -304,9 +555,81 @@ impl Anthropic {
     }
 }
 
+/// A toolset member's call as an action (in the model's pixels): the member's own
+/// parameters, read as the computer tool's input with the member as its `action`; `key`
+/// takes `repeat` (1 to 100), `wait` up to 300 s.
+pub fn toolset_action(name: &str, input: &Value, zoom: bool) -> Result<Action, InvalidAction> {
+    if !TOOLSET_MEMBERS.contains(&name) {
+        return Err(InvalidAction::new(format!(
+            "there is no computer tool named '{name}'; the computer tools are {}",
+            TOOLSET_MEMBERS.join(", ")
+        )));
+    }
+    if name == "zoom" && !zoom {
+        return Err(InvalidAction::new("`zoom` is switched off here"));
+    }
+    let Some(fields) = input.as_object() else {
+        return Err(InvalidAction::new(format!(
+            "the input of `{name}` must be a JSON object"
+        )));
+    };
+    if fields.contains_key("action") {
+        return Err(InvalidAction::new(format!(
+            "`{name}` takes its parameters alone, without `action`"
+        )));
+    }
+    let mut with_action = fields.clone();
+    with_action.insert("action".into(), json!(name));
+    match name {
+        "wait" => {
+            let secs = fields
+                .get("duration")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| InvalidAction::new("`wait` needs `duration` in seconds"))?;
+            if !(0.0..=TOOLSET_MAX_WAIT_SECS).contains(&secs) {
+                return Err(InvalidAction::new(format!(
+                    "`duration` must be between 0 and {TOOLSET_MAX_WAIT_SECS} seconds, got {secs}"
+                )));
+            }
+            Ok(Action::Wait { duration: secs })
+        }
+        "hold_key" => {
+            let secs = fields.get("duration").and_then(Value::as_f64).unwrap_or(0.0);
+            if secs > MAX_DURATION_SECS {
+                return Err(InvalidAction::new(format!(
+                    "`duration` must be at most {MAX_DURATION_SECS} seconds, got {secs}"
+                )));
+            }
+            Action::from_tool_input(&Value::Object(with_action))
+        }
+        "key" => {
+            let repeat = match fields.get("repeat") {
+                None | Some(Value::Null) => 1,
+                Some(v) => match v.as_u64() {
+                    Some(n @ 1..=100) => n as usize,
+                    _ => {
+                        return Err(InvalidAction::new(format!(
+                            "`repeat` is a whole number from 1 to 100, got {v}"
+                        )));
+                    }
+                },
+            };
+            with_action.remove("repeat");
+            match Action::from_tool_input(&Value::Object(with_action))? {
+                // Repeats are the same combo pressed again: a key sequence.
+                Action::Key { text } if repeat > 1 => Ok(Action::Key {
+                    text: vec![text.as_str(); repeat].join(" "),
+                }),
+                other => Ok(other),
+            }
+        }
+        _ => Action::from_tool_input(&Value::Object(with_action)),
+    }
+}
+
 impl Protocol for Anthropic {
     fn name(&self) -> ProtocolName {
-        ProtocolName::Anthropic
+        ProtocolName::of(&SPEC)
     }
 
     fn geometry(&self) -> Geometry {
@@ -323,29 +646,25 @@ impl Protocol for Anthropic {
     }
 
     fn request(&self) -> (ModelRequest, Value) {
-        let headers = vec![
-            ("anthropic-version".to_owned(), "2023-06-01".to_owned()),
-            ("anthropic-beta".to_owned(), self.version.beta().to_owned()),
-        ];
+        let mut headers = vec![(VERSION_HEADER.0.to_owned(), VERSION_HEADER.1.to_owned())];
+        if let Some(beta) = self.version.beta() {
+            headers.push(("anthropic-beta".to_owned(), beta.to_owned()));
+        }
         (
             ModelRequest {
                 path: "/v1/messages".into(),
                 body: self.body(self.render(true)),
                 headers,
-                auth: Auth::XApiKey,
+                auth: SPEC.endpoint().auth,
                 blobs: self.images.blobs(),
+                model_field: Default::default(),
             },
             self.body(self.render(false)),
         )
     }
 
-    fn decode(&self, raw: &Value) -> Result<Decision, String> {
-        if raw["type"] == "error" {
-            return Err(format!("the API returned an error: {}", raw["error"]));
-        }
-        let content = raw["content"]
-            .as_array()
-            .ok_or("no `content` in the reply (not a Messages API reply?)")?;
+    fn decode(&self, raw: &Value) -> Result<Decision, DecodeError> {
+        let content = content_of(raw)?;
         let (mut text, mut thought, mut calls) = (Vec::new(), Vec::new(), Vec::new());
         for block in content {
             match block["type"].as_str() {
@@ -353,14 +672,19 @@ impl Protocol for Anthropic {
                 Some("thinking") => thought.extend(block["thinking"].as_str().map(str::to_owned)),
                 Some("tool_use") => calls.push(Call {
                     id: block["id"].as_str().unwrap_or_default().to_owned(),
-                    input: block["input"].clone(),
+                    input: if self.version.is_toolset() {
+                        // What the model asked for, whole: the member is its name.
+                        json!({"name": block["name"], "input": block["input"]})
+                    } else {
+                        block["input"].clone()
+                    },
                     action: self.action(block),
                 }),
                 _ => {}
             }
         }
         if calls.is_empty() && raw["stop_reason"] == "max_tokens" {
-            return Err("the reply was cut off at max_tokens before it asked for an action".into());
+            return Err(DecodeError::CutOff);
         }
         let text = Some(text.join("\n")).filter(|t| !t.trim().is_empty());
         let thought = match (thought.is_empty(), calls.is_empty()) {
@@ -384,19 +708,60 @@ impl Protocol for Anthropic {
                 cache_write: n("cache_creation_input_tokens"),
             },
             safety: Vec::new(),
+            grounding: Vec::new(),
         })
     }
 
-    fn assistant(&mut self, raw: &Value, _decision: &Decision) {
+    fn assistant(&mut self, raw: &Value, decision: &Decision) {
         // Replayed as sent, thinking signatures included.
         let content = raw["content"].clone();
         self.messages
             .push(json!({"role": "assistant", "content": content}));
+        self.screenshot_calls = decision
+            .calls
+            .iter()
+            .filter(|c| matches!(c.action, Ok(Action::Screenshot)))
+            .map(|c| c.id.clone())
+            .collect();
     }
 
     fn results(&mut self, results: &[CallResult], shot: &Shot, note: &str) {
-        let last = results.len().saturating_sub(1);
         let mut blocks = Vec::new();
+        if self.version.is_toolset() {
+            // Only screenshot and zoom results carry an image; the screen after the turn
+            // follows the results when nobody asked for it.
+            let mut shown = false;
+            for r in results {
+                let mut content = Vec::new();
+                if !r.text.is_empty() && (r.is_error || r.text != "ok") {
+                    content.push(json!({"type": "text", "text": r.text}));
+                }
+                if let Some(img) = &r.image {
+                    content.push(self.image_block(img));
+                } else if !r.is_error && self.screenshot_calls.contains(&r.id) {
+                    content.push(self.image_block(shot));
+                    shown = true;
+                }
+                if content.is_empty() {
+                    content.push(json!({"type": "text", "text": "OK"}));
+                }
+                blocks.push(json!({
+                    "type": "tool_result",
+                    "tool_use_id": r.id,
+                    "toolset_name": "computer",
+                    "content": content,
+                    "is_error": r.is_error,
+                }));
+            }
+            if !shown {
+                let image = self.image_block(shot);
+                blocks.push(json!({"type": "text", "text": note}));
+                blocks.push(image);
+            }
+            self.push_user(blocks);
+            return;
+        }
+        let last = results.len().saturating_sub(1);
         for (i, r) in results.iter().enumerate() {
             let mut content = vec![json!({"type": "text", "text": r.text})];
             if let Some(img) = &r.image {
@@ -419,6 +784,24 @@ impl Protocol for Anthropic {
         }
         self.push_user(blocks);
     }
+
+    fn stops_at_first_failure(&self) -> bool {
+        self.version.is_toolset()
+    }
+
+    /// The toolset scales a zoom up to fill the image the model sees; the older tool
+    /// returns the crop as it is.
+    fn zoom_size(&self, crop: (u32, u32)) -> (u32, u32) {
+        if !self.version.is_toolset() || crop.0 == 0 || crop.1 == 0 {
+            return crop;
+        }
+        let (sw, sh) = (f64::from(self.geometry.sent.0), f64::from(self.geometry.sent.1));
+        let f = (sw / f64::from(crop.0)).min(sh / f64::from(crop.1));
+        (
+            ((f64::from(crop.0) * f).round() as u32).clamp(1, self.geometry.sent.0),
+            ((f64::from(crop.1) * f).round() as u32).clamp(1, self.geometry.sent.1),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -431,7 +814,7 @@ mod tests {
 
     fn claude(model: &str, screen: (u32, u32)) -> Anthropic {
         let cfg = ProtocolConfig {
-            name: ProtocolName::Anthropic,
+            name: ProtocolName::of(&SPEC),
             model: model.into(),
             ..ProtocolConfig::default()
         };

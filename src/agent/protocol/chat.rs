@@ -5,6 +5,7 @@
 //! text) all become one [`ChatReply`]. Shared by every protocol served over chat
 //! completions.
 
+use super::DecodeError;
 use crate::agent::model::{Auth, ModelRequest, Usage};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -109,6 +110,7 @@ impl ChatHistory {
                 headers: Vec::new(),
                 auth: Auth::Bearer,
                 blobs: self.images.blobs(),
+                model_field: Default::default(),
             },
             self.body(self.render(false)),
         )
@@ -152,16 +154,34 @@ pub fn question(system: &str, text: &str, pngs: &[std::sync::Arc<Vec<u8>>]) -> M
         headers: Vec::new(),
         auth: Auth::Bearer,
         blobs: Default::default(),
+        model_field: Default::default(),
     }
 }
 
 /// The text of a chat reply (its reasoning when it has no visible text).
-pub fn answer_text(raw: &Value) -> Result<String, String> {
+pub fn answer_text(raw: &Value) -> Result<String, DecodeError> {
     let reply = parse_chat(raw)?;
     reply
         .text
         .or(reply.reasoning)
-        .ok_or_else(|| "the reply has no text".to_owned())
+        .ok_or_else(|| DecodeError::Empty("no text".into()))
+}
+
+/// Markup that only a tool call or an action is written in. A reply that holds one but
+/// yielded no call is a call that did not parse: a mistake to send back to the model,
+/// never a final answer.
+const CALL_MARKUP: &[&str] = &[
+    "<tool_call>",
+    "</tool_call>",
+    "<function=",
+    "<parameter=",
+    "<|begin_of_box|>",
+    "<seed:tool_call>",
+];
+
+/// The markup of a call in `text`, if it holds any (see [`CALL_MARKUP`]).
+pub fn call_markup(text: &str) -> Option<&'static str> {
+    CALL_MARKUP.iter().copied().find(|m| text.contains(m))
 }
 
 /// One tool call of a chat reply.
@@ -220,9 +240,12 @@ fn arguments_of(v: Option<&Value>) -> Value {
     }
 }
 
-/// Tool calls written into the text as `<tool_call>{"name":..,"arguments":..}</tool_call>`
-/// (Hermes/Qwen style, when the server does not parse them).
-fn tool_calls_in_text(text: &str) -> (Vec<ToolCall>, String) {
+/// Tool calls written into the text (when the server does not parse them): JSON,
+/// `<tool_call>{"name":..,"arguments":..}</tool_call>` (Hermes, Qwen2.5/3, Fara), or
+/// XML-style, `<tool_call><function=NAME><parameter=KEY>VALUE</parameter>…</function>
+/// </tool_call>` (Qwen3.5, Yutori), where each value is JSON when it parses and text
+/// otherwise. Returns the calls and the text around them.
+pub fn tool_calls_in_text(text: &str) -> (Vec<ToolCall>, String) {
     let mut calls = Vec::new();
     let mut rest = String::new();
     let mut remaining = text;
@@ -230,19 +253,26 @@ fn tool_calls_in_text(text: &str) -> (Vec<ToolCall>, String) {
         rest.push_str(&remaining[..start]);
         let after = &remaining[start + "<tool_call>".len()..];
         let (inner, tail) = after.split_once("</tool_call>").unwrap_or((after, ""));
-        if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(inner.trim()) {
-            calls.push(ToolCall {
-                id: format!("call_{}", calls.len()),
-                name: o
-                    .get("name")
+        let parsed: Vec<(String, Value)> = match json_object_in(inner) {
+            Some(o) => vec![(
+                o.get("name")
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned(),
-                arguments: arguments_of(o.get("arguments").or(o.get("parameters"))),
-            });
-        } else {
+                arguments_of(o.get("arguments").or(o.get("parameters"))),
+            )],
+            None => xml_calls(inner),
+        };
+        if parsed.is_empty() {
             rest.push_str(&remaining[start..start + "<tool_call>".len()]);
             rest.push_str(inner);
+        }
+        for (name, arguments) in parsed {
+            calls.push(ToolCall {
+                id: format!("call_{}", calls.len()),
+                name,
+                arguments,
+            });
         }
         remaining = tail;
     }
@@ -250,20 +280,69 @@ fn tool_calls_in_text(text: &str) -> (Vec<ToolCall>, String) {
     (calls, rest)
 }
 
+/// The JSON object a `<tool_call>` holds, if its text (trimmed) is one.
+fn json_object_in(inner: &str) -> Option<serde_json::Map<String, Value>> {
+    match serde_json::from_str::<Value>(inner.trim()) {
+        Ok(Value::Object(o)) => Some(o),
+        _ => None,
+    }
+}
+
+/// XML-style calls: `<function=NAME>` with `<parameter=KEY>VALUE</parameter>`s. A
+/// parameter named `type` stands for `action` when there is none (Qwen3.5 writes both).
+fn xml_calls(inner: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut rest = inner;
+    while let Some(at) = rest.find("<function=") {
+        let after = &rest[at + "<function=".len()..];
+        let Some((name, body)) = after.split_once('>') else {
+            break;
+        };
+        let (body, tail) = body.split_once("</function>").unwrap_or((body, ""));
+        let mut args = serde_json::Map::new();
+        let mut params = body;
+        while let Some(p) = params.find("<parameter=") {
+            let after = &params[p + "<parameter=".len()..];
+            let Some((key, value)) = after.split_once('>') else {
+                break;
+            };
+            let (value, next) = value.split_once("</parameter>").unwrap_or((value, ""));
+            let value = value.trim_matches(|c| c == '\n' || c == '\r');
+            let parsed = match serde_json::from_str::<Value>(value.trim()) {
+                // Text the model meant as text stays text (a number typed, a key named).
+                Ok(
+                    v @ (Value::Array(_) | Value::Object(_) | Value::Number(_) | Value::Bool(_)),
+                ) if key.trim() != "text" => v,
+                _ => Value::String(value.to_owned()),
+            };
+            args.insert(key.trim().to_owned(), parsed);
+            params = next;
+        }
+        if !args.contains_key("action")
+            && let Some(t) = args.remove("type")
+        {
+            args.insert("action".into(), t);
+        }
+        out.push((name.trim().to_owned(), Value::Object(args)));
+        rest = tail;
+    }
+    out
+}
+
 /// Reads a chat completion response in any of the dialects servers speak.
-pub fn parse_chat(raw: &Value) -> Result<ChatReply, String> {
+pub fn parse_chat(raw: &Value) -> Result<ChatReply, DecodeError> {
     if let Some(err) = raw.get("error").filter(|e| !e.is_null()) {
-        return Err(format!("the server returned an error object: {err}"));
+        return Err(DecodeError::Server(err.to_string()));
     }
     let choice = raw
         .get("choices")
         .and_then(Value::as_array)
         .and_then(|c| c.first())
-        .ok_or_else(|| "no choices in the response".to_owned())?;
+        .ok_or_else(|| DecodeError::shape("no choices in the response"))?;
     let message = choice
         .get("message")
         .or_else(|| choice.get("delta"))
-        .ok_or_else(|| "no message in the first choice".to_owned())?;
+        .ok_or_else(|| DecodeError::shape("no message in the first choice"))?;
     let mut text = message.get("content").and_then(text_of);
     let reasoning = ["reasoning_content", "reasoning", "thinking"]
         .iter()

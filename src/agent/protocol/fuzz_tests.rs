@@ -163,7 +163,10 @@ fn mutate_json(rng: &mut StdRng, v: &mut Value) {
 
 fn check(name: &str, p: &dyn Protocol, raw: &Value) {
     match p.decode(raw) {
-        Err(e) => assert!(!e.trim().is_empty(), "{name}: an empty error for {raw}"),
+        Err(e) => assert!(
+            !e.to_string().trim().is_empty(),
+            "{name}: an empty error for {raw}"
+        ),
         Ok(d) => {
             for c in &d.calls {
                 if let Err(e) = &c.action {
@@ -175,6 +178,10 @@ fn check(name: &str, p: &dyn Protocol, raw: &Value) {
             }
         }
     }
+}
+
+fn named(name: &str) -> ProtocolName {
+    name.parse().unwrap()
 }
 
 fn protocol(name: ProtocolName, space: CoordSpace, model: &str) -> Box<dyn Protocol> {
@@ -196,27 +203,42 @@ fn text_protocols_survive_mutated_replies() {
     let mut rng = StdRng::seed_from_u64(0x5e1f_a9e7);
     let cases: Vec<(ProtocolName, CoordSpace, &str)> = vec![
         (
-            ProtocolName::UiTars,
+            named("uitars"),
             CoordSpace::Smart,
             "Thought: 我看到Preferences窗口\nAction: click(start_box='(177,549)')\n\ntype(content='doubao.com\\n')\n\nhotkey(key='ctrl v')",
         ),
         (
-            ProtocolName::UiTars,
+            named("uitars"),
             CoordSpace::Thousand,
             "<think>\nok\n</think>\nThought: t\nAction: drag(start_point='<point>10 20</point>', end_point='<point>300 400</point>')\n\nscroll(point='<point>510 150</point>', direction='down')\n\nfinished(content='it\\'s done')",
         ),
         (
-            ProtocolName::Qwen,
+            named("qwen"),
             CoordSpace::Thousand,
             "Action: Click.\n<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": \"left_click\", \"coordinate\": [500, 382]}}\n</tool_call>",
         ),
         (
-            ProtocolName::OpenCua,
+            named("opencua"),
             CoordSpace::Smart,
             "## Thought:\nx\n## Action:\ny\n## Code:\n```python\npyautogui.click(x=1443, y=343)\npyautogui.write('a;b')\ncomputer.terminate(status=\"success\", answer='''done''')\n```",
         ),
         (
-            ProtocolName::PyAutoGui,
+            named("qwen"),
+            CoordSpace::Thousand,
+            "<tool_call>\n<function=computer>\n<parameter=action>\nleft_click\n</parameter>\n<parameter=coordinate>\n[512, 300]\n</parameter>\n<parameter=text>\nctrl\n</parameter>\n</function>\n</tool_call>",
+        ),
+        (
+            named("fara"),
+            CoordSpace::Smart,
+            "I type it.\n<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": \"type\", \"text\": \"a;b\", \"coordinate\": [10, 20], \"press_enter\": true, \"delete_existing_text\": false}}\n</tool_call>",
+        ),
+        (
+            named("glm"),
+            CoordSpace::NineNineNine,
+            "I drag it.\n<|begin_of_box|>left_drag(start_box='[10,20]', end_box='[300,400]', element_info='x')<|end_of_box|>\nMemory:\n[{\"k\": \"v\"}]",
+        ),
+        (
+            named("pyautogui"),
             CoordSpace::Native,
             "Reflect.\n```python\nimport pyautogui\npyautogui.hotkey('ctrl', 'alt', 't'); time.sleep(0.5)\npyautogui.dragTo(300, 400, button='left')\n```",
         ),
@@ -236,20 +258,20 @@ fn json_protocols_survive_generated_and_mutated_replies() {
     let mut rng = StdRng::seed_from_u64(0x0a11_7001);
     let cases: Vec<(ProtocolName, &str, Value)> = vec![
         (
-            ProtocolName::Tools,
+            named("tools"),
             "",
             json!({"choices": [{"message": {"content": "x", "tool_calls": [
             {"id": "a", "type": "function", "function": {"name": "computer", "arguments": "{\"action\":\"left_click\",\"coordinate\":[1,2]}"}},
             {"id": "b", "function": {"name": "computer", "arguments": {"action": "scroll", "coordinate": [5, 5], "scroll_direction": "down", "scroll_amount": 3}}}]}}]}),
         ),
         (
-            ProtocolName::Qwen,
+            named("qwen"),
             "",
             json!({"choices": [{"message": {"content": "Action: x", "tool_calls": [
             {"id": "a", "type": "function", "function": {"name": "computer_use", "arguments": "{\"action\": \"key\", \"keys\": [\"ctrl\", \"c\"]}"}}]}}]}),
         ),
         (
-            ProtocolName::Anthropic,
+            named("anthropic"),
             "claude-opus-4-6",
             json!({"content": [
             {"type": "thinking", "thinking": "t", "signature": "s"},
@@ -259,7 +281,27 @@ fn json_protocols_survive_generated_and_mutated_replies() {
             "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 1}}),
         ),
         (
-            ProtocolName::OpenAi,
+            named("anthropic"),
+            "claude-sonnet-5-5",
+            json!({"content": [
+            {"type": "text", "text": "I'll type and zoom."},
+            {"type": "tool_use", "id": "t1", "name": "key", "toolset_name": "computer", "input": {"text": "ctrl+a", "repeat": 3}},
+            {"type": "tool_use", "id": "t2", "name": "zoom", "toolset_name": "computer", "input": {"region": [0, 0, 100, 100]}},
+            {"type": "tool_use", "id": "t3", "name": "left_click_drag", "toolset_name": "computer", "input": {"start_coordinate": [1, 1], "coordinate": [9, 9]}}],
+            "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 1}}),
+        ),
+        (
+            named("gemini"),
+            "gemini-3.5-flash",
+            json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"text": "t", "thought": true},
+            {"functionCall": {"name": "type_text_at", "args": {"x": 10, "y": 20, "text": "hi", "press_enter": true}}},
+            {"functionCall": {"name": "scroll", "args": {"x": 500, "y": 500, "direction": "down", "magnitude_in_pixels": 300,
+              "safety_decision": {"decision": "require_confirmation", "explanation": "e"}}}}]},
+            "finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 1}}),
+        ),
+        (
+            named("openai"),
             "gpt-5.4",
             json!({"id": "r", "output": [
             {"type": "reasoning", "summary": [{"type": "summary_text", "text": "t"}]},
@@ -271,7 +313,12 @@ fn json_protocols_survive_generated_and_mutated_replies() {
         ),
     ];
     for (name, model, base) in cases {
-        let p = protocol(name, CoordSpace::Native, model);
+        let space = if name.as_str() == "gemini" {
+            CoordSpace::Thousand
+        } else {
+            CoordSpace::Native
+        };
+        let p = protocol(name, space, model);
         check(name.as_str(), p.as_ref(), &base);
         for _ in 0..ROUNDS {
             let mut v = base.clone();
@@ -283,6 +330,34 @@ fn json_protocols_survive_generated_and_mutated_replies() {
         // And values made up from nothing.
         for _ in 0..ROUNDS / 10 {
             check(name.as_str(), p.as_ref(), &random_value(&mut rng, 0));
+        }
+    }
+}
+
+/// Every protocol's own typical reply, mutated: a new protocol is fuzzed from the day it is
+/// listed.
+#[test]
+fn every_protocols_example_survives_mutation() {
+    let mut rng = StdRng::seed_from_u64(0xe8a3_9012);
+    for name in ProtocolName::all() {
+        let example = name.spec().example();
+        let cfg = ProtocolConfig::for_model(name, example.model);
+        let p = create(&cfg, (1280, 800)).unwrap();
+        let d = p.decode(&example.reply).unwrap();
+        assert!(
+            d.calls.len() == 1 && d.calls[0].action.is_ok(),
+            "{name}: the example is one usable click: {:?}",
+            d.calls
+        );
+        for _ in 0..ROUNDS / 4 {
+            let mut v = example.reply.clone();
+            for _ in 0..rng.random_range(1..4) {
+                mutate_json(&mut rng, &mut v);
+            }
+            check(name.as_str(), p.as_ref(), &v);
+            if let Some(text) = example.reply["choices"][0]["message"]["content"].as_str() {
+                check(name.as_str(), p.as_ref(), &chat(&mutate(&mut rng, text)));
+            }
         }
     }
 }

@@ -1,6 +1,16 @@
 //! Protocols: what each real computer-use model expects and emits, one file per wire
 //! format, behind one trait the loop uses without knowing any of them.
 //!
+//! Each protocol's file declares everything about itself in a [`Spec`]: its name and
+//! aliases, which model ids are its own (and in which coordinate space), its endpoint
+//! (default base URL, key variables, how the key travels, where pre-flight lists models),
+//! the size its model sees, how a judge asks it a question, its options, a typical reply
+//! (for the bench and the fuzz tests), and the constructor of its conversation, a
+//! [`Protocol`]. This module keeps the traits, [`Geometry`], images, and the list of
+//! protocols ([`ALL`]), which everything else iterates: nothing outside `agent/protocol/`
+//! branches on a protocol's name. Adding a protocol is one new file and one line in the
+//! `protocols!` list below (docs/ARCHITECTURE.md shows it).
+//!
 //! A [`Protocol`] owns the system prompt or tool declaration, the conversation, how a
 //! request is encoded ([`ModelRequest`]: path, headers, body; and the same body without
 //! pixels for the recording), how a reply decodes into a [`Decision`] (a thought, calls
@@ -11,100 +21,273 @@
 //! arithmetic ([`Geometry`]); a coordinate outside the model's space is an unusable action,
 //! never clamped.
 //!
-//! | name        | wire format                                   | coordinates                  |
-//! |-------------|-----------------------------------------------|------------------------------|
-//! | `tools`     | chat completions, a `computer` function       | pixels of the sent image     |
-//! | `anthropic` | Messages API, the `computer` tool             | pixels of the sent image     |
-//! | `openai`    | Responses API, the computer tool              | pixels of the sent image     |
-//! | `uitars`    | chat completions, `Thought:`/`Action:` text   | smart-resize pixels, 0-1000  |
-//! | `qwen`      | chat completions, `computer_use` function     | smart-resize pixels, 0-1000  |
-//! | `opencua`   | chat completions, `## Code` pyautogui blocks  | smart-resize pixels, 0-1     |
-//! | `pyautogui` | chat completions, pyautogui code (OSWorld)    | pixels of the sent image     |
+//! | name        | wire format                                      | coordinates                |
+//! |-------------|--------------------------------------------------|----------------------------|
+//! | `anthropic` | Messages API, `computer` tool or computer toolset | pixels of the sent image   |
+//! | `openai`    | Responses API, the computer tool                 | pixels of the sent image   |
+//! | `gemini`    | generateContent, the `computer_use` tool         | 0-999 grid                 |
+//! | `uitars`    | chat completions, `Thought:`/`Action:` text      | smart-resize pixels, 0-1000|
+//! | `qwen`      | chat completions, `computer_use`/`computer` call | smart-resize pixels, 0-1000|
+//! | `fara`      | chat completions, `<tool_call>` after thoughts   | smart-resize pixels        |
+//! | `glm`       | chat completions, `<\|begin_of_box\|>` actions    | 0-999 grid                 |
+//! | `opencua`   | chat completions, `## Code` pyautogui blocks     | smart-resize pixels, 0-1   |
+//! | `pyautogui` | chat completions, pyautogui code (OSWorld)       | pixels of the sent image   |
+//! | `tools`     | chat completions, a `computer` function          | pixels of the sent image   |
 //!
 //! Facts per model family, with their sources: `docs/PROTOCOLS.md`.
 
-pub mod anthropic;
+/// The protocols, in the order detection asks them: the first whose [`Spec::detect`]
+/// claims a model id wins, and `tools` claims every id, so it comes last. Each name is a
+/// module whose `SPEC` static implements [`Spec`].
+macro_rules! protocols {
+    ($($module:ident),* $(,)?) => {
+        $(pub mod $module;)*
+        /// Every protocol, in detection order.
+        pub static ALL: &[&dyn Spec] = &[$(&$module::SPEC),*];
+    };
+}
+
+protocols! {
+    anthropic,
+    openai,
+    gemini,
+    uitars,
+    qwen,
+    fara,
+    glm,
+    opencua,
+    pyautogui,
+    tools,
+}
+
 mod chat;
-pub mod openai;
-pub mod opencua;
-pub mod pyautogui;
+pub mod grounding;
 mod pycode;
-pub mod qwen;
-pub mod tools;
-pub mod uitars;
 
 pub use chat::{ChatReply, parse_chat};
 
 use crate::action::{Action, InvalidAction, Point};
-use crate::agent::model::{Blobs, ModelRequest, Usage};
+use crate::agent::model::{Auth, Blobs, ModelRequest, Usage};
 use base64::Engine as _;
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-/// The protocols, by the names `--protocol` takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProtocolName {
-    /// OpenAI function calling with one `computer` function (Anthropic's input shape).
-    Tools,
-    /// Anthropic's Messages API and computer tool (Claude).
-    Anthropic,
-    /// OpenAI's Responses API and computer tool.
-    #[serde(rename = "openai")]
-    OpenAi,
-    /// UI-TARS's `Thought:`/`Action:` text.
-    #[serde(rename = "uitars")]
-    UiTars,
-    /// Qwen2.5-VL / Qwen3-VL's `computer_use` function.
-    Qwen,
-    /// OpenCUA's `## Code` blocks.
-    #[serde(rename = "opencua")]
-    OpenCua,
-    /// OSWorld's baseline: pyautogui code, WAIT, DONE, FAIL.
-    #[serde(rename = "pyautogui")]
-    PyAutoGui,
+/// A model id as detection reads it: lower case, and its last path part
+/// (`org/UI-TARS-1.5-7B` → `ui-tars-1.5-7b`).
+#[derive(Debug, Clone)]
+pub struct ModelId {
+    /// The whole id, lower case.
+    pub full: String,
+    /// Its last path part, lower case.
+    pub base: String,
 }
 
+impl ModelId {
+    pub fn new(model: &str) -> Self {
+        let full = model.trim().to_ascii_lowercase();
+        let base = full.rsplit('/').next().unwrap_or(&full).to_owned();
+        Self { full, base }
+    }
+
+    /// Whether the last path part contains `s`.
+    pub fn has(&self, s: &str) -> bool {
+        self.base.contains(s)
+    }
+
+    /// Whether the last path part contains any of `list`.
+    pub fn has_any(&self, list: &[&str]) -> bool {
+        list.iter().any(|s| self.has(s))
+    }
+}
+
+/// Where a protocol's API lives and how the key travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The public API's base URL, used when none is given.
+    pub default_base_url: Option<&'static str>,
+    /// The environment variables the key is read from by default, the first that is set.
+    pub key_variables: &'static [&'static str],
+    pub auth: Auth,
+    /// Appended to the base URL to list the served models (pre-flight, `doctor`).
+    pub models_path: &'static str,
+    /// Headers every request carries besides the key (`anthropic-version`).
+    pub headers: &'static [(&'static str, &'static str)],
+}
+
+impl Endpoint {
+    /// An OpenAI-compatible chat completions server: `{base}/chat/completions`, a bearer
+    /// key from `OPENAI_API_KEY`, models at `{base}/models`.
+    pub const CHAT: Self = Self {
+        default_base_url: None,
+        key_variables: &["OPENAI_API_KEY"],
+        auth: Auth::Bearer,
+        models_path: "/models",
+        headers: &[],
+    };
+
+    /// The variable the key is read from: the first of them that is set, else the first
+    /// (for messages).
+    pub fn key_variable(&self) -> &'static str {
+        self.key_variables
+            .iter()
+            .copied()
+            .find(|v| std::env::var_os(v).is_some())
+            .or_else(|| self.key_variables.first().copied())
+            .unwrap_or("OPENAI_API_KEY")
+    }
+}
+
+/// One option a protocol reads (`--option KEY=VALUE`, or the flag or file key that sets
+/// it), for validation and help.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionDoc {
+    pub key: &'static str,
+    pub help: &'static str,
+}
+
+/// A typical exchange of a protocol: a model id it is chosen for, and a reply of that
+/// model clicking at (500, 300) in its own space. The bench measures decoding it; the fuzz
+/// tests mutate it.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub model: &'static str,
+    pub reply: Value,
+}
+
+/// Everything a protocol declares about itself (see the module docs). Implemented by a
+/// `SPEC` static in each protocol's file.
+pub trait Spec: Send + Sync + 'static {
+    /// The name `--protocol` takes and the recording keeps.
+    fn name(&self) -> &'static str;
+
+    /// Other names `--protocol` accepts.
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The wire format, in a few words.
+    fn wire(&self) -> &'static str;
+
+    /// The coordinate space when this protocol is the one for `model`, `None` when the
+    /// model is not its own.
+    fn detect(&self, model: &ModelId) -> Option<CoordSpace>;
+
+    /// Which model ids `detect` claims, in words (docs, `--help`).
+    fn detects(&self) -> &'static str;
+
+    /// The coordinate space when the protocol is chosen for a model it does not claim.
+    fn default_space(&self, _model: &ModelId) -> CoordSpace {
+        CoordSpace::Native
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::CHAT
+    }
+
+    /// The base URL as this API's paths expect it (given as users give it).
+    fn base_url(&self, given: &str) -> String {
+        given.to_owned()
+    }
+
+    /// The options this protocol reads.
+    fn options(&self) -> &'static [OptionDoc] {
+        &[]
+    }
+
+    /// The size of the screenshot its model sees of a `screen`-sized desktop (its own
+    /// resize rule, so no server resizes it again): by default Qwen's smart resize for the
+    /// `smart` space, else the target size.
+    fn sent_size(&self, cfg: &ProtocolConfig, screen: (u32, u32)) -> (u32, u32) {
+        match cfg.space {
+            CoordSpace::Smart => smart_size(screen, 28, 3136, 12_845_056),
+            _ => cfg.target.size(screen),
+        }
+    }
+
+    /// A one-shot question about screenshots (a task's judge): the system prompt, the
+    /// text, then the images.
+    fn question(
+        &self,
+        _cfg: &ProtocolConfig,
+        system: &str,
+        text: &str,
+        pngs: &[Arc<Vec<u8>>],
+    ) -> ModelRequest {
+        chat::question(system, text, pngs)
+    }
+
+    /// The text of a reply to [`Spec::question`].
+    fn answer_text(&self, raw: &Value) -> Result<String, DecodeError> {
+        chat::answer_text(raw)
+    }
+
+    /// A typical exchange (the bench, the fuzz tests).
+    fn example(&self) -> Example;
+
+    /// Starts a conversation.
+    fn create(&self, cfg: &ProtocolConfig, geometry: Geometry)
+    -> Result<Box<dyn Protocol>, String>;
+}
+
+/// A protocol, by name: a handle on its [`Spec`]. Compares, prints and serializes as the
+/// name.
+#[derive(Clone, Copy)]
+pub struct ProtocolName(&'static dyn Spec);
+
 impl ProtocolName {
-    pub const ALL: [Self; 7] = [
-        Self::Tools,
-        Self::Anthropic,
-        Self::OpenAi,
-        Self::UiTars,
-        Self::Qwen,
-        Self::OpenCua,
-        Self::PyAutoGui,
-    ];
+    pub const fn of(spec: &'static dyn Spec) -> Self {
+        Self(spec)
+    }
+
+    pub fn spec(&self) -> &'static dyn Spec {
+        self.0
+    }
 
     pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Tools => "tools",
-            Self::Anthropic => "anthropic",
-            Self::OpenAi => "openai",
-            Self::UiTars => "uitars",
-            Self::Qwen => "qwen",
-            Self::OpenCua => "opencua",
-            Self::PyAutoGui => "pyautogui",
-        }
+        self.0.name()
     }
 
-    /// The base URL when none is given: the public API of the protocols that have one.
+    /// Every protocol, in detection order.
+    pub fn all() -> impl Iterator<Item = Self> {
+        ALL.iter().map(|s| Self(*s))
+    }
+
+    /// The endpoint's base URL when none is given.
     pub fn default_base_url(&self) -> Option<&'static str> {
-        match self {
-            Self::Anthropic => Some("https://api.anthropic.com"),
-            Self::OpenAi => Some("https://api.openai.com/v1"),
-            _ => None,
-        }
+        self.0.endpoint().default_base_url
     }
 
-    /// The environment variable the key is read from by default.
+    /// The environment variable the key is read from by default (the first of them).
     pub fn key_variable(&self) -> &'static str {
-        match self {
-            Self::Anthropic => "ANTHROPIC_API_KEY",
-            _ => "OPENAI_API_KEY",
-        }
+        self.0.endpoint().key_variable()
+    }
+}
+
+impl Default for ProtocolName {
+    fn default() -> Self {
+        Self(&tools::SPEC)
+    }
+}
+
+impl PartialEq for ProtocolName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for ProtocolName {}
+
+impl std::hash::Hash for ProtocolName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl std::fmt::Debug for ProtocolName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -114,18 +297,127 @@ impl std::fmt::Display for ProtocolName {
     }
 }
 
+impl Serialize for ProtocolName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl std::str::FromStr for ProtocolName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
+        let want = s.trim();
+        Self::all()
+            .find(|p| {
+                p.as_str().eq_ignore_ascii_case(want)
+                    || p.0.aliases().iter().any(|a| a.eq_ignore_ascii_case(want))
+            })
             .ok_or_else(|| {
                 format!(
                     "'{s}' is not a protocol: {}",
-                    Self::ALL.map(|p| p.as_str()).join(", ")
+                    Self::all()
+                        .map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })
+    }
+}
+
+/// Why a reply cannot be read at all (the transport retries it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The server sent an error object where the reply should be.
+    #[error("the server returned an error: {0}")]
+    Server(String),
+    /// Not this wire format: a field the format always has is missing or wrong.
+    #[error("{0}")]
+    Shape(String),
+    /// The reply stopped at the output limit before it asked for anything.
+    #[error("the reply was cut off at the output limit before it asked for an action")]
+    CutOff,
+    /// Nothing in it: no text, no call (an API may flag a malformed call this way).
+    #[error("the reply is empty ({0})")]
+    Empty(String),
+}
+
+impl DecodeError {
+    pub fn shape(text: impl Into<String>) -> Self {
+        Self::Shape(text.into())
+    }
+}
+
+/// Options of the chosen protocol, as `KEY=VALUE` text: each protocol parses the keys it
+/// declares ([`Spec::options`]) into its own typed options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options(BTreeMap<String, String>);
+
+impl Options {
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.0.insert(key.to_owned(), value.into());
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// A yes/no option (absent: no).
+    pub fn flag(&self, key: &str) -> Result<bool, String> {
+        match self.get(key).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("false" | "no" | "0" | "off") => Ok(false),
+            Some("" | "true" | "yes" | "1" | "on") => Ok(true),
+            Some(other) => Err(format!("option {key} is yes or no, got '{other}'")),
+        }
+    }
+
+    /// An option parsed by `parse` (absent: `None`).
+    pub fn parsed<T>(
+        &self,
+        key: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, String> {
+        self.get(key).map(parse).transpose()
+    }
+
+    /// `KEY=VALUE` (a bare `KEY` is `KEY=true`).
+    pub fn parse_pair(pair: &str) -> Result<(String, String), String> {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(format!("'{pair}' is not KEY=VALUE"));
+        }
+        Ok((k.to_owned(), v.trim().to_owned()))
+    }
+
+    /// Checks the keys against what `protocol` reads: a key no protocol knows is an error
+    /// (a typo); one that only another protocol reads is left alone (a config file may
+    /// hold options for several models).
+    pub fn check(&self, protocol: ProtocolName) -> Result<(), String> {
+        for key in self.keys() {
+            let known = |s: &&dyn Spec| s.options().iter().any(|o| o.key == key);
+            if protocol.0.options().iter().any(|o| o.key == key) {
+                continue;
+            }
+            if !ALL.iter().any(known) {
+                let all: Vec<String> = ALL
+                    .iter()
+                    .flat_map(|s| {
+                        s.options()
+                            .iter()
+                            .map(move |o| format!("{} ({})", o.key, s.name()))
+                    })
+                    .collect();
+                return Err(format!(
+                    "'{key}' is not an option of any protocol; the options are: {}",
+                    all.join(", ")
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -460,12 +752,17 @@ fn ser_action<S: serde::Serializer>(
 }
 
 /// A safety check the model's provider raised about a turn (OpenAI's
-/// `pending_safety_checks`): the turn's actions wait for a person's acknowledgement.
+/// `pending_safety_checks`, Gemini's `safety_decision`): the turn's actions wait for a
+/// person's acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SafetyCheck {
     pub id: String,
     pub code: String,
     pub message: String,
+    /// The provider asks a person to confirm (Gemini's `require_confirmation`): a run
+    /// where nobody can be asked ends as `needs_user` rather than `stopped`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirm: bool,
 }
 
 /// What a reply says, whatever the wire format.
@@ -480,6 +777,9 @@ pub struct Decision {
     /// Checks to acknowledge before the calls may run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub safety: Vec<SafetyCheck>,
+    /// Elements the calls name in words, for the grounder to find (a planner's reply).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grounding: Vec<grounding::Ground>,
 }
 
 /// A short name for what a model asked for, from its raw input (an Anthropic-style object,
@@ -533,7 +833,7 @@ pub trait Protocol: Send + Sync {
     fn request(&self) -> (ModelRequest, Value);
 
     /// What a reply says; `Err` when it cannot be read at all (the transport retries).
-    fn decode(&self, raw: &Value) -> Result<Decision, String>;
+    fn decode(&self, raw: &Value) -> Result<Decision, DecodeError>;
 
     /// The model's turn, as the conversation keeps it.
     fn assistant(&mut self, raw: &Value, decision: &Decision);
@@ -544,10 +844,30 @@ pub trait Protocol: Send + Sync {
 
     /// Safety checks a person acknowledged: sent with the next results.
     fn acknowledge(&mut self, _checks: &[SafetyCheck]) {}
+
+    /// Whether a turn's calls stop at the first that fails (Anthropic's computer
+    /// toolset): every later one is answered [`NOT_EXECUTED`] without being done.
+    fn stops_at_first_failure(&self) -> bool {
+        false
+    }
+
+    /// The size a `zoom` of `crop` pixels is shown to the model at (the crop itself, or
+    /// scaled up to fill the image the model sees).
+    fn zoom_size(&self, crop: (u32, u32)) -> (u32, u32) {
+        crop
+    }
 }
 
-/// Images a conversation refers to by frame id, with the most recent `keep` sent as pixels
-/// and older ones replaced by a note (so a request does not grow without bound).
+/// The result of a call not done because an earlier one of its turn failed, in the words
+/// Anthropic's computer toolset expects.
+pub const NOT_EXECUTED: &str = "Not executed: an earlier computer action in this turn failed.";
+
+/// Images a conversation refers to by frame id, with the most recent sent as pixels and
+/// older ones replaced by a note (so a request does not grow without bound). By default the
+/// last `keep` are sent; with `prune_every` set, images pile up to `keep + prune_every` and
+/// are then cut back to the last `keep` at once, so the request's prefix stays the same for
+/// many turns and a provider's prompt cache keeps hitting (Anthropic's advice for its
+/// computer toolset: keep 3, prune every 25).
 #[derive(Debug, Clone, Default)]
 pub struct Images {
     /// Recent images by frame id, base64-encoded once (each request sends several).
@@ -555,6 +875,9 @@ pub struct Images {
     /// Frame ids in the order they entered the conversation.
     order: Vec<String>,
     keep: usize,
+    prune_every: usize,
+    /// `order[cut..]` are sent as pixels.
+    cut: usize,
 }
 
 /// The text that stands in for an older screenshot.
@@ -568,6 +891,14 @@ impl Images {
         }
     }
 
+    /// Images kept in batches (see the type's docs).
+    pub fn batched(keep: usize, prune_every: usize) -> Self {
+        Self {
+            prune_every,
+            ..Self::new(keep)
+        }
+    }
+
     /// Adds a screenshot; returns its reference (`sha256:<hex>`).
     pub fn add(&mut self, shot: &Shot) -> String {
         if !self.data.contains_key(&shot.sha256) {
@@ -575,9 +906,11 @@ impl Images {
             self.data.insert(shot.sha256.clone(), b64.into());
         }
         self.order.push(shot.sha256.clone());
+        if self.order.len() - self.cut > self.keep + self.prune_every {
+            self.cut = self.order.len() - self.keep;
+        }
         // Forget pixels no request will send again.
-        let cut = self.order.len().saturating_sub(self.keep);
-        let recent: std::collections::HashSet<&String> = self.order[cut..].iter().collect();
+        let recent: std::collections::HashSet<&String> = self.order[self.cut..].iter().collect();
         self.data.retain(|sha, _| recent.contains(sha));
         format!("sha256:{}", shot.sha256)
     }
@@ -585,10 +918,7 @@ impl Images {
     /// Whether the reference is one of the images still sent.
     pub fn is_recent(&self, reference: &str) -> bool {
         reference.strip_prefix("sha256:").is_some_and(|sha| {
-            self.data.contains_key(sha) && {
-                let cut = self.order.len().saturating_sub(self.keep);
-                self.order[cut..].iter().any(|s| s == sha)
-            }
+            self.data.contains_key(sha) && self.order[self.cut..].iter().any(|s| s == sha)
         })
     }
 
@@ -649,200 +979,86 @@ pub struct ProtocolConfig {
     pub target: Target,
     /// Screenshots kept as images in each request.
     pub keep_images: usize,
-    /// `tools`: screenshots in the tool message (servers that take that).
-    pub image_in_tool: bool,
     /// Offer launch, open and exec to the model.
     pub allow_setup_actions: bool,
     /// A directory overriding the embedded prompts.
     pub prompts: Option<std::path::PathBuf>,
     /// The model id (some protocols choose their tool by it).
     pub model: String,
-    /// `anthropic`: the computer tool version (else chosen by the model id).
-    pub tool_version: Option<String>,
-    /// `anthropic`: extended thinking.
-    pub thinking: Option<anthropic::Thinking>,
-    /// `openai`: store nothing at OpenAI; send every item each turn.
-    pub no_store: bool,
-    /// `qwen`: declare the function through `tools` rather than the system prompt.
-    pub native_tools: bool,
+    /// The protocol's own options ([`Spec::options`]).
+    pub options: Options,
 }
 
 impl Default for ProtocolConfig {
     fn default() -> Self {
         Self {
-            name: ProtocolName::Tools,
+            name: ProtocolName::default(),
             space: CoordSpace::Native,
             target: Target::Native,
             keep_images: 3,
-            image_in_tool: false,
             allow_setup_actions: false,
             prompts: None,
             model: String::new(),
-            tool_version: None,
-            thinking: None,
-            no_store: false,
-            native_tools: false,
+            options: Options::default(),
+        }
+    }
+}
+
+impl ProtocolConfig {
+    /// The settings of `protocol` for `model`, in the space its model id implies.
+    pub fn for_model(protocol: ProtocolName, model: &str) -> Self {
+        let id = ModelId::new(model);
+        let spec = protocol.spec();
+        Self {
+            name: protocol,
+            space: spec.detect(&id).unwrap_or_else(|| spec.default_space(&id)),
+            model: model.to_owned(),
+            ..Self::default()
         }
     }
 }
 
 /// A one-shot question about screenshots (a task's judge), in the wire format of
-/// `protocol`: the system prompt, the text, then the images.
+/// `cfg.name`.
 pub fn question(
-    protocol: ProtocolName,
+    cfg: &ProtocolConfig,
     system: &str,
     text: &str,
     pngs: &[Arc<Vec<u8>>],
 ) -> ModelRequest {
-    let b64 = |png: &Arc<Vec<u8>>| base64::engine::general_purpose::STANDARD.encode(png.as_slice());
-    match protocol {
-        ProtocolName::Anthropic => {
-            let mut content = vec![serde_json::json!({"type": "text", "text": text})];
-            content.extend(pngs.iter().map(|p| {
-                serde_json::json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(p)}})
-            }));
-            ModelRequest {
-                path: "/v1/messages".into(),
-                body: serde_json::json!({
-                    "max_tokens": 1024,
-                    "system": system,
-                    "messages": [{"role": "user", "content": content}],
-                }),
-                headers: vec![("anthropic-version".into(), "2023-06-01".into())],
-                auth: crate::agent::model::Auth::XApiKey,
-                blobs: Default::default(),
-            }
-        }
-        ProtocolName::OpenAi => {
-            let mut content = vec![serde_json::json!({"type": "input_text", "text": text})];
-            content.extend(pngs.iter().map(|p| {
-                serde_json::json!({"type": "input_image", "image_url": format!("data:image/png;base64,{}", b64(p))})
-            }));
-            ModelRequest {
-                path: "/responses".into(),
-                body: serde_json::json!({
-                    "instructions": system,
-                    "input": [{"role": "user", "content": content}],
-                    "store": false,
-                }),
-                headers: Vec::new(),
-                auth: crate::agent::model::Auth::Bearer,
-                blobs: Default::default(),
-            }
-        }
-        ProtocolName::Tools
-        | ProtocolName::UiTars
-        | ProtocolName::Qwen
-        | ProtocolName::OpenCua
-        | ProtocolName::PyAutoGui => chat::question(system, text, pngs),
-    }
+    cfg.name.spec().question(cfg, system, text, pngs)
 }
 
 /// The text of a reply to [`question`].
-pub fn answer_text(protocol: ProtocolName, raw: &Value) -> Result<String, String> {
-    let joined = |parts: Vec<String>| {
-        Some(parts.join("\n"))
-            .filter(|t| !t.trim().is_empty())
-            .ok_or_else(|| "the reply has no text".to_owned())
-    };
-    match protocol {
-        ProtocolName::Anthropic => joined(
-            raw["content"]
-                .as_array()
-                .ok_or("no `content` in the reply")?
-                .iter()
-                .filter(|b| b["type"] == "text")
-                .filter_map(|b| b["text"].as_str().map(str::to_owned))
-                .collect(),
-        ),
-        ProtocolName::OpenAi => joined(
-            raw["output"]
-                .as_array()
-                .ok_or("no `output` in the reply")?
-                .iter()
-                .filter(|i| i["type"] == "message")
-                .flat_map(|i| i["content"].as_array().cloned().unwrap_or_default())
-                .filter_map(|p| p["text"].as_str().map(str::to_owned))
-                .collect(),
-        ),
-        ProtocolName::Tools
-        | ProtocolName::UiTars
-        | ProtocolName::Qwen
-        | ProtocolName::OpenCua
-        | ProtocolName::PyAutoGui => chat::answer_text(raw),
-    }
+pub fn answer_text(protocol: ProtocolName, raw: &Value) -> Result<String, DecodeError> {
+    protocol.spec().answer_text(raw)
 }
 
-/// The protocol and coordinate space for a model id, case-insensitively: `claude-*` →
-/// anthropic; `computer-use-preview*`, `gpt-5.4` and later → openai; `*ui-tars*` → uitars
-/// (UI-TARS-1.5: smart-resize pixels; 1.0 ids such as `ui-tars-7b-dpo`, `ui-tars-72b`, and
-/// UI-TARS-2 / Doubao: 0-1000); `*qwen2.5-vl*`, `*qwen2_5_vl*` → qwen (smart-resize
-/// pixels); `*qwen3-vl*` → qwen (0-1000); `*opencua*` → opencua (smart-resize pixels);
-/// anything else → tools.
+/// The protocol and coordinate space for a model id: the first protocol of [`ALL`] that
+/// claims it (`tools`, in pixels, when none does). Each protocol's `detects` says which
+/// ids it claims.
 pub fn detect(model: &str) -> (ProtocolName, CoordSpace) {
-    let m = model.to_ascii_lowercase();
-    // The last path part: `org/UI-TARS-1.5-7B` → `ui-tars-1.5-7b`.
-    let base = m.rsplit('/').next().unwrap_or(&m).to_owned();
-    let has = |s: &str| base.contains(s);
-    if base.starts_with("claude-") || base.starts_with("anthropic.claude") {
-        (ProtocolName::Anthropic, CoordSpace::Native)
-    } else if base.starts_with("computer-use-preview") || openai::is_ga(&base) {
-        (ProtocolName::OpenAi, CoordSpace::Native)
-    } else if has("ui-tars") || has("ui_tars") || has("uitars") || has("doubao") {
-        let v15 = has("1.5") || has("1_5") || has("15-");
-        let v1 = has("7b-dpo")
-            || has("7b-sft")
-            || has("72b-dpo")
-            || has("72b-sft")
-            || has("2b-sft")
-            || base.ends_with("ui-tars-72b")
-            || base.ends_with("ui-tars-7b");
-        if v15 && !v1 {
-            (ProtocolName::UiTars, CoordSpace::Smart)
-        } else {
-            (ProtocolName::UiTars, CoordSpace::Thousand)
-        }
-    } else if has("qwen3-vl") || has("qwen3_vl") || has("qwen3vl") {
-        (ProtocolName::Qwen, CoordSpace::Thousand)
-    } else if has("qwen2.5-vl") || has("qwen2_5_vl") || has("qwen2.5vl") || has("qwen25-vl") {
-        (ProtocolName::Qwen, CoordSpace::Smart)
-    } else if has("opencua") {
-        (ProtocolName::OpenCua, CoordSpace::Smart)
-    } else {
-        (ProtocolName::Tools, CoordSpace::Native)
-    }
+    let id = ModelId::new(model);
+    ALL.iter()
+        .find_map(|s| s.detect(&id).map(|space| (ProtocolName(*s), space)))
+        .unwrap_or((ProtocolName::default(), CoordSpace::Native))
 }
 
 /// The geometry a protocol uses on a `screen`-sized desktop: the size the model really sees
-/// (its own resize rule, so no server resizes it again) and its coordinate space.
+/// and its coordinate space.
 pub fn geometry(cfg: &ProtocolConfig, screen: (u32, u32)) -> Geometry {
-    let smart = |factor: u32, min: u64, max: u64| {
-        let (h, w) = smart_resize(screen.1, screen.0, factor, min, max);
-        (w, h)
-    };
-    let sent = match (cfg.name, cfg.space) {
-        // UI-TARS-1.5's processor limits.
-        (ProtocolName::UiTars, CoordSpace::Smart) => smart(28, 100 * 28 * 28, 16384 * 28 * 28),
-        (_, CoordSpace::Smart) => smart(28, 3136, 12_845_056),
-        // Qwen3-VL's image: factor 32 (OSWorld's harness limits).
-        (ProtocolName::Qwen, CoordSpace::Thousand) => smart(32, 3136, 13_107_200),
-        (ProtocolName::Anthropic, _) => {
-            let t = cfg.target.size(screen);
-            let a = anthropic::api_size(screen);
-            if u64::from(t.0) * u64::from(t.1) < u64::from(a.0) * u64::from(a.1) {
-                t
-            } else {
-                a
-            }
-        }
-        _ => cfg.target.size(screen),
-    };
-    Geometry::pixels(screen, sent, cfg.space)
+    Geometry::pixels(screen, cfg.name.spec().sent_size(cfg, screen), cfg.space)
+}
+
+/// The size of a `smart_resize`d `screen` (width, height).
+pub fn smart_size(screen: (u32, u32), factor: u32, min: u64, max: u64) -> (u32, u32) {
+    let (h, w) = smart_resize(screen.1, screen.0, factor, min, max);
+    (w, h)
 }
 
 /// Starts a conversation in the configured protocol for a `screen`-sized desktop.
 pub fn create(cfg: &ProtocolConfig, screen: (u32, u32)) -> Result<Box<dyn Protocol>, String> {
-    build(cfg, geometry(cfg, screen))
+    cfg.name.spec().create(cfg, geometry(cfg, screen))
 }
 
 /// What [`create_lenient`] multiplies the model's numbers by.
@@ -857,7 +1073,7 @@ pub fn create_lenient(
 ) -> Result<Box<dyn Protocol>, String> {
     let g = geometry(cfg, screen);
     let (mx, my) = g.model_range();
-    build(
+    cfg.name.spec().create(
         cfg,
         Geometry {
             screen: ((mx * LENIENT_SCALE) as u32, (my * LENIENT_SCALE) as u32),
@@ -865,18 +1081,6 @@ pub fn create_lenient(
             ..g
         },
     )
-}
-
-fn build(cfg: &ProtocolConfig, geometry: Geometry) -> Result<Box<dyn Protocol>, String> {
-    Ok(match cfg.name {
-        ProtocolName::Tools => Box::new(tools::Tools::new(cfg, geometry)?),
-        ProtocolName::Anthropic => Box::new(anthropic::Anthropic::new(cfg, geometry)?),
-        ProtocolName::OpenAi => Box::new(openai::OpenAi::new(cfg, geometry)?),
-        ProtocolName::UiTars => Box::new(uitars::UiTars::new(cfg, geometry)?),
-        ProtocolName::Qwen => Box::new(qwen::Qwen::new(cfg, geometry)?),
-        ProtocolName::OpenCua => Box::new(opencua::OpenCua::new(cfg, geometry)?),
-        ProtocolName::PyAutoGui => Box::new(pyautogui::PyAutoGui::new(cfg, geometry)?),
-    })
 }
 
 #[cfg(test)]
@@ -925,7 +1129,11 @@ mod tests {
 
     #[test]
     fn names_parse() {
-        assert_eq!("TOOLS".parse::<ProtocolName>(), Ok(ProtocolName::Tools));
+        assert_eq!("TOOLS".parse::<ProtocolName>(), Ok(ProtocolName::default()));
+        assert_eq!(
+            "claude".parse::<ProtocolName>().map(|p| p.as_str()),
+            Ok("anthropic")
+        );
         assert!("smoke-signals".parse::<ProtocolName>().is_err());
         assert_eq!("1000".parse::<CoordSpace>(), Ok(CoordSpace::Thousand));
         assert_eq!("unit".parse::<CoordSpace>(), Ok(CoordSpace::Unit));

@@ -9,14 +9,126 @@
 //! ones are echoed in the next outputs, as the API requires.
 
 use super::{
-    Call, CallResult, Decision, Geometry, Images, Protocol, ProtocolConfig, ProtocolName,
-    SafetyCheck, Shot, prompt,
+    Call, CallResult, CoordSpace, DecodeError, Decision, Endpoint, Example, Geometry, Images,
+    ModelId, OptionDoc, Protocol, ProtocolConfig, ProtocolName, SafetyCheck, Shot, Spec, prompt,
 };
 use crate::action::{Action, InvalidAction};
 use crate::agent::model::{Auth, ModelRequest, Usage};
+use base64::Engine as _;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 const SYSTEM_PROMPT: &str = include_str!("../../../prompts/openai.md");
+
+/// What `openai` is (see [`Spec`]).
+pub struct OpenAiSpec;
+
+pub static SPEC: OpenAiSpec = OpenAiSpec;
+
+impl Spec for OpenAiSpec {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["responses"]
+    }
+
+    fn wire(&self) -> &'static str {
+        "Responses API, the computer tool (preview or GA)"
+    }
+
+    fn detect(&self, model: &ModelId) -> Option<CoordSpace> {
+        (model.base.starts_with("computer-use-preview") || is_ga(&model.base))
+            .then_some(CoordSpace::Native)
+    }
+
+    fn detects(&self) -> &'static str {
+        "`computer-use-preview*`, `gpt-5.4` and later"
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            default_base_url: Some("https://api.openai.com/v1"),
+            ..Endpoint::CHAT
+        }
+    }
+
+    fn options(&self) -> &'static [OptionDoc] {
+        &[OptionDoc {
+            key: "no-store",
+            help: "store nothing at OpenAI: no previous_response_id, every turn sent whole (--no-store)",
+        }]
+    }
+
+    fn question(
+        &self,
+        _cfg: &ProtocolConfig,
+        system: &str,
+        text: &str,
+        pngs: &[Arc<Vec<u8>>],
+    ) -> ModelRequest {
+        let b64 = |png: &Arc<Vec<u8>>| base64::engine::general_purpose::STANDARD.encode(png.as_slice());
+        let mut content = vec![json!({"type": "input_text", "text": text})];
+        content.extend(pngs.iter().map(|p| {
+            json!({"type": "input_image", "image_url": format!("data:image/png;base64,{}", b64(p))})
+        }));
+        ModelRequest {
+            path: "/responses".into(),
+            body: json!({
+                "instructions": system,
+                "input": [{"role": "user", "content": content}],
+                "store": false,
+            }),
+            headers: Vec::new(),
+            auth: Auth::Bearer,
+            blobs: Default::default(),
+            model_field: Default::default(),
+        }
+    }
+
+    fn answer_text(&self, raw: &Value) -> Result<String, DecodeError> {
+        let text: Vec<&str> = output_of(raw)?
+            .iter()
+            .filter(|i| i["type"] == "message")
+            .flat_map(|i| i["content"].as_array().into_iter().flatten())
+            .filter_map(|p| p["text"].as_str())
+            .collect();
+        Some(text.join("\n"))
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| DecodeError::Empty("no text".into()))
+    }
+
+    fn example(&self) -> Example {
+        Example {
+            model: "computer-use-preview",
+            reply: json!({"id": "resp_1", "object": "response", "output": [
+                {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Clicking the button."}]},
+                {"type": "computer_call", "id": "cu_1", "call_id": "call_1",
+                 "action": {"type": "click", "button": "left", "x": 500, "y": 300},
+                 "pending_safety_checks": [], "status": "completed"}],
+                "usage": {"input_tokens": 1500, "output_tokens": 40}}),
+        }
+    }
+
+    fn create(
+        &self,
+        cfg: &ProtocolConfig,
+        geometry: Geometry,
+    ) -> Result<Box<dyn Protocol>, String> {
+        Ok(Box::new(OpenAi::new(cfg, geometry)?))
+    }
+}
+
+/// A reply's `output`, or why it is not a Responses API reply.
+fn output_of(raw: &Value) -> Result<&Vec<Value>, DecodeError> {
+    if let Some(e) = raw.get("error").filter(|e| !e.is_null()) {
+        return Err(DecodeError::Server(e.to_string()));
+    }
+    raw["output"].as_array().ok_or_else(|| {
+        DecodeError::shape("no `output` in the reply (not a Responses API reply?)")
+    })
+}
 
 /// Whether a model takes the GA `computer` tool (gpt-5.4 and later) rather than the preview.
 pub fn is_ga(model: &str) -> bool {
@@ -61,15 +173,16 @@ impl OpenAi {
             &geometry,
         )
         .map_err(|e| format!("reading the prompts: {e}"))?;
+        let no_store = cfg.options.flag("no-store")?;
         Ok(Self {
             geometry,
             ga: is_ga(&cfg.model),
-            chain: !cfg.no_store,
+            chain: !no_store,
             instructions,
             previous: None,
             items: Vec::new(),
             // Stateless requests replay every output, screenshots included.
-            images: Images::new(if cfg.no_store {
+            images: Images::new(if no_store {
                 usize::MAX
             } else {
                 cfg.keep_images
@@ -166,7 +279,7 @@ impl OpenAi {
 
 impl Protocol for OpenAi {
     fn name(&self) -> ProtocolName {
-        ProtocolName::OpenAi
+        ProtocolName::of(&SPEC)
     }
 
     fn geometry(&self) -> Geometry {
@@ -196,18 +309,14 @@ impl Protocol for OpenAi {
                 headers: Vec::new(),
                 auth: Auth::Bearer,
                 blobs: self.images.blobs(),
+                model_field: Default::default(),
             },
             self.body(self.render(false)),
         )
     }
 
-    fn decode(&self, raw: &Value) -> Result<Decision, String> {
-        if let Some(e) = raw.get("error").filter(|e| !e.is_null()) {
-            return Err(format!("the API returned an error: {e}"));
-        }
-        let output = raw["output"]
-            .as_array()
-            .ok_or("no `output` in the reply (not a Responses API reply?)")?;
+    fn decode(&self, raw: &Value) -> Result<Decision, DecodeError> {
+        let output = output_of(raw)?;
         let (mut text, mut thought, mut calls, mut safety) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for item in output {
@@ -252,6 +361,7 @@ impl Protocol for OpenAi {
                             id: check["id"].as_str().unwrap_or_default().to_owned(),
                             code: check["code"].as_str().unwrap_or_default().to_owned(),
                             message: check["message"].as_str().unwrap_or_default().to_owned(),
+                            confirm: false,
                         });
                     }
                 }
@@ -272,6 +382,7 @@ impl Protocol for OpenAi {
                 cache_write: 0,
             },
             safety,
+            grounding: Vec::new(),
         })
     }
 
@@ -345,12 +456,14 @@ mod tests {
     use std::sync::Arc;
 
     fn openai(model: &str, no_store: bool) -> OpenAi {
-        let cfg = ProtocolConfig {
-            name: ProtocolName::OpenAi,
+        let mut cfg = ProtocolConfig {
+            name: ProtocolName::of(&SPEC),
             model: model.into(),
-            no_store,
             ..ProtocolConfig::default()
         };
+        if no_store {
+            cfg.options.set("no-store", "true");
+        }
         OpenAi::new(&cfg, geometry(&cfg, (1280, 800))).unwrap()
     }
 

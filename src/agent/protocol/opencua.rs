@@ -9,13 +9,54 @@ use super::chat::{ChatHistory, answer_text, parse_chat, result_lines};
 use super::pyautogui::code_calls;
 use super::pycode::last_code_block;
 use super::{
-    Call, CallResult, Decision, Geometry, Protocol, ProtocolConfig, ProtocolName, Shot, prompt,
+    Call, CallResult, CoordSpace, DecodeError, Decision, Example, Geometry, ModelId, Protocol,
+    ProtocolConfig, ProtocolName, Shot, Spec, prompt,
 };
 use crate::action::InvalidAction;
 use crate::agent::model::ModelRequest;
 use serde_json::Value;
 
 const PROMPT: &str = include_str!("../../../prompts/opencua.md");
+
+/// What `opencua` is (see [`Spec`]).
+pub struct OpenCuaSpec;
+
+pub static SPEC: OpenCuaSpec = OpenCuaSpec;
+
+impl Spec for OpenCuaSpec {
+    fn name(&self) -> &'static str {
+        "opencua"
+    }
+
+    fn wire(&self) -> &'static str {
+        "chat completions, `## Code` pyautogui blocks"
+    }
+
+    fn detect(&self, m: &ModelId) -> Option<CoordSpace> {
+        m.has("opencua").then_some(CoordSpace::Smart)
+    }
+
+    fn detects(&self) -> &'static str {
+        "`*opencua*` (smart; `--coords unit` for OpenCUA-Qwen2-7B)"
+    }
+
+    fn example(&self) -> Example {
+        Example {
+            model: "opencua-7b",
+            reply: serde_json::json!({"choices": [{"message": {"role": "assistant", "content":
+                "## Thought:\nThe button is there.\n## Action:\nClick it.\n## Code:\n```python\npyautogui.click(x=500, y=300)\n```"}}],
+                "usage": {"prompt_tokens": 1500, "completion_tokens": 40}}),
+        }
+    }
+
+    fn create(
+        &self,
+        cfg: &ProtocolConfig,
+        geometry: Geometry,
+    ) -> Result<Box<dyn Protocol>, String> {
+        Ok(Box::new(OpenCua::new(cfg, geometry)?))
+    }
+}
 
 pub struct OpenCua {
     geometry: Geometry,
@@ -58,7 +99,7 @@ fn section(text: &str, name: &str) -> Option<String> {
 
 impl Protocol for OpenCua {
     fn name(&self) -> ProtocolName {
-        ProtocolName::OpenCua
+        ProtocolName::of(&SPEC)
     }
 
     fn geometry(&self) -> Geometry {
@@ -82,7 +123,7 @@ impl Protocol for OpenCua {
         self.history.request()
     }
 
-    fn decode(&self, raw: &Value) -> Result<Decision, String> {
+    fn decode(&self, raw: &Value) -> Result<Decision, DecodeError> {
         let reply = parse_chat(raw)?;
         let text = reply.text.clone().unwrap_or_default();
         let thought = [section(&text, "Thought"), section(&text, "Action")]
@@ -109,6 +150,7 @@ impl Protocol for OpenCua {
             calls,
             usage: reply.usage,
             safety: Vec::new(),
+            grounding: Vec::new(),
         })
     }
 
@@ -131,7 +173,7 @@ mod tests {
 
     fn decode(text: &str, space: CoordSpace) -> Decision {
         let cfg = ProtocolConfig {
-            name: ProtocolName::OpenCua,
+            name: ProtocolName::of(&SPEC),
             space,
             ..ProtocolConfig::default()
         };

@@ -7,13 +7,59 @@
 use super::chat::{ChatHistory, answer_text};
 use super::pycode::{Lit, PyCall, calls};
 use super::{
-    Call, CallResult, Decision, Geometry, Protocol, ProtocolConfig, ProtocolName, Shot, prompt,
+    Call, CallResult, CoordSpace, DecodeError, Decision, Example, Geometry, ModelId, Protocol,
+    ProtocolConfig, ProtocolName, Shot, Spec, prompt,
 };
 use crate::action::{Action, Button, InvalidAction, MAX_SCROLL_AMOUNT, MAX_TYPE_CHARS};
 use crate::agent::model::ModelRequest;
 use serde_json::Value;
 
 const SYSTEM_PROMPT: &str = include_str!("../../../prompts/pyautogui.md");
+
+/// What `pyautogui` is (see [`Spec`]).
+pub struct PyAutoGuiSpec;
+
+pub static SPEC: PyAutoGuiSpec = PyAutoGuiSpec;
+
+impl Spec for PyAutoGuiSpec {
+    fn name(&self) -> &'static str {
+        "pyautogui"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["osworld"]
+    }
+
+    fn wire(&self) -> &'static str {
+        "chat completions, pyautogui code (OSWorld's baseline)"
+    }
+
+    /// No model id: OSWorld's baseline is chosen by `--protocol pyautogui`.
+    fn detect(&self, _model: &ModelId) -> Option<CoordSpace> {
+        None
+    }
+
+    fn detects(&self) -> &'static str {
+        "only by `--protocol pyautogui`"
+    }
+
+    fn example(&self) -> Example {
+        Example {
+            model: "gpt-4o",
+            reply: serde_json::json!({"choices": [{"message": {"role": "assistant", "content":
+                "```python\npyautogui.click(500, 300)\n```"}}],
+                "usage": {"prompt_tokens": 1500, "completion_tokens": 40}}),
+        }
+    }
+
+    fn create(
+        &self,
+        cfg: &ProtocolConfig,
+        geometry: Geometry,
+    ) -> Result<Box<dyn Protocol>, String> {
+        Ok(Box::new(PyAutoGui::new(cfg, geometry)?))
+    }
+}
 
 /// Seconds `computer.wait()` and `WAIT` wait.
 pub const WAIT_SECS: f64 = 3.0;
@@ -361,7 +407,7 @@ pub fn decode_code_reply(text: &str, geometry: &Geometry) -> Vec<Call> {
 
 impl Protocol for PyAutoGui {
     fn name(&self) -> ProtocolName {
-        ProtocolName::PyAutoGui
+        ProtocolName::of(&SPEC)
     }
 
     fn geometry(&self) -> Geometry {
@@ -385,7 +431,7 @@ impl Protocol for PyAutoGui {
         self.history.request()
     }
 
-    fn decode(&self, raw: &Value) -> Result<Decision, String> {
+    fn decode(&self, raw: &Value) -> Result<Decision, DecodeError> {
         let reply = super::chat::parse_chat(raw)?;
         let text = reply.text.clone().unwrap_or_default();
         Ok(Decision {
@@ -397,6 +443,7 @@ impl Protocol for PyAutoGui {
             text: reply.text,
             usage: reply.usage,
             safety: Vec::new(),
+            grounding: Vec::new(),
         })
     }
 

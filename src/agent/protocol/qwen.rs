@@ -1,18 +1,23 @@
-//! `qwen`: Qwen2.5-VL and Qwen3-VL's `computer_use` function over chat completions,
-//! declared in the system prompt in the Hermes/Qwen-Agent form (`<tools>...</tools>`), or
-//! through `tools` for servers that parse tool calls (`--native-tools`, e.g. vLLM with
-//! `--tool-call-parser hermes`). A reply's call may come either way: a parsed `tool_calls`
-//! entry, or `<tool_call>{...}</tool_call>` in the text (the hermes parser hands malformed
-//! calls back as text, so both are read).
+//! `qwen`: the Qwen family's computer function over chat completions: `computer_use`
+//! (Qwen2.5-VL, Qwen3-VL, EvoCUA, GUI-Owl 1.5) or `computer` (Qwen3.5 and its
+//! derivatives), declared in the system prompt in the Hermes/Qwen-Agent form
+//! (`<tools>...</tools>`), or through `tools` for servers that parse tool calls
+//! (`--native-tools`, e.g. vLLM with `--tool-call-parser hermes`). A reply's call may come
+//! any way: a parsed `tool_calls` entry, `<tool_call>{...}</tool_call>` JSON in the text
+//! (the hermes parser hands malformed calls back as text), or Qwen3.5's XML-style text,
+//! `<tool_call><function=computer><parameter=action>left_click</parameter>…`; either
+//! function name is taken.
 //!
-//! Coordinates: Qwen2.5-VL answers in pixels of the smart-resized image (factor 28), Qwen3-VL
-//! in 0-1000 (its image smart-resized with factor 32). `terminate{status}` ends the episode
-//! as a success or a failure; `answer{text}` answers.
+//! Coordinates: Qwen2.5-VL answers in pixels of the smart-resized image (factor 28);
+//! Qwen3-VL, Qwen3.5 and EvoCUA in 0-1000 (the image smart-resized with factor 32);
+//! GUI-Owl 1.5 in pixels of its factor-32 smart resize. `terminate{status}` ends the
+//! episode as a success or a failure; `answer{text}` answers; a reply with no call at all
+//! is the answer, but one holding call markup that did not parse is a mistake fed back.
 
-use super::chat::{ChatHistory, ToolCall, parse_chat, result_lines};
+use super::chat::{ChatHistory, ToolCall, call_markup, parse_chat, result_lines};
 use super::{
-    Call, CallResult, CoordSpace, Decision, Geometry, Protocol, ProtocolConfig, ProtocolName, Shot,
-    prompt,
+    Call, CallResult, CoordSpace, DecodeError, Decision, Example, Geometry, ModelId, OptionDoc,
+    Protocol, ProtocolConfig, ProtocolName, Shot, Spec, prompt, smart_size,
 };
 use crate::action::{Action, Button, InvalidAction, MAX_SCROLL_AMOUNT, MAX_TYPE_CHARS};
 use crate::agent::model::ModelRequest;
@@ -20,9 +25,96 @@ use serde_json::{Value, json};
 
 const PROMPT: &str = include_str!("../../../prompts/qwen.md");
 
-/// The `computer_use` function, as Qwen's cookbook declares it; `(w, h)` is the resolution
-/// the model is told (the smart-resized image, or 1000x1000 for relative coordinates).
-pub fn computer_use(w: u32, h: u32) -> Value {
+/// What `qwen` is (see [`Spec`]).
+pub struct QwenSpec;
+
+pub static SPEC: QwenSpec = QwenSpec;
+
+/// Qwen3.5-generation ids: the function is `computer`.
+fn is_qwen35(m: &ModelId) -> bool {
+    m.has_any(&["qwen3.5", "qwen3_5", "qwen35"])
+}
+
+/// Ids whose images are smart-resized with factor 32 (Qwen3-VL's processor and its
+/// descendants).
+fn factor32(m: &ModelId) -> bool {
+    is_qwen35(m) || m.has_any(&["qwen3-vl", "qwen3_vl", "qwen3vl", "evocua", "gui-owl-1.5", "gui-owl-1_5", "gui-owl1.5"])
+}
+
+impl Spec for QwenSpec {
+    fn name(&self) -> &'static str {
+        "qwen"
+    }
+
+    fn wire(&self) -> &'static str {
+        "chat completions, the `computer_use` / `computer` function (JSON or XML calls)"
+    }
+
+    fn detect(&self, m: &ModelId) -> Option<CoordSpace> {
+        if is_qwen35(m)
+            || m.has_any(&["qwen3-vl", "qwen3_vl", "qwen3vl", "evocua"])
+        {
+            Some(CoordSpace::Thousand)
+        } else if m.has_any(&["qwen2.5-vl", "qwen2_5_vl", "qwen2.5vl", "qwen25-vl", "gui-owl"]) {
+            Some(CoordSpace::Smart)
+        } else {
+            None
+        }
+    }
+
+    fn detects(&self) -> &'static str {
+        "`*qwen3.5*`, `*qwen3-vl*`, `*evocua*` (1000); `*qwen2.5-vl*`, `*gui-owl*` (smart)"
+    }
+
+    fn options(&self) -> &'static [OptionDoc] {
+        &[
+            OptionDoc {
+                key: "native-tools",
+                help: "declare the function through the request's `tools` (servers that parse tool calls, e.g. vLLM --tool-call-parser hermes) rather than the system prompt (--native-tools)",
+            },
+            OptionDoc {
+                key: "function",
+                help: "the function's name: computer (Qwen3.5) or computer_use (the others); chosen by the model id",
+            },
+        ]
+    }
+
+    fn sent_size(&self, cfg: &ProtocolConfig, screen: (u32, u32)) -> (u32, u32) {
+        let m = ModelId::new(&cfg.model);
+        match cfg.space {
+            CoordSpace::Smart if factor32(&m) => smart_size(screen, 32, 3136, 13_107_200),
+            CoordSpace::Smart => smart_size(screen, 28, 3136, 12_845_056),
+            // Qwen3-VL's image: factor 32 (OSWorld's harness limits).
+            CoordSpace::Thousand => smart_size(screen, 32, 3136, 13_107_200),
+            _ => cfg.target.size(screen),
+        }
+    }
+
+    fn example(&self) -> Example {
+        Example {
+            model: "qwen2.5-vl-7b-instruct",
+            reply: json!({"choices": [{"message": {"role": "assistant", "content":
+                "Action: click the button.\n<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": \"left_click\", \"coordinate\": [500, 300]}}\n</tool_call>"}}],
+                "usage": {"prompt_tokens": 1500, "completion_tokens": 40}}),
+        }
+    }
+
+    fn create(
+        &self,
+        cfg: &ProtocolConfig,
+        geometry: Geometry,
+    ) -> Result<Box<dyn Protocol>, String> {
+        Ok(Box::new(Qwen::new(cfg, geometry)?))
+    }
+}
+
+/// The function names a Qwen model may call.
+const FUNCTIONS: [&str; 2] = ["computer_use", "computer"];
+
+/// The computer function, as Qwen's cookbook declares it (named `name`: `computer_use`, or
+/// `computer` for Qwen3.5); `(w, h)` is the resolution the model is told (the
+/// smart-resized image, or 1000x1000 for relative coordinates).
+pub fn computer_use(name: &str, w: u32, h: u32) -> Value {
     let description = format!(
         "Use a mouse and keyboard to interact with a computer, and take screenshots.\n\
          * This is an interface to a desktop GUI. You do not have access to a terminal or applications menu. You must click on desktop icons to start applications.\n\
@@ -35,7 +127,7 @@ pub fn computer_use(w: u32, h: u32) -> Value {
     json!({
         "type": "function",
         "function": {
-            "name": "computer_use",
+            "name": name,
             "description": description,
             "parameters": {
                 "properties": {
@@ -88,13 +180,24 @@ pub struct Qwen {
     history: ChatHistory,
     /// The function declared through `tools` (and results sent as tool messages).
     native: bool,
+    /// The function's name (`computer_use`, or `computer` for Qwen3.5).
+    function: &'static str,
 }
 
 impl Qwen {
     pub fn new(cfg: &ProtocolConfig, geometry: Geometry) -> Result<Self, String> {
         let (w, h) = told_size(&geometry);
-        let tool = computer_use(w, h);
-        let history = if cfg.native_tools {
+        let function = match cfg.options.get("function") {
+            Some(f) => FUNCTIONS
+                .into_iter()
+                .find(|n| n.eq_ignore_ascii_case(f.trim()))
+                .ok_or_else(|| format!("option function is computer or computer_use, got '{f}'"))?,
+            None if is_qwen35(&ModelId::new(&cfg.model)) => "computer",
+            None => "computer_use",
+        };
+        let native = cfg.options.flag("native-tools")?;
+        let tool = computer_use(function, w, h);
+        let history = if native {
             let mut h = ChatHistory::new(None, cfg.keep_images);
             h.tools = Some(vec![tool]);
             h
@@ -107,7 +210,8 @@ impl Qwen {
         Ok(Self {
             geometry,
             history,
-            native: cfg.native_tools,
+            native,
+            function,
         })
     }
 }
@@ -135,12 +239,28 @@ pub fn to_action(args: &Value, g: &Geometry) -> Result<Action, InvalidAction> {
     };
     let needs_at =
         || at()?.ok_or_else(|| InvalidAction::new(format!("`{action}` needs `coordinate`")));
+    // Qwen3.5 names modifier keys to hold in a click's `text` ("ctrl", "ctrl+shift").
+    let modifiers = || -> Result<Vec<String>, InvalidAction> {
+        let Some(t) = args.get("text").and_then(Value::as_str) else {
+            return Ok(Vec::new());
+        };
+        let names: Vec<String> = t
+            .split('+')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for n in &names {
+            crate::desktop::keys::lookup(n).map_err(InvalidAction::new)?;
+        }
+        Ok(names)
+    };
     let click = |button: Button, count: u8| -> Result<Action, InvalidAction> {
         Ok(Action::Click {
             coordinate: at()?,
             button,
             count,
-            modifiers: Vec::new(),
+            modifiers: modifiers()?,
         })
     };
     let text = || args.get("text").and_then(Value::as_str);
@@ -242,10 +362,10 @@ pub fn to_action(args: &Value, g: &Geometry) -> Result<Action, InvalidAction> {
 }
 
 /// A tool call as a [`Call`].
-fn call_of(c: &ToolCall, g: &Geometry) -> Call {
-    let action = if c.name != "computer_use" {
+fn call_of(c: &ToolCall, g: &Geometry, function: &str) -> Call {
+    let action = if !FUNCTIONS.contains(&c.name.as_str()) {
         Err(InvalidAction::new(format!(
-            "there is no function named '{}'; use `computer_use`",
+            "there is no function named '{}'; use `{function}`",
             c.name
         )))
     } else if let Value::String(raw) = &c.arguments {
@@ -265,7 +385,7 @@ fn call_of(c: &ToolCall, g: &Geometry) -> Call {
 
 impl Protocol for Qwen {
     fn name(&self) -> ProtocolName {
-        ProtocolName::Qwen
+        ProtocolName::of(&SPEC)
     }
 
     fn geometry(&self) -> Geometry {
@@ -284,30 +404,25 @@ impl Protocol for Qwen {
         self.history.request()
     }
 
-    fn decode(&self, raw: &Value) -> Result<Decision, String> {
-        // parse_chat reads both a parsed `tool_calls` entry and `<tool_call>` text.
+    fn decode(&self, raw: &Value) -> Result<Decision, DecodeError> {
+        // parse_chat reads a parsed `tool_calls` entry, `<tool_call>` JSON and XML text.
         let reply = parse_chat(raw)?;
         let calls: Vec<Call> = reply
             .tool_calls
             .iter()
-            .map(|c| call_of(c, &self.geometry))
+            .map(|c| call_of(c, &self.geometry, self.function))
             .collect();
-        // A `<tool_call>` the text holds but that did not parse: a mistake, not an answer.
-        let calls = if calls.is_empty()
-            && reply
-                .text
-                .as_deref()
-                .is_some_and(|t| t.contains("<tool_call>"))
-        {
-            vec![Call {
+        // Call markup the text holds but that did not parse: a mistake, not an answer.
+        let calls = match reply.text.as_deref().and_then(call_markup) {
+            Some(markup) if calls.is_empty() => vec![Call {
                 id: "0".into(),
                 input: Value::String(reply.text.clone().unwrap_or_default()),
-                action: Err(InvalidAction::new(
-                    "the <tool_call> is not a JSON object {\"name\": \"computer_use\", \"arguments\": {...}}",
-                )),
-            }]
-        } else {
-            calls
+                action: Err(InvalidAction::new(format!(
+                    "the {markup} call did not parse; write <tool_call>{{\"name\": \"{}\", \"arguments\": {{...}}}}</tool_call>",
+                    self.function
+                ))),
+            }],
+            _ => calls,
         };
         let thought = reply.reasoning.clone().or_else(|| {
             reply
@@ -322,6 +437,7 @@ impl Protocol for Qwen {
             calls,
             usage: reply.usage,
             safety: Vec::new(),
+            grounding: Vec::new(),
         })
     }
 
@@ -343,7 +459,7 @@ impl Protocol for Qwen {
                     for c in &decision.calls {
                         t.push_str(&format!(
                             "\n<tool_call>\n{}\n</tool_call>",
-                            json!({"name": "computer_use", "arguments": c.input})
+                            json!({"name": self.function, "arguments": c.input})
                         ));
                     }
                     t
@@ -377,12 +493,14 @@ mod tests {
     use pretty_assertions::assert_eq;
 
     fn qwen(space: CoordSpace, native: bool) -> Qwen {
-        let cfg = ProtocolConfig {
-            name: ProtocolName::Qwen,
+        let mut cfg = ProtocolConfig {
+            name: ProtocolName::of(&SPEC),
             space,
-            native_tools: native,
             ..ProtocolConfig::default()
         };
+        if native {
+            cfg.options.set("native-tools", "true");
+        }
         Qwen::new(&cfg, geometry(&cfg, (1280, 800))).unwrap()
     }
 

@@ -7,10 +7,11 @@
 //! the last `keep_images` are sent as images; older ones become a note, as Anthropic's demo
 //! does, so requests do not grow without bound.
 
-use super::chat::{ToolCall, parse_chat};
+use super::chat::{ToolCall, call_markup, parse_chat};
+use super::grounding::Ground;
 use super::{
-    Call, CallResult, Decision, Geometry, Images, OMITTED, Protocol, ProtocolConfig, ProtocolName,
-    Shot, prompt,
+    Call, CallResult, CoordSpace, DecodeError, Decision, Example, Geometry, Images, ModelId,
+    OMITTED, OptionDoc, Protocol, ProtocolConfig, ProtocolName, Shot, Spec, prompt,
 };
 use crate::action::{Action, InvalidAction};
 use crate::agent::model::{Auth, ModelRequest};
@@ -18,6 +19,66 @@ use serde_json::{Value, json};
 
 /// The embedded system prompt (prompts/system.md).
 const SYSTEM_PROMPT: &str = include_str!("../../../prompts/system.md");
+/// The planner's system prompt (prompts/planner.md), for `--grounder`.
+const PLANNER_PROMPT: &str = include_str!("../../../prompts/planner.md");
+
+/// Pointer actions that need a place: a planner must name an element for them.
+const NEEDS_ELEMENT: [&str; 2] = ["mouse_move", "left_click_drag"];
+
+/// What `tools` is (see [`Spec`]).
+pub struct ToolsSpec;
+
+pub static SPEC: ToolsSpec = ToolsSpec;
+
+impl Spec for ToolsSpec {
+    fn name(&self) -> &'static str {
+        "tools"
+    }
+
+    fn wire(&self) -> &'static str {
+        "chat completions, one `computer` function (Anthropic's input shape)"
+    }
+
+    /// Every model no other protocol claims: any OpenAI-compatible server.
+    fn detect(&self, _model: &ModelId) -> Option<CoordSpace> {
+        Some(CoordSpace::Native)
+    }
+
+    fn detects(&self) -> &'static str {
+        "anything else"
+    }
+
+    fn options(&self) -> &'static [OptionDoc] {
+        &[
+            OptionDoc {
+                key: "image-in-tool",
+                help: "screenshots in the tool message (servers that accept it) instead of a user message (--image-in-tool)",
+            },
+            OptionDoc {
+                key: "planner",
+                help: "plan for a grounder: pointer actions name an `element` in words instead of coordinates (set by --grounder)",
+            },
+        ]
+    }
+
+    fn example(&self) -> Example {
+        Example {
+            model: "gpt-4o",
+            reply: json!({"choices": [{"message": {"role": "assistant", "content": "Clicking the button.",
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "computer",
+            "arguments": "{\"action\": \"left_click\", \"coordinate\": [500, 300]}"}}]}}],
+            "usage": {"prompt_tokens": 1500, "completion_tokens": 40}}),
+        }
+    }
+
+    fn create(
+        &self,
+        cfg: &ProtocolConfig,
+        geometry: Geometry,
+    ) -> Result<Box<dyn Protocol>, String> {
+        Ok(Box::new(Tools::new(cfg, geometry)?))
+    }
+}
 
 /// The `computer` tool, described for a screen of `w`x`h` pixels.
 pub fn computer_tool(w: u32, h: u32, allow_setup: bool) -> Value {
@@ -87,6 +148,41 @@ pub fn computer_tool(w: u32, h: u32, allow_setup: bool) -> Value {
     })
 }
 
+/// The `computer` tool of a planner (`--grounder`): pointer actions name an `element`
+/// (and a drag its `start_element`) instead of coordinates.
+pub fn planner_tool(w: u32, h: u32) -> Value {
+    let mut tool = computer_tool(w, h, false);
+    let f = &mut tool["function"];
+    f["description"] = json!(format!(
+        "Use a mouse and keyboard to interact with a Linux desktop (XFCE), and take screenshots.\n\
+         * The screen is {w}x{h} pixels, but you never give coordinates: pointer actions \
+         (left_click, right_click, middle_click, double_click, triple_click, mouse_move, \
+         left_click_drag, scroll) name the element in `element`, and a drag its start in \
+         `start_element`; a grounding model finds them.\n\
+         * `key` takes xdotool key names and combos: \"Return\", \"ctrl+s\", \"alt+F4\".\n\
+         * `type` types text exactly as given; use \\n for Enter.\n\
+         * When the task is complete, call `done` with your answer in `text`, or simply reply \
+         without a tool call. If it cannot be done, call `fail` with the reason in `text`."
+    ));
+    if let Some(props) = f["parameters"]["properties"].as_object_mut() {
+        props.remove("coordinate");
+        props.remove("start_coordinate");
+        props.remove("region");
+        props.insert(
+            "element".into(),
+            json!({"type": "string", "description": "The element a pointer action targets, in words: its text or icon, its kind and where it is."}),
+        );
+        props.insert(
+            "start_element".into(),
+            json!({"type": "string", "description": "Where left_click_drag starts, in words."}),
+        );
+    }
+    if let Some(actions) = f["parameters"]["properties"]["action"]["enum"].as_array_mut() {
+        actions.retain(|a| a != "zoom");
+    }
+    tool
+}
+
 /// The conversation of one episode in the `tools` protocol.
 pub struct Tools {
     geometry: Geometry,
@@ -95,28 +191,33 @@ pub struct Tools {
     tools: Vec<Value>,
     image_in_tool: bool,
     allow_setup: bool,
+    /// A planner's conversation: elements in words, found by a grounder.
+    planner: bool,
 }
 
 impl Tools {
     pub fn new(cfg: &ProtocolConfig, geometry: Geometry) -> Result<Self, String> {
-        let system = prompt(
-            cfg.prompts.as_deref(),
-            "system.md",
-            SYSTEM_PROMPT,
-            &geometry,
-        )
-        .map_err(|e| format!("reading the prompts: {e}"))?;
+        let planner = cfg.options.flag("planner")?;
+        let (file, embedded) = if planner {
+            ("planner.md", PLANNER_PROMPT)
+        } else {
+            ("system.md", SYSTEM_PROMPT)
+        };
+        let system = prompt(cfg.prompts.as_deref(), file, embedded, &geometry)
+            .map_err(|e| format!("reading the prompts: {e}"))?;
+        let tool = if planner {
+            planner_tool(geometry.sent.0, geometry.sent.1)
+        } else {
+            computer_tool(geometry.sent.0, geometry.sent.1, cfg.allow_setup_actions)
+        };
         Ok(Self {
             geometry,
             messages: vec![json!({"role": "system", "content": system})],
             images: Images::new(cfg.keep_images),
-            tools: vec![computer_tool(
-                geometry.sent.0,
-                geometry.sent.1,
-                cfg.allow_setup_actions,
-            )],
-            image_in_tool: cfg.image_in_tool,
-            allow_setup: cfg.allow_setup_actions,
+            tools: vec![tool],
+            image_in_tool: cfg.options.flag("image-in-tool")?,
+            allow_setup: cfg.allow_setup_actions && !planner,
+            planner,
         })
     }
 
@@ -163,7 +264,85 @@ impl Tools {
                 raw.chars().take(200).collect::<String>()
             )));
         }
-        let action = Action::from_tool_input(&call.arguments)?;
+        self.checked(Action::from_tool_input(&call.arguments)?)
+    }
+
+    /// A planner's call: the action with a stand-in point for each element it names, and
+    /// those elements for the grounder (as call `index`). Coordinates are refused: the
+    /// planner names elements, the grounder points.
+    fn planned(
+        &self,
+        call: &ToolCall,
+        index: usize,
+        grounding: &mut Vec<Ground>,
+    ) -> Result<Action, InvalidAction> {
+        if call.name != "computer" {
+            return Err(InvalidAction::new(format!(
+                "there is no tool named '{}'; use the `computer` tool",
+                call.name
+            )));
+        }
+        let Some(args) = call.arguments.as_object() else {
+            return Action::from_tool_input(&call.arguments);
+        };
+        if args.contains_key("coordinate") || args.contains_key("start_coordinate") {
+            return Err(InvalidAction::new(
+                "give no coordinates: name the element in `element` (and a drag's start in `start_element`)",
+            ));
+        }
+        let mut args = args.clone();
+        let text = |v: Option<Value>| v.and_then(|v| v.as_str().map(str::to_owned)).filter(|s| !s.trim().is_empty());
+        let element = text(args.remove("element"));
+        let start = text(args.remove("start_element"));
+        let name = args.get("action").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let mut found = Vec::new();
+        match (start, element) {
+            (Some(s), Some(e)) => {
+                args.insert("start_coordinate".into(), json!([0, 0]));
+                args.insert("coordinate".into(), json!([0, 0]));
+                found.push(s);
+                found.push(e);
+            }
+            (None, Some(e)) => {
+                args.insert("coordinate".into(), json!([0, 0]));
+                found.push(e);
+            }
+            (Some(_), None) => {
+                return Err(InvalidAction::new(format!(
+                    "`{name}` names where it starts but not the `element` where it ends"
+                )));
+            }
+            (None, None) if NEEDS_ELEMENT.contains(&name.as_str()) => {
+                return Err(InvalidAction::new(format!(
+                    "`{name}` needs `element`: the element to act on, in words"
+                )));
+            }
+            (None, None) => {}
+        }
+        let action = Action::from_tool_input(&Value::Object(args))?;
+        if action.points().len() != found.len() && !found.is_empty() {
+            return Err(InvalidAction::new(format!(
+                "`{name}` takes no element; use it without `element`"
+            )));
+        }
+        if action.is_setup_only() {
+            return Err(InvalidAction::new(format!(
+                "`{}` is not available; use the mouse and keyboard",
+                action.name()
+            )));
+        }
+        grounding.extend(found.into_iter().enumerate().map(|(point, element)| Ground {
+            call: index,
+            point,
+            element,
+        }));
+        // The stand-in points are replaced by the grounder's, in screen pixels.
+        Ok(action)
+    }
+
+    /// A parsed action, refused when it is a setup action the model may not use, in screen
+    /// pixels.
+    fn checked(&self, action: Action) -> Result<Action, InvalidAction> {
         if action.is_setup_only() && !self.allow_setup {
             return Err(InvalidAction::new(format!(
                 "`{}` is not available; use the mouse and keyboard",
@@ -176,7 +355,7 @@ impl Tools {
 
 impl Protocol for Tools {
     fn name(&self) -> ProtocolName {
-        ProtocolName::Tools
+        ProtocolName::of(&SPEC)
     }
 
     fn geometry(&self) -> Geometry {
@@ -216,12 +395,13 @@ impl Protocol for Tools {
                 headers: Vec::new(),
                 auth: Auth::Bearer,
                 blobs: self.images.blobs(),
+                model_field: Default::default(),
             },
             self.body(recorded),
         )
     }
 
-    fn decode(&self, raw: &Value) -> Result<Decision, String> {
+    fn decode(&self, raw: &Value) -> Result<Decision, DecodeError> {
         let reply = parse_chat(raw)?;
         // Text next to tool calls is the model's thinking; alone, it is the answer.
         let thought = match (&reply.reasoning, reply.tool_calls.is_empty()) {
@@ -229,21 +409,42 @@ impl Protocol for Tools {
             (None, false) => reply.text.clone(),
             (None, true) => None,
         };
-        let calls = reply
-            .tool_calls
-            .iter()
-            .map(|c| Call {
+        let mut grounding = Vec::new();
+        let mut calls: Vec<Call> = Vec::new();
+        for c in &reply.tool_calls {
+            let action = if self.planner {
+                self.planned(c, calls.len(), &mut grounding)
+            } else {
+                self.action(c)
+            };
+            calls.push(Call {
                 id: c.id.clone(),
                 input: c.arguments.clone(),
-                action: self.action(c),
-            })
-            .collect();
+                action,
+            });
+        }
+        // A call whose grounding was refused is not grounded.
+        grounding.retain(|g| calls[g.call].action.is_ok());
+        // A call written in markup this dialect could not read (another model's format):
+        // a mistake for the model to mend, never its final answer.
+        if calls.is_empty()
+            && let Some(markup) = reply.text.as_deref().and_then(call_markup)
+        {
+            calls.push(Call {
+                id: "call_0".into(),
+                input: Value::String(reply.text.clone().unwrap_or_default()),
+                action: Err(InvalidAction::new(format!(
+                    "the reply holds a call in {markup} markup that is not a `computer` function call; call the `computer` function through the tools API"
+                ))),
+            });
+        }
         Ok(Decision {
             thought,
             text: reply.text,
             calls,
             usage: reply.usage,
             safety: Vec::new(),
+            grounding,
         })
     }
 
@@ -321,12 +522,14 @@ mod tests {
     }
 
     fn tools(target: Target, keep: usize, in_tool: bool) -> Tools {
-        let cfg = ProtocolConfig {
+        let mut cfg = ProtocolConfig {
             target,
             keep_images: keep,
-            image_in_tool: in_tool,
             ..ProtocolConfig::default()
         };
+        if in_tool {
+            cfg.options.set("image-in-tool", "true");
+        }
         Tools::new(&cfg, geometry(&cfg, (1280, 800))).unwrap()
     }
 

@@ -15,14 +15,79 @@
 use super::chat::{ChatHistory, answer_text, parse_chat, result_lines};
 use super::pycode::{Lit, PyCall, calls};
 use super::{
-    Call, CallResult, CoordSpace, Decision, Geometry, Protocol, ProtocolConfig, ProtocolName, Shot,
-    prompt,
+    Call, CallResult, CoordSpace, DecodeError, Decision, Example, Geometry, ModelId, Protocol,
+    ProtocolConfig, ProtocolName, Shot, Spec, prompt, smart_size,
 };
 use crate::action::{Action, Button, InvalidAction, MAX_TYPE_CHARS, Point};
 use crate::agent::model::ModelRequest;
 use serde_json::Value;
 
 const PROMPT: &str = include_str!("../../../prompts/uitars.md");
+
+/// What `uitars` is (see [`Spec`]).
+pub struct UiTarsSpec;
+
+pub static SPEC: UiTarsSpec = UiTarsSpec;
+
+impl Spec for UiTarsSpec {
+    fn name(&self) -> &'static str {
+        "uitars"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["ui-tars"]
+    }
+
+    fn wire(&self) -> &'static str {
+        "chat completions, `Thought:`/`Action:` text"
+    }
+
+    /// UI-TARS-1.5: smart-resize pixels; 1.0 ids (`-7b-dpo`, `-72b-sft`, plain
+    /// `ui-tars-72b`), UI-TARS-2 and Doubao: 0-1000.
+    fn detect(&self, m: &ModelId) -> Option<CoordSpace> {
+        if !m.has_any(&["ui-tars", "ui_tars", "uitars", "doubao"]) {
+            return None;
+        }
+        let v15 = m.has_any(&["1.5", "1_5", "15-"]);
+        let v1 = m.has_any(&["7b-dpo", "7b-sft", "72b-dpo", "72b-sft", "2b-sft"])
+            || m.base.ends_with("ui-tars-72b")
+            || m.base.ends_with("ui-tars-7b");
+        Some(if v15 && !v1 {
+            CoordSpace::Smart
+        } else {
+            CoordSpace::Thousand
+        })
+    }
+
+    fn detects(&self) -> &'static str {
+        "`*ui-tars*` (1.5: smart; 1.0, UI-TARS-2: 1000), `*doubao*`"
+    }
+
+    /// UI-TARS-1.5's processor limits for its smart resize.
+    fn sent_size(&self, cfg: &ProtocolConfig, screen: (u32, u32)) -> (u32, u32) {
+        match cfg.space {
+            CoordSpace::Smart => smart_size(screen, 28, 100 * 28 * 28, 16384 * 28 * 28),
+            _ => cfg.target.size(screen),
+        }
+    }
+
+    fn example(&self) -> Example {
+        Example {
+            model: "ui-tars-1.5-7b",
+            reply: serde_json::json!({"choices": [{"message": {"role": "assistant", "content":
+                "Thought: I click the button.\nAction: click(start_box='<|box_start|>(500,300)<|box_end|>')"}}],
+                "usage": {"prompt_tokens": 1500, "completion_tokens": 40}}),
+        }
+    }
+
+    fn create(
+        &self,
+        cfg: &ProtocolConfig,
+        geometry: Geometry,
+    ) -> Result<Box<dyn Protocol>, String> {
+        Ok(Box::new(UiTars::new(cfg, geometry)?))
+    }
+}
 
 /// Wheel clicks of a `scroll` (OSWorld's UI-TARS harness scrolls by 5).
 const SCROLL_CLICKS: i32 = 5;
@@ -69,7 +134,7 @@ fn numbers(s: &str) -> Vec<f64> {
 }
 
 /// A box argument as a point in screen pixels: a point, or the centre of a box.
-fn point(g: &Geometry, value: &str) -> Result<Point, InvalidAction> {
+pub(super) fn point(g: &Geometry, value: &str) -> Result<Point, InvalidAction> {
     let n = numbers(value);
     let (x, y) = match n.as_slice() {
         [x, y] => (*x, *y),
@@ -314,7 +379,7 @@ fn add_box_tokens(text: &str) -> String {
 
 impl Protocol for UiTars {
     fn name(&self) -> ProtocolName {
-        ProtocolName::UiTars
+        ProtocolName::of(&SPEC)
     }
 
     fn geometry(&self) -> Geometry {
@@ -335,7 +400,7 @@ impl Protocol for UiTars {
         self.history.request()
     }
 
-    fn decode(&self, raw: &Value) -> Result<Decision, String> {
+    fn decode(&self, raw: &Value) -> Result<Decision, DecodeError> {
         let reply = parse_chat(raw)?;
         let text = reply.text.clone().unwrap_or_default();
         let (thought, action) = split_reply(&text);
@@ -356,6 +421,7 @@ impl Protocol for UiTars {
             calls,
             usage: reply.usage,
             safety: Vec::new(),
+            grounding: Vec::new(),
         })
     }
 
@@ -385,7 +451,7 @@ mod tests {
         // 1280x800 sent smart-resized: 1288x812.
         geometry(
             &ProtocolConfig {
-                name: ProtocolName::UiTars,
+                name: ProtocolName::of(&SPEC),
                 space: CoordSpace::Smart,
                 ..ProtocolConfig::default()
             },
@@ -399,7 +465,7 @@ mod tests {
 
     fn decode(text: &str, g: Geometry) -> Decision {
         let cfg = ProtocolConfig {
-            name: ProtocolName::UiTars,
+            name: ProtocolName::of(&SPEC),
             space: g.space,
             ..ProtocolConfig::default()
         };

@@ -1,0 +1,44 @@
+//! Text from outside (a model's reply, a recording, a desktop's window title) cut to a
+//! width by characters, never by bytes: a byte index inside a character panics, and the
+//! text a reader gets may be anything.
+
+/// `s` cut to at most `max` characters, ending in `…` when something was cut.
+pub fn cut(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some(_) if max == 0 => String::new(),
+        Some(_) => {
+            let keep: String = s.chars().take(max.saturating_sub(1)).collect();
+            format!("{keep}…")
+        }
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn prefix(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cutting_counts_characters() {
+        assert_eq!(cut("hello", 10), "hello");
+        assert_eq!(cut("hello", 5), "hello");
+        assert_eq!(cut("hello!", 5), "hell…");
+        assert_eq!(cut("aéééééé", 4), "aéé…");
+        assert_eq!(cut("日本語のテキスト", 3), "日本…");
+        assert_eq!(cut("abc", 0), "");
+        assert_eq!(prefix("aé", 2), "a");
+        assert_eq!(prefix("aé", 3), "aé");
+    }
+}
