@@ -340,6 +340,9 @@ pub async fn drive<C: Computer, M: Model>(
         emit.emit(Event::Finished(outcome.clone())).await;
         return (outcome, None);
     }
+    if let Some(grounder) = &cfg.grounder {
+        return drive_grounder(cal, grounder, computer, emit, started).await;
+    }
     let lenient = match protocol::create_lenient(&cfg.protocol, screen) {
         Ok(p) => p,
         Err(e) => {
@@ -369,6 +372,113 @@ pub async fn drive<C: Computer, M: Model>(
     if let Ok(json) = serde_json::to_value(&report) {
         emit.emit(Event::Calibration(json)).await;
     }
+    (outcome, Some(report))
+}
+
+/// The grounder alone (`calibrate --grounder`): asked where each target is, on the
+/// screenshot, in its own prompt and space; nothing is clicked. Each answer is a step of
+/// the recording (its screenshot and what the grounder said).
+async fn drive_grounder<C: Computer>(
+    cal: &Calibration,
+    grounder: &agent::Grounder,
+    computer: &C,
+    emit: &Emitter,
+    started: Instant,
+) -> (Outcome, Option<Report>) {
+    let screen = computer.size();
+    let geometry = protocol::grounding::geometry(grounder.space, screen);
+    let mut found = Vec::with_capacity(cal.targets.len());
+    let (mut tokens_in, mut tokens_out) = (0, 0);
+    for (i, t) in cal.targets.iter().enumerate() {
+        let step = (i + 1) as u32;
+        let shot = match computer.screenshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                let outcome = Outcome::failed(
+                    EndedBy::Harness,
+                    format!("the desktop stopped working: {e}"),
+                    started.elapsed().as_millis() as u64,
+                );
+                emit.emit(Event::Finished(outcome.clone())).await;
+                return (outcome, None);
+            }
+        };
+        let frame = agent::Frame::new(shot.png.clone(), shot.width, shot.height);
+        emit.emit(Event::StepStarted { step }).await;
+        emit.emit(Event::Observation {
+            step,
+            frame: frame.clone(),
+        })
+        .await;
+        let element = format!("the red circle labelled {}", t.n);
+        let located = grounder
+            .locate(&element, &frame.png, screen, &frame.sha256)
+            .await;
+        tokens_in += located.usage.input;
+        tokens_out += located.usage.output;
+        // The numbers as the grounder wrote them, for reading in every space.
+        let numbers = protocol::parse_chat(&located.response)
+            .ok()
+            .and_then(|r| r.text)
+            .and_then(|text| grounder.dialect.point(&text).ok());
+        found.push(numbers.map(|(x, y)| Found {
+            step,
+            screen: located.point.clone(),
+            lenient: Point::new(
+                (x * protocol::LENIENT_SCALE).clamp(-1e9, 1e9) as i32,
+                (y * protocol::LENIENT_SCALE).clamp(-1e9, 1e9) as i32,
+            ),
+        }));
+        emit.emit(Event::Grounded {
+            step,
+            index: 0,
+            element,
+            point: located.point.as_ref().ok().copied(),
+            error: located.point.as_ref().err().cloned(),
+            model: grounder.name().to_owned(),
+            usage: located.usage,
+            model_ms: located.model_ms,
+            exchange: Some(std::sync::Arc::new(agent::Exchange {
+                request: located.request,
+                response: located.response,
+            })),
+        })
+        .await;
+        emit.emit(Event::StepFinished {
+            step,
+            frame,
+            step_ms: located.model_ms,
+        })
+        .await;
+    }
+    let cfg = ProtocolConfig {
+        space: grounder.space,
+        ..ProtocolConfig::default()
+    };
+    let mut report = analyze(&cfg, geometry, &cal.targets, &found, cal.max_error);
+    report.protocol = format!("grounder {} ({})", grounder.dialect.name(), grounder.name());
+    report.suggestion = report
+        .suggestion
+        .map(|s| s.replace("--coords", "--grounder-coords"));
+    report.message = report.message.replace("--coords", "--grounder-coords");
+    let outcome = Outcome {
+        status: Status::Succeeded,
+        ended_by: EndedBy::Model,
+        answer: None,
+        error: None,
+        steps: cal.targets.len() as u32,
+        tokens_in,
+        tokens_out,
+        wall_ms: started.elapsed().as_millis() as u64,
+        cost: grounder
+            .price
+            .as_ref()
+            .map(|p| p.price.cost(tokens_in, tokens_out)),
+    };
+    if let Ok(json) = serde_json::to_value(&report) {
+        emit.emit(Event::Calibration(json)).await;
+    }
+    emit.emit(Event::Finished(outcome.clone())).await;
     (outcome, Some(report))
 }
 

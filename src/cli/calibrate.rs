@@ -17,7 +17,9 @@ use super::run::{EXIT_CHECKS_FAILED, EXIT_STOPPED, exit_code};
 #[command(
     after_help = "The model is asked, one fresh conversation per target in its own \
 protocol (--protocol, or detected from --model), to click each numbered target of a \
-full-screen page. Reported: each click's error in screen pixels, the median, and the same \
+full-screen page. With --grounder, the grounding model alone is asked where each target \
+is (in its own prompt and coordinate space; nothing is clicked), and a wrong space is \
+named as the --grounder-coords to use. Reported: each click's error in screen pixels, the median, and the same \
 numbers read in every other coordinate space; when another space fits, the verdict names \
 the --coords to use. Recorded like any session (`selfagent replay` shows it).\n\
 Exit codes: 0 usable (the median error is at most --max-error), 2 not usable or in the wrong \

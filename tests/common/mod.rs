@@ -8,6 +8,7 @@
 
 pub mod model_server;
 pub mod screens;
+pub mod sdk;
 
 use selfagent::action::Action;
 use selfagent::desktop::{ConnectOptions, Desktop, SettleOptions, Window, WindowMatch};

@@ -1,9 +1,15 @@
 //! A scripted model server: a real HTTP server on loopback that answers every wire format
 //! selfagent speaks (`POST /v1/chat/completions`, Anthropic's `POST /v1/messages`, OpenAI's
-//! `POST /v1/responses`) from a script, checks every request, and can misbehave on purpose
-//! (HTTP 500 and 429, slow replies, malformed JSON, odd but valid dialects). Helpers build
-//! each protocol's replies in the shapes the real models send (`anthropic_*`, `responses_*`,
-//! `text_reply`).
+//! `POST /v1/responses`, Gemini's `POST /v1beta/models/{model}:generateContent`) from a
+//! script, checks every request, and can misbehave on purpose (HTTP 500 and 429, slow
+//! replies, malformed JSON, odd but valid dialects). Helpers build each protocol's replies in
+//! the shapes the real models send (`anthropic_*`, `responses_*`, `gemini_*`, `text_reply`).
+//!
+//! The vendors' own SDK types judge both directions (tests/common/sdk.rs): a request they
+//! reject is answered HTTP 400 with their reason, as the vendor's API would, and noted as a
+//! problem; every `Reply::Json` is sent as the SDK's response type serializes it (a reply
+//! the SDK cannot parse is a problem of the test). `Reply::Raw` is sent as it is, for the
+//! dialects no SDK speaks (servers that leave out `type` and `id`).
 //!
 //! Each request must carry a valid PNG screenshot of the advertised size as its latest
 //! image; anything wrong is noted in `problems()`, which tests assert to be empty. Replies
@@ -16,6 +22,7 @@
 //! episodes of a task each get the whole script. Judge requests (no tools) get the route's
 //! judge reply.
 
+use super::sdk::{self, Api};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,8 +37,10 @@ use std::time::Duration;
 /// One scripted answer.
 #[derive(Debug, Clone)]
 pub enum Reply {
-    /// A 200 with this JSON body.
+    /// A 200 with this JSON body, as the API's SDK serializes it.
     Json(Value),
+    /// A 200 with this JSON body as it is (a dialect the SDK types do not allow).
+    Raw(Value),
     /// This status and body, with an optional Retry-After (seconds).
     Status {
         code: u16,
@@ -87,8 +96,23 @@ fn pngs(v: &Value, out: &mut Vec<Vec<u8>>) {
                 out.extend(b64(data));
                 return;
             }
+            // Gemini's inline data.
+            if let Some(data) = map.get("inlineData").and_then(|d| d["data"].as_str()) {
+                out.extend(b64(data));
+                return;
+            }
             // Keys in a fixed order: an item's content comes before what follows it.
-            for key in ["messages", "input", "content", "output", "image_url", "url"] {
+            for key in [
+                "messages",
+                "input",
+                "contents",
+                "content",
+                "parts",
+                "functionResponse",
+                "output",
+                "image_url",
+                "url",
+            ] {
                 if let Some(item) = map.get(key) {
                     pngs(item, out);
                 }
@@ -121,6 +145,45 @@ pub fn anthropic_tool_use(text: Option<&str>, inputs: Vec<Value>) -> Reply {
     )
 }
 
+/// An Anthropic Messages reply of the computer toolset: optional text, then one
+/// `tool_use` block per `(member, input)`, each with `"toolset_name": "computer"`.
+pub fn anthropic_toolset(text: Option<&str>, blocks: Vec<(&str, Value)>) -> Reply {
+    let mut content: Vec<Value> = text
+        .map(|t| json!({"type": "text", "text": t}))
+        .into_iter()
+        .collect();
+    for (i, (name, input)) in blocks.into_iter().enumerate() {
+        content.push(
+            json!({"type": "tool_use", "id": format!("toolu_{i:02}_{}", rand_id()),
+            "name": name, "toolset_name": "computer", "input": input}),
+        );
+    }
+    Reply::Json(
+        json!({"id": "msg_test", "type": "message", "role": "assistant", "model": "scripted",
+        "content": content, "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 100, "output_tokens": 10, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}),
+    )
+}
+
+/// A Gemini `generateContent` reply with optional text and one `functionCall` per
+/// `(name, args)`.
+pub fn gemini_calls(text: Option<&str>, calls: Vec<(&str, Value)>) -> Reply {
+    let mut parts: Vec<Value> = text.map(|t| json!({"text": t})).into_iter().collect();
+    for (name, args) in calls {
+        parts.push(json!({"functionCall": {"name": name, "args": args}}));
+    }
+    Reply::Json(json!({
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 100, "candidatesTokenCount": 10, "totalTokenCount": 110},
+        "modelVersion": "scripted"
+    }))
+}
+
+/// A Gemini final answer: text and no call.
+pub fn gemini_answer(text: &str) -> Reply {
+    gemini_calls(Some(text), Vec::new())
+}
+
 /// An Anthropic Messages final answer (`end_turn`, no tool use).
 pub fn anthropic_answer(text: &str) -> Reply {
     Reply::Json(
@@ -142,7 +205,7 @@ pub fn responses_call(actions: Vec<Value>, safety: Vec<Value>) -> Reply {
     Reply::Json(
         json!({"id": format!("resp_{}", rand_id()), "object": "response", "status": "completed",
         "output": [{"type": "reasoning", "id": "rs_test", "summary": [{"type": "summary_text", "text": "Working on it."}]}, call],
-        "usage": {"input_tokens": 100, "output_tokens": 10}}),
+        "usage": responses_usage()}),
     )
 }
 
@@ -150,9 +213,16 @@ pub fn responses_call(actions: Vec<Value>, safety: Vec<Value>) -> Reply {
 pub fn responses_answer(text: &str) -> Reply {
     Reply::Json(
         json!({"id": format!("resp_{}", rand_id()), "object": "response", "status": "completed",
-        "output": [{"type": "message", "id": "msg_test", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
-        "usage": {"input_tokens": 100, "output_tokens": 10}}),
+        "output": [{"type": "message", "id": "msg_test", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "usage": responses_usage()}),
     )
+}
+
+/// The Responses API's usage object, whole (its SDK type requires every part).
+fn responses_usage() -> Value {
+    json!({"input_tokens": 100, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+           "output_tokens": 10, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 110})
 }
 
 fn rand_id() -> u32 {
@@ -199,7 +269,7 @@ pub fn calls(list: Vec<Value>) -> Reply {
 /// A call in the dialect some local servers speak: no `type`, no `id`, arguments as an
 /// object, reasoning in `reasoning_content`, an unknown finish reason, no `created`.
 pub fn call_lenient(args: Value) -> Reply {
-    Reply::Json(json!({
+    Reply::Raw(json!({
         "choices": [{"finish_reason": "eos", "message": {
             "content": null,
             "reasoning_content": "thinking in the other field",
@@ -232,6 +302,10 @@ fn retried(reply: Reply) -> Reply {
         Reply::Json(mut v) => {
             v["choices"][0]["message"]["content"] = json!(RETRY);
             Reply::Json(v)
+        }
+        Reply::Raw(mut v) => {
+            v["choices"][0]["message"]["content"] = json!(RETRY);
+            Reply::Raw(v)
         }
         Reply::Slow(d, inner) => Reply::Slow(d, Box::new(retried(*inner))),
         Reply::Gate(g, inner) => Reply::Gate(g, Box::new(retried(*inner))),
@@ -333,7 +407,9 @@ impl ModelServer {
             .route("/v1/chat/completions", post(handle))
             .route("/v1/messages", post(handle))
             .route("/v1/responses", post(handle))
+            .route("/v1beta/models/{call}", post(handle))
             .route("/v1/models", axum::routing::get(models))
+            .route("/v1beta/models", axum::routing::get(models))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -443,10 +519,27 @@ fn check(req: &Value, expect: (u32, u32)) -> Vec<String> {
     problems
 }
 
-fn respond(reply: Reply) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>> {
+fn respond(
+    reply: Reply,
+    api: Option<Api>,
+    inner: Arc<Mutex<Inner>>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>> {
     Box::pin(async move {
         match reply {
-            Reply::Json(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+            Reply::Json(v) => match api {
+                // Built from the SDK's response type: what the vendor's API would send.
+                Some(api) => match sdk::judge(api, "reply", &v).await {
+                    Ok(canonical) => (StatusCode::OK, axum::Json(canonical)).into_response(),
+                    Err(e) => {
+                        inner.lock().unwrap().problems.push(format!(
+                            "a scripted reply is not a {api:?} reply by the SDK's types: {e}"
+                        ));
+                        (StatusCode::INTERNAL_SERVER_ERROR, e).into_response()
+                    }
+                },
+                None => (StatusCode::OK, axum::Json(v)).into_response(),
+            },
+            Reply::Raw(v) => (StatusCode::OK, axum::Json(v)).into_response(),
             Reply::Garbage(body) => {
                 (StatusCode::OK, [("content-type", "application/json")], body).into_response()
             }
@@ -462,15 +555,15 @@ fn respond(reply: Reply) -> std::pin::Pin<Box<dyn std::future::Future<Output = R
                 }
                 r
             }
-            Reply::Slow(d, inner) => {
+            Reply::Slow(d, reply) => {
                 tokio::time::sleep(d).await;
-                respond(*inner).await
+                respond(*reply, api, inner).await
             }
-            Reply::Gate(mut gate, inner) => {
+            Reply::Gate(mut gate, reply) => {
                 let _ = gate.wait_for(|open| *open).await;
-                respond(*inner).await
+                respond(*reply, api, inner).await
             }
-            Reply::When(_, inner) | Reply::Until { reply: inner, .. } => respond(*inner).await,
+            Reply::When(_, reply) | Reply::Until { reply, .. } => respond(*reply, api, inner).await,
             Reply::EchoAuth(code) => (StatusCode::from_u16(code).unwrap(), "echo").into_response(),
         }
     })
@@ -527,9 +620,18 @@ fn sequential(s: &mut Inner, n: usize, shot: Option<&image::RgbImage>) -> Reply 
 /// The model id the scripted server lists: runs without `--model` use it.
 pub const SCRIPTED_MODEL: &str = "scripted";
 
-async fn models(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap) -> Response {
+async fn models(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     let listing = inner.lock().unwrap().listing;
     match listing {
+        // Gemini lists `models[].name`.
+        Ok(id) if uri.path().starts_with("/v1beta") => axum::Json(serde_json::json!({
+            "models": [{"name": format!("models/{id}"), "displayName": id}]
+        }))
+        .into_response(),
         Ok(id) => axum::Json(serde_json::json!({
             "object": "list",
             "data": [{"id": id, "object": "model", "owned_by": "selfagent-tests"}]
@@ -539,6 +641,7 @@ async fn models(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap) -> R
             let key = headers
                 .get("authorization")
                 .or_else(|| headers.get("x-api-key"))
+                .or_else(|| headers.get("x-goog-api-key"))
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("none")
                 .to_owned();
@@ -552,9 +655,26 @@ async fn models(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap) -> R
 
 async fn handle(
     State(inner): State<Arc<Mutex<Inner>>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: String,
 ) -> Response {
+    let api = Api::of_path(uri.path());
+    // The vendor's SDK types judge the request first, as the vendor's API would.
+    if let (Some(api), Ok(req)) = (api, serde_json::from_str::<Value>(&body))
+        && let Err(why) = sdk::judge(api, "request", &req).await
+    {
+        let mut s = inner.lock().unwrap();
+        let n = s.requests.len() + 1;
+        s.problems.push(format!(
+            "request {n} ({}) is refused by the {api:?} SDK's types: {why}",
+            uri.path()
+        ));
+        s.requests.push(req);
+        let body = json!({"type": "error", "error": {"type": "invalid_request_error",
+            "message": format!("the SDK's request types refuse this request: {why}")}});
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
     let reply = {
         let mut s = inner.lock().unwrap();
         let req: Value = match serde_json::from_str(&body) {
@@ -672,5 +792,5 @@ async fn handle(
         let body = json!({"error": {"message": format!("invalid credentials; you sent {}", echoed.join(", "))}});
         return (StatusCode::from_u16(code).unwrap(), axum::Json(body)).into_response();
     }
-    respond(reply).await
+    respond(reply, api, inner).await
 }

@@ -8,8 +8,8 @@
 //! any model.
 
 use crate::common::model_server::{
-    ModelServer, Reply, answer, anthropic_answer, anthropic_tool_use, call, responses_answer,
-    responses_call, text_reply,
+    ModelServer, Reply, answer, anthropic_answer, anthropic_tool_use, anthropic_toolset, call,
+    gemini_answer, gemini_calls, responses_answer, responses_call, text_reply,
 };
 use crate::common::screens::terminal_ready;
 use crate::common::{Guard, SnapshotsOf, bin};
@@ -31,11 +31,17 @@ pub(crate) enum Step<'a> {
 enum Space {
     Pixels,
     Thousand,
+    /// Thousandths of the screen, 0-999 (GLM).
+    NineNineNine,
     Unit,
 }
 
 struct Case {
+    /// The protocol selfagent must choose.
     protocol: &'static str,
+    /// Whose replies the script sends (`reply`'s key: a protocol, or one model family of
+    /// it).
+    dialect: &'static str,
     model: &'static str,
     /// Flags besides the model (a coordinate space, a scale).
     extra: &'static [&'static str],
@@ -55,6 +61,7 @@ fn model_xy(c: &Case, p: (u32, u32)) -> (f64, f64) {
             (y * f64::from(c.sent.1) / sy).round(),
         ),
         Space::Thousand => ((x * 1000.0 / sx).round(), (y * 1000.0 / sy).round()),
+        Space::NineNineNine => ((x * 999.0 / sx).round(), (y * 999.0 / sy).round()),
         Space::Unit => (
             (x / sx * 10_000.0).round() / 10_000.0,
             (y / sy * 10_000.0).round() / 10_000.0,
@@ -91,6 +98,133 @@ pub(crate) fn reply(protocol: &str, step: Step) -> Reply {
             vec![json!({"action": "left_click", "coordinate": [x as i64, y as i64]})],
         ),
         ("anthropic", Step::Done) => anthropic_answer("The marker is written."),
+        // Anthropic's computer toolset: batches with `repeat` and `zoom`.
+        ("anthropic-toolset", Step::Terminal) => anthropic_toolset(
+            Some("I'll open a terminal."),
+            vec![("key", json!({"text": "ctrl+alt+t"}))],
+        ),
+        ("anthropic-toolset", Step::Type(t)) => anthropic_toolset(
+            None,
+            vec![
+                ("type", json!({"text": t.trim_end_matches('\n')})),
+                ("key", json!({"text": "Return", "repeat": 2})),
+            ],
+        ),
+        ("anthropic-toolset", Step::Click(x, y)) => anthropic_toolset(
+            None,
+            vec![
+                (
+                    "zoom",
+                    json!({"region": [x as i64 - 40, y as i64 - 30, x as i64 + 40, y as i64 + 30]}),
+                ),
+                ("left_click", json!({"coordinate": [x as i64, y as i64]})),
+            ],
+        ),
+        ("anthropic-toolset", Step::Done) => anthropic_answer("The marker is written."),
+        // Gemini 3.x, desktop actions with intents; the click asks for a confirmation.
+        ("gemini", Step::Terminal) => gemini_calls(
+            Some("I will open a terminal."),
+            vec![(
+                "hotkey",
+                json!({"keys": ["Control", "Alt", "t"], "intent": "Open a terminal."}),
+            )],
+        ),
+        ("gemini", Step::Type(t)) => gemini_calls(
+            None,
+            vec![(
+                "type",
+                json!({"text": t.trim_end_matches('\n'), "press_enter": true, "intent": "Write the marker."}),
+            )],
+        ),
+        ("gemini", Step::Click(x, y)) => gemini_calls(
+            None,
+            vec![(
+                "click",
+                json!({"x": x as i64, "y": y as i64, "intent": "Click the point.",
+                       "safety_decision": {"decision": "require_confirmation", "explanation": "Clicking may change something."}}),
+            )],
+        ),
+        ("gemini", Step::Done) => gemini_answer("The marker is written."),
+        // Gemini 2.5, browser actions: type_text_at clicks into the terminal (which XFCE
+        // opens at the top left) and types there.
+        ("gemini25", Step::Terminal) => gemini_calls(
+            None,
+            vec![("key_combination", json!({"keys": "Control+Alt+T"}))],
+        ),
+        ("gemini25", Step::Type(t)) => gemini_calls(
+            None,
+            vec![(
+                "type_text_at",
+                json!({"x": 150, "y": 300, "text": t.trim_end_matches('\n'), "press_enter": true, "clear_before_typing": false}),
+            )],
+        ),
+        ("gemini25", Step::Click(x, y)) => gemini_calls(
+            None,
+            vec![("click_at", json!({"x": x as i64, "y": y as i64}))],
+        ),
+        ("gemini25", Step::Done) => gemini_answer("The marker is written."),
+        // Qwen3.5: the `computer` function, written as XML-style text.
+        ("qwen35", s) => {
+            let call = |params: &str| {
+                format!("<tool_call>\n<function=computer>\n{params}\n</function>\n</tool_call>")
+            };
+            let calls = match s {
+                Step::Terminal => call(
+                    "<parameter=action>\nkey\n</parameter>\n<parameter=keys>\n[\"ctrl\", \"alt\", \"t\"]\n</parameter>",
+                ),
+                // Typed, then Enter as a key of its own.
+                Step::Type(t) => format!(
+                    "{}\n{}",
+                    call(&format!(
+                        "<parameter=action>\ntype\n</parameter>\n<parameter=text>\n{}\n</parameter>",
+                        t.trim_end_matches('\n')
+                    )),
+                    call(
+                        "<parameter=action>\nkey\n</parameter>\n<parameter=keys>\n[\"Return\"]\n</parameter>"
+                    )
+                ),
+                Step::Click(x, y) => call(&format!(
+                    "<parameter=action>\nleft_click\n</parameter>\n<parameter=coordinate>\n[{}, {}]\n</parameter>",
+                    num(x),
+                    num(y)
+                )),
+                Step::Done => return text_reply("The marker is written."),
+            };
+            text_reply(&format!("Action: the next step.\n{calls}"))
+        }
+        // Fara: free thoughts, then a computer_use call; `type` presses Enter itself.
+        ("fara", s) => {
+            let args = match s {
+                Step::Terminal => json!({"action": "key", "keys": ["Control", "Alt", "t"]}),
+                Step::Type(t) => {
+                    json!({"action": "type", "text": t.trim_end_matches('\n'), "press_enter": true, "delete_existing_text": false})
+                }
+                Step::Click(x, y) => {
+                    json!({"action": "left_click", "coordinate": [x as i64, y as i64]})
+                }
+                Step::Done => json!({"action": "terminate", "status": "success"}),
+            };
+            text_reply(&format!(
+                "I think this is the next step.\n<tool_call>\n{}\n</tool_call>",
+                json!({"name": "computer_use", "arguments": args})
+            ))
+        }
+        // GLM-4.5V: the action between box tokens, then Memory.
+        ("glm", s) => {
+            let action = match s {
+                Step::Terminal => "key(keys='ctrl+alt+t')".to_owned(),
+                Step::Type(t) => format!("type(content='{}')", t.replace('\n', "\\n")),
+                Step::Click(x, y) => format!(
+                    "left_click(start_box='[{},{}]', element_info='the point')",
+                    num(x),
+                    num(y)
+                ),
+                Step::Done => "DONE()".to_owned(),
+            };
+            text_reply(&format!(
+                "This is the next step.\n<|begin_of_box|>{action}<|end_of_box|>\nMemory:\n[]"
+            ))
+        }
         ("openai", Step::Terminal) => responses_call(
             vec![json!({"type": "keypress", "keys": ["CTRL", "ALT", "T"]})],
             vec![],
@@ -178,6 +312,19 @@ pub(crate) fn wait(protocol: &str) -> Reply {
         ),
         "opencua" => text_reply("## Action:\nWait.\n## Code:\n```python\ntime.sleep(0.3)\n```"),
         "pyautogui" => text_reply("```python\ntime.sleep(0.3)\n```"),
+        "anthropic-toolset" => anthropic_toolset(None, vec![("wait", json!({"duration": 1}))]),
+        "gemini" => gemini_calls(
+            None,
+            vec![("wait", json!({"seconds": 1, "intent": "Let it load."}))],
+        ),
+        "gemini25" => gemini_calls(None, vec![("wait_5_seconds", json!({}))]),
+        "qwen35" => text_reply(
+            "Action: wait.\n<tool_call>\n<function=computer>\n<parameter=action>\nwait\n</parameter>\n<parameter=time>\n0.3\n</parameter>\n</function>\n</tool_call>",
+        ),
+        "fara" => text_reply(
+            "Still loading.\n<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": \"wait\", \"time\": 0.3}}\n</tool_call>",
+        ),
+        "glm" => text_reply("Still loading.\n<|begin_of_box|>WAIT()<|end_of_box|>\nMemory:\n[]"),
         other => panic!("no wait for {other}"),
     }
 }
@@ -190,23 +337,23 @@ async fn run_case(c: &Case) -> Result<(), String> {
         (1000, 560)
     };
     let (mx, my) = model_xy(c, target);
-    let marker = format!("marker-{}-{}", c.protocol, c.screen.0);
+    let marker = format!("marker-{}-{}", c.dialect, c.screen.0);
     let typed = format!("echo {marker} > /tmp/proto.txt\n");
     let script = vec![
-        reply(c.protocol, Step::Terminal),
+        reply(c.dialect, Step::Terminal),
         Reply::When(
             terminal_ready,
-            Box::new(reply(c.protocol, Step::Type(&typed))),
+            Box::new(reply(c.dialect, Step::Type(&typed))),
         ),
-        reply(c.protocol, Step::Click(mx, my)),
-        reply(c.protocol, Step::Done),
+        reply(c.dialect, Step::Click(mx, my)),
+        reply(c.dialect, Step::Done),
     ];
-    let server = ModelServer::any_protocol(script, c.sent, wait(c.protocol)).await;
+    let server = ModelServer::any_protocol(script, c.sent, wait(c.dialect)).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("rec.db");
     // The base URL as users give it for each API.
     let base = match c.protocol {
-        "anthropic" => server.base_url().trim_end_matches("/v1").to_owned(),
+        "anthropic" | "gemini" => server.base_url().trim_end_matches("/v1").to_owned(),
         _ => server.base_url(),
     };
     let mut args = vec![
@@ -231,6 +378,7 @@ async fn run_case(c: &Case) -> Result<(), String> {
         .args(&args)
         .env("OPENAI_API_KEY", "sk-test")
         .env("ANTHROPIC_API_KEY", "sk-ant-test")
+        .env("GEMINI_API_KEY", "gm-test")
         .env_remove("OPENAI_BASE_URL")
         .env_remove("SELFAGENT_CONFIG")
         .env("HOME", dir.path())
@@ -249,14 +397,27 @@ async fn run_case(c: &Case) -> Result<(), String> {
         .to_owned();
     let _guard = Guard(sandbox.clone());
     let why = |what: String| {
+        // The episode's last events say how it went.
+        let tail: Vec<String> = events
+            .iter()
+            .rev()
+            .take(12)
+            .rev()
+            .map(|e| {
+                let line = e.to_string();
+                line.chars().take(400).collect()
+            })
+            .collect();
         format!(
-            "{} ({}x{}, {}): {what}\nstderr: {}\nproblems: {:?}",
+            "{} via {} ({}x{}, {}): {what}\nstderr: {}\nproblems: {:?}\nlast events:\n{}",
             c.protocol,
+            c.dialect,
             c.screen.0,
             c.screen.1,
             c.model,
             String::from_utf8_lossy(&out.stderr),
-            server.problems()
+            server.problems(),
+            tail.join("\n")
         )
     };
     if out.status.code() != Some(0) {
@@ -316,8 +477,24 @@ async fn run_case(c: &Case) -> Result<(), String> {
 
 async fn run_all(cases: &[Case]) {
     let mut failures = Vec::new();
-    for c in cases {
-        if let Err(e) = run_case(c).await {
+    // SELFAGENT_TEST_DIALECTS=glm,fara runs only those (while mending one).
+    let only = std::env::var("SELFAGENT_TEST_DIALECTS").ok();
+    let wanted = |c: &Case| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|d| d.trim() == c.dialect))
+    };
+    for c in cases.iter().filter(|c| wanted(c)) {
+        let started = std::time::Instant::now();
+        let result = run_case(c).await;
+        eprintln!(
+            "{} via {} at {}x{}: {:.1} s",
+            c.protocol,
+            c.dialect,
+            c.screen.0,
+            c.screen.1,
+            started.elapsed().as_secs_f64()
+        );
+        if let Err(e) = result {
             failures.push(e);
         }
     }
@@ -336,6 +513,7 @@ async fn every_protocol_types_and_clicks_where_its_model_meant() {
         // Detected from model ids.
         Case {
             protocol: "tools",
+            dialect: "tools",
             model: "gpt-4o",
             extra: &[],
             screen: (1280, 800),
@@ -344,6 +522,7 @@ async fn every_protocol_types_and_clicks_where_its_model_meant() {
         },
         Case {
             protocol: "anthropic",
+            dialect: "anthropic",
             model: "claude-sonnet-4-5-20250929",
             extra: &[],
             screen: (1280, 800),
@@ -352,6 +531,7 @@ async fn every_protocol_types_and_clicks_where_its_model_meant() {
         },
         Case {
             protocol: "openai",
+            dialect: "openai",
             model: "computer-use-preview",
             extra: &[],
             screen: (1280, 800),
@@ -360,6 +540,7 @@ async fn every_protocol_types_and_clicks_where_its_model_meant() {
         },
         Case {
             protocol: "uitars",
+            dialect: "uitars",
             model: "ByteDance-Seed/UI-TARS-1.5-7B",
             extra: &[],
             screen: (1280, 800),
@@ -368,6 +549,7 @@ async fn every_protocol_types_and_clicks_where_its_model_meant() {
         },
         Case {
             protocol: "qwen",
+            dialect: "qwen",
             model: "Qwen/Qwen2.5-VL-7B-Instruct",
             extra: &[],
             screen: (1280, 800),
@@ -376,6 +558,7 @@ async fn every_protocol_types_and_clicks_where_its_model_meant() {
         },
         Case {
             protocol: "qwen",
+            dialect: "qwen",
             model: "Qwen/Qwen3-VL-8B-Instruct",
             extra: &[],
             screen: (1280, 800),
@@ -384,6 +567,7 @@ async fn every_protocol_types_and_clicks_where_its_model_meant() {
         },
         Case {
             protocol: "opencua",
+            dialect: "opencua",
             model: "xlangai/OpenCUA-7B",
             extra: &[],
             screen: (1280, 800),
@@ -392,6 +576,7 @@ async fn every_protocol_types_and_clicks_where_its_model_meant() {
         },
         Case {
             protocol: "pyautogui",
+            dialect: "pyautogui",
             model: "gpt-4o",
             extra: &["--protocol", "pyautogui"],
             screen: (1280, 800),
@@ -408,6 +593,7 @@ async fn every_protocol_clicks_right_on_a_downscaled_1920x1080_screen() {
         // Each protocol's own downscaling (or --scale).
         Case {
             protocol: "tools",
+            dialect: "tools",
             model: "gpt-4o",
             extra: &["--scale", "1280"],
             screen: (1920, 1080),
@@ -416,6 +602,7 @@ async fn every_protocol_clicks_right_on_a_downscaled_1920x1080_screen() {
         },
         Case {
             protocol: "anthropic",
+            dialect: "anthropic",
             model: "claude-opus-4-6",
             extra: &[],
             screen: (1920, 1080),
@@ -424,6 +611,7 @@ async fn every_protocol_clicks_right_on_a_downscaled_1920x1080_screen() {
         },
         Case {
             protocol: "openai",
+            dialect: "openai",
             model: "gpt-5.4",
             extra: &["--scale", "xga"],
             screen: (1920, 1080),
@@ -432,6 +620,7 @@ async fn every_protocol_clicks_right_on_a_downscaled_1920x1080_screen() {
         },
         Case {
             protocol: "uitars",
+            dialect: "uitars",
             model: "ui-tars-72b-dpo",
             extra: &[],
             screen: (1920, 1080),
@@ -440,6 +629,7 @@ async fn every_protocol_clicks_right_on_a_downscaled_1920x1080_screen() {
         },
         Case {
             protocol: "qwen",
+            dialect: "qwen",
             model: "Qwen/Qwen2.5-VL-72B-Instruct",
             extra: &[],
             screen: (1920, 1080),
@@ -448,6 +638,7 @@ async fn every_protocol_clicks_right_on_a_downscaled_1920x1080_screen() {
         },
         Case {
             protocol: "qwen",
+            dialect: "qwen",
             model: "qwen3-vl-235b-a22b-instruct",
             extra: &[],
             screen: (1920, 1080),
@@ -456,6 +647,7 @@ async fn every_protocol_clicks_right_on_a_downscaled_1920x1080_screen() {
         },
         Case {
             protocol: "opencua",
+            dialect: "opencua",
             model: "OpenCUA-Qwen2-7B",
             extra: &["--coords", "unit"],
             screen: (1920, 1080),
@@ -464,11 +656,129 @@ async fn every_protocol_clicks_right_on_a_downscaled_1920x1080_screen() {
         },
         Case {
             protocol: "pyautogui",
+            dialect: "pyautogui",
             model: "my-model",
             extra: &["--protocol", "pyautogui", "--scale", "1280"],
             screen: (1920, 1080),
             sent: (1280, 720),
             space: Space::Pixels,
+        },
+    ])
+    .await;
+}
+
+/// The models that lead in 2026, each chosen by its model id alone, in its own reply
+/// format: Claude's computer toolset (batches with `repeat` and `zoom`; a 5.5 model never
+/// gets the older tool), Gemini 3.x (a confirmation acknowledged) and 2.5 (browser
+/// actions), Qwen3.5's XML calls, Fara with `press_enter`, GLM's boxed actions.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_2026_dialects_type_and_click_where_their_models_meant() {
+    run_all(&[
+        Case {
+            protocol: "anthropic",
+            dialect: "anthropic-toolset",
+            model: "claude-sonnet-5-5",
+            extra: &[],
+            screen: (1280, 800),
+            sent: (1280, 800),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "gemini",
+            dialect: "gemini",
+            model: "gemini-3.5-flash",
+            extra: &["--ack-safety-checks"],
+            screen: (1280, 800),
+            sent: (1280, 800),
+            space: Space::Thousand,
+        },
+        Case {
+            protocol: "gemini",
+            dialect: "gemini25",
+            model: "gemini-2.5-computer-use-preview-10-2025",
+            extra: &[],
+            screen: (1280, 800),
+            sent: (1280, 800),
+            space: Space::Thousand,
+        },
+        Case {
+            protocol: "qwen",
+            dialect: "qwen35",
+            model: "Qwen/Qwen3.5-35B-A3B",
+            extra: &[],
+            screen: (1280, 800),
+            sent: (1280, 800),
+            space: Space::Thousand,
+        },
+        Case {
+            protocol: "fara",
+            dialect: "fara",
+            model: "microsoft/Fara-7B",
+            extra: &[],
+            screen: (1280, 800),
+            sent: (1288, 812),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "glm",
+            dialect: "glm",
+            model: "zai-org/GLM-4.5V",
+            extra: &[],
+            screen: (1280, 800),
+            sent: (1280, 800),
+            space: Space::NineNineNine,
+        },
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_2026_dialects_click_right_on_a_1920x1080_screen() {
+    run_all(&[
+        Case {
+            protocol: "anthropic",
+            dialect: "anthropic-toolset",
+            model: "claude-opus-5-5",
+            extra: &[],
+            screen: (1920, 1080),
+            sent: (1478, 831),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "gemini",
+            dialect: "gemini",
+            model: "gemini-3.5-flash",
+            extra: &["--ack-safety-checks"],
+            screen: (1920, 1080),
+            sent: (1920, 1080),
+            space: Space::Thousand,
+        },
+        Case {
+            protocol: "qwen",
+            dialect: "qwen35",
+            model: "Qwen/Qwen3.5-397B-A17B",
+            extra: &[],
+            screen: (1920, 1080),
+            sent: (1920, 1088),
+            space: Space::Thousand,
+        },
+        Case {
+            protocol: "fara",
+            dialect: "fara",
+            model: "microsoft/Fara-1.5",
+            extra: &[],
+            screen: (1920, 1080),
+            sent: (1932, 1092),
+            space: Space::Pixels,
+        },
+        Case {
+            protocol: "glm",
+            dialect: "glm",
+            model: "zai-org/GLM-4.6V",
+            extra: &[],
+            screen: (1920, 1080),
+            sent: (1920, 1080),
+            space: Space::NineNineNine,
         },
     ])
     .await;

@@ -307,7 +307,9 @@ fn xml_calls(inner: &str) -> Vec<(String, Value)> {
                 break;
             };
             let (value, next) = value.split_once("</parameter>").unwrap_or((value, ""));
-            let value = value.trim_matches(|c| c == '\n' || c == '\r');
+            // The line breaks around a value are the format's (`<parameter=text>\nhi\n`).
+            let value = value.strip_prefix('\n').unwrap_or(value);
+            let value = value.strip_suffix('\n').unwrap_or(value);
             let parsed = match serde_json::from_str::<Value>(value.trim()) {
                 // Text the model meant as text stays text (a number typed, a key named).
                 Ok(

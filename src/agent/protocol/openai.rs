@@ -417,10 +417,9 @@ impl Protocol for OpenAi {
         let acknowledged = std::mem::take(&mut self.acknowledged);
         let mut outputs = Vec::new();
         for id in ids {
-            let mut output = json!({"type": "computer_screenshot", "image_url": url});
-            if self.ga {
-                output["detail"] = json!("original");
-            }
+            // The SDK's screenshot output has no `detail` (Azure's docs show one): the SDK's
+            // types are what the API takes.
+            let output = json!({"type": "computer_screenshot", "image_url": url});
             let mut item = json!({"type": "computer_call_output", "call_id": id, "output": output});
             if !acknowledged.is_empty() {
                 item["acknowledged_safety_checks"] = json!(acknowledged);
