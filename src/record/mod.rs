@@ -1248,8 +1248,12 @@ impl Writer {
                 if let Some(x) = exchange {
                     let mut req = x.request.clone();
                     self.frame_refs(&mut req);
-                    entry["request"] = json!(self.stored_json(&req)?);
-                    entry["response"] = json!(self.stored_json(&x.response)?);
+                    let clean = |v: &Value| {
+                        serde_json::from_str::<Value>(&self.redact(&v.to_string()))
+                            .unwrap_or(Value::Null)
+                    };
+                    entry["request"] = clean(&req);
+                    entry["response"] = clean(&x.response);
                 }
                 let p = self.pending.entry(*step).or_default();
                 p.tokens_in += usage.input;

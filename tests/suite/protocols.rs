@@ -889,6 +889,7 @@ async fn the_judge_asks_in_the_models_own_protocol() {
     for (protocol, model) in [
         ("anthropic", "claude-sonnet-4-5-20250929"),
         ("openai", "computer-use-preview"),
+        ("gemini", "gemini-3.5-flash"),
     ] {
         let script = vec![
             Reply::When(
@@ -898,6 +899,7 @@ async fn the_judge_asks_in_the_models_own_protocol() {
             reply(protocol, Step::Done),
             match protocol {
                 "anthropic" => anthropic_answer(&verdict),
+                "gemini" => gemini_answer(&verdict),
                 _ => responses_answer(&verdict),
             },
         ];
@@ -906,10 +908,11 @@ async fn the_judge_asks_in_the_models_own_protocol() {
         let db = dir.path().join("rec.db");
         let _snapshots = SnapshotsOf(db.clone());
         let base = match protocol {
-            "anthropic" => server.base_url().trim_end_matches("/v1").to_owned(),
+            "anthropic" | "gemini" => server.base_url().trim_end_matches("/v1").to_owned(),
             _ => server.base_url(),
         };
         let out = tokio::process::Command::new(bin())
+            .env("GEMINI_API_KEY", "gm-test")
             .args([
                 "run",
                 "--headless",
@@ -951,6 +954,12 @@ async fn the_judge_asks_in_the_models_own_protocol() {
                         .as_array()
                         .is_some_and(|c| c.iter().any(|b| b["type"] == "image"))
             }
+            "gemini" => {
+                judge["systemInstruction"]["parts"][0]["text"].is_string()
+                    && judge["contents"][0]["parts"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().any(|b| b["inlineData"].is_object()))
+            }
             _ => {
                 judge["instructions"].is_string()
                     && judge["input"][0]["content"]
@@ -979,4 +988,201 @@ async fn the_judge_asks_in_the_models_own_protocol() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The SDK judges refuse what the vendors' APIs refuse (so a test passing through them
+/// means something): an unknown field, a field of the older tool on the toolset, a model
+/// named in Gemini's body, a reply missing what the SDK's response type needs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_judges_refuse_what_the_apis_refuse() {
+    use crate::common::sdk::{Api, judge};
+    let anthropic = |tool: Value| {
+        json!({"model": "claude-opus-5-5", "max_tokens": 64, "tools": [tool],
+               "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]})
+    };
+    assert!(
+        judge(
+            Api::Anthropic,
+            "request",
+            &anthropic(json!({"type": "computer_toolset_20260801"}))
+        )
+        .await
+        .is_ok()
+    );
+    for (api, body, why) in [
+        (
+            Api::Anthropic,
+            anthropic(json!({"type": "computer_toolset_20260801", "name": "computer"})),
+            "name",
+        ),
+        (
+            Api::Anthropic,
+            anthropic(json!({"type": "computer_toolset_20260801", "display_width_px": 1280})),
+            "display_width_px",
+        ),
+        (
+            Api::OpenAiChat,
+            json!({"model": "m", "messages": [{"role": "robot", "content": "hi"}]}),
+            "robot",
+        ),
+        (
+            Api::OpenAiResponses,
+            json!({"model": "m", "input": [{"type": "computer_call_output", "call_id": "c",
+                   "output": {"type": "computer_screenshot", "image_url": "data:", "detail": "original"}}]}),
+            "detail",
+        ),
+        (
+            Api::Gemini,
+            json!({"model": "gemini-3.5-flash", "contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+            "model",
+        ),
+        (
+            Api::Gemini,
+            json!({"contents": [{"role": "user", "parts": [{"txet": "hi"}]}]}),
+            "txet",
+        ),
+    ] {
+        let e = judge(api, "request", &body).await.unwrap_err();
+        assert!(e.contains(why), "{api:?} {body}: {e}");
+    }
+    let e = judge(
+        Api::Anthropic,
+        "reply",
+        &json!({"type": "message", "content": [{"type": "text", "text": "hi"}]}),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("Field required"), "{e}");
+}
+
+/// A planner names elements in words and a grounder answers in OS-Atlas's box format: the
+/// click lands within 3 px of the element's centre, and the recording keeps both calls.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planner_names_elements_and_a_grounder_finds_them() {
+    // The element: its centre on the screen, and OS-Atlas's box around it on 0-1000.
+    let target = (1000, 560);
+    let box_text = "<|object_ref_start|>the red square<|object_ref_end|><|box_start|>(771,690),(791,710)<|box_end|>";
+    let script = vec![
+        call(json!({"action": "key", "text": "ctrl+alt+t"})),
+        Reply::When(
+            terminal_ready,
+            Box::new(call(
+                json!({"action": "type", "text": "echo planned > /tmp/proto.txt\n"}),
+            )),
+        ),
+        call(json!({"action": "left_click", "element": "the red square on the right"})),
+        // The grounder's answer, asked right after the planner's reply.
+        text_reply(box_text),
+        answer("Done."),
+    ];
+    let server = ModelServer::any_protocol(script, (1280, 800), wait("tools")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rec.db");
+    let out = tokio::process::Command::new(bin())
+        .args([
+            "run",
+            "--headless",
+            "--json",
+            "--keep",
+            "--base-url",
+            &server.base_url(),
+            "--model",
+            "gpt-4o",
+            "--grounder",
+            "OS-Copilot/OS-Atlas-Base-7B",
+            "--db",
+            db.to_str().unwrap(),
+            "write the file, then click the red square",
+        ])
+        .env("OPENAI_API_KEY", "sk-test")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("SELFAGENT_CONFIG")
+        .env("HOME", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let events: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let sandbox = events
+        .iter()
+        .find_map(|e| e["sandbox"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let _guard = Guard(sandbox.clone());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}\n{:?}",
+        String::from_utf8_lossy(&out.stderr),
+        server.problems()
+    );
+    assert!(server.problems().is_empty(), "{:?}", server.problems());
+    // The planner is told to name elements, never given coordinates to fill in.
+    let requests = server.requests();
+    let planner = &requests[0]["tools"][0]["function"]["parameters"]["properties"];
+    assert!(
+        planner["element"].is_object() && planner["coordinate"].is_null(),
+        "{planner}"
+    );
+    // The grounder got OS-Atlas's own question and the screenshot.
+    let asked = requests
+        .iter()
+        .find(|r| r.get("tools").is_none() && r.to_string().contains("In this UI screenshot"))
+        .expect("a grounding request");
+    assert_eq!(asked["model"], "OS-Copilot/OS-Atlas-Base-7B");
+    assert!(asked.to_string().contains("the red square on the right"));
+    let loc = std::process::Command::new("docker")
+        .args([
+            "exec",
+            "-u",
+            "user",
+            &sandbox,
+            "xdotool",
+            "getmouselocation",
+            "--shell",
+        ])
+        .output()
+        .unwrap();
+    let loc = String::from_utf8_lossy(&loc.stdout);
+    let get = |k: &str| -> i64 {
+        loc.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-100)
+    };
+    assert!(
+        (get("X") - target.0).abs() <= 3 && (get("Y") - target.1).abs() <= 3,
+        "the click landed at ({}, {}), not {target:?}",
+        get("X"),
+        get("Y")
+    );
+    let grounded = events
+        .iter()
+        .find(|e| e["type"] == "grounded")
+        .expect("a grounded event");
+    assert_eq!(grounded["point"], json!([1000, 560]));
+    // Recorded: the grounding in its step, with the grounder's tokens.
+    let rec = Db::open_read(&db).unwrap();
+    let s = rec.sessions(1).unwrap().remove(0);
+    let steps = rec.steps(&s.id).unwrap();
+    let step = steps
+        .iter()
+        .find(|st| st.meta["grounding"].is_array())
+        .expect("a step with its grounding");
+    let g = &step.meta["grounding"][0];
+    assert_eq!(g["element"], "the red square on the right");
+    assert_eq!(g["point"], json!([1000, 560]));
+    assert!(g["response"].to_string().contains("box_start"), "{g}");
+    assert!(
+        !g["request"].to_string().contains("base64,"),
+        "no pixels recorded: {g}"
+    );
+    assert_eq!(
+        step.tokens_in, 200,
+        "the planner's and the grounder's tokens"
+    );
 }
