@@ -90,9 +90,9 @@ pub struct CommonArgs {
     /// Offer launch, open and exec to the model.
     #[arg(long)]
     pub allow_setup_actions: bool,
-    /// An option of the protocol, KEY=VALUE (repeatable); `selfagent doctor` and
-    /// docs/PROTOCOLS.md list each protocol's options (e.g. anthropic's prune-every=25,
-    /// gemini's environment=browser, qwen's function=computer).
+    /// An option of the protocol, KEY=VALUE (repeatable); `selfagent protocols` lists each
+    /// protocol's options (e.g. anthropic's prune-every=25, gemini's environment=browser,
+    /// qwen's function=computer).
     #[arg(long = "option", short = 'o', value_name = "KEY=VALUE")]
     pub options: Vec<String>,
     /// A grounding model: the model named by --model plans, naming elements in words,
@@ -447,9 +447,11 @@ pub fn resolve(
         model: model_id.clone(),
         options: protocol_options(args, file, name)?,
     };
-    if name != ProtocolName::default() && grounder_model(args, file).is_some() {
+    if name != ProtocolName::planner() && grounder_model(args, file).is_some() {
         bail!(
-            "--grounder plans with the tools protocol, not {name}: pass --protocol tools for the planner {model_id}"
+            "--grounder plans with the {} protocol, not {name}: pass --protocol {} for the planner {model_id}",
+            ProtocolName::planner(),
+            ProtocolName::planner()
         );
     }
     // The options' values are the protocol's to read: a conversation started now says
@@ -505,7 +507,7 @@ pub fn protocol_name(
     match args.protocol.clone().or_else(|| file.protocol.clone()) {
         Some(p) => p.parse().map_err(anyhow::Error::msg),
         // A planner speaks `tools`, whatever its model.
-        None if grounder_model(args, file).is_some() => Ok(ProtocolName::default()),
+        None if grounder_model(args, file).is_some() => Ok(ProtocolName::planner()),
         None => Ok(protocol::detect(model).0),
     }
 }
@@ -615,5 +617,72 @@ mod tests {
                 .to_string();
             assert!(e.contains(needle), "{list:?}: {e}");
         }
+    }
+
+    #[test]
+    fn protocol_options_come_from_flags_and_the_file_and_are_checked() {
+        let file = config::parse(
+            "base_url = \"http://x/v1\"\nthinking = \"adaptive\"\n[options]\nprune-every = 10\n",
+        )
+        .unwrap();
+        let r = resolve(
+            &args(&["--model", "claude-opus-5-5", "-o", "zoom=no"]).common,
+            &file,
+            "t".into(),
+            &Limits::default(),
+        )
+        .unwrap();
+        let o = &r.agent.protocol.options;
+        assert_eq!(
+            (o.get("prune-every"), o.get("thinking"), o.get("zoom")),
+            (Some("10"), Some("adaptive"), Some("no"))
+        );
+        // A typo is no option of any protocol; a bad value is the protocol's to refuse.
+        let none = FileConfig::default();
+        for (list, needle) in [
+            (vec!["--model", "m", "-o", "prune-evry=3"], "not an option of any protocol"),
+            (
+                vec!["--model", "claude-opus-5-5", "-o", "prune-every=many"],
+                "prune-every",
+            ),
+            (vec!["--model", "gemini-3.5-flash", "-o", "environment=phone"], "desktop or browser"),
+            (
+                vec!["--model", "m", "--protocol", "uitars", "--grounder", "os-atlas-7b"],
+                "--grounder plans with the tools protocol",
+            ),
+        ] {
+            let mut list = list;
+            list.extend(["--base-url", "http://x/v1"]);
+            let e = resolve(&args(&list).common, &none, "t".into(), &Limits::default())
+                .err()
+                .expect("an error")
+                .to_string();
+            assert!(e.contains(needle), "{list:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_grounder_makes_any_model_a_tools_planner() {
+        let none = FileConfig::default();
+        let r = resolve(
+            &args(&[
+                "--base-url",
+                "http://x/v1",
+                "--model",
+                "claude-sonnet-5-5",
+                "--grounder",
+                "OS-Copilot/OS-Atlas-Base-7B",
+            ])
+            .common,
+            &none,
+            "t".into(),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(r.agent.protocol.name.as_str(), "tools");
+        assert_eq!(r.agent.protocol.options.get("planner"), Some("true"));
+        let g = r.agent.grounder.expect("a grounder");
+        assert_eq!((g.dialect.name(), g.space), ("osatlas", CoordSpace::Thousand));
+        assert_eq!(g.model.config().base_url, "http://x/v1", "the planner's endpoint");
     }
 }

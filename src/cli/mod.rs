@@ -67,6 +67,15 @@ pub enum Command {
     /// Is everything a run needs in place? The engine, the image, the recording, the model
     /// endpoint (reachable, key accepted, model listed, protocol), each with its fix.
     Doctor(Box<doctor::DoctorArgs>),
+    /// The protocols selfagent speaks: the model ids each is chosen for, its wire format,
+    /// endpoint, key variables and options; with a model id, the one it gets.
+    Protocols {
+        /// A model id: which protocol and coordinate space it gets.
+        model: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Shell completions on stdout: `selfagent completions bash > /etc/bash_completion.d/selfagent`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -103,6 +112,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Calibrate(args) => calibrate::run(*args).await,
         Command::Pool(cmd) => pool::run(cmd).await,
         Command::Doctor(args) => doctor::run(*args).await,
+        Command::Protocols { model, json } => protocols(model.as_deref(), json),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "selfagent", &mut out);
@@ -116,6 +126,61 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `selfagent protocols`: the list every protocol's file declares itself in.
+fn protocols(model: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    use crate::agent::protocol::{self, ProtocolName};
+    if let Some(m) = model {
+        let (name, space) = protocol::detect(m);
+        if json {
+            crate::outln!(
+                "{}",
+                serde_json::json!({"model": m, "protocol": name.as_str(), "coords": space.as_str()})
+            );
+        } else {
+            crate::outln!("{m}: protocol {name}, coords {space}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let all: Vec<serde_json::Value> = ProtocolName::all()
+        .map(|p| {
+            let s = p.spec();
+            let e = s.endpoint();
+            serde_json::json!({
+                "name": s.name(),
+                "aliases": s.aliases(),
+                "wire": s.wire(),
+                "detects": s.detects(),
+                "default_base_url": e.default_base_url,
+                "key_variables": e.key_variables,
+                "options": s.options().iter().map(|o| serde_json::json!({"key": o.key, "help": o.help})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in ProtocolName::all() {
+        let s = p.spec();
+        let e = s.endpoint();
+        crate::outln!("{}  {}", s.name(), s.wire());
+        crate::outln!("    chosen for  {}", s.detects());
+        crate::outln!(
+            "    endpoint    {}  key from {}",
+            e.default_base_url
+                .unwrap_or("--base-url (any OpenAI-compatible server)"),
+            e.key_variables.join(" or ")
+        );
+        for o in s.options() {
+            crate::outln!("    option      {}: {}", o.key, o.help);
+        }
+    }
+    crate::outln!(
+        "The first whose model ids match is chosen; --protocol NAME forces one, --option KEY=VALUE sets its options."
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Parses sizes such as `512m`, `2g`, `1.5g` or a plain number of bytes.

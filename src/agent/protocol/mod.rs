@@ -271,6 +271,14 @@ impl Default for ProtocolName {
     }
 }
 
+impl ProtocolName {
+    /// The protocol a planner speaks (`--grounder`): `tools`, whose `planner` option names
+    /// elements instead of coordinates.
+    pub fn planner() -> Self {
+        Self(&tools::SPEC)
+    }
+}
+
 impl PartialEq for ProtocolName {
     fn eq(&self, other: &Self) -> bool {
         self.as_str() == other.as_str()
