@@ -843,11 +843,7 @@ pub fn render(report: &Report) -> String {
 }
 
 fn shorten(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        format!("{}…", s.chars().take(max).collect::<String>())
-    }
+    crate::text::cut(s, max + 1)
 }
 
 #[cfg(test)]

@@ -103,13 +103,9 @@ impl EventPrinter for JsonLines {
 #[derive(Default)]
 pub struct Human;
 
+/// `s` on one line, at most `max` characters and an ellipsis.
 fn one_line(s: &str, max: usize) -> String {
-    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > max {
-        format!("{}…", flat.chars().take(max).collect::<String>())
-    } else {
-        flat
-    }
+    crate::text::one_line(s, max + 1)
 }
 
 /// At most `max` characters of `s`, saying how many were left out.

@@ -295,11 +295,18 @@ pub async fn check_endpoint(args: &mut CommonArgs, file: &FileConfig) -> Vec<Fin
 /// What `run`, `batch` and `calibrate` check before a desktop starts: the recording can be
 /// opened (or made), and the endpoint (see [`endpoint`]).
 pub async fn before_desktop(args: &mut CommonArgs, file: &FileConfig) -> anyhow::Result<()> {
-    drop(crate::record::Db::open(&crate::settings::db_path(
-        args.db.as_ref(),
-        file,
-    ))?);
-    endpoint(args, file).await
+    let db = crate::settings::db_path(args.db.as_ref(), file);
+    // An existing recording is checked first (a foreign or broken file is the first thing
+    // to hear about); a new one is made only once the endpoint answers, so a refused run
+    // leaves no empty recording behind.
+    if db.exists() {
+        drop(crate::record::Db::open(&db)?);
+        endpoint(args, file).await
+    } else {
+        endpoint(args, file).await?;
+        drop(crate::record::Db::open(&db)?);
+        Ok(())
+    }
 }
 
 /// The endpoint part of the checks, before a desktop starts: the first failure is the

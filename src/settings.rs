@@ -640,14 +640,27 @@ mod tests {
         // A typo is no option of any protocol; a bad value is the protocol's to refuse.
         let none = FileConfig::default();
         for (list, needle) in [
-            (vec!["--model", "m", "-o", "prune-evry=3"], "not an option of any protocol"),
+            (
+                vec!["--model", "m", "-o", "prune-evry=3"],
+                "not an option of any protocol",
+            ),
             (
                 vec!["--model", "claude-opus-5-5", "-o", "prune-every=many"],
                 "prune-every",
             ),
-            (vec!["--model", "gemini-3.5-flash", "-o", "environment=phone"], "desktop or browser"),
             (
-                vec!["--model", "m", "--protocol", "uitars", "--grounder", "os-atlas-7b"],
+                vec!["--model", "gemini-3.5-flash", "-o", "environment=phone"],
+                "desktop or browser",
+            ),
+            (
+                vec![
+                    "--model",
+                    "m",
+                    "--protocol",
+                    "uitars",
+                    "--grounder",
+                    "os-atlas-7b",
+                ],
                 "--grounder plans with the tools protocol",
             ),
         ] {
@@ -682,7 +695,14 @@ mod tests {
         assert_eq!(r.agent.protocol.name.as_str(), "tools");
         assert_eq!(r.agent.protocol.options.get("planner"), Some("true"));
         let g = r.agent.grounder.expect("a grounder");
-        assert_eq!((g.dialect.name(), g.space), ("osatlas", CoordSpace::Thousand));
-        assert_eq!(g.model.config().base_url, "http://x/v1", "the planner's endpoint");
+        assert_eq!(
+            (g.dialect.name(), g.space),
+            ("osatlas", CoordSpace::Thousand)
+        );
+        assert_eq!(
+            g.model.config().base_url,
+            "http://x/v1",
+            "the planner's endpoint"
+        );
     }
 }

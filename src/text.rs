@@ -14,6 +14,13 @@ pub fn cut(s: &str, max: usize) -> String {
     }
 }
 
+/// `s` on one line (runs of whitespace, line breaks included, become one space), cut to at
+/// most `max` characters.
+pub fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    cut(&flat, max)
+}
+
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
 pub fn prefix(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -38,6 +45,8 @@ mod tests {
         assert_eq!(cut("aéééééé", 4), "aéé…");
         assert_eq!(cut("日本語のテキスト", 3), "日本…");
         assert_eq!(cut("abc", 0), "");
+        assert_eq!(one_line("a\n  b\tc", 10), "a b c");
+        assert_eq!(one_line("é\né\né", 4), "é é…");
         assert_eq!(prefix("aé", 2), "a");
         assert_eq!(prefix("aé", 3), "aé");
     }

@@ -333,7 +333,7 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             };
             for id in &ids {
                 engine.remove(id).await?;
-                crate::outln!("{}", &id[..id.len().min(12)]);
+                crate::outln!("{}", crate::text::prefix(id, 12));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -336,7 +336,12 @@ fn classify_in(conn: &Connection) -> rusqlite::Result<Kind> {
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    Ok(if app == APPLICATION_ID {
+    Ok(if version < 0 {
+        // Anyone can write any number there; no selfagent ever wrote a negative one.
+        Kind::Foreign(format!(
+            "its schema version is {version}, which no selfagent writes"
+        ))
+    } else if app == APPLICATION_ID {
         Kind::Ours(version)
     } else if app != 0 {
         Kind::Foreign(format!("its application id is {app:#x}"))
@@ -535,7 +540,14 @@ impl Db {
                 known,
             });
         }
-        for sql in &MIGRATIONS[version as usize..] {
+        let missing = usize::try_from(version)
+            .ok()
+            .and_then(|v| MIGRATIONS.get(v..))
+            .ok_or_else(|| RecordError::Corrupt {
+                path: path.clone(),
+                error: format!("its schema version is {version}, which no selfagent writes"),
+            })?;
+        for sql in missing {
             tx.execute_batch(sql).map_err(err)?;
         }
         tx.pragma_update(None, "user_version", known).map_err(err)?;

@@ -422,7 +422,7 @@ impl Sandbox {
 
     /// The first 12 characters of the id, as `docker ps` shows it.
     pub fn short_id(&self) -> &str {
-        &self.id[..self.id.len().min(12)]
+        crate::text::prefix(&self.id, 12)
     }
 
     pub fn name(&self) -> &str {

@@ -672,10 +672,11 @@ fn trim_newlines(s: &str) -> &str {
 pub fn excerpt(s: &str) -> String {
     const MAX: usize = 120;
     let one_line = s.trim_end().replace('\n', "⏎");
-    if one_line.chars().count() > MAX {
-        format!("{:?}…", one_line.chars().take(MAX).collect::<String>())
-    } else {
-        format!("{one_line:?}")
+    let cut = crate::text::cut(&one_line, MAX + 1);
+    // The ellipsis outside the quotes: the quoted text is the file's own.
+    match cut.strip_suffix('…') {
+        Some(kept) if cut != one_line => format!("{kept:?}…"),
+        _ => format!("{one_line:?}"),
     }
 }
 

@@ -140,18 +140,6 @@ fn speed_text(speed: f64) -> String {
     }
 }
 
-/// `text` in at most `room` characters, with "…" when it was cut.
-pub fn fit(text: &str, room: usize) -> String {
-    if text.chars().count() <= room {
-        return text.to_owned();
-    }
-    let mut out: String = text.chars().take(room.saturating_sub(1)).collect();
-    if room > 0 {
-        out.push('…');
-    }
-    out
-}
-
 fn tokens(n: u64) -> String {
     if n >= 10_000 {
         format!("{:.1}k", n as f64 / 1000.0)
@@ -236,7 +224,7 @@ fn status_bar(f: &mut Frame, area: Rect, app: &App) {
                 sep.clone(),
                 Span::raw(format!(
                     "desktop {}",
-                    &app.header.sandbox[..app.header.sandbox.len().min(12)]
+                    crate::text::prefix(&app.header.sandbox, 12)
                 )),
             ]);
         }
@@ -282,7 +270,10 @@ fn shot_pane(f: &mut Frame, area: Rect, app: &App, shots: &Shots) {
     if !app.header.instruction.is_empty() {
         let room = area.width.saturating_sub(12) as usize;
         block = block.title_bottom(Line::styled(
-            format!(" task: {} ", fit(&app.header.instruction, room)),
+            format!(
+                " task: {} ",
+                crate::text::cut(&app.header.instruction, room)
+            ),
             Style::new().fg(Color::Gray),
         ));
     }
@@ -374,7 +365,7 @@ fn timeline(f: &mut Frame, area: Rect, app: &App) {
             } else {
                 format!("» {}", s.summary())
             };
-            let summary = fit(&marked, room);
+            let summary = crate::text::cut(&marked, room);
             let pad = room.saturating_sub(summary.chars().count());
             ListItem::new(Line::from(vec![
                 Span::styled(format!("{:>3} ", s.idx), Style::new().fg(Color::DarkGray)),

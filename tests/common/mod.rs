@@ -9,6 +9,7 @@
 pub mod model_server;
 pub mod screens;
 pub mod sdk;
+pub mod tmux;
 
 use selfagent::action::Action;
 use selfagent::desktop::{ConnectOptions, Desktop, SettleOptions, Window, WindowMatch};

@@ -9,6 +9,7 @@ mod files;
 mod hostile;
 mod pool;
 mod protocols;
+mod recordings;
 mod run;
 mod sandbox;
 mod tasks;

@@ -2,79 +2,13 @@
 //! desktop, the scripted model server.
 
 use crate::common::model_server::{ModelServer, Reply, call};
+use crate::common::tmux::Tmux;
 use crate::common::{Guard, bin};
 use selfagent::record::Db;
 use serde_json::json;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A tmux server of our own (its own socket), removed on drop.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn start(name: &str, cols: u16, rows: u16, command: &str) -> Self {
-        let socket = format!("selfagent-test-{}-{name}", std::process::id());
-        let t = Self { socket };
-        let ok = t
-            .cmd(&[
-                "new-session",
-                "-d",
-                "-s",
-                "t",
-                "-x",
-                &cols.to_string(),
-                "-y",
-                &rows.to_string(),
-                command,
-            ])
-            .status
-            .success();
-        assert!(ok, "tmux did not start");
-        t
-    }
-
-    fn cmd(&self, args: &[&str]) -> std::process::Output {
-        Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("tmux is installed")
-    }
-
-    fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "t"]).stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &str) {
-        self.cmd(&["send-keys", "-t", "t", keys]);
-    }
-
-    /// Waits until the screen satisfies `f`; panics with the screen after `timeout`.
-    async fn wait_for(&self, what: &str, timeout: Duration, f: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.screen();
-            if f(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; the screen:\n{s}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["kill-server"]);
-    }
-}
 
 /// The number of steps the timeline title shows (`timeline · 7 steps`).
 fn timeline_steps(screen: &str) -> Option<usize> {

@@ -267,8 +267,7 @@ fn numbers(s: &str) -> Vec<f64> {
 }
 
 fn short(text: &str) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    crate::text::cut(&flat, 120)
+    crate::text::one_line(text, 120)
 }
 
 #[cfg(test)]

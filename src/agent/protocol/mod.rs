@@ -804,12 +804,7 @@ pub fn describe_input(input: &Value) -> String {
         Value::Null => "?".to_owned(),
         other => other.to_string(),
     };
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > 40 {
-        format!("{}…", flat.chars().take(40).collect::<String>())
-    } else {
-        flat
-    }
+    crate::text::one_line(&text, 41)
 }
 
 /// What became of one call, for the next request.

@@ -81,12 +81,7 @@ pub fn calls(code: &str) -> Vec<Result<PyCall, String>> {
 }
 
 fn short(s: &str) -> String {
-    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > 80 {
-        format!("{}…", flat.chars().take(80).collect::<String>())
-    } else {
-        flat
-    }
+    crate::text::one_line(s, 81)
 }
 
 /// Statements: split on newlines and `;` outside strings and brackets; comments removed.
