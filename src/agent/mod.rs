@@ -263,15 +263,30 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
     }
 
     /// The cost limit, when it is reached: checked before each model call, so a run goes
-    /// over it by at most one call.
-    fn over_budget(&self) -> Option<Ending> {
+    /// over it by at most one call. A call costs at least what the protocol sends every
+    /// time (`fixed_input_tokens`: Anthropic's computer toolset, about 4,500 tokens): a
+    /// budget that cannot pay for that is spent.
+    fn over_budget(&self, protocol: &dyn Protocol) -> Option<Ending> {
         let max = self.cfg.max_cost?;
         let spent = self.spent()?;
-        (spent >= max).then(|| {
+        let floor = self
+            .cfg
+            .price
+            .as_ref()
+            .map_or(0.0, |p| p.price.cost(protocol.fixed_input_tokens(), 0));
+        (spent + floor > max || spent >= max).then(|| {
             Ending::new(Status::Stopped, EndedBy::Budget).error(format!(
-                "the cost limit ({}) was reached: {} spent",
+                "the cost limit ({}) was reached: {} spent{}",
                 price::dollars(max),
-                price::dollars(spent)
+                price::dollars(spent),
+                if spent < max {
+                    format!(
+                        ", and a call costs at least {} (its tool definition)",
+                        price::dollars(floor)
+                    )
+                } else {
+                    String::new()
+                }
             ))
         })
     }
@@ -386,7 +401,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
             if tokio::time::Instant::now() >= self.deadline {
                 return self.ending(Interrupt::TimedOut);
             }
-            if let Some(ending) = self.over_budget() {
+            if let Some(ending) = self.over_budget(protocol.as_ref()) {
                 return ending;
             }
             if std::mem::take(&mut self.controls.handed_back) {

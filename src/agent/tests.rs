@@ -485,3 +485,38 @@ async fn a_qwen35_xml_call_is_done() {
         "the function is `computer`"
     );
 }
+
+/// The toolset's definition (about 4,500 input tokens) is part of every call's cost: a
+/// budget that cannot pay for it stops the episode before the call.
+#[tokio::test]
+async fn a_budget_counts_the_toolsets_definition() {
+    let priced = |max: f64| AgentConfig {
+        price: Some(price::Priced {
+            price: price::Price {
+                input: 5.0,
+                output: 25.0,
+            },
+            source: "test".into(),
+        }),
+        max_cost: Some(max),
+        ..anthropic_cfg("claude-opus-5-5")
+    };
+    let done = || json!({"content": [{"type": "text", "text": "Done."}], "stop_reason": "end_turn", "usage": {"input_tokens": 5000, "output_tokens": 10}});
+    // $0.0225 a call at least: a cent does not pay for one.
+    let screen = FakeScreen::new();
+    let model = Script::new(vec![done()]);
+    let (outcome, _) = run_with(priced(0.01), &screen, &model, vec![]).await;
+    assert_eq!(
+        (outcome.status, outcome.ended_by),
+        (Status::Stopped, EndedBy::Budget)
+    );
+    assert!(outcome.error.unwrap().contains("tool definition"));
+    assert!(
+        model.requests.lock().unwrap().is_empty(),
+        "no call was made"
+    );
+    // A dollar does.
+    let model = Script::new(vec![done()]);
+    let (outcome, _) = run_with(priced(1.0), &screen, &model, vec![]).await;
+    assert_eq!(outcome.status, Status::Succeeded);
+}

@@ -854,6 +854,12 @@ pub trait Protocol: Send + Sync {
         false
     }
 
+    /// Input tokens every request carries whatever the conversation (a tool definition the
+    /// API adds): the least a call costs.
+    fn fixed_input_tokens(&self) -> u64 {
+        0
+    }
+
     /// The size a `zoom` of `crop` pixels is shown to the model at (the crop itself, or
     /// scaled up to fill the image the model sees).
     fn zoom_size(&self, crop: (u32, u32)) -> (u32, u32) {
