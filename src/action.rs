@@ -9,7 +9,7 @@
 //! Key names are checked here, when the action is parsed, so an unknown key never reaches
 //! the desktop: `{"action":"key","text":"ctrl+Foo"}` is an error, not a silent no-op.
 
-use crate::desktop::keys;
+use crate::keys;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;

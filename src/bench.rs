@@ -29,9 +29,9 @@
 //!   that carries one screenshot.
 
 use crate::action::Action;
-use crate::agent::model::{Check, Model, ModelError, ModelRequest, RawReply, Retry};
 use crate::agent::{self, AgentConfig, Emitter, Event, SessionInfo};
 use crate::desktop::{ConnectOptions, Desktop, SettleOptions, WindowMatch};
+use crate::model::{Check, Model, ModelError, ModelRequest, RawReply, Retry};
 use crate::record::{self, Recorder};
 use crate::sandbox::{Engine, ExecOptions, Sandbox, SandboxSpec};
 use anyhow::Context;
@@ -190,7 +190,7 @@ pub fn protocol_codecs(
     screen: (u32, u32),
     steps: usize,
 ) -> anyhow::Result<(Vec<ProtocolCodec>, Stats)> {
-    use crate::agent::protocol::{self, CallResult, ProtocolConfig, ProtocolName, Shot};
+    use crate::model::protocol::{self, CallResult, ProtocolConfig, ProtocolName, Shot};
     use base64::Engine as _;
     let png = std::sync::Arc::new(png.to_vec());
     // The baseline: one screenshot in the smallest request.
@@ -1101,7 +1101,7 @@ mod tests {
         // its requests must carry the screenshot.
         let png = crate::desktop::encode_png(64, 40, &vec![200u8; 64 * 40 * 3]).unwrap();
         let (codecs, baseline) = protocol_codecs(&png, (64, 40), 5).unwrap();
-        assert_eq!(codecs.len(), crate::agent::protocol::ALL.len());
+        assert_eq!(codecs.len(), crate::model::protocol::ALL.len());
         assert_eq!(baseline.n, 5);
         for c in &codecs {
             assert_eq!(c.encode_decode_ms.n, 5, "{c:?}");

@@ -11,9 +11,9 @@
 //! other, with the report as a `calibration` event.
 
 use crate::action::{Action, Point};
-use crate::agent::protocol::{self, CoordSpace, Decision, Geometry, Protocol, ProtocolConfig};
 use crate::agent::{self, AgentConfig, Command, Computer, Emitter, EndedBy, Event, Model};
 use crate::agent::{Outcome, Status};
+use crate::model::protocol::{self, CoordSpace, Decision, Geometry, Protocol, ProtocolConfig};
 use crate::task::{SetupStep, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

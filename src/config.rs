@@ -67,7 +67,7 @@ pub struct FileConfig {
     /// Docker engines a batch spreads its episodes over (see `batch --engine`).
     pub engines: Option<Vec<crate::sandbox::EngineSpec>>,
     /// Dollars per million tokens by model id (or id prefix), over the built-in list prices.
-    pub prices: Option<std::collections::BTreeMap<String, crate::agent::price::Price>>,
+    pub prices: Option<std::collections::BTreeMap<String, crate::model::price::Price>>,
     /// Stop an episode once this many dollars are spent (see `--max-cost`).
     pub max_cost: Option<f64>,
 }

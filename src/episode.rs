@@ -7,18 +7,26 @@
 //! harness (the desktop does not come up, a setup step fails) are recorded as sessions that
 //! ended by [`EndedBy::Harness`], never as the agent's failure.
 
-use crate::agent::model::{HttpModel, redact_url};
-use crate::agent::protocol;
 use crate::agent::{self, Command, Emitter, EndedBy, Event, Outcome, SessionInfo, Status};
 use crate::desktop::{ConnectOptions, Desktop};
+use crate::model::protocol;
+use crate::model::{HttpModel, redact_url};
 use crate::record::{self, Recorder};
 use crate::sandbox::{Engine, Sandbox, SandboxSpec};
-use crate::settings::Resolved;
 use crate::task::check::{self, FinalState, Grade, Judge, Recorded, SandboxEvidence};
 use crate::task::{SetupStep, Task, setup};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// Everything an episode needs: the model's endpoint, the loop's settings, the recording
+/// (made by `settings::resolve` from the file, the environment and the flags).
+#[derive(Clone)]
+pub struct Resolved {
+    pub model: crate::model::EndpointConfig,
+    pub agent: crate::agent::AgentConfig,
+    pub db: std::path::PathBuf,
+}
 
 /// What to run.
 pub struct Plan {
@@ -511,7 +519,7 @@ async fn with_desktop(
             },
             None => (None, None),
         };
-        let judge = check_has_judge(check).then(|| Judge {
+        let judge = check.asks_a_judge().then(|| Judge {
             model: model.clone(),
             protocol: cfg.agent.protocol.name,
             instruction: task.instruction.clone(),
@@ -566,17 +574,6 @@ async fn take_snapshot(
         .commit_snapshot(session, Some(task))
         .await
         .map_err(|e| format!("committing the snapshot failed: {e}"))
-}
-
-/// Whether a check (or one of its children) asks a judge.
-pub fn check_has_judge(check: &crate::task::Check) -> bool {
-    use crate::task::CheckKind;
-    match &check.kind {
-        CheckKind::Judge { .. } => true,
-        CheckKind::All(c) | CheckKind::Any(c) => c.iter().any(check_has_judge),
-        CheckKind::Not(c) => check_has_judge(c),
-        _ => false,
-    }
 }
 
 /// Runs steps in order, reporting each; stops at the first failure.

@@ -86,7 +86,7 @@ pub fn scaled(img: &RgbImage, max_width: u32) -> RgbImage {
     let h = (u64::from(img.height()) * u64::from(max_width) / u64::from(img.width())).max(1) as u32;
     // fast_image_resize (SIMD, the screenshots' own resizer): image's generic resize is
     // compiled with this crate's settings, 50x slower in a debug build.
-    crate::agent::protocol::resize_rgb(img.width(), img.height(), img.as_raw(), (max_width, h))
+    crate::model::protocol::resize_rgb(img.width(), img.height(), img.as_raw(), (max_width, h))
         .ok()
         .and_then(|px| RgbImage::from_raw(max_width, h, px))
         .unwrap_or_else(|| image::imageops::resize(img, max_width, h, FilterType::Triangle))
@@ -257,7 +257,7 @@ pub fn html(db: &Db, ep: &Episode) -> anyhow::Result<String> {
         tout = s.tokens_out,
         cost = s
             .cost()
-            .map(|c| format!(" · {}", crate::agent::price::dollars(c)))
+            .map(|c| format!(" · {}", crate::model::price::dollars(c)))
             .unwrap_or_default(),
         when = crate::time::iso8601(s.created_at),
     );

@@ -285,7 +285,7 @@ impl EventPrinter for Human {
                 )?,
             },
             Event::ActionFailed { input, error, .. } => {
-                let name = crate::agent::protocol::describe_input(input);
+                let name = crate::model::protocol::describe_input(input);
                 writeln!(out, "        {name}  ERROR {}", one_line(error, 200))?;
             }
             Event::StepError { step, error } => {
@@ -384,7 +384,7 @@ impl EventPrinter for Human {
                     o.tokens_in,
                     o.tokens_out,
                     o.cost
-                        .map(|c| format!(", {}", crate::agent::price::dollars(c)))
+                        .map(|c| format!(", {}", crate::model::price::dollars(c)))
                         .unwrap_or_default()
                 )?;
                 if let Some(a) = &o.answer {

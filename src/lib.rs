@@ -6,11 +6,16 @@
 //!   embedded `sandbox/` context), lifecycle, limits and labels, exec, files, pruning.
 //! - [`desktop`]: one VNC session and one X11 connection per sandbox: the live framebuffer,
 //!   screenshots, input, settle, windows.
-//! - [`action`]: the canonical [`action::Action`] set and the parser for model tool input.
-//! - [`agent`]: the computer-use loop (observe, decide, act, settle) over any
-//!   OpenAI-compatible model, reporting [`agent::Event`]s.
+//! - [`action`]: the canonical [`action::Action`] set and the parser for model tool input;
+//!   [`keys`]: key names and X keysyms.
+//! - [`model`]: talking to models: the HTTP transport, every protocol (wire format and
+//!   coordinate space, one file each), prices.
+//! - [`event`]: the [`event::Event`] stream every consumer reads.
+//! - [`agent`]: the computer-use loop (observe, decide, act, settle) over any protocol,
+//!   reporting [`event::Event`]s.
 //! - [`record`]: the SQLite recording of every episode, written from those events.
-//! - [`task`]: task files (setup, limits, checks), grading, the OSWorld importer.
+//! - [`task`]: task files (setup, limits, checks), grading, the OSWorld importer;
+//!   [`regrade`]: a recorded episode graded again.
 //! - [`episode`]: one episode end to end (desktop, setup, loop, checks, snapshot,
 //!   recording), shared by `run` and `batch`.
 //! - [`headless`]: the events as progress lines or JSON Lines.
@@ -21,8 +26,10 @@
 //!   (`selfagent doctor`, and the first second of `run` and `batch`).
 //! - [`bench`]: `selfagent bench`, measured against the way the public demos do it.
 //! - [`cli`]: the command line.
-//! - [`process`], [`time`], [`signals`]: process ownership, wall-clock helpers, stop
-//!   signals (SIGINT, SIGTERM, SIGHUP).
+//! - [`process`], [`time`], [`text`], [`signals`]: process ownership, wall-clock helpers,
+//!   text cut by characters, stop signals (SIGINT, SIGTERM, SIGHUP).
+//!
+//! The modules form layers without a cycle (docs/ARCHITECTURE.md, tests/suite/layers.rs).
 
 pub mod action;
 pub mod agent;
@@ -33,14 +40,18 @@ pub mod cli;
 pub mod config;
 pub mod desktop;
 pub mod episode;
+pub mod event;
 pub mod export;
 pub mod headless;
+pub mod keys;
 pub mod logs;
+pub mod model;
 pub mod output;
 pub mod pool;
 pub mod preflight;
 pub mod process;
 pub mod record;
+pub mod regrade;
 pub mod sandbox;
 pub mod settings;
 pub mod signals;

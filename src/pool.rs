@@ -19,18 +19,14 @@
 use crate::desktop::{ConnectOptions, Desktop};
 use crate::sandbox::leases::{forget, lease_file, secrets_file, write_private};
 use crate::sandbox::{
-    Engine, LABEL_POOL, Network, POOL_LEASED, POOL_READY, POOL_WARMING, Sandbox, SandboxError,
-    SandboxInfo, SandboxSpec, Secrets, now_secs,
+    Engine, LABEL_POOL, LABEL_POOL_SIZE, LABEL_POOL_SPEC, Network, POOL_LEASED, POOL_READY,
+    POOL_WARMING, Sandbox, SandboxError, SandboxInfo, SandboxSpec, Secrets, now_secs,
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The pool spec, as a label on each member (a refill needs nothing else).
-pub const LABEL_POOL_SPEC: &str = "selfagent.pool.spec";
-/// How many members the pool keeps ready.
-pub const LABEL_POOL_SIZE: &str = "selfagent.pool.size";
 /// The default TTL of a pool member, in seconds.
 pub const DEFAULT_TTL: u64 = 6 * 3600;
 /// How long a member may take to be drawn.
@@ -72,7 +68,7 @@ impl PoolSpec {
     /// The pool's key: 12 hex digits of the SHA-256 of the spec.
     pub fn key(&self) -> String {
         let json = serde_json::to_string(self).unwrap_or_default();
-        crate::agent::event::sha256_hex(json.as_bytes())[..12].to_owned()
+        crate::event::sha256_hex(json.as_bytes())[..12].to_owned()
     }
 
     /// The spec of a member with this `ttl`, in this `size` pool.

@@ -3,9 +3,9 @@
 //! `run`, `batch` and `calibrate` do the endpoint part before any desktop starts, so a wrong
 //! `--base-url` or key costs a second, not a desktop start and a minute of retries.
 
-use crate::agent::model::{HttpModel, Listing, ModelError, redact_url};
-use crate::agent::protocol::{self, ProtocolName};
 use crate::config::FileConfig;
+use crate::model::protocol::{self, ProtocolName};
+use crate::model::{HttpModel, Listing, ModelError, redact_url};
 use crate::settings::{CommonArgs, model_config, protocol_name};
 use serde::Serialize;
 use std::time::Duration;

@@ -3,10 +3,10 @@
 //! flags). `run`, `batch`, the TUI and `grade` share these; the core modules never read the
 //! command line themselves.
 
-use crate::agent::model::{EndpointConfig, HttpModel, Secret, redact_url};
-use crate::agent::protocol::{self, CoordSpace, Options, ProtocolConfig, ProtocolName, Target};
 use crate::agent::{AgentConfig, DEFAULT_MAX_ACTIONS};
 use crate::config::{self, FileConfig};
+use crate::model::protocol::{self, CoordSpace, Options, ProtocolConfig, ProtocolName, Target};
+use crate::model::{EndpointConfig, HttpModel, Secret, redact_url};
 use crate::record;
 use crate::sandbox::{Network, SandboxSpec};
 use crate::task::Limits;
@@ -58,7 +58,7 @@ pub struct CommonArgs {
     #[arg(long)]
     pub scale: Option<String>,
     /// The largest model reply accepted, in bytes (larger ones are cut off and retried).
-    #[arg(long, value_parser = crate::cli::parse_size)]
+    #[arg(long, value_parser = crate::text::parse_size)]
     pub max_reply_bytes: Option<i64>,
     /// Actions done per model reply (more are refused and the model told so).
     #[arg(long)]
@@ -127,7 +127,7 @@ pub struct CommonArgs {
     pub no_snapshot: bool,
     /// Skip the final-state snapshot (and record why) when the desktop changed more than
     /// this (apparent sizes: a sparse file counts in full).
-    #[arg(long, default_value = "1g", value_parser = crate::cli::parse_size)]
+    #[arg(long, default_value = "1g", value_parser = crate::text::parse_size)]
     pub snapshot_max_size: i64,
     /// The configuration file (default: ~/.config/selfagent/config.toml).
     #[arg(long)]
@@ -185,13 +185,9 @@ impl CommonArgs {
     }
 }
 
-/// Everything an episode needs, with file < env < flags applied.
-#[derive(Clone)]
-pub struct Resolved {
-    pub model: EndpointConfig,
-    pub agent: AgentConfig,
-    pub db: PathBuf,
-}
+/// Everything an episode needs, with file < env < flags applied (defined where episodes
+/// use it: settings sit above them).
+pub use crate::episode::Resolved;
 
 fn seconds(v: Option<f64>, default: f64, what: &str) -> anyhow::Result<Duration> {
     let s = v.unwrap_or(default);
@@ -256,7 +252,7 @@ pub fn model_config(args: &CommonArgs, file: &FileConfig) -> anyhow::Result<Endp
     let max_reply_bytes = match args.max_reply_bytes.or(file.max_reply_bytes) {
         Some(n) if n >= 1024 => n as usize,
         Some(_) => bail!("--max-reply-bytes must be at least 1k"),
-        None => crate::agent::model::DEFAULT_MAX_REPLY_BYTES,
+        None => crate::model::DEFAULT_MAX_REPLY_BYTES,
     };
     Ok(EndpointConfig {
         base_url,
@@ -396,7 +392,7 @@ pub fn grounder(
         model: std::sync::Arc::new(HttpModel::new(endpoint)?),
         dialect,
         space,
-        price: crate::agent::price::lookup(&model, &prices),
+        price: crate::model::price::lookup(&model, &prices),
     }))
 }
 
@@ -464,7 +460,7 @@ pub fn resolve(
         .flatten()
         .map(|(k, p)| (k.clone(), *p))
         .collect();
-    let price = crate::agent::price::lookup(&model_id, &prices);
+    let price = crate::model::price::lookup(&model_id, &prices);
     let max_cost = args.max_cost.or(file.max_cost);
     if let Some(max) = max_cost {
         if !(max.is_finite() && max > 0.0) {

@@ -33,9 +33,38 @@ pub fn prefix(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// Parses sizes such as `512m`, `2g`, `1.5g` or a plain number of bytes.
+pub fn parse_size(s: &str) -> Result<i64, String> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1i64 << 10),
+        Some('m') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s.as_str(), 1),
+    };
+    let n: f64 = num
+        .trim_end_matches(['b', 'i'])
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (use e.g. 512m or 2g)"))?;
+    if n <= 0.0 {
+        return Err(format!("'{s}' must be positive"));
+    }
+    Ok((n * mult as f64) as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512m"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1g").is_err());
+    }
 
     #[test]
     fn cutting_counts_characters() {

@@ -1,8 +1,8 @@
 //! What a person (or the harness) tells a running episode: the TUI's keys, Ctrl-C, a
 //! recording that failed. The loop applies commands between and during its steps.
 
-use super::event::{Emitter, Event};
 use crate::action::Action;
+use crate::event::{Emitter, Event};
 use tokio::sync::mpsc;
 
 /// What a person can tell a running episode (the TUI's keys; Ctrl-C sends `Stop`).

@@ -1,13 +1,13 @@
 //! The grounder of a planner (`--grounder`): asks a grounding model where an element is on
 //! the screen, in the model's own prompt, answer format and coordinate space
-//! (`agent::protocol::grounding`), and gives back the point in screen pixels with what was
+//! (`model::protocol::grounding`), and gives back the point in screen pixels with what was
 //! said, for the recording.
 
-use super::model::{HttpModel, Model, Usage};
-use super::price::Priced;
-use super::protocol::CoordSpace;
-use super::protocol::grounding::{self, Dialect};
 use crate::action::Point;
+use crate::model::price::Priced;
+use crate::model::protocol::CoordSpace;
+use crate::model::protocol::grounding::{self, Dialect};
+use crate::model::{HttpModel, Model, Usage};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
@@ -95,7 +95,7 @@ impl Grounder {
         let model_ms = started.elapsed().as_secs_f64() * 1000.0;
         match reply {
             Ok(raw) => {
-                let parsed = super::protocol::parse_chat(&raw.body).ok();
+                let parsed = crate::model::protocol::parse_chat(&raw.body).ok();
                 Located {
                     point: grounding::point(dialect, &raw.body, &geometry),
                     request: recorded,

@@ -13,17 +13,15 @@
 
 pub mod computer;
 pub mod control;
-pub mod event;
 pub mod grounder;
-pub mod model;
-pub mod price;
-pub mod protocol;
 
+pub use crate::event::{Emitter, EndedBy, Event, Exchange, Frame, Outcome, SessionInfo, Status};
+pub use crate::model::{EndpointConfig, HttpModel, Model};
 pub use computer::Computer;
 pub use control::Command;
-pub use event::{Emitter, EndedBy, Event, Exchange, Frame, Outcome, SessionInfo, Status};
 pub use grounder::Grounder;
-pub use model::{EndpointConfig, HttpModel, Model};
+
+use crate::model::{self, price, protocol};
 
 use crate::action::{Action, InvalidAction};
 use crate::desktop::{ActionError, SettleOptions};

@@ -3,8 +3,8 @@
 //! directly. The end-to-end tests in tests/ run the same loop against real desktops.
 
 use super::*;
-use crate::agent::model::{Check, ModelError, ModelRequest, RawReply};
 use crate::desktop::{ActionOutput, DesktopError, FrameStamp, Mark, Screenshot, SettleReport};
+use crate::model::{Check, ModelError, ModelRequest, RawReply};
 use serde_json::json;
 use std::collections::VecDeque;
 use std::sync::Mutex;

@@ -528,8 +528,8 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
                     stopping.store(true, Ordering::SeqCst);
                     print_line(&bar, &format!(
                         "the batch's cost limit ({}) was reached ({} spent): no new episodes start, the running ones stop after their current action",
-                        crate::agent::price::dollars(max),
-                        crate::agent::price::dollars(total)
+                        crate::model::price::dollars(max),
+                        crate::model::price::dollars(total)
                     ));
                     stop_running(&controls).await;
                 }
@@ -565,7 +565,7 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
         model: first.model.model.clone(),
         protocol: first.agent.protocol.name.to_string(),
         coords: first.agent.protocol.space.to_string(),
-        base_url: crate::agent::model::redact_url(&first.model.base_url),
+        base_url: crate::model::redact_url(&first.model.base_url),
         db: db_path.display().to_string(),
         calibration,
         tasks: tasks.len(),

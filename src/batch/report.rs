@@ -84,7 +84,7 @@ impl EpisodeReport {
             self.wall_ms as f64 / 1000.0,
             self.tokens_in + self.tokens_out,
             self.cost
-                .map(|c| format!("  {}", crate::agent::price::dollars(c)))
+                .map(|c| format!("  {}", crate::model::price::dollars(c)))
                 .unwrap_or_default(),
             if self.session_id.is_empty() {
                 "-"
@@ -473,7 +473,7 @@ impl Report {
             b.protocol,
             b.coords,
             self.cost
-                .map(|c| format!("; cost {}", crate::agent::price::dollars(c)))
+                .map(|c| format!("; cost {}", crate::model::price::dollars(c)))
                 .unwrap_or_default()
         );
         if let Some(c) = &b.calibration {

@@ -4,9 +4,9 @@
 use super::sessions::DbArg;
 use crate::config;
 use crate::record::{Db, SessionRow};
+use crate::regrade::{self, Graders, Regraded};
 use crate::sandbox::Engine;
 use crate::settings::{CommonArgs, db_path, judge_model};
-use crate::task::regrade::{self, Graders, Regraded};
 use crate::task::{self, Task};
 use anyhow::{Context, bail};
 use clap::Args;
@@ -136,7 +136,7 @@ pub async fn run(args: GradeArgs) -> anyhow::Result<ExitCode> {
     let needs_judge = plan.iter().any(|(_, t)| {
         t.check
             .as_ref()
-            .is_some_and(crate::episode::check_has_judge)
+            .is_some_and(crate::task::Check::asks_a_judge)
     });
     let judge = if needs_judge {
         let common = CommonArgs {

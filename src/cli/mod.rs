@@ -130,7 +130,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `selfagent protocols`: the list every protocol's file declares itself in.
 fn protocols(model: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
-    use crate::agent::protocol::{self, ProtocolName};
+    use crate::model::protocol::{self, ProtocolName};
     if let Some(m) = model {
         let (name, space) = protocol::detect(m);
         if json {
@@ -183,24 +183,7 @@ fn protocols(model: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parses sizes such as `512m`, `2g`, `1.5g` or a plain number of bytes.
-pub fn parse_size(s: &str) -> Result<i64, String> {
-    let s = s.trim().to_ascii_lowercase();
-    let (num, mult) = match s.chars().last() {
-        Some('k') => (&s[..s.len() - 1], 1i64 << 10),
-        Some('m') => (&s[..s.len() - 1], 1 << 20),
-        Some('g') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s.as_str(), 1),
-    };
-    let n: f64 = num
-        .trim_end_matches(['b', 'i'])
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (use e.g. 512m or 2g)"))?;
-    if n <= 0.0 {
-        return Err(format!("'{s}' must be positive"));
-    }
-    Ok((n * mult as f64) as i64)
-}
+pub use crate::text::parse_size;
 
 /// Parses `KEY=VALUE`.
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -242,15 +225,5 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "selfagent", &mut missing);
         assert!(missing.is_empty(), "no description: {missing:#?}");
-    }
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("512m"), Ok(512 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
-        assert_eq!(parse_size("1024"), Ok(1024));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("-1g").is_err());
     }
 }

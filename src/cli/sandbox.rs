@@ -160,7 +160,7 @@ pub enum SandboxCmd {
         /// To: a host path, or SANDBOX:PATH inside a desktop.
         dst: String,
         /// Most bytes of file data to copy out of a desktop (apparent sizes).
-        #[arg(long, default_value = "1g", value_parser = crate::cli::parse_size)]
+        #[arg(long, default_value = "1g", value_parser = crate::text::parse_size)]
         max_size: i64,
         /// Print what was copied as JSON.
         #[arg(long)]

@@ -181,7 +181,7 @@ pub fn run(cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
             if let (Some(cost), Some(p)) = (s.cost(), s.price()) {
                 crate::outln!(
                     "cost      {} (${}/${} per million tokens in/out, {})",
-                    crate::agent::price::dollars(cost),
+                    crate::model::price::dollars(cost),
                     p.price.input,
                     p.price.output,
                     p.source

@@ -10,8 +10,6 @@
 //!   cap: used after actions instead of sleeps.
 
 mod framebuffer;
-pub mod keys;
-mod keysyms;
 mod vnc;
 mod x11;
 
@@ -20,6 +18,7 @@ pub use vnc::FrameStamp;
 pub use x11::Window;
 
 use crate::action::{self, Action, Button, InvalidAction, Point};
+use crate::keys;
 use crate::sandbox::{Sandbox, SandboxError};
 use regex::Regex;
 use serde::Serialize;

@@ -11,7 +11,7 @@
 //!   stored with their images as `frame:<id>` references. No secret is stored: every text
 //!   passes through [`redact`] with the API key and the desktop's credentials.
 
-use crate::agent::event::{Event, Frame, SessionInfo};
+use crate::event::{Event, Frame, SessionInfo};
 use crate::task::check::{FinalState, Grade};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
@@ -161,7 +161,7 @@ pub enum RecordError {
 }
 
 /// The one redaction every output uses (the transport's, for replies and errors, too).
-pub use crate::agent::model::redact;
+pub use crate::model::redact;
 
 /// A fresh session id: sortable by time, readable, unique enough (`20261122-045501-3fa9c1`).
 pub fn new_session_id() -> String {
@@ -217,7 +217,7 @@ impl SessionRow {
     }
 
     /// The model's price as recorded when the session started, if it was known.
-    pub fn price(&self) -> Option<crate::agent::price::Priced> {
+    pub fn price(&self) -> Option<crate::model::price::Priced> {
         serde_json::from_value(self.meta.get("price")?.clone()).ok()
     }
 
@@ -269,7 +269,7 @@ pub fn notes_at(events: &[EventRow], idx: i64, last: i64) -> Vec<String> {
             let at = e.step.unwrap_or(1).max(1);
             at == idx || (idx == last && at > last)
         })
-        .filter_map(|e| crate::agent::event::note(&e.kind, e.data.as_deref()))
+        .filter_map(|e| crate::event::note(&e.kind, e.data.as_deref()))
         .collect()
 }
 
@@ -1096,7 +1096,7 @@ impl Writer {
 
     /// The row of `texts` holding `text` (added the first time).
     fn text_id(&mut self, text: &str) -> Result<i64, rusqlite::Error> {
-        let sha = crate::agent::event::sha256_hex(text.as_bytes());
+        let sha = crate::event::sha256_hex(text.as_bytes());
         if let Some(id) = self.texts.get(&sha) {
             return Ok(*id);
         }
@@ -1433,7 +1433,7 @@ impl Writer {
                 self.redact(&info.instruction),
                 info.task_id,
                 info.model,
-                crate::agent::model::redact_url(&info.base_url),
+                crate::model::redact_url(&info.base_url),
                 info.protocol,
                 info.image,
                 info.sandbox,
@@ -1619,8 +1619,8 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::event::{Exchange, Outcome, SessionInfo, Status};
-    use crate::agent::model::Usage;
+    use crate::event::{Exchange, Outcome, SessionInfo, Status};
+    use crate::model::Usage;
     use pretty_assertions::assert_eq;
 
     fn info(id: &str) -> SessionInfo {

@@ -47,8 +47,12 @@ pub const LABEL_SESSION: &str = "selfagent.session";
 pub const LABEL_NAME: &str = "selfagent.name";
 pub const LABEL_OWNER: &str = "selfagent.owner";
 pub const LABEL_NETWORK: &str = "selfagent.network";
-/// A warm pool's member: the pool's key ([`crate::pool`]).
+/// A warm pool's member: the pool's key (see the `pool` module).
 pub const LABEL_POOL: &str = "selfagent.pool";
+/// A pool member's desktop, as the pool describes it (JSON), for `pool ls`.
+pub const LABEL_POOL_SPEC: &str = "selfagent.pool.spec";
+/// The pool's size when it was filled.
+pub const LABEL_POOL_SIZE: &str = "selfagent.pool.size";
 /// A persistent desktop (`sandbox up --persist`): never pruned.
 pub const LABEL_PERSIST: &str = "selfagent.persist";
 
@@ -966,7 +970,7 @@ impl Engine {
     }
 
     /// Creates and starts a desktop. Returns once the container runs; the desktop inside
-    /// is ready when [`crate::desktop::Desktop::connect`] returns.
+    /// is ready when the desktop layer's `Desktop::connect` returns.
     pub async fn create(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         spec.validate()?;
         let t0 = std::time::Instant::now();
@@ -1456,7 +1460,7 @@ impl Engine {
                     .as_ref()
                     .map(|_| pool_state(&container_name).to_owned());
                 // A pool member's owner is its filler until it is ready; then nobody (it
-                // waits for a lease); leased, the leaser (`crate::pool` keeps that).
+                // waits for a lease); leased, the leaser (the pool keeps that).
                 let orphaned = match pool_state.as_deref() {
                     Some("ready") => false,
                     Some("leased") => leases::lease_orphaned(&id),

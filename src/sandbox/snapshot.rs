@@ -290,8 +290,8 @@ impl Sandbox {
             (LABEL_NETWORK.to_owned(), String::new()),
             (super::LABEL_POOL.to_owned(), String::new()),
             (super::LABEL_PERSIST.to_owned(), String::new()),
-            (crate::pool::LABEL_POOL_SPEC.to_owned(), String::new()),
-            (crate::pool::LABEL_POOL_SIZE.to_owned(), String::new()),
+            (super::LABEL_POOL_SPEC.to_owned(), String::new()),
+            (super::LABEL_POOL_SIZE.to_owned(), String::new()),
         ]);
         let docker = self.engine.docker();
         let commit = |container: &str, comment: String| {

@@ -14,9 +14,9 @@
 //! harness, never to the agent.
 
 use super::{Check, CheckKind};
-use crate::agent::model::{HttpModel, Model};
-use crate::agent::protocol::{self, ProtocolName};
 use crate::desktop::Window;
+use crate::model::protocol::{self, ProtocolName};
+use crate::model::{HttpModel, Model};
 use crate::sandbox::{ExecOptions, FileStat, Sandbox, SandboxError};
 use base64::Engine as _;
 use regex::Regex;
@@ -695,7 +695,7 @@ pub struct Judge {
 impl Judge {
     /// The request to the judge: the prompt, the instruction, the question, and the first
     /// and last screenshots of the episode.
-    pub fn request(&self, question: &str) -> Result<crate::agent::model::ModelRequest, String> {
+    pub fn request(&self, question: &str) -> Result<crate::model::ModelRequest, String> {
         let template = match self.prompts.as_ref().map(|d| d.join("judge.md")) {
             Some(p) if p.exists() => {
                 std::fs::read_to_string(&p).map_err(|e| format!("reading {}: {e}", p.display()))?

@@ -31,7 +31,6 @@
 
 pub mod check;
 pub mod osworld;
-pub mod regrade;
 pub mod setup;
 
 use serde::{Deserialize, Serialize};
@@ -294,6 +293,18 @@ impl From<SetupStep> for RawSetup {
 pub struct Check {
     pub kind: CheckKind,
     pub weight: f64,
+}
+
+impl Check {
+    /// Whether the check (or one of its children) asks a judge.
+    pub fn asks_a_judge(&self) -> bool {
+        match &self.kind {
+            CheckKind::Judge { .. } => true,
+            CheckKind::All(c) | CheckKind::Any(c) => c.iter().any(Check::asks_a_judge),
+            CheckKind::Not(c) => c.asks_a_judge(),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -212,7 +212,7 @@ pub struct Header {
     pub width: u32,
     pub height: u32,
     /// The model's price, when known: the status bar shows dollars.
-    pub price: Option<crate::agent::price::Price>,
+    pub price: Option<crate::model::price::Price>,
 }
 
 /// What a question the loop waits on is about.
@@ -488,7 +488,7 @@ impl App {
             Event::ActionFailed {
                 step, input, error, ..
             } => {
-                let name = crate::agent::protocol::describe_input(input);
+                let name = crate::model::protocol::describe_input(input);
                 self.step_mut(*step).actions.push(ActionView {
                     desc: name,
                     ok: false,
@@ -548,8 +548,7 @@ impl App {
             } => {
                 let data = serde_json::json!({"checks": checks, "acknowledged": acknowledged});
                 if acknowledged != "asked"
-                    && let Some(n) =
-                        crate::agent::event::note("safety_check", Some(&data.to_string()))
+                    && let Some(n) = crate::event::note("safety_check", Some(&data.to_string()))
                 {
                     self.note_on(*step, n);
                 }
@@ -571,7 +570,7 @@ impl App {
                 }
             }
             Event::NeedsUser { step, question } => {
-                if let Some(n) = crate::agent::event::note("needs_user", question.as_deref()) {
+                if let Some(n) = crate::event::note("needs_user", question.as_deref()) {
                     self.note_on(*step, n);
                 }
                 self.awaiting = Some(Ask {
@@ -585,7 +584,7 @@ impl App {
                 });
             }
             Event::Intervention { step, kind, text } => {
-                if let Some(n) = crate::agent::event::note(kind, text.as_deref()) {
+                if let Some(n) = crate::event::note(kind, text.as_deref()) {
                     // Before the first step, it belongs to the first.
                     self.note_on(*step, n);
                 }

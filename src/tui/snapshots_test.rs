@@ -7,10 +7,10 @@ use super::shot::Shots;
 use super::view;
 use crate::action::{Action, Button, Point};
 use crate::agent::Command;
-use crate::agent::model::Usage;
-use crate::agent::protocol::Call;
 use crate::agent::{EndedBy, Event, Frame, Outcome, SessionInfo, Status};
 use crate::desktop::SettleReport;
+use crate::model::Usage;
+use crate::model::protocol::Call;
 use crate::record::{SessionRow, StepRow};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::Terminal;
@@ -239,7 +239,7 @@ fn a_safety_check_is_asked_and_answered() {
     let mut app = live_app();
     app.on_event(&Event::SafetyCheck {
         step: 4,
-        checks: vec![crate::agent::protocol::SafetyCheck {
+        checks: vec![crate::model::protocol::SafetyCheck {
             confirm: false,
             id: "cu_sc_1".into(),
             code: "malicious_instructions".into(),
@@ -747,7 +747,7 @@ fn the_screen_says_what_is_going_on() {
 fn dollars_are_shown_where_the_price_is_known() {
     let mut app = live_app();
     assert!(!draw(&app, 160, 48).contains('$'));
-    app.header.price = Some(crate::agent::price::Price {
+    app.header.price = Some(crate::model::price::Price {
         input: 3.0,
         output: 15.0,
     });

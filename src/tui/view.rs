@@ -205,7 +205,7 @@ fn status_bar(f: &mut Frame, area: Rect, app: &App) {
                     .price
                     .map(|p| format!(
                         " {}",
-                        crate::agent::price::dollars(p.cost(app.tokens.0, app.tokens.1))
+                        crate::model::price::dollars(p.cost(app.tokens.0, app.tokens.1))
                     ))
                     .unwrap_or_default()
             )),
@@ -413,7 +413,7 @@ fn detail(f: &mut Frame, area: Rect, app: &App) {
                     .map(|p| {
                         format!(
                             " {}",
-                            crate::agent::price::dollars(p.cost(s.tokens.0, s.tokens.1))
+                            crate::model::price::dollars(p.cost(s.tokens.0, s.tokens.1))
                         )
                     })
                     .unwrap_or_default();

@@ -2,8 +2,8 @@
 //! real loop on a real desktop, with an in-process scripted model that keeps its requests.
 
 use crate::common::desktop;
-use selfagent::agent::model::{Check, Model, ModelError, ModelRequest, RawReply, Retry};
 use selfagent::agent::{self, AgentConfig, Command, Emitter, Event, Status};
+use selfagent::model::{Check, Model, ModelError, ModelRequest, RawReply, Retry};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::sync::Mutex;

@@ -7,6 +7,7 @@ mod engines;
 mod faults;
 mod files;
 mod hostile;
+mod layers;
 mod pool;
 mod protocols;
 mod recordings;

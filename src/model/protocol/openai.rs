@@ -13,7 +13,7 @@ use super::{
     ModelId, OptionDoc, Protocol, ProtocolConfig, ProtocolName, SafetyCheck, Shot, Spec, prompt,
 };
 use crate::action::{Action, InvalidAction};
-use crate::agent::model::{Auth, ModelRequest, Usage};
+use crate::model::{Auth, ModelRequest, Usage};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -450,7 +450,7 @@ impl Protocol for OpenAi {
 mod tests {
     use super::*;
     use crate::action::{Button, Point};
-    use crate::agent::protocol::geometry;
+    use crate::model::protocol::geometry;
     use pretty_assertions::assert_eq;
     use std::sync::Arc;
 

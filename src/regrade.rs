@@ -3,9 +3,9 @@
 //! container started from it), or, without one, from what the checks read when the episode
 //! ended. Every grade is added to the session's history; none is replaced.
 
-use crate::agent::model::HttpModel;
-use crate::agent::protocol::ProtocolName;
-use crate::episode::check_has_judge;
+use crate::model::HttpModel;
+use crate::model::protocol::ProtocolName;
+
 use crate::record::{Db, SessionRow};
 use crate::sandbox::Engine;
 use crate::task::Task;
@@ -82,7 +82,7 @@ pub async fn regrade(
         .latest_grade(&session.id)?
         .and_then(|g| serde_json::from_value::<Grade>(g.details).ok());
     let state = db.final_state(&session.id)?.unwrap_or_default();
-    let judge = match (check_has_judge(check), &with.judge) {
+    let judge = match (check.asks_a_judge(), &with.judge) {
         (true, Some((model, protocol))) => Some(Judge {
             model: model.clone(),
             protocol: *protocol,

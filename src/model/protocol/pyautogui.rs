@@ -11,7 +11,7 @@ use super::{
     ProtocolConfig, ProtocolName, Shot, Spec, prompt,
 };
 use crate::action::{Action, Button, InvalidAction, MAX_SCROLL_AMOUNT, MAX_TYPE_CHARS};
-use crate::agent::model::ModelRequest;
+use crate::model::ModelRequest;
 use serde_json::Value;
 
 const SYSTEM_PROMPT: &str = include_str!("../../../prompts/pyautogui.md");
@@ -474,7 +474,7 @@ pub(crate) fn parse_one(code: &str, g: &Geometry) -> Result<Action, InvalidActio
 mod tests {
     use super::*;
     use crate::action::Point;
-    use crate::agent::protocol::CoordSpace;
+    use crate::model::protocol::CoordSpace;
     use pretty_assertions::assert_eq;
 
     fn g() -> Geometry {

@@ -2,9 +2,9 @@
 //! (later) the TUI all consume, and that replay reproduces from a recording.
 
 use crate::action::Action;
-use crate::agent::model::Usage;
-use crate::agent::protocol::Call;
 use crate::desktop::SettleReport;
+use crate::model::Usage;
+use crate::model::protocol::Call;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -125,7 +125,7 @@ pub struct SessionInfo {
     pub task: Option<Value>,
     /// The model's price, when known: costs are tokens times this.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub price: Option<crate::agent::price::Priced>,
+    pub price: Option<crate::model::price::Priced>,
 }
 
 /// What ended an episode.
@@ -165,7 +165,7 @@ pub struct Outcome {
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub wall_ms: u64,
-    /// Dollars, where the model's price is known (see [`crate::agent::price`]).
+    /// Dollars, where the model's price is known (see [`crate::model::price`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
 }
@@ -298,7 +298,7 @@ pub enum Event {
     /// `acknowledged` by flag, or `refused` where nobody could be asked).
     SafetyCheck {
         step: u32,
-        checks: Vec<crate::agent::protocol::SafetyCheck>,
+        checks: Vec<crate::model::protocol::SafetyCheck>,
         acknowledged: String,
     },
     /// The model asks the person for help (`call_user`); the loop waits for a message.

@@ -16,7 +16,7 @@
 //! pixels for the recording), how a reply decodes into a [`Decision`] (a thought, calls
 //! each holding an [`Action`] in screen pixels or the reason it is unusable, or a final
 //! answer), and how results and the next screenshot go back. HTTP, retries and backoff are
-//! the transport's (`agent::model`). Coordinates: each protocol sends the screenshot at the
+//! the transport's (`model`). Coordinates: each protocol sends the screenshot at the
 //! size its model really sees and maps the model's coordinates back with the same
 //! arithmetic ([`Geometry`]); a coordinate outside the model's space is an unusable action,
 //! never clamped.
@@ -67,7 +67,7 @@ mod pycode;
 pub use chat::{ChatReply, parse_chat};
 
 use crate::action::{Action, InvalidAction, Point};
-use crate::agent::model::{Auth, Blobs, ModelRequest, Usage};
+use crate::model::{Auth, Blobs, ModelRequest, Usage};
 use base64::Engine as _;
 use serde::Serialize;
 use serde_json::Value;

@@ -21,7 +21,7 @@ use super::{
     OMITTED, Protocol, ProtocolConfig, ProtocolName, Shot, Spec, prompt,
 };
 use crate::action::{Action, Button, InvalidAction, MAX_SCROLL_AMOUNT, MAX_TYPE_CHARS};
-use crate::agent::model::{Auth, ModelRequest};
+use crate::model::{Auth, ModelRequest};
 use serde_json::{Value, json};
 
 const PROMPT: &str = include_str!("../../../prompts/glm.md");
@@ -219,7 +219,7 @@ pub fn to_action(call: &PyCall, g: &Geometry) -> Result<Action, InvalidAction> {
                 .map(str::trim)
                 .filter(|k| !k.is_empty())
                 .ok_or_else(|| InvalidAction::new("`key` needs keys='ctrl+c'"))?;
-            crate::desktop::keys::parse_sequence(keys).map_err(InvalidAction::new)?;
+            crate::keys::parse_sequence(keys).map_err(InvalidAction::new)?;
             Ok(Action::Key {
                 text: keys.to_owned(),
             })
@@ -395,7 +395,7 @@ impl Protocol for Glm {
 mod tests {
     use super::*;
     use crate::action::Point;
-    use crate::agent::protocol::geometry;
+    use crate::model::protocol::geometry;
     use pretty_assertions::assert_eq;
     use std::sync::Arc;
 

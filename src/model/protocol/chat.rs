@@ -6,7 +6,7 @@
 //! completions.
 
 use super::DecodeError;
-use crate::agent::model::{Auth, ModelRequest, Usage};
+use crate::model::{Auth, ModelRequest, Usage};
 use serde::Serialize;
 use serde_json::{Value, json};
 

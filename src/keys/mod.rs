@@ -13,7 +13,9 @@
 //! The keysym table (`keysyms.rs`) is generated from x11proto's headers; its header holds
 //! the script.
 
-use super::keysyms::KEYSYMS;
+mod keysyms;
+
+use keysyms::KEYSYMS;
 
 pub const XK_RETURN: u32 = 0xff0d;
 pub const XK_TAB: u32 = 0xff09;

@@ -20,7 +20,7 @@ use super::{
     ProtocolConfig, ProtocolName, Shot, Spec, prompt, smart_size,
 };
 use crate::action::{Action, Button, InvalidAction, MAX_SCROLL_AMOUNT, MAX_TYPE_CHARS, Point};
-use crate::agent::model::ModelRequest;
+use crate::model::ModelRequest;
 use serde_json::{Value, json};
 
 const PROMPT: &str = include_str!("../../../prompts/fara.md");
@@ -244,7 +244,7 @@ pub fn to_actions(args: &Value, g: &Geometry) -> Result<Vec<Action>, InvalidActi
                 .map(|k| if *k == "+" { "plus" } else { k })
                 .collect::<Vec<_>>()
                 .join("+");
-            crate::desktop::keys::parse_sequence(&text).map_err(InvalidAction::new)?;
+            crate::keys::parse_sequence(&text).map_err(InvalidAction::new)?;
             vec![Action::Key { text }]
         }
         "type" => {
@@ -474,7 +474,7 @@ impl Protocol for Fara {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::protocol::geometry;
+    use crate::model::protocol::geometry;
     use pretty_assertions::assert_eq;
 
     fn fara() -> Fara {
@@ -532,7 +532,7 @@ mod tests {
         assert!(
             a(json!({"action": "web_search", "query": "rust vnc"})).unwrap()[0]
                 == Action::Navigate {
-                    url: Some(format!("{}?q=rust+vnc", crate::agent::protocol::gemini::SEARCH_URL))
+                    url: Some(format!("{}?q=rust+vnc", crate::model::protocol::gemini::SEARCH_URL))
                 }
         );
         assert!(a(json!({"action": "visit_url", "url": "file:///etc/passwd"})).is_err());

@@ -3,13 +3,16 @@
 //! sends from everything it returns), behind the small [`Model`] trait so the loop can also
 //! run against an in-process model (the bench, tests).
 //!
-//! What a request and a reply *mean* is the protocol's business (`agent::protocol`): this
+//! What a request and a reply *mean* is the protocol's business (`model::protocol`): this
 //! module moves JSON. A reply the protocol cannot use is retried like a broken body.
 //!
 //! The HTTP client is reqwest rather than async-openai: the protocols need raw JSON (the
 //! dialects of vLLM, Ollama, llama.cpp and LM Studio; Anthropic's and OpenAI's other APIs),
 //! async-openai's errors drop the HTTP status of bodies that are not OpenAI-shaped and hide
 //! `Retry-After`, and reading the body ourselves is what lets us cap it.
+
+pub mod price;
+pub mod protocol;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -455,7 +458,7 @@ impl HttpModel {
     /// refused key (401, 403) are errors; any other answer means the server is there.
     pub async fn list_models(
         &self,
-        endpoint: &crate::agent::protocol::Endpoint,
+        endpoint: &crate::model::protocol::Endpoint,
         within: Duration,
     ) -> Result<Listing, ModelError> {
         let mut req = self

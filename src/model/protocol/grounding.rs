@@ -18,7 +18,7 @@
 
 use super::{CoordSpace, Geometry, ModelId, Spec, smart_size};
 use crate::action::Point;
-use crate::agent::model::{Auth, ModelRequest};
+use crate::model::{Auth, ModelRequest};
 use base64::Engine as _;
 use serde::Serialize;
 use serde_json::{Value, json};

@@ -19,7 +19,7 @@ use super::{
     ProtocolConfig, ProtocolName, Shot, Spec, prompt, smart_size,
 };
 use crate::action::{Action, Button, InvalidAction, MAX_TYPE_CHARS, Point};
-use crate::agent::model::ModelRequest;
+use crate::model::ModelRequest;
 use serde_json::Value;
 
 const PROMPT: &str = include_str!("../../../prompts/uitars.md");
@@ -443,7 +443,7 @@ impl Protocol for UiTars {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::protocol::geometry;
+    use crate::model::protocol::geometry;
     use pretty_assertions::assert_eq;
     use serde_json::json;
 

@@ -13,7 +13,7 @@ use super::{
     ProtocolConfig, ProtocolName, Shot, Spec, prompt,
 };
 use crate::action::InvalidAction;
-use crate::agent::model::ModelRequest;
+use crate::model::ModelRequest;
 use serde_json::Value;
 
 const PROMPT: &str = include_str!("../../../prompts/opencua.md");
@@ -168,7 +168,7 @@ impl Protocol for OpenCua {
 mod tests {
     use super::*;
     use crate::action::{Action, Point};
-    use crate::agent::protocol::{CoordSpace, geometry};
+    use crate::model::protocol::{CoordSpace, geometry};
     use serde_json::json;
 
     fn decode(text: &str, space: CoordSpace) -> Decision {

@@ -14,7 +14,7 @@ use super::{
     OMITTED, OptionDoc, Protocol, ProtocolConfig, ProtocolName, Shot, Spec, prompt,
 };
 use crate::action::{Action, InvalidAction};
-use crate::agent::model::{Auth, ModelRequest};
+use crate::model::{Auth, ModelRequest};
 use serde_json::{Value, json};
 
 /// The embedded system prompt (prompts/system.md).
@@ -511,7 +511,7 @@ impl Protocol for Tools {
 mod tests {
     use super::*;
     use crate::action::Point;
-    use crate::agent::protocol::{CoordSpace, Target, geometry};
+    use crate::model::protocol::{CoordSpace, Target, geometry};
     use std::sync::Arc;
 
     fn shot(s: &str) -> Shot {

@@ -20,7 +20,7 @@ use super::{
     Protocol, ProtocolConfig, ProtocolName, Shot, Spec, prompt, smart_size,
 };
 use crate::action::{Action, Button, InvalidAction, MAX_SCROLL_AMOUNT, MAX_TYPE_CHARS};
-use crate::agent::model::ModelRequest;
+use crate::model::ModelRequest;
 use serde_json::{Value, json};
 
 const PROMPT: &str = include_str!("../../../prompts/qwen.md");
@@ -251,7 +251,7 @@ pub fn to_action(args: &Value, g: &Geometry) -> Result<Action, InvalidAction> {
             .map(str::to_owned)
             .collect();
         for n in &names {
-            crate::desktop::keys::lookup(n).map_err(InvalidAction::new)?;
+            crate::keys::lookup(n).map_err(InvalidAction::new)?;
         }
         Ok(names)
     };
@@ -489,7 +489,7 @@ impl Protocol for Qwen {
 mod tests {
     use super::*;
     use crate::action::Point;
-    use crate::agent::protocol::geometry;
+    use crate::model::protocol::geometry;
     use pretty_assertions::assert_eq;
 
     fn qwen(space: CoordSpace, native: bool) -> Qwen {

@@ -32,7 +32,7 @@ use super::{
     ModelId, OptionDoc, Protocol, ProtocolConfig, ProtocolName, Shot, Spec, prompt,
 };
 use crate::action::{Action, InvalidAction, MAX_DURATION_SECS};
-use crate::agent::model::{Auth, ModelRequest, Usage};
+use crate::model::{Auth, ModelRequest, Usage};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -818,7 +818,7 @@ impl Protocol for Anthropic {
 mod tests {
     use super::*;
     use crate::action::Point;
-    use crate::agent::protocol::{CoordSpace, geometry};
+    use crate::model::protocol::{CoordSpace, geometry};
     use pretty_assertions::assert_eq;
     use std::sync::Arc;
 

@@ -35,7 +35,7 @@ use super::{
     prompt,
 };
 use crate::action::{Action, Button, InvalidAction, MAX_SCROLL_AMOUNT, MAX_TYPE_CHARS, Point};
-use crate::agent::model::{Auth, ModelField, ModelRequest, Usage};
+use crate::model::{Auth, ModelField, ModelRequest, Usage};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use std::collections::HashSet;
@@ -374,7 +374,7 @@ fn combo(keys: &str) -> Result<String, InvalidAction> {
         return Err(InvalidAction::new(format!("'{keys}' is not a key combination")));
     }
     for n in &names {
-        crate::desktop::keys::lookup(n).map_err(InvalidAction::new)?;
+        crate::keys::lookup(n).map_err(InvalidAction::new)?;
     }
     Ok(names.join("+"))
 }
@@ -789,7 +789,7 @@ impl Protocol for Gemini {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::protocol::geometry;
+    use crate::model::protocol::geometry;
     use pretty_assertions::assert_eq;
 
     fn gemini(model: &str) -> Gemini {
