@@ -59,6 +59,7 @@ pub enum Status {
     /// The desktop or the model server broke.
     Error,
     /// The model asked a person for help (`call_user`) where nobody could answer.
+    #[serde(rename = "needs_user", alias = "needsuser")]
     NeedsUser,
 }
 
@@ -418,7 +419,7 @@ pub fn note(kind: &str, data: Option<&str>) -> Option<String> {
 }
 
 #[cfg(test)]
-mod note_tests {
+mod tests {
     use super::note;
 
     #[test]

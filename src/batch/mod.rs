@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-pub const EXIT_HARNESS: u8 = 4;
-pub const EXIT_STOPPED: u8 = 130;
+/// The exit codes are the episode's: one set for `run`, `batch` and `calibrate`.
+pub use crate::episode::{EXIT_HARNESS, EXIT_STOPPED};
 
 #[derive(Debug, Args)]
 #[command(

@@ -3,7 +3,7 @@
 
 use crate::calibrate::{self, Verdict};
 use crate::config;
-use crate::episode::{self, Hooks};
+use crate::episode;
 use crate::sandbox::Engine;
 use crate::settings::{CommonArgs, resolve};
 use crate::task::Limits;
@@ -11,7 +11,7 @@ use anyhow::bail;
 use clap::Args;
 use std::process::ExitCode;
 
-use super::run::{EXIT_CHECKS_FAILED, EXIT_STOPPED, exit_code};
+use super::run::{EXIT_CHECKS_FAILED, exit_code, headless_episode};
 
 #[derive(Debug, Args)]
 #[command(
@@ -55,14 +55,7 @@ pub async fn run(mut args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         usize::from(args.targets),
         args.max_error,
     );
-    let (mut hooks, control) = Hooks::new();
-    let (printer, printed) = crate::headless::spawn_printer(false, true);
-    hooks.sinks.push(printer);
-    let signals = crate::signals::stop_episode_on_signals(control, EXIT_STOPPED);
-    let end = episode::run(&engine, plan, hooks).await;
-    signals.abort();
-    let _ = printed.await;
-    let end = end?;
+    let end = headless_episode(&engine, plan, false, true).await?;
     eprintln!("recorded session {} in {}", end.session, db.display());
     let Some(report) = &end.calibration else {
         if let Some(e) = &end.outcome.error {

@@ -92,10 +92,6 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     let engine = Engine::connect().await?;
     let db = cfg.db.clone();
 
-    let (mut hooks, control) = Hooks::new();
-    let (printer_tx, printer_task) = crate::headless::spawn_printer(args.json, false);
-    hooks.sinks.push(printer_tx);
-    let signals = crate::signals::stop_episode_on_signals(control, EXIT_STOPPED);
     let plan = Plan {
         cfg,
         spec: args.common.spec(),
@@ -106,10 +102,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         calibration: None,
         source: args.source(),
     };
-    let end = episode::run(&engine, plan, hooks).await;
-    signals.abort();
-    let _ = printer_task.await;
-    let end = end?;
+    let end = headless_episode(&engine, plan, args.json, false).await?;
     match &end.recording_error {
         Some(e) => eprintln!(
             "error: the recording failed, so the episode was stopped: {e}\n  what was written before is intact in {} (session {})",
@@ -119,6 +112,24 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         None => eprintln!("recorded session {} in {}", end.session, db.display()),
     }
     Ok(exit_code(&end))
+}
+
+/// Runs an episode without the UI: its events printed (`json`: as JSON Lines; `quiet`:
+/// progress only, on stderr), SIGINT, SIGTERM and SIGHUP stopping it cleanly.
+pub(super) async fn headless_episode(
+    engine: &Engine,
+    plan: Plan,
+    json: bool,
+    quiet: bool,
+) -> anyhow::Result<End> {
+    let (mut hooks, control) = Hooks::new();
+    let (printer, printed) = crate::headless::spawn_printer(json, quiet);
+    hooks.sinks.push(printer);
+    let signals = crate::signals::stop_episode_on_signals(control, EXIT_STOPPED);
+    let end = episode::run(engine, plan, hooks).await;
+    signals.abort();
+    let _ = printed.await;
+    end
 }
 
 /// The exit code of a finished episode (see `run --help`): the same in the TUI.

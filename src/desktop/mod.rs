@@ -1086,15 +1086,11 @@ impl Desktop {
                 });
             }
             Action::Launch { app } => {
-                let command = format!("selfagent-launch {}", shell_quote(app));
-                let p = self.sandbox.spawn(&command).await?;
+                let p = self.sandbox.spawn(&launch_command(app)).await?;
                 out.text = Some(format!("started {app} (pid {})", p.pid));
             }
             Action::Open { target } => {
-                let p = self
-                    .sandbox
-                    .spawn(&format!("xdg-open {}", shell_quote(target)))
-                    .await?;
+                let p = self.sandbox.spawn(&open_command(target)).await?;
                 out.text = Some(format!("opening {target} (pid {})", p.pid));
             }
             Action::Exec {
@@ -1298,6 +1294,21 @@ fn push_keys(steps: &mut Vec<Step>, keysyms: &[u32], down: bool) {
     } else {
         steps.extend(keysyms.iter().rev().map(send));
     }
+}
+
+/// The command that starts an application, as a task's `launch` and the model's `launch`
+/// both give it: a friendly name, a `.desktop` id or a command, then its arguments as a shell
+/// reads them (`mousepad ~/notes.txt`: the name is quoted, `~` in the arguments expands).
+pub fn launch_command(app: &str) -> String {
+    let (name, args) = app.trim().split_once(' ').unwrap_or((app.trim(), ""));
+    format!("selfagent-launch {} {args}", shell_quote(name))
+        .trim_end()
+        .to_owned()
+}
+
+/// The command that opens a file or URL with its application (`xdg-open`).
+pub fn open_command(target: &str) -> String {
+    format!("xdg-open {}", shell_quote(target))
 }
 
 /// Quotes a string for `sh`.

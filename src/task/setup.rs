@@ -7,7 +7,7 @@
 //! agent never sees a half-painted application.
 
 use super::SetupStep;
-use crate::desktop::{Desktop, SettleOptions, Window, WindowMatch, shell_quote};
+use crate::desktop::{Desktop, SettleOptions, Window, WindowMatch, launch_command, open_command};
 use crate::sandbox::ExecOptions;
 use regex::Regex;
 use std::time::{Duration, Instant};
@@ -104,8 +104,7 @@ pub async fn run_step(desktop: &Desktop, step: &SetupStep) -> Result<(), String>
             .map_err(|e| e.to_string()),
         SetupStep::Launch { app } => {
             // `launch = "mousepad ~/notes.txt"`: the application, then its arguments.
-            let (name, args) = app.trim().split_once(' ').unwrap_or((app.trim(), ""));
-            let command = format!("selfagent-launch {} {args}", shell_quote(name));
+            let command = launch_command(app);
             let before = ids(&desktop.windows().await.map_err(|e| e.to_string())?);
             let process = sandbox.spawn(&command).await.map_err(|e| e.to_string())?;
             let new_window = |ws: &[Window]| ws.iter().any(|w| !before.contains(&w.id));
@@ -126,7 +125,7 @@ pub async fn run_step(desktop: &Desktop, step: &SetupStep) -> Result<(), String>
                 .map(|w| (w.id, w.title))
                 .collect();
             let process = sandbox
-                .spawn(&format!("xdg-open {}", shell_quote(target)))
+                .spawn(&open_command(target))
                 .await
                 .map_err(|e| e.to_string())?;
             // A new window, or a running program showing it (a title changes).
