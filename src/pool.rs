@@ -402,6 +402,112 @@ pub async fn down(engine: &Engine, key: Option<&str>) -> Result<usize, SandboxEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
+    /// `n` ready members of `spec`'s pool on `engine`, as a fill leaves them (created
+    /// warming, their credentials kept for the leaser, renamed ready).
+    async fn ready_members(engine: &Engine, spec: &PoolSpec, n: usize, ttl: u64) -> Vec<String> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let member = spec.member(ttl, n);
+            let sandbox = engine.create(&member).await.unwrap();
+            write_private(
+                &secrets_file(sandbox.id()),
+                &sandbox.secrets().boot_file(true),
+            )
+            .unwrap();
+            let warming = member.container_name.unwrap();
+            let ready = warming.replacen(POOL_WARMING, POOL_READY, 1);
+            assert!(engine.rename(sandbox.id(), &ready).await.unwrap());
+            ids.push(sandbox.id().to_owned());
+        }
+        ids
+    }
+
+    const ALONE: LeaseOptions = LeaseOptions {
+        detached: false,
+        no_refill: true,
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_leases_each_get_a_different_member_or_none() {
+        let (engine, memory) = Engine::in_memory();
+        let spec = SandboxSpec::default();
+        let ids = ready_members(&engine, &PoolSpec::of(&spec), 3, DEFAULT_TTL).await;
+        // Eight leasers at once for three members.
+        let leases = futures_util::future::join_all((0..8).map(|_| {
+            let (engine, spec) = (engine.clone(), spec.clone());
+            tokio::spawn(async move {
+                lease(&engine, &spec, 0, ALONE)
+                    .await
+                    .unwrap()
+                    .map(|s| s.id().to_owned())
+            })
+        }))
+        .await;
+        let got: Vec<String> = leases.into_iter().filter_map(|r| r.unwrap()).collect();
+        let distinct: HashSet<&String> = got.iter().collect();
+        assert_eq!(got.len(), 3, "each member is leased once: {got:?}");
+        assert_eq!(distinct.len(), 3, "no member is leased twice: {got:?}");
+        // The losers tried and lost claims: more renames than members.
+        assert!(memory.renames.load(std::sync::atomic::Ordering::Relaxed) > 6);
+        for m in engine.list().await.unwrap() {
+            assert_eq!(
+                m.pool_state.as_deref(),
+                Some("leased"),
+                "{}",
+                m.container_name
+            );
+        }
+        // Nothing ready is left: the next lease gets none (and would start a desktop).
+        assert!(lease(&engine, &spec, 0, ALONE).await.unwrap().is_none());
+        for id in ids {
+            forget(&id);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_skips_other_pools_and_members_too_close_to_their_end() {
+        let (engine, _) = Engine::in_memory();
+        let spec = SandboxSpec::default();
+        let wide = SandboxSpec {
+            width: 1920,
+            height: 1080,
+            ..SandboxSpec::default()
+        };
+        let short = ready_members(&engine, &PoolSpec::of(&spec), 1, 30).await;
+        let other = ready_members(&engine, &PoolSpec::of(&wide), 1, DEFAULT_TTL).await;
+        // 30 s left is less than the 60 the episode needs; the other pool's is not ours.
+        assert!(lease(&engine, &spec, 60, ALONE).await.unwrap().is_none());
+        let got = lease(&engine, &wide, 60, ALONE).await.unwrap().unwrap();
+        assert_eq!(got.id(), other[0]);
+        assert_eq!(got.size(), (1920, 1080), "the handle is the member's");
+        // Without enough time asked, the short one goes.
+        let got = lease(&engine, &spec, 10, ALONE).await.unwrap().unwrap();
+        assert_eq!(got.id(), short[0]);
+        for id in short.iter().chain(&other) {
+            forget(id);
+        }
+    }
+
+    #[tokio::test]
+    async fn down_takes_ready_members_and_leaves_leased_ones_to_their_episodes() {
+        let (engine, memory) = Engine::in_memory();
+        let spec = SandboxSpec::default();
+        let key = PoolSpec::of(&spec).key();
+        let ids = ready_members(&engine, &PoolSpec::of(&spec), 3, DEFAULT_TTL).await;
+        let leased = lease(&engine, &spec, 0, ALONE).await.unwrap().unwrap();
+        assert_eq!(down(&engine, Some("another-pool")).await.unwrap(), 0);
+        assert_eq!(down(&engine, Some(&key)).await.unwrap(), 2);
+        assert_eq!(memory.count(), 1);
+        let left = engine.list().await.unwrap();
+        assert_eq!(left[0].id, leased.id());
+        let pools = list(&engine).await.unwrap();
+        assert_eq!((pools[0].ready, pools[0].leased), (0, 1));
+        for id in ids {
+            forget(&id);
+        }
+    }
 
     #[test]
     fn keys_follow_what_makes_desktops_interchangeable() {

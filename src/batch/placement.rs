@@ -1,4 +1,4 @@
-//! Which Docker engine runs the next episode of a batch: the least loaded one (desktops
+//! Which engine runs the next episode of a batch: the least loaded one (desktops
 //! running there, relative to its weight) below its `max_desktops`; none of a dead one. An
 //! engine is dead once it stops answering: its running episodes end as harness errors (their
 //! desktops are gone), and the batch goes on with the others.
@@ -162,7 +162,7 @@ mod tests {
         Placement::new(
             specs
                 .into_iter()
-                .map(|s| (Engine::offline("tcp://127.0.0.1:1"), s))
+                .map(|s| (Engine::in_memory().0, s))
                 .collect(),
         )
     }

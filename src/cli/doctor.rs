@@ -98,11 +98,9 @@ async fn engine_and_image(common: &CommonArgs) -> Vec<Finding> {
         }
     };
     let version = engine
-        .docker()
+        .provider()
         .version()
         .await
-        .ok()
-        .and_then(|v| v.version)
         .unwrap_or_else(|| "?".into());
     let mut found = vec![finding(
         "engine",
@@ -111,11 +109,11 @@ async fn engine_and_image(common: &CommonArgs) -> Vec<Finding> {
         None,
     )];
     let image = common.spec().image;
-    found.push(match engine.docker().inspect_image(&image).await {
-        Ok(info) => {
-            let mb = info.size.unwrap_or(0) as f64 / 1e6;
+    found.push(match engine.provider().image(&image).await {
+        Ok(Some(info)) => {
+            let mb = info.size as f64 / 1e6;
             let built = info
-                .created
+                .created_at
                 .as_deref()
                 .and_then(|c| c.get(..16))
                 .map(|c| format!(", built {}", c.replace('T', " ")))
@@ -127,7 +125,7 @@ async fn engine_and_image(common: &CommonArgs) -> Vec<Finding> {
                 None,
             )
         }
-        Err(_) if common.from.is_some() => finding(
+        Ok(None) | Err(_) if common.from.is_some() => finding(
             "image",
             Level::Fail,
             format!(
@@ -136,7 +134,7 @@ async fn engine_and_image(common: &CommonArgs) -> Vec<Finding> {
             ),
             Some("selfagent sandbox snapshots lists them"),
         ),
-        Err(_) => finding(
+        Ok(None) | Err(_) => finding(
             "image",
             Level::Fail,
             format!("{image} is not built"),

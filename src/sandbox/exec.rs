@@ -1,9 +1,8 @@
 //! Running commands in a sandbox: foreground (exit code, stdout, stderr), background
 //! (a process id and a log file), process listing and signals.
 
-use super::{Doing, Sandbox, SandboxError};
-use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecResults};
+use super::provider::{ExecRequest, Output};
+use super::{Sandbox, SandboxError};
 use futures_util::StreamExt;
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -91,31 +90,24 @@ impl Sandbox {
             .first()
             .map(|s| s.as_ref().to_owned())
             .unwrap_or_default();
-        let docker = self.engine.docker();
-        let created = docker
-            .create_exec(
+        let mut attached = self
+            .engine
+            .provider
+            .exec(
                 &self.id,
-                CreateExecOptions {
-                    cmd: Some(cmd),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    attach_stdin: Some(opts.stdin.is_some()),
-                    env: Some(exec_env(&opts.env)),
-                    user: Some(
-                        opts.user
-                            .clone()
-                            .unwrap_or_else(|| super::DESKTOP_USER.to_owned()),
-                    ),
-                    working_dir: opts.workdir.clone(),
-                    ..Default::default()
+                ExecRequest {
+                    cmd,
+                    user: opts
+                        .user
+                        .clone()
+                        .unwrap_or_else(|| super::DESKTOP_USER.to_owned()),
+                    env: exec_env(&opts.env),
+                    workdir: opts.workdir.clone(),
+                    stdin: opts.stdin.is_some(),
+                    stderr: true,
                 },
             )
-            .await
-            .map_err(|e| self.exec_error(&shown, e))?;
-        let started_exec = docker
-            .start_exec(&created.id, None)
-            .await
-            .map_err(|e| self.exec_error(&shown, e))?;
+            .await?;
         let mut out = ExecOutput {
             exit_code: -1,
             stdout: Vec::new(),
@@ -124,39 +116,36 @@ impl Sandbox {
             truncated: false,
             duration_ms: 0,
         };
-        if let StartExecResults::Attached {
-            mut output,
-            mut input,
-        } = started_exec
-        {
-            let writer = opts.stdin.clone().map(|data| {
-                tokio::spawn(async move {
-                    let _ = input.write_all(&data).await;
-                    let _ = input.shutdown().await;
-                })
-            });
-            while let Some(chunk) = output.next().await {
-                let chunk = chunk.doing(|| format!("reading the output of `{shown}`"))?;
-                let (buf, bytes) = match chunk {
-                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        (&mut out.stdout, message)
-                    }
-                    LogOutput::StdErr { message } => (&mut out.stderr, message),
-                    LogOutput::StdIn { .. } => continue,
-                };
-                let room = MAX_OUTPUT.saturating_sub(buf.len());
-                out.truncated |= bytes.len() > room;
-                buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
-            }
-            if let Some(writer) = writer {
-                writer.abort();
-            }
+        let mut input = attached.input;
+        let writer = opts.stdin.clone().map(|data| {
+            tokio::spawn(async move {
+                let _ = input.write_all(&data).await;
+                let _ = input.shutdown().await;
+            })
+        });
+        while let Some(chunk) = attached.output.next().await {
+            let (stream, bytes) = chunk?;
+            let buf = match stream {
+                Output::Stdout => &mut out.stdout,
+                Output::Stderr => &mut out.stderr,
+            };
+            let room = MAX_OUTPUT.saturating_sub(buf.len());
+            out.truncated |= bytes.len() > room;
+            buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
         }
-        let inspected = docker
-            .inspect_exec(&created.id)
+        if let Some(writer) = writer {
+            writer.abort();
+        }
+        let exit_code = self
+            .engine
+            .provider
+            .exec_exit_code(&attached.id)
             .await
-            .doing(|| format!("reading the exit code of `{shown}`"))?;
-        out.exit_code = inspected.exit_code.unwrap_or(-1);
+            .map_err(|e| SandboxError::Provider {
+                doing: format!("reading the exit code of `{shown}`"),
+                source: Box::new(e),
+            })?;
+        out.exit_code = exit_code.unwrap_or(-1);
         // `timeout` exits 124 (TERM) or 137 (KILL) when it had to stop the command.
         out.timed_out = opts.timeout.is_some() && matches!(out.exit_code, 124 | 137);
         out.duration_ms = started.elapsed().as_millis() as u64;
@@ -166,24 +155,6 @@ impl Sandbox {
     /// Runs a shell command line with `sh -c`.
     pub async fn sh(&self, script: &str, opts: &ExecOptions) -> Result<ExecOutput, SandboxError> {
         self.exec(&["sh", "-c", script], opts).await
-    }
-
-    fn exec_error(&self, what: &str, e: bollard::errors::Error) -> SandboxError {
-        match e {
-            bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }
-            | bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            } => SandboxError::NotRunning {
-                id: self.short_id().to_owned(),
-                status: "gone or stopped".into(),
-            },
-            e => SandboxError::Docker {
-                doing: format!("running `{what}` in sandbox {}", self.short_id()),
-                error: e,
-            },
-        }
     }
 
     /// Starts a shell command line in the background, in its own session, with its output

@@ -1,4 +1,4 @@
-//! Files in and out of a sandbox through the Docker archive API (tar), byte for byte.
+//! Files in and out of a sandbox through the provider's archives (tar), byte for byte.
 //!
 //! Paths in the sandbox may be absolute, `~`-relative or relative to the user's home.
 //! Written files belong to the desktop's user (uid 1000), so the agent can change them.
@@ -9,11 +9,8 @@
 //! a link, never writes through an existing one, creates links only when they resolve
 //! inside the copy, refuses special files, and keeps sparse files sparse.
 
-use super::{Doing, Sandbox, SandboxError};
-use bollard::query_parameters::{
-    DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
-};
-use futures_util::{StreamExt, TryStreamExt};
+use super::{Sandbox, SandboxError};
+use futures_util::StreamExt;
 use std::io::{Read, Seek, Write};
 use std::path::{Component, Path, PathBuf};
 
@@ -194,22 +191,14 @@ impl Sandbox {
 
     /// Uploads a tar archive into directory `parent`, creating it when missing.
     async fn put_tar(&self, parent: &str, tar: Vec<u8>, what: &str) -> Result<(), SandboxError> {
-        let upload = |tar: Vec<u8>| {
-            self.engine.docker().upload_to_container(
-                &self.id,
-                Some(
-                    UploadToContainerOptionsBuilder::default()
-                        .path(parent)
-                        .build(),
-                ),
-                bollard::body_full(tar.into()),
-            )
+        let upload = |tar: Vec<u8>| self.engine.provider.put_archive(&self.id, parent, tar);
+        let writing = |e: SandboxError| SandboxError::Provider {
+            doing: format!("writing {what} in sandbox {}", self.short_id()),
+            source: Box::new(e),
         };
         match upload(tar.clone()).await {
             Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
+            Err(SandboxError::NoSuchFile { .. }) => {
                 let out = self
                     .exec(
                         &["mkdir", "-p", "--", parent],
@@ -222,14 +211,10 @@ impl Sandbox {
                         out.stderr_text().trim(),
                     ));
                 }
-                upload(tar)
-                    .await
-                    .doing(|| format!("writing {what} in sandbox {}", self.short_id()))
+                upload(tar).await.map_err(writing)
             }
-            Err(e) => Err(SandboxError::Docker {
-                doing: format!("writing {what} in sandbox {}", self.short_id()),
-                error: e,
-            }),
+            Err(e @ SandboxError::NotRunning { .. }) => Err(e),
+            Err(e) => Err(writing(e)),
         }
     }
 
@@ -238,39 +223,7 @@ impl Sandbox {
         &self,
         path: &str,
     ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, SandboxError>> + Send + 'static {
-        let short = self.short_id().to_owned();
-        let shown = path.to_owned();
-        self.engine
-            .docker()
-            .download_from_container(
-                &self.id,
-                Some(
-                    DownloadFromContainerOptionsBuilder::default()
-                        .path(path)
-                        .build(),
-                ),
-            )
-            .map_err(move |e| match e {
-                bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404,
-                    message,
-                } if !message.to_ascii_lowercase().contains("no such container") => {
-                    SandboxError::NoSuchFile {
-                        sandbox: short.clone(),
-                        path: shown.clone(),
-                    }
-                }
-                bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                } => SandboxError::NotRunning {
-                    id: short.clone(),
-                    status: "gone".into(),
-                },
-                e => SandboxError::Docker {
-                    doing: format!("reading {shown} from sandbox {short}"),
-                    error: e,
-                },
-            })
+        self.engine.provider.get_archive(&self.id, path)
     }
 
     /// Feeds the archive of `path` to `consume` (on a blocking thread) as a reader, a few

@@ -1,8 +1,8 @@
 //! The desktop image: its build context (sandbox/, embedded in the binary so an installed
 //! `selfagent` builds it anywhere) and the build itself, with progress.
 
-use super::{Doing, Engine, SandboxError};
-use bollard::query_parameters::{BuildImageOptionsBuilder, CreateImageOptionsBuilder};
+use super::provider::{BuildItem, BuildRequest};
+use super::{Engine, SandboxError};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -270,26 +270,14 @@ pub async fn ensure_base(engine: &Engine) -> Result<(), SandboxError> {
     if engine.image_exists(BASE_IMAGE).await? {
         return Ok(());
     }
-    let (name, tag) = BASE_IMAGE.split_once(':').unwrap_or((BASE_IMAGE, "latest"));
-    let mut pull = engine.docker().create_image(
-        Some(
-            CreateImageOptionsBuilder::default()
-                .from_image(name)
-                .tag(tag)
-                .build(),
-        ),
-        None,
-        None,
-    );
-    while let Some(item) = pull.next().await {
-        if let Err(e) = item {
-            return Err(SandboxError::BaseMissing {
-                base: BASE_IMAGE.into(),
-                reason: e.to_string(),
-            });
-        }
-    }
-    Ok(())
+    engine
+        .image_store()?
+        .pull(BASE_IMAGE)
+        .await
+        .map_err(|reason| SandboxError::BaseMissing {
+            base: BASE_IMAGE.into(),
+            reason,
+        })
 }
 
 /// Builds the desktop image from the embedded context; returns the image id.
@@ -306,34 +294,31 @@ pub async fn build(
             .or_insert_with(|| super::DEFAULT_IMAGE.into());
     }
     let labels = HashMap::from([(LABEL_CONTEXT.to_owned(), context_hash_of(opts.flavor))]);
-    let options = BuildImageOptionsBuilder::default()
-        .dockerfile(opts.flavor.dockerfile())
-        .t(&opts.tag)
-        .rm(true)
-        .forcerm(true)
-        .nocache(opts.no_cache)
-        .buildargs(&args)
-        .labels(&labels)
-        .build();
-    let mut stream =
-        engine
-            .docker()
-            .build_image(options, None, Some(bollard::body_full(tar.into())));
+    let request = BuildRequest {
+        tag: opts.tag.clone(),
+        dockerfile: opts.flavor.dockerfile().to_owned(),
+        args,
+        labels,
+        no_cache: opts.no_cache,
+    };
+    let mut stream = engine.image_store()?.build(tar, request);
     let mut image_id = None;
     let mut tail: Vec<String> = Vec::new();
     while let Some(item) = stream.next().await {
-        let info = item.doing(|| format!("building {}", opts.tag))?;
-        if let Some(detail) = info.error_detail {
-            let message = detail.message.unwrap_or_else(|| "unknown error".into());
-            let context = tail.join("\n");
-            return Err(SandboxError::Build(format!("{message}\n{context}")));
-        }
-        if let Some(aux) = info.aux
-            && let Some(id) = aux.id
-        {
-            image_id = Some(id);
-        }
-        let text = info.stream.or(info.status).unwrap_or_default();
+        let text = match item? {
+            BuildItem::Error(message) => {
+                let context = tail.join("\n");
+                return Err(SandboxError::Build(format!("{message}\n{context}")));
+            }
+            // The first id reported is the image's (the stream ends by asking for it again).
+            BuildItem::Id(id) => {
+                if image_id.is_none() && !id.is_empty() {
+                    image_id = Some(id);
+                }
+                continue;
+            }
+            BuildItem::Text(text) => text,
+        };
         for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
             if let Some((index, total, text)) = parse_step(line) {
                 progress(BuildEvent::Step { index, total, text });
@@ -346,29 +331,19 @@ pub async fn build(
             }
         }
     }
-    match image_id {
-        Some(id) => Ok(id),
-        None => engine
-            .docker()
-            .inspect_image(&opts.tag)
-            .await
-            .doing(|| format!("inspecting the new image {}", opts.tag))?
-            .id
-            .ok_or_else(|| SandboxError::Build("the engine reported no image id".into())),
-    }
+    image_id.ok_or_else(|| SandboxError::Build("the engine reported no image id".into()))
 }
 
 /// The context hash an image was built from, if it carries one.
 pub async fn image_context(engine: &Engine, image: &str) -> Result<Option<String>, SandboxError> {
     let info = engine
-        .docker()
-        .inspect_image(image)
-        .await
-        .doing(|| format!("inspecting image {image}"))?;
-    Ok(info
-        .config
-        .and_then(|c| c.labels)
-        .and_then(|l| l.get(LABEL_CONTEXT).cloned()))
+        .provider()
+        .image(image)
+        .await?
+        .ok_or_else(|| SandboxError::ImageMissing {
+            image: image.to_owned(),
+        })?;
+    Ok(info.labels.get(LABEL_CONTEXT).cloned())
 }
 
 #[cfg(test)]

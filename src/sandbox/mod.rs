@@ -1,9 +1,11 @@
-//! Desktop containers through the Docker API (bollard): image, lifecycle, exec, files.
+//! Desktop containers: image, lifecycle, exec, files, snapshots.
 //!
-//! [`Engine`] wraps one bollard client and turns its errors into [`SandboxError`]s that say
-//! what was being done. [`Engine::create`] starts a hardened desktop container and returns a
-//! [`Sandbox`] handle; [`Engine::get`] rebuilds the handle of a running one from its labels
-//! and environment, so any selfagent process can drive a desktop another one started.
+//! [`Engine`] is one place desktops run, through a [`Provider`] (the seam: Docker's is in
+//! [`docker`], the only module that names the Docker API; see `provider`). Errors are
+//! [`SandboxError`]s that say what was being done. [`Engine::create`] starts a hardened
+//! desktop container and returns a [`Sandbox`] handle; [`Engine::get`] rebuilds the handle of
+//! a running one from its labels and environment, so any selfagent process can drive a
+//! desktop another one started.
 //!
 //! Rules (docs/ARCHITECTURE.md, "Security model"): every container carries `selfagent.*` labels; ports
 //! publish on 127.0.0.1 only, on random host ports; VNC has a random password, X11 a random
@@ -12,10 +14,14 @@
 //! even when no selfagent process is left to do it; `prune` removes what is expired, exited or
 //! orphaned.
 
+pub mod docker;
 mod exec;
 mod files;
 pub mod image;
 pub mod leases;
+#[cfg(test)]
+pub mod memory;
+pub mod provider;
 pub mod snapshot;
 mod tunnel;
 pub mod viewsock;
@@ -24,11 +30,9 @@ pub use exec::{ExecOptions, ExecOutput, Process};
 pub use files::{CopyReport, FileStat, HOME, MAX_READ, sandbox_path, unpack};
 pub use snapshot::{SnapshotInfo, snapshot_image};
 
-use bollard::Docker;
-use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig, PortBinding};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-};
+pub use provider::Provider;
+
+use provider::{ContainerPlan, Listed};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -98,16 +102,19 @@ const PORT_VIEW: u16 = 80;
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error(
-        "cannot reach the Docker engine at {host}: {error}\n  is dockerd running there? (DOCKER_HOST or --engine say where)"
+        "cannot reach the Docker engine at {host}: {source}\n  is dockerd running there? (DOCKER_HOST or --engine say where)"
     )]
     Engine {
         host: String,
-        error: bollard::errors::Error,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("{doing}: {error}")]
-    Docker {
+    /// A provider's call failed: what was being done, and the provider's own error.
+    #[error("{doing}: {source}")]
+    Provider {
         doing: String,
-        error: bollard::errors::Error,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("image {image} is not there: {}", if image.starts_with(snapshot::SAVED_REPO) {
         "no such saved snapshot (`selfagent sandbox snapshots` lists them)"
@@ -153,40 +160,9 @@ impl SandboxError {
     }
 }
 
-/// Maps bollard errors to [`SandboxError::Docker`] with what was being done; a 404 on a
-/// container becomes [`SandboxError::NotFound`].
-pub(crate) trait Doing<T> {
-    fn doing(self, what: impl FnOnce() -> String) -> Result<T, SandboxError>;
-}
-
-impl<T> Doing<T> for Result<T, bollard::errors::Error> {
-    fn doing(self, what: impl FnOnce() -> String) -> Result<T, SandboxError> {
-        self.map_err(|error| SandboxError::Docker {
-            doing: what(),
-            error,
-        })
-    }
-}
-
-/// Docker refused because something still uses the object (an image a container runs from).
-fn is_conflict(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 409,
-            ..
-        }
-    )
-}
-
-fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
+/// The first 12 characters of an id, as `docker ps` shows it.
+fn short(id: &str) -> &str {
+    crate::text::prefix(id, 12)
 }
 
 /// Network access of a sandbox.
@@ -511,16 +487,7 @@ impl Sandbox {
     /// Resolves when the container stops (Docker's wait API: an event, not a poll), with
     /// its exit code, or `None` if that could not be learnt.
     pub async fn wait_exit(&self) -> Option<i64> {
-        use futures_util::StreamExt;
-        let options = bollard::query_parameters::WaitContainerOptionsBuilder::default()
-            .condition("not-running")
-            .build();
-        let mut stream = self.engine.docker().wait_container(&self.id, Some(options));
-        match stream.next().await {
-            Some(Ok(r)) => Some(r.status_code),
-            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
-            Some(Err(_)) | None => None,
-        }
+        self.engine.provider.wait_exit(&self.id).await
     }
 
     /// Why the desktop can no longer be used, when that is so: it exited (with its exit
@@ -528,14 +495,13 @@ impl Sandbox {
     /// died stops within moments; that is waited for (up to 2 s). `None` while it runs.
     pub async fn why_gone(&self) -> Option<String> {
         for _ in 0..20 {
-            match self.engine.docker().inspect_container(&self.id, None).await {
-                Ok(info) => {
-                    let state = info.state.unwrap_or_default();
-                    if state.running != Some(true) {
+            match self.engine.provider.inspect(&self.id).await {
+                Ok(state) => {
+                    if !state.running() {
                         let code = state
                             .exit_code
                             .map_or_else(|| "unknown".to_owned(), |c| c.to_string());
-                        let oom = if state.oom_killed == Some(true) {
+                        let oom = if state.oom_killed {
                             ", out of memory"
                         } else {
                             ""
@@ -546,7 +512,7 @@ impl Sandbox {
                         ));
                     }
                 }
-                Err(e) if is_not_found(&e) => {
+                Err(SandboxError::NotFound(_)) => {
                     return Some(format!(
                         "the desktop {} is gone (its container was removed)",
                         self.short_id()
@@ -554,7 +520,7 @@ impl Sandbox {
                 }
                 Err(e) => {
                     return Some(format!(
-                        "the Docker engine does not answer about desktop {}: {e}",
+                        "the engine does not answer about desktop {}: {e}",
                         self.short_id()
                     ));
                 }
@@ -868,10 +834,11 @@ impl std::str::FromStr for EngineSpec {
     }
 }
 
-/// One connection to the Docker engine.
+/// One place desktops run: a provider (a Docker engine, normally) and how its desktops
+/// are reached.
 #[derive(Clone)]
 pub struct Engine {
-    docker: Docker,
+    provider: Arc<dyn Provider>,
     reach: Reach,
     /// Where it is (`DOCKER_HOST`'s form), for messages and reports.
     url: String,
@@ -900,34 +867,32 @@ impl Engine {
 
     /// Connects to the engine a spec names (see [`EngineSpec`]).
     pub async fn connect_to(spec: &EngineSpec) -> Result<Self, SandboxError> {
-        let engine_err = |error| SandboxError::Engine {
-            host: spec.url.clone(),
-            error,
-        };
         let reach = match spec.reach {
             Some(r) => r,
             None => Reach::for_host(&spec.url, std::env::var("SELFAGENT_REACH").ok().as_deref())
                 .map_err(SandboxError::Invalid)?,
         };
-        let docker = Docker::connect_with_host(&spec.url).map_err(engine_err)?;
-        let docker = docker.negotiate_version().await.map_err(engine_err)?;
-        docker.ping().await.map_err(engine_err)?;
-        Ok(Self {
-            docker,
-            reach,
-            url: spec.url.clone(),
-        })
+        let docker = docker::Docker::connect(&spec.url).await?;
+        Ok(Self::with_provider(Arc::new(docker), &spec.url, reach))
     }
 
-    /// An engine value that has never connected (for tests of what only holds engines).
-    #[cfg(test)]
-    pub(crate) fn offline(url: &str) -> Self {
+    /// An engine over any provider (`url` names it in messages and reports).
+    pub fn with_provider(provider: Arc<dyn Provider>, url: &str, reach: Reach) -> Self {
         Self {
-            docker: Docker::connect_with_http(url, 1, bollard::API_DEFAULT_VERSION)
-                .expect("an http engine value"),
-            reach: Reach::Direct,
+            provider,
+            reach,
             url: url.to_owned(),
         }
+    }
+
+    /// An engine of containers that are only records (see `memory`).
+    #[cfg(test)]
+    pub(crate) fn in_memory() -> (Self, Arc<memory::Memory>) {
+        let provider = Arc::new(memory::Memory::new());
+        (
+            Self::with_provider(provider.clone(), "memory://", Reach::Direct),
+            provider,
+        )
     }
 
     /// Where this engine is.
@@ -938,8 +903,8 @@ impl Engine {
     /// Whether the engine answers within `within`.
     pub async fn answers(&self, within: std::time::Duration) -> bool {
         matches!(
-            tokio::time::timeout(within, self.docker.ping()).await,
-            Ok(Ok(_))
+            tokio::time::timeout(within, self.provider.ping()).await,
+            Ok(Ok(()))
         )
     }
 
@@ -954,19 +919,35 @@ impl Engine {
         self
     }
 
-    pub fn docker(&self) -> &Docker {
-        &self.docker
+    /// What runs its desktops.
+    pub fn provider(&self) -> &dyn Provider {
+        self.provider.as_ref()
+    }
+
+    /// The provider's snapshot capability, or why there is none.
+    pub(crate) fn snapshot_store(&self) -> Result<&dyn provider::Snapshots, SandboxError> {
+        self.provider.snapshots().ok_or_else(|| {
+            SandboxError::Invalid(format!(
+                "the {} provider at {} cannot save snapshots",
+                self.provider.kind(),
+                self.url
+            ))
+        })
+    }
+
+    /// The provider's image capability, or why there is none.
+    pub(crate) fn image_store(&self) -> Result<&dyn provider::Images, SandboxError> {
+        self.provider.images().ok_or_else(|| {
+            SandboxError::Invalid(format!(
+                "the {} provider at {} cannot build or pull images",
+                self.provider.kind(),
+                self.url
+            ))
+        })
     }
 
     pub async fn image_exists(&self, image: &str) -> Result<bool, SandboxError> {
-        match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(SandboxError::Docker {
-                doing: format!("inspecting image {image}"),
-                error: e,
-            }),
-        }
+        Ok(self.provider.image(image).await?.is_some())
     }
 
     /// Creates and starts a desktop. Returns once the container runs; the desktop inside
@@ -1014,55 +995,36 @@ impl Engine {
             labels.insert(LABEL_PERSIST.to_owned(), "1".to_owned());
         }
 
-        let (exposed, bindings, network_mode) = match spec.network {
-            Network::Bridge => {
-                let ports = [PORT_VNC, PORT_X11, PORT_VIEW];
-                let bindings: HashMap<String, Option<Vec<PortBinding>>> = ports
-                    .iter()
-                    .map(|p| {
-                        (
-                            format!("{p}/tcp"),
-                            Some(vec![PortBinding {
-                                host_ip: Some("127.0.0.1".into()),
-                                host_port: Some(String::new()),
-                            }]),
-                        )
-                    })
-                    .collect();
-                (
-                    Some(ports.iter().map(|p| format!("{p}/tcp")).collect()),
-                    Some(bindings),
-                    "bridge",
-                )
-            }
-            Network::None => (None, None, "none"),
-        };
-
-        let host_config = HostConfig {
-            memory: Some(spec.memory),
-            memory_swap: Some(spec.memory),
-            nano_cpus: Some((spec.cpus * 1e9) as i64),
-            pids_limit: Some(spec.pids),
-            shm_size: Some(spec.shm),
+        let plan = ContainerPlan {
+            image: spec.image.clone(),
+            name: spec
+                .container_name
+                .clone()
+                .or_else(|| spec.name.as_ref().map(|n| format!("selfagent-{n}"))),
+            hostname: "desktop".into(),
+            env,
+            labels,
+            entrypoint: None,
+            network: spec.network,
+            publish: vec![PORT_VNC, PORT_X11, PORT_VIEW],
+            memory: spec.memory,
+            cpus: spec.cpus,
+            pids: spec.pids,
+            shm: Some(spec.shm),
             // Root in the container keeps only what the entrypoint needs to start the
             // desktop's users and to stop them; the agent's processes (uid 1000) get none.
-            cap_drop: Some(vec!["ALL".into()]),
-            cap_add: Some(
-                ["SETUID", "SETGID", "KILL", "NET_BIND_SERVICE"]
-                    .map(String::from)
-                    .to_vec(),
-            ),
-            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            keep_caps: ["SETUID", "SETGID", "KILL", "NET_BIND_SERVICE"]
+                .map(String::from)
+                .to_vec(),
             // Ports below 1024 privileged again (docker makes them free for all), so the
             // agent cannot bind the view's port.
-            sysctls: Some(HashMap::from([(
+            sysctls: HashMap::from([(
                 "net.ipv4.ip_unprivileged_port_start".to_owned(),
                 "1024".to_owned(),
-            )])),
-            init: Some(true),
+            )]),
             // The desktop's credentials live here: never in the container's filesystem,
             // so never in a snapshot of it.
-            tmpfs: Some(HashMap::from([
+            tmpfs: vec![
                 (
                     SERVICES_DIR.to_owned(),
                     "rw,nosuid,nodev,noexec,mode=0700,uid=999,gid=999,size=1m".to_owned(),
@@ -1071,46 +1033,18 @@ impl Engine {
                     ROOT_DIR.to_owned(),
                     "rw,nosuid,nodev,noexec,mode=0700,uid=0,gid=0,size=64k".to_owned(),
                 ),
-            ])),
-            port_bindings: bindings,
-            network_mode: Some(network_mode.into()),
-            mounts: spec.name.as_ref().filter(|_| spec.persist).map(|name| {
-                vec![bollard::models::Mount {
-                    target: Some("/home/user".into()),
-                    source: Some(home_volume(name)),
-                    typ: Some(bollard::models::MountType::VOLUME),
-                    ..Default::default()
-                }]
-            }),
+            ],
+            volumes: spec
+                .name
+                .as_ref()
+                .filter(|_| spec.persist)
+                .map(|name| (home_volume(name), "/home/user".to_owned()))
+                .into_iter()
+                .collect(),
             // A desktop to come back to is started again with the engine.
-            restart_policy: spec.persist.then_some(bollard::models::RestartPolicy {
-                name: Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED),
-                maximum_retry_count: None,
-            }),
-            ..Default::default()
+            restart: spec.persist,
         };
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            env: Some(env),
-            labels: Some(labels),
-            exposed_ports: exposed,
-            host_config: Some(host_config),
-            hostname: Some("desktop".into()),
-            ..Default::default()
-        };
-        let container_name = spec
-            .container_name
-            .clone()
-            .or_else(|| spec.name.as_ref().map(|n| format!("selfagent-{n}")));
-        let options = container_name
-            .as_ref()
-            .map(|n| CreateContainerOptionsBuilder::default().name(n).build());
-        let created = self
-            .docker
-            .create_container(options, body)
-            .await
-            .doing(|| format!("creating a container from image {}", spec.image))?;
-        let id = created.id;
+        let id = self.provider.create(&plan).await?;
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "container created");
         if let Err(e) = self
             .write_boot_file(&id, &secrets, spec.network == Network::Bridge)
@@ -1119,12 +1053,9 @@ impl Engine {
             let _ = self.remove(&id).await;
             return Err(e);
         }
-        if let Err(e) = self.docker.start_container(&id, None).await {
+        if let Err(e) = self.provider.start(&id).await {
             let _ = self.remove(&id).await;
-            return Err(SandboxError::Docker {
-                doing: format!("starting container {}", &id[..12.min(id.len())]),
-                error: e,
-            });
+            return Err(e);
         }
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "container started");
         match self.handle(&id, Some(secrets)).await {
@@ -1144,27 +1075,16 @@ impl Engine {
 
     /// [`SandboxError::Died`] for a container that stopped: its exit code and last output.
     pub(crate) async fn died(&self, id: &str) -> SandboxError {
-        use futures_util::StreamExt;
         let code = self
-            .docker
-            .inspect_container(id, None)
+            .provider
+            .inspect(id)
             .await
             .ok()
-            .and_then(|i| i.state)
             .and_then(|s| s.exit_code)
             .map_or_else(|| "unknown".to_owned(), |c| c.to_string());
-        let options = bollard::query_parameters::LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .tail("20")
-            .build();
-        let mut logs = String::new();
-        let mut stream = self.docker.logs(id, Some(options));
-        while let Some(Ok(chunk)) = stream.next().await {
-            logs.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-        }
+        let logs = self.provider.logs(id, 20).await;
         SandboxError::Died {
-            id: id[..12.min(id.len())].to_owned(),
+            id: short(id).to_owned(),
             code,
             logs: logs.trim_end().to_owned(),
         }
@@ -1192,22 +1112,15 @@ impl Engine {
         let tar = builder
             .into_inner()
             .map_err(|e| SandboxError::io("packing the credentials", e))?;
-        self.docker
-            .upload_to_container(
-                id,
-                Some(
-                    bollard::query_parameters::UploadToContainerOptionsBuilder::default()
-                        .path(BOOT_DIR)
-                        .build(),
-                ),
-                bollard::body_full(tar.into()),
-            )
+        self.provider
+            .put_archive(id, BOOT_DIR, tar)
             .await
-            .doing(|| {
-                format!(
+            .map_err(|e| SandboxError::Provider {
+                doing: format!(
                     "giving sandbox {} its credentials (is the image a selfagent desktop? rebuild it with `selfagent sandbox build`)",
-                    &id[..12.min(id.len())]
-                )
+                    short(id)
+                ),
+                source: Box::new(e),
             })
     }
 
@@ -1264,20 +1177,7 @@ impl Engine {
     /// already has fails, so renaming to a name derived from the old one is an atomic claim.
     /// `Ok(false)`: someone else renamed it first (or it is gone).
     pub async fn rename(&self, id: &str, name: &str) -> Result<bool, SandboxError> {
-        let options = bollard::query_parameters::RenameContainerOptionsBuilder::default()
-            .name(name)
-            .build();
-        match self.docker.rename_container(id, options).await {
-            Ok(()) => Ok(true),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 400 | 404 | 409,
-                ..
-            }) => Ok(false),
-            Err(e) => Err(SandboxError::Docker {
-                doing: format!("renaming sandbox {} to {name}", &id[..12.min(id.len())]),
-                error: e,
-            }),
-        }
+        self.provider.rename(id, name).await
     }
 
     /// The handle of a running sandbox; its credentials are read from inside it unless
@@ -1294,32 +1194,21 @@ impl Engine {
         } else {
             self.resolve(id_or_name).await?
         };
-        let info = self
-            .docker
-            .inspect_container(&resolved, None)
-            .await
-            .doing(|| format!("inspecting sandbox {id_or_name}"))?;
-        let id = info.id.clone().unwrap_or(resolved);
-        let state = info
-            .state
-            .as_ref()
-            .and_then(|s| s.status)
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "unknown".into());
-        if state != "running" {
-            return Err(SandboxError::NotRunning { id, status: state });
+        let info = match self.provider.inspect(&resolved).await {
+            Err(SandboxError::NotFound(_)) => {
+                return Err(SandboxError::NotFound(id_or_name.to_owned()));
+            }
+            other => other?,
+        };
+        let id = info.id.clone();
+        if !info.running() {
+            return Err(SandboxError::NotRunning {
+                id,
+                status: info.status,
+            });
         }
-        let config = info.config.unwrap_or_default();
-        let labels = config.labels.unwrap_or_default();
-        let env: HashMap<String, String> = config
-            .env
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            })
-            .collect();
+        let labels = info.labels;
+        let env = info.env;
         let var = |k: &str| env.get(k).cloned().unwrap_or_default();
         let secrets = match secrets {
             Some(s) => s,
@@ -1333,13 +1222,8 @@ impl Engine {
         let published = match (network, self.reach) {
             (Network::None, _) | (_, Reach::Tunnels) => None,
             (Network::Bridge, Reach::Direct) => {
-                let ports = info
-                    .network_settings
-                    .and_then(|n| n.ports)
-                    .unwrap_or_default();
                 let addr = |port: u16| -> Option<SocketAddr> {
-                    let binding = ports.get(&format!("{port}/tcp"))?.as_ref()?.first()?;
-                    let host_port: u16 = binding.host_port.as_deref()?.parse().ok()?;
+                    let host_port = *info.ports.get(&port)?;
                     Some(SocketAddr::from(([127, 0, 0, 1], host_port)))
                 };
                 let (Some(vnc), Some(x11)) = (addr(PORT_VNC), addr(PORT_X11)) else {
@@ -1360,7 +1244,7 @@ impl Engine {
             name: labels
                 .get(LABEL_NAME)
                 .cloned()
-                .unwrap_or_else(|| id[..12.min(id.len())].to_owned()),
+                .unwrap_or_else(|| short(&id).to_owned()),
             width: num("SELFAGENT_WIDTH", 1280),
             height: num("SELFAGENT_HEIGHT", 800),
             id,
@@ -1373,21 +1257,16 @@ impl Engine {
 
     /// Finds the full id of a selfagent container by id, id prefix or name.
     async fn resolve(&self, id_or_name: &str) -> Result<String, SandboxError> {
-        let all = self.containers().await?;
-        let matches: Vec<&ContainerSummary> = all
+        let all = self.containers_where(None).await?;
+        let matches: Vec<&Listed> = all
             .iter()
             .filter(|c| {
-                let id = c.id.as_deref().unwrap_or_default();
-                let name = c
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(LABEL_NAME))
-                    .map(String::as_str);
-                id.starts_with(id_or_name) || name == Some(id_or_name)
+                let name = c.labels.get(LABEL_NAME).map(String::as_str);
+                c.id.starts_with(id_or_name) || name == Some(id_or_name)
             })
             .collect();
         match matches.as_slice() {
-            [one] => Ok(one.id.clone().unwrap_or_default()),
+            [one] => Ok(one.id.clone()),
             [] => Err(SandboxError::NotFound(id_or_name.to_owned())),
             many => Err(SandboxError::Invalid(format!(
                 "'{id_or_name}' matches {} sandboxes; give more of the id",
@@ -1396,27 +1275,11 @@ impl Engine {
         }
     }
 
-    async fn containers(&self) -> Result<Vec<ContainerSummary>, SandboxError> {
-        self.containers_where(None).await
-    }
-
     /// Selfagent containers, only those with the label `key=value` given as `label`.
-    async fn containers_where(
-        &self,
-        label: Option<&str>,
-    ) -> Result<Vec<ContainerSummary>, SandboxError> {
+    async fn containers_where(&self, label: Option<&str>) -> Result<Vec<Listed>, SandboxError> {
         let mut labels = vec![LABEL_CREATED];
         labels.extend(label);
-        let filters = HashMap::from([("label", labels)]);
-        self.docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .doing(|| "listing selfagent containers".into())
+        self.provider.list(&labels).await
     }
 
     /// Every selfagent container, running or not.
@@ -1433,28 +1296,15 @@ impl Engine {
             .await?
             .into_iter()
             .map(|c| {
-                let labels = c.labels.unwrap_or_default();
+                let labels = c.labels;
                 let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
                 let created: u64 = label(LABEL_CREATED).parse().unwrap_or(0);
                 let ttl: u64 = label(LABEL_TTL).parse().unwrap_or(0);
                 let expires = (ttl > 0).then_some(created + ttl);
-                let id = c.id.unwrap_or_default();
-                let port = |private: u16| {
-                    c.ports.as_ref().and_then(|ports| {
-                        ports
-                            .iter()
-                            .find(|p| p.private_port == private && p.public_port.is_some())
-                            .and_then(|p| p.public_port)
-                            .map(|p| format!("127.0.0.1:{p}"))
-                    })
-                };
+                let id = c.id;
+                let port = |private: u16| c.ports.get(&private).map(|p| format!("127.0.0.1:{p}"));
                 let owner = label(LABEL_OWNER);
-                let container_name = c
-                    .names
-                    .as_ref()
-                    .and_then(|n| n.first())
-                    .map(|n| n.trim_start_matches('/').to_owned())
-                    .unwrap_or_default();
+                let container_name = c.name;
                 let pool = Some(label(LABEL_POOL)).filter(|p| !p.is_empty());
                 let pool_state = pool
                     .as_ref()
@@ -1470,11 +1320,11 @@ impl Engine {
                     name: labels
                         .get(LABEL_NAME)
                         .cloned()
-                        .unwrap_or_else(|| id[..12.min(id.len())].to_owned()),
+                        .unwrap_or_else(|| short(&id).to_owned()),
                     id,
-                    image: c.image.unwrap_or_default(),
-                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
-                    status: c.status.unwrap_or_default(),
+                    image: c.image,
+                    state: c.state,
+                    status: c.status,
                     created,
                     ttl,
                     expires,
@@ -1505,82 +1355,25 @@ impl Engine {
             Err(SandboxError::NotFound(_)) if id_or_name.len() == 64 => id_or_name.to_owned(),
             Err(e) => return Err(e),
         };
-        match self
-            .docker
-            .remove_container(
-                &id,
-                Some(
-                    RemoveContainerOptionsBuilder::default()
-                        .force(true)
-                        .v(true)
-                        .build(),
-                ),
-            )
-            .await
-        {
-            Ok(()) => {
-                leases::forget(&id);
-                Ok(())
-            }
-            Err(e) if is_not_found(&e) => {
-                leases::forget(&id);
-                Ok(())
-            }
-            // Removal already under way (another `down`/`prune`): the container is going.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
-            Err(e) => Err(SandboxError::Docker {
-                doing: format!("removing sandbox {}", &id[..12.min(id.len())]),
-                error: e,
-            }),
-        }
+        self.provider.remove(&id).await?;
+        leases::forget(&id);
+        Ok(())
     }
 
     /// Stops a desktop (by id, prefix or name); a persistent one keeps everything for
     /// [`Engine::start`].
     pub async fn stop(&self, id_or_name: &str) -> Result<(), SandboxError> {
         let id = self.resolve(id_or_name).await?;
-        match self
-            .docker
-            .stop_container(
-                &id,
-                Some(
-                    bollard::query_parameters::StopContainerOptionsBuilder::default()
-                        .t(10)
-                        .build(),
-                ),
-            )
+        self.provider
+            .stop(&id, std::time::Duration::from_secs(10))
             .await
-        {
-            Ok(()) => Ok(()),
-            // Stopped already.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 304, ..
-            }) => Ok(()),
-            Err(e) => Err(SandboxError::Docker {
-                doing: format!("stopping sandbox {id_or_name}"),
-                error: e,
-            }),
-        }
     }
 
     /// Starts a stopped desktop again and returns its handle once it has credentials (it
     /// makes new ones as it starts).
     pub async fn start(&self, id_or_name: &str) -> Result<Sandbox, SandboxError> {
         let id = self.resolve(id_or_name).await?;
-        match self.docker.start_container(&id, None).await {
-            Ok(()) => {}
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 304, ..
-            }) => {}
-            Err(e) => {
-                return Err(SandboxError::Docker {
-                    doing: format!("starting sandbox {id_or_name}"),
-                    error: e,
-                });
-            }
-        }
+        self.provider.start(&id).await?;
         match self.handle(&id, None).await {
             Err(SandboxError::NotRunning { .. }) => Err(self.died(&id).await),
             other => other,
@@ -1589,22 +1382,7 @@ impl Engine {
 
     /// Removes a persistent desktop's home volume (after its container is gone).
     pub async fn remove_home(&self, name: &str) -> Result<bool, SandboxError> {
-        let volume = home_volume(name);
-        match self
-            .docker
-            .remove_volume(
-                &volume,
-                None::<bollard::query_parameters::RemoveVolumeOptions>,
-            )
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(SandboxError::Docker {
-                doing: format!("removing volume {volume}"),
-                error: e,
-            }),
-        }
+        self.provider.remove_volume(&home_volume(name)).await
     }
 
     /// Removes every selfagent container that is expired, no longer running, or whose

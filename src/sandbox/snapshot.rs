@@ -6,13 +6,10 @@
 //! and they never pass through the container's environment or config. Running processes and windows are
 //! not part of a filesystem; the window list is recorded separately (see `task::check`).
 
+use super::provider::{ContainerPlan, ImageInfo, Removed};
 use super::{
-    Doing, Engine, LABEL_CREATED, LABEL_NAME, LABEL_NETWORK, LABEL_OWNER, LABEL_SESSION, LABEL_TTL,
+    Engine, LABEL_CREATED, LABEL_NAME, LABEL_NETWORK, LABEL_OWNER, LABEL_SESSION, LABEL_TTL,
     Network, Sandbox, SandboxError, Secrets, now_secs,
-};
-use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{
-    CommitContainerOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use serde::Serialize;
 use std::collections::HashMap;
@@ -49,20 +46,7 @@ impl Sandbox {
     /// Bytes the desktop's filesystem has changed (its writable layer, apparent sizes: a
     /// sparse file counts in full, as a commit would store it).
     pub async fn changed_bytes(&self) -> Result<u64, SandboxError> {
-        let info = self
-            .engine
-            .docker()
-            .inspect_container(
-                self.id(),
-                Some(
-                    bollard::query_parameters::InspectContainerOptionsBuilder::default()
-                        .size(true)
-                        .build(),
-                ),
-            )
-            .await
-            .doing(|| format!("measuring the changes of sandbox {}", self.short_id()))?;
-        Ok(info.size_rw.unwrap_or(0).max(0) as u64)
+        self.engine.snapshot_store()?.changed_bytes(self.id()).await
     }
 
     /// Commits the container's filesystem to [`snapshot_image`]`(session)` and returns the
@@ -87,22 +71,16 @@ impl Sandbox {
             (LABEL_NAME.to_owned(), String::new()),
             (LABEL_NETWORK.to_owned(), String::new()),
         ]);
-        let options = CommitContainerOptionsBuilder::default()
-            .container(self.id())
-            .repo(repo)
-            .tag(tag)
-            .comment(&format!("final state of selfagent session {session}"))
-            .pause(true)
-            .build();
-        let config = ContainerConfig {
-            labels: Some(labels),
-            ..Default::default()
-        };
         self.engine
-            .docker()
-            .commit_container(options, config)
-            .await
-            .doing(|| format!("committing sandbox {} to {image}", self.short_id()))?;
+            .snapshot_store()?
+            .commit(
+                self.id(),
+                (repo, tag),
+                labels,
+                &format!("final state of selfagent session {session}"),
+                false,
+            )
+            .await?;
         Ok(image)
     }
 }
@@ -125,39 +103,23 @@ impl Engine {
             (LABEL_NAME.to_owned(), name.clone()),
             (LABEL_NETWORK.to_owned(), "none".to_owned()),
         ]);
-        let body = ContainerCreateBody {
-            image: Some(image.to_owned()),
+        let plan = ContainerPlan {
+            image: image.to_owned(),
             entrypoint: Some(vec!["sleep".into(), INSPECTOR_TTL.to_string()]),
-            cmd: Some(Vec::new()),
-            labels: Some(labels),
-            hostname: Some("desktop".into()),
-            host_config: Some(HostConfig {
-                memory: Some(512 << 20),
-                memory_swap: Some(512 << 20),
-                nano_cpus: Some(1_000_000_000),
-                pids_limit: Some(256),
-                cap_drop: Some(vec!["ALL".into()]),
-                security_opt: Some(vec!["no-new-privileges:true".into()]),
-                init: Some(true),
-                network_mode: Some("none".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
+            labels,
+            hostname: "desktop".into(),
+            memory: 512 << 20,
+            cpus: 1.0,
+            pids: 256,
+            network: Network::None,
+            ..ContainerPlan::default()
         };
-        let created = self
-            .docker()
-            .create_container(
-                None::<bollard::query_parameters::CreateContainerOptions>,
-                body,
-            )
-            .await
-            .doing(|| format!("creating an inspector from {image}"))?;
-        let id = created.id;
-        if let Err(e) = self.docker().start_container(&id, None).await {
+        let id = self.provider.create(&plan).await?;
+        if let Err(e) = self.provider.start(&id).await {
             let _ = self.remove(&id).await;
-            return Err(SandboxError::Docker {
+            return Err(SandboxError::Provider {
                 doing: format!("starting an inspector from {image}"),
-                error: e,
+                source: Box::new(e),
             });
         }
         Ok(Sandbox {
@@ -190,9 +152,9 @@ impl Engine {
             .flat_map(|i| {
                 let label = |k: &str| i.labels.get(k).cloned().unwrap_or_default();
                 let (session, task) = (label(LABEL_SNAPSHOT), label(LABEL_TASK));
-                let parent = sizes.get(i.parent_id.as_str()).copied().unwrap_or(0);
+                let parent = sizes.get(i.parent.as_str()).copied().unwrap_or(0);
                 let (created, size) = (i.created, (i.size - parent).max(0));
-                i.repo_tags
+                i.tags
                     .iter()
                     .filter(|t| t.starts_with(&format!("{SNAPSHOT_REPO}:")))
                     .map(|t| SnapshotInfo {
@@ -211,21 +173,11 @@ impl Engine {
 
     /// Removes a snapshot image (gone already is fine).
     pub async fn remove_snapshot(&self, image: &str) -> Result<(), SandboxError> {
-        match self
-            .docker()
-            .remove_image(
-                image,
-                Some(RemoveImageOptionsBuilder::default().build()),
-                None,
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if super::is_not_found(&e) => Ok(()),
-            Err(e) => Err(SandboxError::Docker {
-                doing: format!("removing snapshot {image}"),
-                error: e,
-            }),
+        match self.snapshot_store()?.remove_image(image, false).await? {
+            Removed::Removed | Removed::Gone => Ok(()),
+            Removed::InUse => Err(SandboxError::Invalid(format!(
+                "snapshot {image} is in use by a container"
+            ))),
         }
     }
 }
@@ -293,137 +245,30 @@ impl Sandbox {
             (super::LABEL_POOL_SPEC.to_owned(), String::new()),
             (super::LABEL_POOL_SIZE.to_owned(), String::new()),
         ]);
-        let docker = self.engine.docker();
-        let commit = |container: &str, comment: String| {
-            let options = CommitContainerOptionsBuilder::default()
-                .container(container)
-                .repo(SAVED_REPO)
-                .tag(tag)
-                .comment(&comment)
-                .pause(true)
-                .build();
-            let config = ContainerConfig {
-                labels: Some(labels.clone()),
-                ..Default::default()
-            };
-            docker.commit_container(options, config)
-        };
-        let committed = commit(
-            self.id(),
-            format!("selfagent desktop {} saved as {tag}", self.name()),
-        )
-        .await
-        .doing(|| format!("committing sandbox {} to {image}", self.short_id()))?;
-        if !self.home_is_volume().await? {
-            return Ok(image);
-        }
-        // The home directory is a volume, which a commit leaves out: copy it into a container
-        // of the committed image and commit that.
-        // Never started: only its filesystem is written to, and its configuration (the
-        // image's own, entrypoint and all) is what the next commit keeps.
-        let body = ContainerCreateBody {
-            image: Some(image.clone()),
-            host_config: Some(HostConfig {
-                network_mode: Some("none".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let temp = docker
-            .create_container(
-                None::<bollard::query_parameters::CreateContainerOptions>,
-                body,
-            )
-            .await
-            .doing(|| format!("preparing {image}"))?
-            .id;
-        let baked = async {
-            use futures_util::TryStreamExt;
-            let home = docker
-                .download_from_container(
-                    self.id(),
-                    Some(
-                        bollard::query_parameters::DownloadFromContainerOptionsBuilder::default()
-                            .path("/home/user")
-                            .build(),
-                    ),
-                )
-                .map_err(std::io::Error::other);
-            docker
-                .upload_to_container(
-                    &temp,
-                    Some(
-                        bollard::query_parameters::UploadToContainerOptionsBuilder::default()
-                            .path("/home")
-                            .copy_uidgid("1")
-                            .build(),
-                    ),
-                    bollard::body_try_stream(home),
-                )
-                .await
-                .doing(|| {
-                    format!(
-                        "copying the home directory of {} into {image}",
-                        self.short_id()
-                    )
-                })?;
-            commit(
-                &temp,
-                format!(
-                    "selfagent desktop {} saved as {tag}, with its home",
-                    self.name()
-                ),
-            )
-            .await
-            .doing(|| format!("committing {image}"))
-        }
-        .await;
-        let _ = docker
-            .remove_container(
-                &temp,
-                Some(
-                    bollard::query_parameters::RemoveContainerOptionsBuilder::default()
-                        .force(true)
-                        .build(),
-                ),
-            )
-            .await;
-        baked?;
-        // The first commit, now untagged.
-        if !committed.id.is_empty() {
-            let _ = docker
-                .remove_image(
-                    &committed.id,
-                    None::<bollard::query_parameters::RemoveImageOptions>,
-                    None,
-                )
-                .await;
-        }
-        Ok(image)
-    }
-
-    /// Whether the home directory is a volume (a persistent desktop's).
-    async fn home_is_volume(&self) -> Result<bool, SandboxError> {
-        let info = self
+        let with_home = self
             .engine
-            .docker()
-            .inspect_container(self.id(), None)
-            .await
-            .doing(|| format!("inspecting sandbox {}", self.short_id()))?;
-        Ok(info.mounts.unwrap_or_default().iter().any(|m| {
-            m.destination.as_deref() == Some("/home/user")
-                && m.typ.as_ref().map(ToString::to_string).as_deref() == Some("volume")
-        }))
+            .provider
+            .inspect(self.id())
+            .await?
+            .home_is_volume;
+        self.engine
+            .snapshot_store()?
+            .commit(
+                self.id(),
+                (SAVED_REPO, tag),
+                labels,
+                &format!("selfagent desktop {} saved as {tag}", self.name()),
+                with_home,
+            )
+            .await?;
+        Ok(image)
     }
 }
 
 impl Engine {
     /// Every image in one call (snapshots are found by label, their sizes by their parents').
-    async fn all_images(&self) -> Result<Vec<bollard::models::ImageSummary>, SandboxError> {
-        self.docker()
-            .list_images(Some(ListImagesOptionsBuilder::default().all(true).build()))
-            .await
-            .doing(|| "listing snapshot images".into())
+    async fn all_images(&self) -> Result<Vec<ImageInfo>, SandboxError> {
+        self.snapshot_store()?.all_images().await
     }
 
     /// Every saved snapshot, newest first.
@@ -434,8 +279,8 @@ impl Engine {
             .iter()
             .filter(|i| i.labels.get(LABEL_SAVED).is_some_and(|t| !t.is_empty()))
             .flat_map(|i| {
-                let parent = sizes.get(i.parent_id.as_str()).copied().unwrap_or(0);
-                i.repo_tags
+                let parent = sizes.get(i.parent.as_str()).copied().unwrap_or(0);
+                i.tags
                     .iter()
                     .filter_map(|t| t.strip_prefix(&format!("{SAVED_REPO}:")))
                     .map(|tag| SavedSnapshot {
@@ -481,32 +326,25 @@ impl Engine {
     /// from them, once no container uses them any more; returns their ids. (Docker keeps
     /// such an image, untagged, as long as a container needs its layers.)
     pub async fn prune_unnamed_saved(&self) -> Result<Vec<String>, SandboxError> {
+        if self.provider.snapshots().is_none() {
+            return Ok(Vec::new());
+        }
         let images = self.all_images().await?;
         let mut removed = Vec::new();
         for image in images {
             let saved = image.labels.get(LABEL_SAVED).is_some_and(|t| !t.is_empty());
-            let named = image.repo_tags.iter().any(|t| t != "<none>:<none>");
+            let named = image.tags.iter().any(|t| t != "<none>:<none>");
             if !saved || named {
                 continue;
             }
             // Not forced: an image a container still uses is refused, and kept.
-            match self
-                .docker()
-                .remove_image(
-                    &image.id,
-                    None::<bollard::query_parameters::RemoveImageOptions>,
-                    None,
-                )
-                .await
+            if self
+                .snapshot_store()?
+                .remove_image(&image.id, false)
+                .await?
+                == Removed::Removed
             {
-                Ok(_) => removed.push(image.id),
-                Err(e) if super::is_not_found(&e) || super::is_conflict(&e) => {}
-                Err(e) => {
-                    return Err(SandboxError::Docker {
-                        doing: format!("removing unnamed snapshot image {}", image.id),
-                        error: e,
-                    });
-                }
+                removed.push(image.id);
             }
         }
         Ok(removed)
@@ -522,21 +360,9 @@ impl Engine {
                 "there is no snapshot '{tag}'"
             )));
         }
-        match self
-            .docker()
-            .remove_image(
-                &image,
-                Some(RemoveImageOptionsBuilder::default().force(true).build()),
-                None,
-            )
+        self.snapshot_store()?
+            .remove_image(&image, true)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if super::is_not_found(&e) => Ok(()),
-            Err(e) => Err(SandboxError::Docker {
-                doing: format!("removing snapshot {tag}"),
-                error: e,
-            }),
-        }
+            .map(|_| ())
     }
 }

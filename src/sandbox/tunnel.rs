@@ -1,10 +1,9 @@
 //! Local tunnels into a sandbox with no network: a listener on 127.0.0.1 for each service,
-//! and for each connection a `docker exec socat` that relays to the service inside. Works
+//! and for each connection a `socat` run through the provider (`docker exec`) that relays to the service inside. Works
 //! with remote Docker hosts too. The tunnels live as long as the process that opened them.
 
-use super::{Doing, Endpoints, Sandbox, SandboxError};
-use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecResults};
+use super::provider::{ExecRequest, Output};
+use super::{Endpoints, Sandbox, SandboxError};
 use futures_util::StreamExt;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,39 +41,30 @@ async fn listen(sandbox: Sandbox, port: u16) -> Result<SocketAddr, SandboxError>
 
 async fn relay(sandbox: &Sandbox, mut local: TcpStream, port: u16) -> Result<(), SandboxError> {
     local.set_nodelay(true).ok();
-    let docker = sandbox.engine.docker();
-    let exec = docker
-        .create_exec(
+    let attached = sandbox
+        .engine
+        .provider
+        .exec(
             sandbox.id(),
-            CreateExecOptions {
-                cmd: Some(vec![
+            ExecRequest {
+                cmd: vec![
                     "socat".to_owned(),
                     "STDIO".to_owned(),
                     format!("TCP:127.0.0.1:{port},nodelay"),
-                ]),
-                attach_stdin: Some(true),
-                attach_stdout: Some(true),
-                attach_stderr: Some(false),
+                ],
                 // Not the agent's user: the agent must not be able to kill its tunnels.
-                user: Some(super::SERVICES_USER.to_owned()),
+                user: super::SERVICES_USER.to_owned(),
+                stdin: true,
+                stderr: false,
                 ..Default::default()
             },
         )
         .await
-        .doing(|| format!("opening a tunnel to port {port}"))?;
-    let StartExecResults::Attached {
-        mut output,
-        mut input,
-    } = docker
-        .start_exec(&exec.id, None)
-        .await
-        .doing(|| format!("opening a tunnel to port {port}"))?
-    else {
-        return Err(SandboxError::io(
-            "opening a tunnel",
-            "exec started detached",
-        ));
-    };
+        .map_err(|e| SandboxError::Provider {
+            doing: format!("opening a tunnel to port {port}"),
+            source: Box::new(e),
+        })?;
+    let (mut output, mut input) = (attached.output, attached.input);
     let (mut local_read, mut local_write) = local.split();
     let upstream = async {
         let mut buf = vec![0u8; 64 << 10];
@@ -89,9 +79,9 @@ async fn relay(sandbox: &Sandbox, mut local: TcpStream, port: u16) -> Result<(),
         input.shutdown().await
     };
     let downstream = async {
-        while let Some(Ok(chunk)) = output.next().await {
-            if let LogOutput::StdOut { message } | LogOutput::Console { message } = chunk {
-                local_write.write_all(&message).await?;
+        while let Some(Ok((stream, bytes))) = output.next().await {
+            if stream == Output::Stdout {
+                local_write.write_all(&bytes).await?;
             }
         }
         local_write.shutdown().await

@@ -48,10 +48,12 @@ fn files(module: &str) -> Vec<PathBuf> {
     if dir.is_dir() {
         walk(&dir, &mut out);
     }
-    // Test files: `tests.rs`, `*_test.rs`, `fuzz_tests.rs`.
+    // Test files: `<topic>_tests.rs` (docs/STYLE.md).
     out.retain(|p| {
-        let name = p.file_name().unwrap().to_string_lossy();
-        !(name == "tests.rs" || name.ends_with("_test.rs") || name.ends_with("_tests.rs"))
+        !p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with("_tests.rs")
     });
     out
 }
@@ -157,4 +159,60 @@ fn the_cycle_check_sees_a_cycle() {
     assert!(cycle_from(&g, "sandbox").is_some());
     assert!(without_tests("a\n#[cfg(test)]\nmod t {\n crate::x;\n}\nb\n").contains('b'));
     assert!(!without_tests("#[cfg(test)]\nmod t {\n crate::x;\n}\n").contains("crate::x"));
+}
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(rust_files(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The provider seam holds: only `src/sandbox/docker/` names the Docker API (docs/
+/// ARCHITECTURE.md, "The provider seam").
+#[test]
+fn only_the_docker_provider_names_bollard() {
+    let docker = src().join("sandbox").join("docker");
+    let mut inside = 0;
+    let leaks: Vec<String> = rust_files(&src())
+        .into_iter()
+        .filter(|f| {
+            let names = std::fs::read_to_string(f).unwrap().contains("bollard");
+            if f.starts_with(&docker) {
+                inside += usize::from(names);
+                return false;
+            }
+            names
+        })
+        .map(|f| f.strip_prefix(src()).unwrap().display().to_string())
+        .collect();
+    assert!(
+        inside > 0,
+        "the Docker provider was not found (so this check would see nothing)"
+    );
+    assert!(
+        leaks.is_empty(),
+        "bollard is named outside src/sandbox/docker/: {leaks:?}"
+    );
+}
+
+/// Unit-test files follow one naming rule: `<topic>_tests.rs` (docs/STYLE.md).
+#[test]
+fn unit_test_files_are_named_topic_tests() {
+    let odd: Vec<String> = rust_files(&src())
+        .into_iter()
+        .map(|f| f.strip_prefix(src()).unwrap().display().to_string())
+        .filter(|f| {
+            let name = f.rsplit('/').next().unwrap();
+            (name.contains("test") && !name.ends_with("_tests.rs")) || name == "tests.rs"
+        })
+        .collect();
+    assert!(odd.is_empty(), "test files named otherwise: {odd:?}");
 }
