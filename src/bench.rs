@@ -60,20 +60,24 @@ pub struct BenchArgs {
     pub x_server: String,
 }
 
-/// Summary statistics of one measurement, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+/// Summary statistics of one measurement, in milliseconds; or, when what the measurement
+/// rests on did not hold (the screen never went quiet, so a "change" could be noise; the
+/// effect never showed), why it failed: such a measurement is never printed as a number.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
     pub p50: f64,
     pub p95: f64,
     pub min: f64,
     pub max: f64,
     pub n: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 impl Stats {
     pub fn of(samples: &[f64]) -> Self {
         if samples.is_empty() {
-            return Self::default();
+            return Self::failed("no samples");
         }
         let mut s = samples.to_vec();
         s.sort_by(f64::total_cmp);
@@ -84,8 +88,36 @@ impl Stats {
             min: round(s[0]),
             max: round(s[s.len() - 1]),
             n: s.len(),
+            failed: None,
         }
     }
+
+    /// A measurement whose premise failed, and why.
+    pub fn failed(why: impl Into<String>) -> Self {
+        Self {
+            failed: Some(why.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The samples' statistics, unless some of them broke the premise: then the first
+    /// reason, and how many of how many did.
+    fn unless(samples: &[f64], broken: &[String], taken: usize) -> Self {
+        match broken.first() {
+            None => Self::of(samples),
+            Some(why) => Self::failed(format!("{why} ({} of {taken} samples)", broken.len())),
+        }
+    }
+
+    /// The median, when the measurement holds.
+    pub fn median(&self) -> Option<f64> {
+        self.failed.is_none().then_some(self.p50)
+    }
+}
+
+/// `a / b` of two medians; `None` when either measurement failed.
+fn ratio(a: &Stats, b: &Stats) -> Option<f64> {
+    Some(round(a.median()? / b.median()?.max(0.01)))
 }
 
 fn round(x: f64) -> f64 {
@@ -110,7 +142,7 @@ pub struct Report {
     /// rest is connecting VNC and X11 to it.
     pub pool_claim_ms: Stats,
     /// `ready_ms` p50 / `pool_lease_ready_ms` p50.
-    pub pool_speedup: f64,
+    pub pool_speedup: Option<f64>,
     /// A desktop started from a saved snapshot of a used one, until ready.
     pub fork_ready_ms: Stats,
     /// Saving that snapshot.
@@ -121,11 +153,11 @@ pub struct Report {
     pub settle_after_key_ms: Stats,
     pub baseline_screenshot_ms: Stats,
     pub baseline_input_to_effect_ms: Stats,
-    pub screenshot_speedup: f64,
-    pub input_speedup: f64,
+    pub screenshot_speedup: Option<f64>,
+    pub input_speedup: Option<f64>,
     pub steps: Vec<StepScenario>,
     /// A key step's p50 through tunnels (the Docker API) / through the published ports.
-    pub tunnel_step_ratio: f64,
+    pub tunnel_step_ratio: Option<f64>,
     pub protocols: Vec<ProtocolCodec>,
     /// Serializing the smallest request that carries one screenshot.
     pub baseline_request_ms: Stats,
@@ -422,8 +454,12 @@ async fn measure(
     let (protocols, baseline_request_ms) = protocol_codecs(&busy.png, (width, height), 40)?;
 
     progress(args.json, &format!("keys into the terminal x{samples}"));
+    // The premise of both numbers: the screen is quiet before the key (else the first
+    // "change" may be a cursor blink or output still scrolling) and again after it (else the
+    // settle time is only the cap). A sample that breaks it fails the measurement.
     let mut effect_ms = Vec::new();
     let mut settle_ms = Vec::new();
+    let (mut no_effect, mut never_quiet) = (Vec::new(), Vec::new());
     for i in 0..samples {
         // Type a letter, then erase it: both change the screen.
         let key = if i % 2 == 0 {
@@ -433,6 +469,11 @@ async fn measure(
                 text: "BackSpace".into(),
             }
         };
+        if let Some(why) = quiet_before(&desktop).await {
+            no_effect.push(why.clone());
+            never_quiet.push(why);
+            continue;
+        }
         let before = desktop.mark();
         let t = Instant::now();
         desktop.act(&key).await?;
@@ -440,11 +481,20 @@ async fn measure(
             .wait_for_change(before.stamp, Duration::from_secs(2))
             .await;
         if seen.is_none() {
-            anyhow::bail!("a key typed into the terminal changed nothing on screen within 2 s");
+            no_effect
+                .push("a key typed into the terminal changed nothing on screen within 2 s".into());
+            continue;
         }
         effect_ms.push(ms(t.elapsed()));
         let report = desktop.settle(before, SettleOptions::default()).await;
-        settle_ms.push(ms(t.elapsed()).max(report.waited_ms));
+        if report.quiet {
+            settle_ms.push(ms(t.elapsed()).max(report.waited_ms));
+        } else {
+            never_quiet.push(format!(
+                "the screen did not go quiet after the key (settle gave up after {:.0} ms)",
+                report.waited_ms
+            ));
+        }
     }
 
     progress(
@@ -471,8 +521,13 @@ async fn measure(
         &format!("baseline: docker exec xdotool x{samples}"),
     );
     let mut base_effect = Vec::new();
+    let mut base_broken = Vec::new();
     for i in 0..samples {
         let key = if i % 2 == 0 { "x" } else { "BackSpace" };
+        if let Some(why) = quiet_before(&desktop).await {
+            base_broken.push(why);
+            continue;
+        }
         let before = desktop.mark();
         let t = Instant::now();
         let out = sandbox
@@ -487,7 +542,8 @@ async fn measure(
             .await
             .is_none()
         {
-            anyhow::bail!("xdotool key changed nothing on screen within 2 s");
+            base_broken.push("xdotool key changed nothing on screen within 2 s".into());
+            continue;
         }
         base_effect.push(ms(t.elapsed()));
     }
@@ -529,13 +585,10 @@ async fn measure(
     .await?
     .0;
     drop(fresh);
-    let tunnel_step_ratio = round(
-        through_tunnels.step_ms.p50
-            / steps
-                .iter()
-                .find(|s| s.name == "key")
-                .map_or(1.0, |s| s.step_ms.p50.max(0.01)),
-    );
+    let tunnel_step_ratio = steps
+        .iter()
+        .find(|s| s.name == "key")
+        .and_then(|s| ratio(&through_tunnels.step_ms, &s.step_ms));
     steps.push(through_tunnels);
     progress(args.json, "replay: recording 100 steps, then opening them");
     let dir = std::env::temp_dir().join(format!("selfagent-bench-replay-{}", std::process::id()));
@@ -555,14 +608,16 @@ async fn measure(
     let (first_paint, first_shot) = measured?;
 
     let screenshot_ms = Stats::of(&shot_ms);
-    let input_to_effect_ms = Stats::of(&effect_ms);
+    let input_to_effect_ms = Stats::unless(&effect_ms, &no_effect, samples);
     let baseline_screenshot_ms = Stats::of(&base_shot);
-    let baseline_input_to_effect_ms = Stats::of(&base_effect);
+    let baseline_input_to_effect_ms = Stats::unless(&base_effect, &base_broken, samples);
+    let screenshot_speedup = ratio(&baseline_screenshot_ms, &screenshot_ms);
+    let input_speedup = ratio(&baseline_input_to_effect_ms, &input_to_effect_ms);
     Ok(Report {
         x_server: args.x_server.clone(),
         width,
         height,
-        pool_speedup: round(Stats::of(&ready).p50 / pool_lease.p50.max(0.01)),
+        pool_speedup: ratio(&Stats::of(&ready), &pool_lease),
         pool_lease_ready_ms: pool_lease,
         pool_claim_ms: pool_claim,
         fork_ready_ms: fork_ready,
@@ -572,9 +627,9 @@ async fn measure(
         screenshot_ms,
         screenshot_bytes: shot_bytes,
         input_to_effect_ms,
-        settle_after_key_ms: Stats::of(&settle_ms),
-        screenshot_speedup: round(baseline_screenshot_ms.p50 / screenshot_ms.p50.max(0.01)),
-        input_speedup: round(baseline_input_to_effect_ms.p50 / input_to_effect_ms.p50.max(0.01)),
+        settle_after_key_ms: Stats::unless(&settle_ms, &never_quiet, samples),
+        screenshot_speedup,
+        input_speedup,
         baseline_screenshot_ms,
         baseline_input_to_effect_ms,
         steps,
@@ -584,6 +639,20 @@ async fn measure(
         replay_first_paint_ms: round(ms(first_paint)),
         replay_first_screenshot_ms: round(ms(first_shot)),
         streams,
+    })
+}
+
+/// Waits (up to 3 s) for the screen to be quiet before a timed input; why not, when it
+/// never was (a change seen after the input could then be noise).
+async fn quiet_before(desktop: &Desktop) -> Option<String> {
+    let report = desktop
+        .settle(desktop.mark(), SettleOptions::default())
+        .await;
+    (!report.quiet).then(|| {
+        format!(
+            "the screen was never quiet before the input (still changing after {:.0} ms), so a change could not be told from noise",
+            report.waited_ms
+        )
     })
 }
 
@@ -928,7 +997,7 @@ async fn loop_steps(
         while let Some(event) = timing.recv().await {
             match event.as_ref() {
                 Event::StepStarted { .. } => starts.push(Instant::now()),
-                Event::Settled { report, .. } => settles.push(report.waited_ms),
+                Event::Settled { report, .. } => settles.push((report.waited_ms, report.quiet)),
                 _ => {}
             }
         }
@@ -983,11 +1052,22 @@ async fn loop_steps(
         );
     }
     let step_ms: Vec<f64> = starts.windows(2).map(|w| ms(w[1] - w[0])).collect();
+    // A settle that ran into its cap measured the cap, not the desktop.
+    let loud: Vec<String> = settles
+        .iter()
+        .filter(|(_, quiet)| !quiet)
+        .map(|(waited, _)| {
+            format!(
+                "the screen did not go quiet after the step (settle gave up after {waited:.0} ms)"
+            )
+        })
+        .collect();
+    let settled: Vec<f64> = settles.iter().map(|(waited, _)| *waited).collect();
     Ok((
         StepScenario {
             name: name.to_owned(),
             step_ms: Stats::of(&step_ms),
-            settle_ms: Stats::of(&settles),
+            settle_ms: Stats::unless(&settled, &loud, settles.len()),
             record_write_ms: Stats::of(&stats.step_write_ms),
             bytes_per_step: stats.db_bytes / stats.steps.max(1),
         },
@@ -996,16 +1076,19 @@ async fn loop_steps(
 }
 
 fn print_report(r: &Report) {
-    let row = |name: &str, s: &Stats| {
-        crate::outln!(
+    let row = |name: &str, s: &Stats| match &s.failed {
+        Some(why) => crate::outln!("{name:<34} FAILED: {why}"),
+        None => crate::outln!(
             "{name:<34} p50 {:>8.2}  p95 {:>8.2}  min {:>8.2}  max {:>8.2}  (n={})",
             s.p50,
             s.p95,
             s.min,
             s.max,
             s.n
-        );
+        ),
     };
+    let times =
+        |r: Option<f64>| r.map_or_else(|| "not measured".to_owned(), |r| format!("{r:.1}x"));
     crate::outln!(
         "selfagent bench: {}x{} desktop, {} (milliseconds)",
         r.width,
@@ -1042,10 +1125,10 @@ fn print_report(r: &Report) {
         r.screenshot_bytes
     );
     crate::outln!(
-        "speedup vs baseline                screenshot {:.1}x, input {:.1}x; pool lease vs create {:.1}x",
-        r.screenshot_speedup,
-        r.input_speedup,
-        r.pool_speedup
+        "speedup vs baseline                screenshot {}, input {}; pool lease vs create {}",
+        times(r.screenshot_speedup),
+        times(r.input_speedup),
+        times(r.pool_speedup)
     );
     for sc in &r.steps {
         row(&format!("loop step, {}", sc.name), &sc.step_ms);
@@ -1061,8 +1144,8 @@ fn print_report(r: &Report) {
         );
     }
     crate::outln!(
-        "key step through tunnels            {:.2}x the step through published ports",
-        r.tunnel_step_ratio
+        "key step through tunnels            {} the step through published ports",
+        times(r.tunnel_step_ratio)
     );
     row("baseline: a request with 1 image", &r.baseline_request_ms);
     for p in &r.protocols {
@@ -1076,6 +1159,7 @@ fn print_report(r: &Report) {
             p.request_bytes_max,
             p.ratio_to_baseline,
             p.image_ms
+                .as_ref()
                 .map(|s| format!(
                     "; screenshot to {}x{}: p50 {:.2} ms",
                     p.sent[0], p.sent[1], s.p50
