@@ -1052,4 +1052,4 @@ fn end_of(action: &Action) -> Ending {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod loop_tests;

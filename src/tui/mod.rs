@@ -14,7 +14,7 @@ pub mod shot;
 pub mod view;
 
 #[cfg(test)]
-mod snapshots_test;
+mod snapshots_tests;
 
 use crate::agent::{self, Command, Event};
 use crate::episode::{self, Hooks, Plan};

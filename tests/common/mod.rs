@@ -10,6 +10,7 @@ pub mod model_server;
 pub mod screens;
 pub mod sdk;
 pub mod tmux;
+pub mod wait;
 
 use selfagent::action::Action;
 use selfagent::desktop::{ConnectOptions, Desktop, SettleOptions, Window, WindowMatch};
@@ -221,19 +222,14 @@ impl TestDesktop {
     /// Polls a file in the sandbox until it exists (the agent's effect may land after
     /// the keystrokes that cause it); returns its bytes.
     pub async fn wait_file(&self, path: &str, timeout: Duration) -> Vec<u8> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Ok(data) = self.sandbox.read_file(path).await
-                && !data.is_empty()
-            {
-                return data;
+        wait::eventually(&format!("{path} in the desktop"), timeout, || async {
+            match self.sandbox.read_file(path).await {
+                Ok(data) if !data.is_empty() => Ok(data),
+                Ok(_) => Err("an empty file".to_owned()),
+                Err(e) => Err(e.to_string()),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{path} did not appear in {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 }
 

@@ -2,7 +2,7 @@
 //! capture-pane), waited on for what the screen shows, never for time.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A tmux server of our own (its own socket), removed on drop.
 pub struct Tmux {
@@ -55,18 +55,18 @@ impl Tmux {
         timeout: Duration,
         f: impl Fn(&str) -> bool,
     ) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
+        super::wait::eventually(what, timeout, || {
             let s = self.screen();
-            if f(&s) {
-                return s;
+            let holds = f(&s);
+            async move {
+                if holds {
+                    Ok(s)
+                } else {
+                    Err(format!("the screen:\n{s}"))
+                }
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; the screen:\n{s}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 }
 

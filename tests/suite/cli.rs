@@ -1,9 +1,10 @@
 //! The real `selfagent` binary against real containers.
 
+use crate::common::wait::eventually_blocking;
 use crate::common::{Guard, cli, cli_with_stdin, decode_png, stderr, stdout};
 use pretty_assertions::assert_eq;
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn up(extra: &[&str]) -> (Value, Guard) {
     let mut args = vec!["sandbox", "up", "--json"];
@@ -192,19 +193,19 @@ fn ttl_stops_the_desktop_and_prune_removes_it() {
     let (v, _guard) = up(&["--ttl", "6"]);
     let id = v["id"].as_str().unwrap().to_owned();
     // The desktop stops itself when its TTL runs out, with no selfagent process around.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = listed(&id).expect("still listed until pruned");
-        if s["state"] != "running" {
-            assert_eq!(s["expired"], true, "{s}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the desktop outlived its TTL: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let s = eventually_blocking(
+        "the desktop to stop at its TTL",
+        Duration::from_secs(20),
+        || {
+            let s = listed(&id).expect("still listed until pruned");
+            if s["state"] != "running" {
+                Ok(s)
+            } else {
+                Err(s.to_string())
+            }
+        },
+    );
+    assert_eq!(s["expired"], true, "{s}");
     let out = cli(&["sandbox", "prune", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_str(stdout(&out).trim()).unwrap();

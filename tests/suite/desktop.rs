@@ -1,5 +1,6 @@
 //! The desktop driven over VNC, checked from inside the container.
 
+use crate::common::wait::{check, eventually};
 use crate::common::{self, TestDesktop, decode_png, desktop, desktop_with, test_spec};
 use pretty_assertions::assert_eq;
 use selfagent::action::{Action, Button, Point};
@@ -317,11 +318,11 @@ async fn wait_window_returns_when_the_window_appears_and_times_out_otherwise() {
     d.focus(w.id, Duration::from_secs(5)).await.unwrap();
     assert_eq!(d.active_window().await.unwrap().map(|a| a.id), Some(w.id));
     d.close_window(w.id).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.windows().await.unwrap().iter().any(|x| x.id == w.id) {
-        assert!(Instant::now() < deadline, "the window did not close");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the window to close", Duration::from_secs(10), || async {
+        let open = d.windows().await.unwrap();
+        check(!open.iter().any(|x| x.id == w.id), || format!("{open:?}"))
+    })
+    .await;
 
     let never = WindowMatch {
         title: Some(regex::Regex::new("^no such window$").unwrap()),
@@ -399,18 +400,17 @@ async fn a_dead_container_is_a_clear_error() {
     let d = desktop().await;
     common::docker_rm(d.sandbox.id());
     // The VNC connection notices the container is gone.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let err = loop {
-        match d.act(&typed("x")).await {
-            Err(ActionError::Desktop(e)) => break e.to_string(),
-            Ok(_) | Err(ActionError::Invalid(_)) => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "actions still succeed on a removed container"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let err = eventually(
+        "an action on a removed container to fail",
+        Duration::from_secs(10),
+        || async {
+            match d.act(&typed("x")).await {
+                Err(ActionError::Desktop(e)) => Ok(e.to_string()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     assert!(
         err.contains(d.sandbox.short_id()) && err.contains("VNC"),
         "{err}"

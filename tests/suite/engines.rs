@@ -5,11 +5,12 @@
 
 use crate::common::bin;
 use crate::common::model_server::{ModelServer, Reply, call, route};
+use crate::common::wait::{check, eventually};
 use selfagent::record::Db;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SECOND: &str = "tcp://127.0.0.1:23750";
 const LOCAL: &str = "unix:///var/run/docker.sock";
@@ -193,14 +194,15 @@ async fn a_batch_spreads_over_two_engines_and_goes_on_when_one_stops() {
     .spawn()
     .unwrap();
     // Both first episodes are under way (their desktops ready, each waiting for the model).
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while server.requests().len() < before + 2 {
-        assert!(
-            Instant::now() < deadline,
-            "two episodes never asked the model"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "two episodes to ask the model",
+        Duration::from_secs(240),
+        || {
+            let asked = server.requests().len() - before;
+            async move { check(asked >= 2, || format!("{asked} requests")) }
+        },
+    )
+    .await;
     let on_second = std::process::Command::new("docker")
         .args([
             "-H",
@@ -286,29 +288,27 @@ async fn a_batch_spreads_over_two_engines_and_goes_on_when_one_stops() {
     second_engine(&["stop"]);
     second_engine(&["start"]);
     // Back by itself (the engine restarts it), with the file, and ready to drive.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let state = std::process::Command::new("docker")
-            .args([
-                "-H",
-                SECOND,
-                "inspect",
-                "-f",
-                "{{.State.Running}}",
-                "selfagent-kept",
-            ])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&state.stdout).trim() == "true" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the engine did not start the persistent desktop again: {}",
-            String::from_utf8_lossy(&state.stderr)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(
+        "the engine to start the persistent desktop again",
+        Duration::from_secs(90),
+        || {
+            let state = std::process::Command::new("docker")
+                .args([
+                    "-H",
+                    SECOND,
+                    "inspect",
+                    "-f",
+                    "{{.State.Running}}",
+                    "selfagent-kept",
+                ])
+                .output()
+                .unwrap();
+            let running = String::from_utf8_lossy(&state.stdout).trim() == "true";
+            let seen = String::from_utf8_lossy(&state.stderr).into_owned();
+            async move { check(running, || seen) }
+        },
+    )
+    .await;
     let out = on_second(&["sandbox", "start", "kept"]);
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{log}");

@@ -178,9 +178,9 @@ async fn a_desktop_killed_mid_step_is_recorded_as_the_harness_failing() {
         let v: Value = serde_json::from_str(&line).unwrap();
         sandbox = v["sandbox"].as_str().unwrap_or_default().to_owned();
         seen.push(v.clone());
-        // The second step's wait is under way: kill the desktop under it.
+        // The second step's 60 s wait is what comes next: kill the desktop under it (before
+        // the wait begins or during it, the loop must find the desktop gone, not sleep on).
         if v["type"] == "model_reply" && v["step"] == 2 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
             let killed = std::process::Command::new("docker")
                 .args(["kill", &sandbox])
                 .output()

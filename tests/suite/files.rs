@@ -1,6 +1,7 @@
 //! Commands and files in a sandbox, byte for byte.
 
 use crate::common::desktop;
+use crate::common::wait::{check, eventually};
 use pretty_assertions::assert_eq;
 use rand::RngCore;
 use selfagent::sandbox::ExecOptions;
@@ -160,20 +161,15 @@ async fn background_processes_can_be_listed_and_killed() {
         "started\n"
     );
     d.sandbox.kill_process(p.pid, "TERM").await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while d
-        .sandbox
-        .processes()
-        .await
-        .unwrap()
-        .iter()
-        .any(|q| q.pid == p.pid)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "process {} survived TERM",
-            p.pid
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("process {} to end on TERM", p.pid),
+        Duration::from_secs(5),
+        || async {
+            let alive = d.sandbox.processes().await.unwrap();
+            check(!alive.iter().any(|q| q.pid == p.pid), || {
+                "it still runs".to_owned()
+            })
+        },
+    )
+    .await;
 }

@@ -4,6 +4,7 @@ use crate::common::model_server::{
     ModelServer, Reply, answer, call, call_lenient, calls, completion,
 };
 use crate::common::screens::terminal_ready;
+use crate::common::wait::{check, eventually};
 use crate::common::{Guard, bin, cli, decode_png, stderr, stdout};
 use pretty_assertions::assert_eq;
 use selfagent::record::Db;
@@ -426,18 +427,14 @@ async fn sigkill_keeps_committed_steps_and_the_session_becomes_interrupted() {
     let sandbox = first["sandbox"].as_str().unwrap().to_owned();
     let _guard = Guard(sandbox.clone());
     // Wait for some steps to be committed.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually("three recorded steps", Duration::from_secs(60), || {
         let steps = Db::open(&db_path)
             .ok()
             .and_then(|db| db.steps(&session).ok())
             .map_or(0, |s| s.len());
-        if steps >= 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no steps were recorded");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        async move { check(steps >= 3, || format!("{steps} steps")) }
+    })
+    .await;
     assert!(
         std::process::Command::new("kill")
             .args(["-9", &pid.to_string()])

@@ -7,6 +7,7 @@ use crate::common::model_server::{ModelServer, Reply, Route, answer, call, route
 use crate::common::screens::{
     file_dialog_open, form_submitted, link_gone, page_painted, rename_dialog_open,
 };
+use crate::common::wait::{check, eventually};
 use crate::common::{SnapshotsOf, bin, decode_png};
 use pretty_assertions::assert_eq;
 use selfagent::record::Db;
@@ -1309,15 +1310,19 @@ async fn sigterm_stops_a_batch_and_keeps_what_finished() {
                 break;
             }
         }
-        while server
-            .requests()
-            .iter()
-            .filter(|r| r.to_string().contains("hello from selfagent"))
-            .count()
-            < 2
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        eventually(
+            "both episodes to send the model the typed text",
+            std::time::Duration::from_secs(120),
+            || {
+                let n = server
+                    .requests()
+                    .iter()
+                    .filter(|r| r.to_string().contains("hello from selfagent"))
+                    .count();
+                async move { check(n >= 2, || format!("{n} of them did")) }
+            },
+        )
+        .await;
     })
     .await
     .unwrap_or_else(|_| panic!("the batch did not get going: {seen:?}"));

@@ -3,12 +3,13 @@
 
 use crate::common::model_server::{ModelServer, Reply, call};
 use crate::common::tmux::Tmux;
+use crate::common::wait::{check, eventually, never};
 use crate::common::{Guard, bin};
 use selfagent::record::Db;
 use serde_json::json;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The number of steps the timeline title shows (`timeline · 7 steps`).
 fn timeline_steps(screen: &str) -> Option<usize> {
@@ -88,11 +89,17 @@ async fn the_ui_runs_pauses_resumes_quits_and_replays() {
     })
     .await;
     let (steps, requests) = (db_steps(&db), server.requests().len());
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // An absence is the one thing proved over a time: for 3 s, no step and no request.
+    let went_on = never(Duration::from_secs(3), || {
+        let now = (db_steps(&db), server.requests().len());
+        async move { (now != (steps, requests)).then_some(now) }
+    })
+    .await;
     assert_eq!(
-        (db_steps(&db), server.requests().len()),
-        (steps, requests),
-        "steps went on while paused"
+        went_on,
+        None,
+        "steps went on while paused: was {:?}",
+        (steps, requests)
     );
     let screen = tmux.screen();
     assert_eq!(
@@ -431,14 +438,19 @@ async fn y_copies_the_view_and_sigterm_stops_the_agent_and_restores_the_terminal
     )
     .await;
     tmux.keys("y");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let copied = loop {
-        let buffer = String::from_utf8_lossy(&tmux.cmd(&["show-buffer"]).stdout).into_owned();
-        if !buffer.is_empty() || Instant::now() > deadline {
-            break buffer;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let copied =
+        eventually(
+            "the copied URL in tmux's buffer",
+            Duration::from_secs(10),
+            || {
+                let buffer =
+                    String::from_utf8_lossy(&tmux.cmd(&["show-buffer"]).stdout).into_owned();
+                async move {
+                    check(!buffer.is_empty(), || "an empty buffer".to_owned()).map(|()| buffer)
+                }
+            },
+        )
+        .await;
     assert!(
         copied.starts_with("http://127.0.0.1:") && copied.contains("token="),
         "copied: {copied:?}\n{}",
