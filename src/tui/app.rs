@@ -2,6 +2,7 @@
 //! keys. Key handling returns [`Effect`]s for the runner to carry out; drawing
 //! (`view.rs`) reads this state and never changes it.
 
+use super::keys::{self, Cmd, View};
 use crate::action::{Action, Point};
 use crate::agent::{Command, Event, Status};
 use crate::headless::describe;
@@ -828,37 +829,69 @@ impl App {
         }
     }
 
-    fn common_key(&mut self, key: KeyEvent) -> bool {
-        match key.code {
-            KeyCode::Char('?') => self.help = true,
-            KeyCode::Char('f') => self.fullscreen = !self.fullscreen,
-            // Esc goes back one level: out of full screen first.
-            KeyCode::Esc if self.fullscreen => self.fullscreen = false,
-            KeyCode::Up | KeyCode::Char('k') => {
+    /// Which key set applies now (see `keys`).
+    pub fn view(&self) -> View {
+        match self.screen {
+            Screen::Ask => View::Ask,
+            Screen::Live if self.run == RunState::Finished => View::Finished,
+            Screen::Live => View::Running,
+            Screen::Replay => View::Replay,
+            Screen::Browser => View::Browser,
+        }
+    }
+
+    /// A key on the live or replay screen: the command it gives (`Ok`) for the screen to
+    /// carry out, or what was done already (`Err`: Esc leaving full screen, a command both
+    /// screens share, or a key bound to nothing).
+    fn screen_command(&mut self, key: KeyEvent) -> Result<Cmd, Vec<Effect>> {
+        // Esc goes back one level: out of full screen first.
+        if key.code == KeyCode::Esc && self.fullscreen {
+            self.fullscreen = false;
+            return Err(Vec::new());
+        }
+        let Some(cmd) = keys::command(self.view(), key.code) else {
+            return Err(Vec::new());
+        };
+        match self.common_command(cmd) {
+            Some(effects) => Err(effects),
+            None => Ok(cmd),
+        }
+    }
+
+    /// What a command does on the live and replay screens alike; `None` when it is not one
+    /// of theirs.
+    fn common_command(&mut self, cmd: Cmd) -> Option<Vec<Effect>> {
+        match cmd {
+            Cmd::Help => self.help = true,
+            Cmd::Full => self.fullscreen = !self.fullscreen,
+            Cmd::Up => {
                 self.move_cursor(-1);
             }
-            KeyCode::Down | KeyCode::Char('j') => {
+            Cmd::Down => {
                 self.move_cursor(1);
             }
-            KeyCode::PageUp => {
+            Cmd::PageUp => {
                 self.move_cursor(-PAGE);
             }
-            KeyCode::PageDown => {
+            Cmd::PageDown => {
                 self.move_cursor(PAGE);
             }
-            KeyCode::Home => self.cursor = (!self.steps.is_empty()).then_some(0),
-            _ => return false,
+            Cmd::First => self.cursor = (!self.steps.is_empty()).then_some(0),
+            Cmd::CopyView | Cmd::CopyWatch | Cmd::CopyId | Cmd::OpenView => {
+                return Some(self.share(cmd));
+            }
+            _ => return None,
         }
-        true
+        Some(Vec::new())
     }
 
     /// `y` copies the view URL (or the session id when there is none), `w` the view-only
     /// URL, `Y` the session id, `o` opens the view in a browser.
-    fn copy_key(&mut self, key: KeyEvent) -> Option<Vec<Effect>> {
+    fn share(&mut self, cmd: Cmd) -> Vec<Effect> {
         let session = (!self.header.session.is_empty()).then(|| self.header.session.clone());
         let live = self.screen == Screen::Live;
-        if key.code == KeyCode::Char('w') && live {
-            return Some(match self.watch_url.clone() {
+        if cmd == Cmd::CopyWatch {
+            return match self.watch_url.clone().filter(|_| live) {
                 Some(text) => vec![Effect::Copy {
                     text,
                     what: "the view-only URL",
@@ -867,54 +900,54 @@ impl App {
                     self.flash = Some("no view-only URL (the desktop is gone)".into());
                     Vec::new()
                 }
-            });
+            };
         }
         let url = self.view_url.clone().filter(|_| live);
-        let effect = match (key.code, url, session) {
-            (KeyCode::Char('y'), Some(text), _) => Effect::Copy {
+        let effect = match (cmd, url, session) {
+            (Cmd::CopyView, Some(text), _) => Effect::Copy {
                 text,
                 what: "the view URL",
             },
-            (KeyCode::Char('y' | 'Y'), _, Some(text)) => Effect::Copy {
+            (Cmd::CopyView | Cmd::CopyId, _, Some(text)) => Effect::Copy {
                 text,
                 what: "the session id",
             },
-            (KeyCode::Char('o'), Some(url), _) => Effect::OpenUrl(url),
-            (KeyCode::Char('o'), None, _) => {
+            (Cmd::OpenView, Some(url), _) => Effect::OpenUrl(url),
+            (Cmd::OpenView, None, _) => {
                 self.flash = Some("no live view to open (the desktop is gone)".into());
-                return Some(Vec::new());
+                return Vec::new();
             }
-            _ => return None,
+            _ => return Vec::new(),
         };
-        Some(vec![effect])
+        vec![effect]
     }
 
     fn live_key(&mut self, key: KeyEvent, ctrl_c: bool) -> Vec<Effect> {
-        if self.common_key(key) {
-            return Vec::new();
-        }
-        if let Some(effects) = self.copy_key(key) {
-            return effects;
-        }
         let running = !matches!(
             self.run,
             RunState::Finished | RunState::Stopping | RunState::Starting
         );
-        match key.code {
-            _ if ctrl_c && running => {
+        if ctrl_c {
+            if running {
                 self.run = RunState::Stopping;
-                vec![Effect::Send(Command::Stop)]
+                return vec![Effect::Send(Command::Stop)];
             }
+            return vec![Effect::Quit];
+        }
+        let cmd = match self.screen_command(key) {
+            Ok(cmd) => cmd,
+            Err(effects) => return effects,
+        };
+        match cmd {
             // Quitting stops the agent: asked first, as q is easy to press by mistake.
-            KeyCode::Char('q') if running || self.run == RunState::Starting => {
+            Cmd::Quit if running || self.run == RunState::Starting => {
                 self.confirm_quit = true;
                 self.notice =
                     Some("stop the agent and quit? y or q quits, any other key goes on".into());
                 Vec::new()
             }
-            KeyCode::Char('q') => vec![Effect::Quit],
-            _ if ctrl_c => vec![Effect::Quit],
-            KeyCode::Char('p') | KeyCode::Char(' ') if running => match self.run {
+            Cmd::Quit => vec![Effect::Quit],
+            Cmd::Pause if running => match self.run {
                 RunState::Paused | RunState::Pausing => {
                     self.run = RunState::Running;
                     vec![Effect::Send(Command::Resume)]
@@ -928,11 +961,11 @@ impl App {
                     vec![Effect::Send(Command::Pause)]
                 }
             },
-            KeyCode::Char('s') if running => {
+            Cmd::Step if running => {
                 self.run = RunState::Running;
                 vec![Effect::Send(Command::Step)]
             }
-            KeyCode::Char('a') if running => {
+            Cmd::Approve if running => {
                 self.approve_mode = !self.approve_mode;
                 self.notice = Some(format!(
                     "approve each action: {}",
@@ -940,11 +973,11 @@ impl App {
                 ));
                 vec![Effect::Send(Command::ApproveMode(self.approve_mode))]
             }
-            KeyCode::Char('m') if running => {
+            Cmd::Message if running => {
                 self.input = Some(String::new());
                 Vec::new()
             }
-            KeyCode::Char('t') if running => {
+            Cmd::TakeOver if running => {
                 if self.run == RunState::TakenOver {
                     self.run = RunState::Running;
                     vec![Effect::Send(Command::HandBack)]
@@ -959,39 +992,36 @@ impl App {
                     vec![Effect::Send(Command::TakeOver)]
                 }
             }
-            KeyCode::Char('x') if running => {
+            Cmd::Stop if running => {
                 self.run = RunState::Stopping;
                 vec![Effect::Send(Command::Stop)]
             }
-            KeyCode::End | KeyCode::Char('G') => {
+            Cmd::Last => {
                 self.cursor = None;
                 Vec::new()
             }
-            KeyCode::Char('l') if self.run == RunState::Finished => vec![Effect::OpenBrowser],
+            Cmd::Sessions if self.run == RunState::Finished => vec![Effect::OpenBrowser],
             _ => Vec::new(),
         }
     }
 
     fn replay_key(&mut self, key: KeyEvent) -> Vec<Effect> {
-        if self.common_key(key) {
-            return Vec::new();
-        }
-        if let Some(effects) = self.copy_key(key) {
-            return effects;
-        }
-        match key.code {
-            KeyCode::Char('q') => return vec![Effect::Quit],
-            KeyCode::Esc | KeyCode::Char('l') => return vec![Effect::OpenBrowser],
-            KeyCode::Right | KeyCode::Char('L') => {
+        let cmd = match self.screen_command(key) {
+            Ok(cmd) => cmd,
+            Err(effects) => return effects,
+        };
+        match cmd {
+            Cmd::Quit => return vec![Effect::Quit],
+            Cmd::Sessions => return vec![Effect::OpenBrowser],
+            Cmd::Next => {
                 self.move_cursor(1);
             }
-            KeyCode::Left | KeyCode::Char('H') => {
+            Cmd::Prev => {
                 self.move_cursor(-1);
             }
-            KeyCode::Char('g') => self.cursor = (!self.steps.is_empty()).then_some(0),
-            KeyCode::End | KeyCode::Char('G') => self.cursor = self.steps.len().checked_sub(1),
-            KeyCode::Tab | KeyCode::Char('b') => self.show_before = !self.show_before,
-            KeyCode::Char(' ') => {
+            Cmd::Last => self.cursor = self.steps.len().checked_sub(1),
+            Cmd::BeforeAfter => self.show_before = !self.show_before,
+            Cmd::Play => {
                 self.playing = if self.playing.is_some() {
                     None
                 } else {
@@ -1002,12 +1032,14 @@ impl App {
                     Some(self.speed)
                 }
             }
-            KeyCode::Char(c @ ('1' | '2' | '4' | '8')) => {
-                self.speed = f64::from(c.to_digit(10).unwrap_or(1));
-                self.playing = Some(self.speed);
+            Cmd::Speed => {
+                if let KeyCode::Char(c) = key.code {
+                    self.speed = f64::from(c.to_digit(10).unwrap_or(1));
+                    self.playing = Some(self.speed);
+                }
             }
-            KeyCode::Char('+' | '=') => self.set_speed(self.speed * 2.0),
-            KeyCode::Char('-') => self.set_speed(self.speed / 2.0),
+            Cmd::Faster => self.set_speed(self.speed * 2.0),
+            Cmd::Slower => self.set_speed(self.speed / 2.0),
             _ => {}
         }
         Vec::new()
@@ -1085,23 +1117,24 @@ impl App {
             self.flash = Some(format!("kept {id}"));
             return Vec::new();
         }
+        if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
+            return vec![Effect::Quit];
+        }
         let shown = self.visible_sessions().len();
-        match key.code {
-            KeyCode::Char('/') => {
-                self.filtering = true;
-                Vec::new()
-            }
-            KeyCode::Esc if !self.filter.is_empty() => {
+        let Some(cmd) = keys::command(self.view(), key.code) else {
+            return Vec::new();
+        };
+        match cmd {
+            Cmd::Filter => self.filtering = true,
+            Cmd::ClearFilter if !self.filter.is_empty() => {
                 self.filter.clear();
                 self.session_cursor = 0;
-                Vec::new()
             }
-            KeyCode::Char('s') => {
+            Cmd::Sort => {
                 self.sort = self.sort.next();
                 self.session_cursor = 0;
-                Vec::new()
             }
-            KeyCode::Char('d') | KeyCode::Delete => {
+            Cmd::Delete => {
                 if let Some(s) = self.selected_session() {
                     let id = s.id.clone();
                     self.flash = Some(format!(
@@ -1109,57 +1142,31 @@ impl App {
                     ));
                     self.confirm_delete = Some(id);
                 }
-                Vec::new()
             }
-            KeyCode::Down | KeyCode::Char('j') => {
-                if self.session_cursor + 1 < shown {
-                    self.session_cursor += 1;
-                }
-                Vec::new()
+            Cmd::Up => self.session_cursor = self.session_cursor.saturating_sub(1),
+            Cmd::Down => {
+                self.session_cursor = (self.session_cursor + 1).min(shown.saturating_sub(1))
             }
-            KeyCode::PageDown => {
+            Cmd::PageDown => {
                 self.session_cursor =
                     (self.session_cursor + PAGE as usize).min(shown.saturating_sub(1));
-                Vec::new()
             }
-            KeyCode::PageUp => {
+            Cmd::PageUp => {
                 self.session_cursor = self.session_cursor.saturating_sub(PAGE as usize);
-                Vec::new()
             }
-            KeyCode::Home | KeyCode::Char('g') => {
-                self.session_cursor = 0;
-                Vec::new()
+            Cmd::First => self.session_cursor = 0,
+            Cmd::Last => self.session_cursor = shown.saturating_sub(1),
+            Cmd::Open => {
+                return self
+                    .selected_session()
+                    .map(|s| vec![Effect::OpenReplay(s.id.clone())])
+                    .unwrap_or_default();
             }
-            KeyCode::End | KeyCode::Char('G') => {
-                self.session_cursor = shown.saturating_sub(1);
-                Vec::new()
-            }
-            KeyCode::Enter => self
-                .selected_session()
-                .map(|s| vec![Effect::OpenReplay(s.id.clone())])
-                .unwrap_or_default(),
-            _ => self.browser_key_rest(key),
+            Cmd::Help => self.help = true,
+            Cmd::Quit => return vec![Effect::Quit],
+            _ => {}
         }
-    }
-
-    fn browser_key_rest(&mut self, key: KeyEvent) -> Vec<Effect> {
-        match key.code {
-            // The top level: Esc has nowhere to go back to (as in lazygit and k9s).
-            KeyCode::Char('q') => vec![Effect::Quit],
-            KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-                vec![Effect::Quit]
-            }
-            KeyCode::Up | KeyCode::Char('k') => {
-                self.session_cursor = self.session_cursor.saturating_sub(1);
-                Vec::new()
-            }
-
-            KeyCode::Char('?') => {
-                self.help = true;
-                Vec::new()
-            }
-            _ => Vec::new(),
-        }
+        Vec::new()
     }
 
     /// Replay playback: how long until the next step at the current speed (recorded gaps,

@@ -10,6 +10,7 @@
 //! image, reading frames) never runs on it.
 
 pub mod app;
+pub mod keys;
 pub mod shot;
 pub mod view;
 

@@ -2,6 +2,7 @@
 //! screenshot beside the timeline; narrow ones (80x24) stack them.
 
 use super::app::{App, RunState, Screen};
+use super::keys::{self, Cmd};
 use super::shot::Shots;
 use crate::agent::Status;
 use crate::task::check::Verdict;
@@ -520,65 +521,23 @@ fn detail(f: &mut Frame, area: Rect, app: &App) {
     );
 }
 
+/// The footer's keys: the bindings' hints (see `keys`), toggled labels as the state says.
 fn hints(app: &App) -> Vec<(&'static str, &'static str)> {
-    match app.screen {
-        Screen::Ask => vec![("enter", "start"), ("esc", "quit")],
-        Screen::Browser => vec![
-            ("↑↓", "select"),
-            ("enter", "replay"),
-            ("/", "filter"),
-            ("s", "sort"),
-            ("d", "delete"),
-            ("?", "help"),
-            ("q", "quit"),
-        ],
-        Screen::Replay => vec![
-            ("←→", "step"),
-            ("g/G", "start/end"),
-            (
-                "space",
-                if app.playing.is_some() {
-                    "pause"
-                } else {
-                    "play"
-                },
-            ),
-            ("+/-", "speed"),
-            ("b", "before/after"),
-            ("f", "full"),
-            ("l", "sessions"),
-            ("q", "quit"),
-        ],
-        Screen::Live if app.run == RunState::Finished => vec![
-            ("↑↓", "steps"),
-            ("y", "copy id"),
-            ("f", "full"),
-            ("l", "sessions"),
-            ("?", "help"),
-            ("q", "quit"),
-        ],
-        Screen::Live => {
-            let pause = if matches!(
-                app.run,
-                RunState::Paused | RunState::Pausing | RunState::TakenOver
-            ) {
-                ("p", "resume")
-            } else {
-                ("p", "pause")
+    keys::bindings(app.view())
+        .iter()
+        .filter_map(|b| {
+            let hint = b.hint?;
+            let on = match b.cmd {
+                Cmd::Pause => matches!(
+                    app.run,
+                    RunState::Paused | RunState::Pausing | RunState::TakenOver
+                ),
+                Cmd::Play => app.playing.is_some(),
+                _ => false,
             };
-            vec![
-                pause,
-                ("s", "step"),
-                ("a", "approve"),
-                ("m", "message"),
-                ("t", "take over"),
-                ("x", "stop"),
-                ("f", "full"),
-                ("?", "help"),
-                ("q", "quit"),
-            ]
-        }
-    }
+            Some((hint.keys, hint.toggled.filter(|_| on).unwrap_or(hint.label)))
+        })
+        .collect()
 }
 
 fn footer(f: &mut Frame, area: Rect, app: &App) {
@@ -642,83 +601,7 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
 }
 
 fn help(f: &mut Frame, area: Rect, app: &App) {
-    let keys: &[(&str, &str)] = match app.screen {
-        // After the run only what still works.
-        Screen::Live if app.run == RunState::Finished => &[
-            ("↑ ↓, j k", "look at the steps; PgUp PgDn by ten, Home End"),
-            ("f, esc", "full-screen screenshot; esc leaves it"),
-            (
-                "y, Y",
-                "copy the view URL (while the desktop lives) / the session id",
-            ),
-            (
-                "o",
-                "open the live view in a browser (while the desktop lives)",
-            ),
-            ("l", "the sessions list"),
-            ("q", "quit"),
-        ],
-        Screen::Live | Screen::Ask => &[
-            (
-                "p, space",
-                "pause; again to resume (the current step finishes first)",
-            ),
-            ("s", "run one step, then pause"),
-            ("a", "approve each action: y/n before it runs"),
-            ("m", "send a message to the agent"),
-            (
-                "t",
-                "take over: pause and use the desktop in the view; t hands back",
-            ),
-            (
-                "x, ctrl-c",
-                "stop the agent (the session is recorded as stopped)",
-            ),
-            (
-                "↑ ↓, j k",
-                "earlier steps; PgUp PgDn by ten; End follows the latest",
-            ),
-            ("f, esc", "full-screen screenshot; esc leaves it"),
-            (
-                "y, w, Y",
-                "copy the view URL / the view-only URL / the session id",
-            ),
-            ("o", "open the live view in a browser"),
-            ("l", "the sessions list (after the run)"),
-            ("q", "quit (asks first while the agent runs, then stops it)"),
-        ],
-        Screen::Replay => &[
-            ("← →, ↑ ↓", "previous / next step; PgUp PgDn by ten"),
-            ("g, G, Home, End", "first / last step"),
-            ("space", "play / pause (from the start when at the end)"),
-            (
-                "+ -, 1 2 4 8",
-                "speed: faster / slower, or play at 1x to 8x",
-            ),
-            ("Y", "copy the session id (OSC 52)"),
-            ("b, tab", "the screen before / after the step"),
-            ("f", "full-screen screenshot (esc leaves it)"),
-            ("l, esc", "back to the sessions list"),
-            ("q", "quit"),
-        ],
-        Screen::Browser => &[
-            (
-                "↑ ↓, j k",
-                "select a session; PgUp PgDn by ten, g G first / last",
-            ),
-            ("enter", "replay it"),
-            (
-                "/",
-                "filter by id, status, task, model or error (enter keeps, esc clears)",
-            ),
-            ("s", "sort: newest, status, task, longest"),
-            (
-                "d, del",
-                "delete it (asks; screenshots other sessions show are kept)",
-            ),
-            ("q", "quit"),
-        ],
-    };
+    let keys = keys::help(app.view());
     let mut lines: Vec<Line> = keys
         .iter()
         .map(|(k, v)| {
