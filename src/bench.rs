@@ -454,99 +454,9 @@ async fn measure(
     let (protocols, baseline_request_ms) = protocol_codecs(&busy.png, (width, height), 40)?;
 
     progress(args.json, &format!("keys into the terminal x{samples}"));
-    // The premise of both numbers: the screen is quiet before the key (else the first
-    // "change" may be a cursor blink or output still scrolling) and again after it (else the
-    // settle time is only the cap). A sample that breaks it fails the measurement.
-    let mut effect_ms = Vec::new();
-    let mut settle_ms = Vec::new();
-    let (mut no_effect, mut never_quiet) = (Vec::new(), Vec::new());
-    for i in 0..samples {
-        // Type a letter, then erase it: both change the screen.
-        let key = if i % 2 == 0 {
-            Action::Type { text: "x".into() }
-        } else {
-            Action::Key {
-                text: "BackSpace".into(),
-            }
-        };
-        if let Some(why) = quiet_before(&desktop).await {
-            no_effect.push(why.clone());
-            never_quiet.push(why);
-            continue;
-        }
-        let before = desktop.mark();
-        let t = Instant::now();
-        desktop.act(&key).await?;
-        let seen = desktop
-            .wait_for_change(before.stamp, Duration::from_secs(2))
-            .await;
-        if seen.is_none() {
-            no_effect
-                .push("a key typed into the terminal changed nothing on screen within 2 s".into());
-            continue;
-        }
-        effect_ms.push(ms(t.elapsed()));
-        let report = desktop.settle(before, SettleOptions::default()).await;
-        if report.quiet {
-            settle_ms.push(ms(t.elapsed()).max(report.waited_ms));
-        } else {
-            never_quiet.push(format!(
-                "the screen did not go quiet after the key (settle gave up after {:.0} ms)",
-                report.waited_ms
-            ));
-        }
-    }
-
-    progress(
-        args.json,
-        &format!("baseline: docker exec import x{samples}"),
-    );
-    let mut base_shot = Vec::new();
-    for _ in 0..samples {
-        let t = Instant::now();
-        let out = sandbox
-            .exec(
-                &["import", "-window", "root", "png:-"],
-                &ExecOptions::default(),
-            )
-            .await?;
-        if !out.success() || out.stdout.len() < 8 {
-            anyhow::bail!("baseline screenshot failed: {}", out.stderr_text());
-        }
-        base_shot.push(ms(t.elapsed()));
-    }
-
-    progress(
-        args.json,
-        &format!("baseline: docker exec xdotool x{samples}"),
-    );
-    let mut base_effect = Vec::new();
-    let mut base_broken = Vec::new();
-    for i in 0..samples {
-        let key = if i % 2 == 0 { "x" } else { "BackSpace" };
-        if let Some(why) = quiet_before(&desktop).await {
-            base_broken.push(why);
-            continue;
-        }
-        let before = desktop.mark();
-        let t = Instant::now();
-        let out = sandbox
-            .exec(&["xdotool", "key", key], &ExecOptions::default())
-            .await?;
-        if !out.success() {
-            anyhow::bail!("baseline xdotool failed: {}", out.stderr_text());
-        }
-        // Done when the command has returned and the effect is on screen.
-        if desktop
-            .wait_for_change(before.stamp, Duration::from_secs(2))
-            .await
-            .is_none()
-        {
-            base_broken.push("xdotool key changed nothing on screen within 2 s".into());
-            continue;
-        }
-        base_effect.push(ms(t.elapsed()));
-    }
+    let (input_to_effect_ms, settle_after_key_ms) = keys_into(&desktop, samples).await?;
+    let (baseline_screenshot_ms, baseline_input_to_effect_ms) =
+        baselines(&desktop, &sandbox, samples, args.json).await?;
 
     let mut steps = Vec::new();
     for (name, action) in [
@@ -608,9 +518,6 @@ async fn measure(
     let (first_paint, first_shot) = measured?;
 
     let screenshot_ms = Stats::of(&shot_ms);
-    let input_to_effect_ms = Stats::unless(&effect_ms, &no_effect, samples);
-    let baseline_screenshot_ms = Stats::of(&base_shot);
-    let baseline_input_to_effect_ms = Stats::unless(&base_effect, &base_broken, samples);
     let screenshot_speedup = ratio(&baseline_screenshot_ms, &screenshot_ms);
     let input_speedup = ratio(&baseline_input_to_effect_ms, &input_to_effect_ms);
     Ok(Report {
@@ -627,7 +534,7 @@ async fn measure(
         screenshot_ms,
         screenshot_bytes: shot_bytes,
         input_to_effect_ms,
-        settle_after_key_ms: Stats::unless(&settle_ms, &never_quiet, samples),
+        settle_after_key_ms,
         screenshot_speedup,
         input_speedup,
         baseline_screenshot_ms,
@@ -640,6 +547,117 @@ async fn measure(
         replay_first_screenshot_ms: round(ms(first_shot)),
         streams,
     })
+}
+
+/// Keys typed into the focused terminal: from each key to its visible effect, and to a
+/// quiet screen after it.
+async fn keys_into(desktop: &Desktop, samples: usize) -> anyhow::Result<(Stats, Stats)> {
+    // The premise of both numbers: the screen is quiet before the key (else the first
+    // "change" may be a cursor blink or output still scrolling) and again after it (else the
+    // settle time is only the cap). A sample that breaks it fails the measurement.
+    let mut effect_ms = Vec::new();
+    let mut settle_ms = Vec::new();
+    let (mut no_effect, mut never_quiet) = (Vec::new(), Vec::new());
+    for i in 0..samples {
+        // Type a letter, then erase it: both change the screen.
+        let key = if i % 2 == 0 {
+            Action::Type { text: "x".into() }
+        } else {
+            Action::Key {
+                text: "BackSpace".into(),
+            }
+        };
+        if let Some(why) = quiet_before(desktop).await {
+            no_effect.push(why.clone());
+            never_quiet.push(why);
+            continue;
+        }
+        let before = desktop.mark();
+        let t = Instant::now();
+        desktop.act(&key).await?;
+        let seen = desktop
+            .wait_for_change(before.stamp, Duration::from_secs(2))
+            .await;
+        if seen.is_none() {
+            no_effect
+                .push("a key typed into the terminal changed nothing on screen within 2 s".into());
+            continue;
+        }
+        effect_ms.push(ms(t.elapsed()));
+        let report = desktop.settle(before, SettleOptions::default()).await;
+        if report.quiet {
+            settle_ms.push(ms(t.elapsed()).max(report.waited_ms));
+        } else {
+            never_quiet.push(format!(
+                "the screen did not go quiet after the key (settle gave up after {:.0} ms)",
+                report.waited_ms
+            ));
+        }
+    }
+
+    Ok((
+        Stats::unless(&effect_ms, &no_effect, samples),
+        Stats::unless(&settle_ms, &never_quiet, samples),
+    ))
+}
+
+/// The demos' way, in the same desktop: a screenshot by `docker exec import`, a key by
+/// `docker exec xdotool` until its effect shows.
+async fn baselines(
+    desktop: &Desktop,
+    sandbox: &Sandbox,
+    samples: usize,
+    json: bool,
+) -> anyhow::Result<(Stats, Stats)> {
+    progress(json, &format!("baseline: docker exec import x{samples}"));
+    let mut base_shot = Vec::new();
+    for _ in 0..samples {
+        let t = Instant::now();
+        let out = sandbox
+            .exec(
+                &["import", "-window", "root", "png:-"],
+                &ExecOptions::default(),
+            )
+            .await?;
+        if !out.success() || out.stdout.len() < 8 {
+            anyhow::bail!("baseline screenshot failed: {}", out.stderr_text());
+        }
+        base_shot.push(ms(t.elapsed()));
+    }
+
+    progress(json, &format!("baseline: docker exec xdotool x{samples}"));
+    let mut base_effect = Vec::new();
+    let mut base_broken = Vec::new();
+    for i in 0..samples {
+        let key = if i % 2 == 0 { "x" } else { "BackSpace" };
+        if let Some(why) = quiet_before(desktop).await {
+            base_broken.push(why);
+            continue;
+        }
+        let before = desktop.mark();
+        let t = Instant::now();
+        let out = sandbox
+            .exec(&["xdotool", "key", key], &ExecOptions::default())
+            .await?;
+        if !out.success() {
+            anyhow::bail!("baseline xdotool failed: {}", out.stderr_text());
+        }
+        // Done when the command has returned and the effect is on screen.
+        if desktop
+            .wait_for_change(before.stamp, Duration::from_secs(2))
+            .await
+            .is_none()
+        {
+            base_broken.push("xdotool key changed nothing on screen within 2 s".into());
+            continue;
+        }
+        base_effect.push(ms(t.elapsed()));
+    }
+
+    Ok((
+        Stats::of(&base_shot),
+        Stats::unless(&base_effect, &base_broken, samples),
+    ))
 }
 
 /// Waits (up to 3 s) for the screen to be quiet before a timed input; why not, when it
@@ -1201,5 +1219,26 @@ mod tests {
             (51.0, 95.0, 1.0, 100.0, 100)
         );
         assert_eq!(Stats::of(&[]).n, 0);
+    }
+
+    #[test]
+    fn a_broken_premise_is_a_failure_not_a_number() {
+        let fine = Stats::unless(&[30.0, 34.0, 35.0], &[], 3);
+        assert_eq!((fine.median(), fine.failed.as_deref()), (Some(34.0), None));
+        // One sample of three saw no quiet screen: the numbers of the other two are not shown.
+        let broken = Stats::unless(&[4.2, 0.13], &["never quiet".to_owned()], 3);
+        assert_eq!(broken.median(), None);
+        assert_eq!(
+            broken.failed.as_deref(),
+            Some("never quiet (1 of 3 samples)")
+        );
+        let json = serde_json::to_value(&broken).unwrap();
+        assert_eq!(json["failed"], "never quiet (1 of 3 samples)");
+        // A ratio over a failed measurement is not measured; over two good ones it is.
+        assert_eq!(ratio(&fine, &broken), None);
+        assert_eq!(ratio(&broken, &fine), None);
+        let baseline = Stats::of(&[68.0]);
+        assert_eq!(ratio(&baseline, &fine), Some(2.0));
+        assert!(Stats::of(&[]).failed.is_some(), "no samples is no number");
     }
 }

@@ -548,7 +548,8 @@ fn page_shown(img: &image::RgbImage, targets: &[Target]) -> Result<(), String> {
     Ok(())
 }
 
-/// Errors, fits and the verdict.
+/// Errors, fits and the verdict: the numbers first ([`target_results`], [`space_fits`]),
+/// then what they mean ([`verdict`]).
 fn analyze(
     cfg: &ProtocolConfig,
     geometry: Geometry,
@@ -556,15 +557,60 @@ fn analyze(
     found: &[Option<Found>],
     max_error: f64,
 ) -> Report {
-    let (sw, sh) = (f64::from(geometry.screen.0), f64::from(geometry.screen.1));
-    let distance = |t: &Target, x: f64, y: f64| (x - f64::from(t.x)).hypot(y - f64::from(t.y));
     let numbers: Vec<Option<(f64, f64)>> = targets
         .iter()
         .enumerate()
         .map(|(i, _)| found.get(i).and_then(Option::as_ref).map(Found::numbers))
         .collect();
+    let results = target_results(geometry, targets, found, &numbers);
+    let spaces = space_fits(cfg, geometry, targets, &numbers, &results);
+    let errors: Vec<Option<f64>> = results.iter().map(|r| r.error_px).collect();
+    let median_px = median(&errors).map(round1);
+    let hits = results
+        .iter()
+        .filter(|r| r.clicked.is_some() && r.error_px.is_some_and(|e| e <= f64::from(RADIUS)))
+        .count();
+    let refused = results
+        .iter()
+        .filter(|r| r.note.as_deref().is_some_and(|n| n.starts_with("refused")))
+        .count();
+    let (verdict, suggestion, message) = verdict(
+        geometry,
+        &spaces,
+        Tally {
+            median_px,
+            hits,
+            refused,
+            targets: targets.len(),
+            max_error,
+        },
+    );
+    Report {
+        protocol: cfg.name.to_string(),
+        coords: geometry.space.to_string(),
+        screen: [geometry.screen.0, geometry.screen.1],
+        sent: [geometry.sent.0, geometry.sent.1],
+        targets: results,
+        median_px,
+        hits,
+        max_error,
+        spaces,
+        verdict,
+        suggestion,
+        message,
+    }
+}
 
-    let results: Vec<TargetResult> = targets
+/// How far each click landed from its target, in the configured space.
+fn target_results(
+    geometry: Geometry,
+    targets: &[Target],
+    found: &[Option<Found>],
+    numbers: &[Option<(f64, f64)>],
+) -> Vec<TargetResult> {
+    let (sw, sh) = (f64::from(geometry.screen.0), f64::from(geometry.screen.1));
+    let distance = |t: &Target, x: f64, y: f64| (x - f64::from(t.x)).hypot(y - f64::from(t.y));
+    targets
         .iter()
         .enumerate()
         .map(|(i, t)| {
@@ -594,8 +640,19 @@ fn analyze(
             }
             r
         })
-        .collect();
+        .collect()
+}
 
+/// The same numbers read in every coordinate space, best fit first.
+fn space_fits(
+    cfg: &ProtocolConfig,
+    geometry: Geometry,
+    targets: &[Target],
+    numbers: &[Option<(f64, f64)>],
+    results: &[TargetResult],
+) -> Vec<SpaceFit> {
+    let (sw, sh) = (f64::from(geometry.screen.0), f64::from(geometry.screen.1));
+    let distance = |t: &Target, x: f64, y: f64| (x - f64::from(t.x)).hypot(y - f64::from(t.y));
     // The same numbers read in every space.
     let smart = protocol::geometry(
         &ProtocolConfig {
@@ -643,7 +700,7 @@ fn analyze(
         seen.push((mx, my));
         let errors: Vec<Option<f64>> = targets
             .iter()
-            .zip(&numbers)
+            .zip(numbers)
             .map(|(t, n)| n.map(|(x, y)| distance(t, x * sw / mx, y * sh / my)))
             .collect();
         spaces.push(SpaceFit {
@@ -673,17 +730,31 @@ fn analyze(
             .total_cmp(&key(b))
             .then(b.configured.cmp(&a.configured))
     });
+    spaces
+}
 
-    let errors: Vec<Option<f64>> = results.iter().map(|r| r.error_px).collect();
-    let median_px = median(&errors).map(round1);
-    let hits = results
-        .iter()
-        .filter(|r| r.clicked.is_some() && r.error_px.is_some_and(|e| e <= f64::from(RADIUS)))
-        .count();
-    let refused = results
-        .iter()
-        .filter(|r| r.note.as_deref().is_some_and(|n| n.starts_with("refused")))
-        .count();
+/// What a calibration counted, for the verdict.
+struct Tally {
+    median_px: Option<f64>,
+    hits: usize,
+    refused: usize,
+    targets: usize,
+    max_error: f64,
+}
+
+/// The verdict, its suggestion and its words.
+fn verdict(
+    geometry: Geometry,
+    spaces: &[SpaceFit],
+    tally: Tally,
+) -> (Verdict, Option<String>, String) {
+    let Tally {
+        median_px,
+        hits,
+        refused,
+        max_error,
+        ..
+    } = tally;
     let good = |m: Option<f64>| m.is_some_and(|m| m <= max_error);
     let best_other = spaces.iter().find(|s| !s.configured);
     let here = format!(
@@ -696,14 +767,14 @@ fn analyze(
             .unwrap_or_default()
     );
     let shown = |m: Option<f64>| m.map_or("none".to_owned(), |m| format!("{m} px"));
-    let (verdict, suggestion, message) = if good(median_px) && refused * 2 < targets.len() {
+    let (verdict, suggestion, message) = if good(median_px) && refused * 2 < tally.targets {
         (
             Verdict::Usable,
             None,
             format!(
                 "clicks land: median error {} over {} targets, {hits} on target, in {here}",
                 shown(median_px),
-                targets.len()
+                tally.targets
             ),
         )
     } else if let Some(other) = best_other.filter(|o| good(o.median_px)) {
@@ -738,20 +809,7 @@ fn analyze(
             ),
         )
     };
-    Report {
-        protocol: cfg.name.to_string(),
-        coords: geometry.space.to_string(),
-        screen: [geometry.screen.0, geometry.screen.1],
-        sent: [geometry.sent.0, geometry.sent.1],
-        targets: results,
-        median_px,
-        hits,
-        max_error,
-        spaces,
-        verdict,
-        suggestion,
-        message,
-    }
+    (verdict, suggestion, message)
 }
 
 /// The median, a missing value counting as infinitely far; `None` when that is where the

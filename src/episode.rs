@@ -586,7 +586,7 @@ async fn run_steps(
     for (i, step) in steps.iter().enumerate() {
         let t = Instant::now();
         let result = setup::run_step(desktop, step).await;
-        let error = result.as_ref().err().cloned();
+        let error = result.as_ref().err().map(ToString::to_string);
         emitter
             .emit(Event::Setup {
                 phase: phase.to_owned(),

@@ -124,6 +124,18 @@ enum Interrupt {
     DesktopGone,
 }
 
+/// What the calls of one reply did.
+struct Acts {
+    /// An action that may change the screen ran (so settle before looking).
+    acted: bool,
+    /// At least one call was a usable action (a reply with none counts as a bad one).
+    usable: bool,
+    /// One answer per call, for the protocol.
+    results: Vec<CallResult>,
+    /// An ending action (`done`, `fail`, ...) was among them.
+    ending: Option<Ending>,
+}
+
 /// A screenshot as observed and as sent.
 #[derive(Clone)]
 struct Observed {
@@ -605,6 +617,72 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                 Ending::new(Status::Succeeded, EndedBy::Model).answer(decision.text.clone()),
             );
         }
+        if let Some(ending) = self
+            .safety_gate(step, protocol, &decision, &current, &finish)
+            .await
+        {
+            return Next::End(ending);
+        }
+
+        // Act.
+        let mark = self.computer.mark();
+        let Acts {
+            acted,
+            usable,
+            results,
+            ending,
+        } = match self
+            .act_all(step, protocol, &decision, &current, &finish)
+            .await
+        {
+            Ok(acts) => acts,
+            Err(ending) => return Next::End(ending),
+        };
+        if let Some(ending) = ending {
+            self.emit.emit(finish(&current.frame)).await;
+            return Next::End(ending);
+        }
+
+        // Settle, observe.
+        if acted {
+            let computer = self.computer;
+            match self
+                .guarded(step, computer.settle(mark, self.cfg.settle))
+                .await
+            {
+                Ok(report) => self.emit.emit(Event::Settled { step, report }).await,
+                Err(Interrupt::DesktopGone) => {
+                    let broke = self
+                        .step_broke(step, finish(&current.frame), "the desktop stopped working")
+                        .await;
+                    return Next::End(broke);
+                }
+                Err(i) => {
+                    self.emit.emit(finish(&current.frame)).await;
+                    return Next::End(self.ending(i));
+                }
+            }
+        }
+        let after = match self.observe(protocol).await {
+            Ok(o) => o,
+            Err(e) => return Next::End(self.step_broke(step, finish(&current.frame), &e).await),
+        };
+        protocol.results(&results, &after.shot, "The screen after your actions:");
+        self.emit.emit(finish(&after.frame)).await;
+        *bad_replies = if usable { 0 } else { *bad_replies + 1 };
+        Next::Continue(after)
+    }
+
+    /// The provider's safety checks on a reply: acknowledged (by a person, or by the flag),
+    /// or the episode ends here (`Some`).
+    async fn safety_gate(
+        &mut self,
+        step: u32,
+        protocol: &mut dyn Protocol,
+        decision: &Decision,
+        current: &Observed,
+        finish: &(dyn Fn(&Frame) -> Event + Sync),
+    ) -> Option<Ending> {
         if !decision.safety.is_empty() {
             match self.safety(step, &decision.safety).await {
                 Ok(true) => protocol.acknowledge(&decision.safety),
@@ -628,20 +706,31 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                         } else {
                             Status::Stopped
                         };
-                    return Next::End(Ending::new(status, EndedBy::Safety).error(format!(
+                    return Some(Ending::new(status, EndedBy::Safety).error(format!(
                         "the model's provider raised a safety check ({}); {how}",
                         codes.join("; ")
                     )));
                 }
                 Err(Stop) => {
                     self.emit.emit(finish(&current.frame)).await;
-                    return Next::End(self.ending(self.stop_reason()));
+                    return Some(self.ending(self.stop_reason()));
                 }
             }
         }
+        None
+    }
 
-        // Act.
-        let mark = self.computer.mark();
+    /// Runs a reply's calls in order: each one checked, approved when a person approves,
+    /// acted, and answered (`results`); an ending action ends the episode after the turn.
+    /// `Err`: the episode ended during the calls (stopped, timed out, the desktop gone).
+    async fn act_all(
+        &mut self,
+        step: u32,
+        protocol: &mut dyn Protocol,
+        decision: &Decision,
+        current: &Observed,
+        finish: &(dyn Fn(&Frame) -> Event + Sync),
+    ) -> Result<Acts, Ending> {
         let mut acted = false;
         let mut usable = false;
         let mut ending: Option<Ending> = None;
@@ -701,7 +790,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                     Ok(a) => a,
                     Err(Stop) => {
                         self.emit.emit(finish(&current.frame)).await;
-                        return Next::End(self.ending(self.stop_reason()));
+                        return Err(self.ending(self.stop_reason()));
                     }
                 };
                 let text = match answer {
@@ -748,7 +837,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                 continue;
             }
             match self.controls.approve(step, index, &action, self.emit).await {
-                Err(Stop) => return Next::End(self.ending(self.stop_reason())),
+                Err(Stop) => return Err(self.ending(self.stop_reason())),
                 Ok(false) => {
                     let denied =
                         InvalidAction::new("the person watching did not allow this action");
@@ -771,7 +860,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                     self.reject(step, index, &call.input, &InvalidAction::new(reason))
                         .await;
                     self.emit.emit(finish(&current.frame)).await;
-                    return Next::End(ending);
+                    return Err(ending);
                 }
                 Err(i) => {
                     // Cut short: nothing may stay pressed.
@@ -783,7 +872,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                     self.reject(step, index, &call.input, &InvalidAction::new(reason))
                         .await;
                     self.emit.emit(finish(&current.frame)).await;
-                    return Next::End(self.ending(i));
+                    return Err(self.ending(i));
                 }
             };
             match outcome {
@@ -832,43 +921,16 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                     self.reject(step, index, &call.input, &InvalidAction::new(reason))
                         .await;
                     self.emit.emit(finish(&current.frame)).await;
-                    return Next::End(ending);
+                    return Err(ending);
                 }
             }
         }
-        if let Some(ending) = ending {
-            self.emit.emit(finish(&current.frame)).await;
-            return Next::End(ending);
-        }
-
-        // Settle, observe.
-        if acted {
-            let computer = self.computer;
-            match self
-                .guarded(step, computer.settle(mark, self.cfg.settle))
-                .await
-            {
-                Ok(report) => self.emit.emit(Event::Settled { step, report }).await,
-                Err(Interrupt::DesktopGone) => {
-                    let broke = self
-                        .step_broke(step, finish(&current.frame), "the desktop stopped working")
-                        .await;
-                    return Next::End(broke);
-                }
-                Err(i) => {
-                    self.emit.emit(finish(&current.frame)).await;
-                    return Next::End(self.ending(i));
-                }
-            }
-        }
-        let after = match self.observe(protocol).await {
-            Ok(o) => o,
-            Err(e) => return Next::End(self.step_broke(step, finish(&current.frame), &e).await),
-        };
-        protocol.results(&results, &after.shot, "The screen after your actions:");
-        self.emit.emit(finish(&after.frame)).await;
-        *bad_replies = if usable { 0 } else { *bad_replies + 1 };
-        Next::Continue(after)
+        Ok(Acts {
+            acted,
+            usable,
+            results,
+            ending,
+        })
     }
 
     /// Finds the elements a planner named (`decision.grounding`) with the grounder and puts

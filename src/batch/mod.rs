@@ -249,6 +249,120 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
     run_report(args).await.map(|(code, _)| code)
 }
 
+/// What the workers of a batch share.
+#[derive(Clone)]
+struct Shared {
+    queue: Arc<Mutex<VecDeque<Job>>>,
+    /// Set to take no new job (a stop, or the batch's cost limit reached).
+    stopping: Arc<AtomicBool>,
+    spent: Arc<Mutex<f64>>,
+    max_total_cost: Option<f64>,
+    controls: Controls,
+    live: Arc<Mutex<Live>>,
+    done: mpsc::Sender<(Job, String, anyhow::Result<End>)>,
+    placement: Arc<placement::Placement>,
+    spec: crate::sandbox::SandboxSpec,
+    bar: ProgressBar,
+    snapshot: Option<u64>,
+    source: episode::Source,
+}
+
+/// One worker: a place on an engine, then a job, then its episode, until the queue is
+/// empty, the batch stops, or no engine is left.
+async fn worker(w: Shared) {
+    loop {
+        if w.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        // A place first (waiting while every engine is full), then a job: with no
+        // engine left, the jobs stay in the queue and are reported as not run.
+        let Some((slot, engine)) = w.placement.acquire().await else {
+            break;
+        };
+        let Some(job) = w.queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+            w.placement.release(slot, false);
+            break;
+        };
+        let (mut hooks, control) = Hooks::new();
+        if let Ok(mut c) = w.controls.lock() {
+            c.insert(job.n, control);
+        }
+        let (tx, mut rx) = mpsc::channel::<Arc<Event>>(1024);
+        hooks.sinks.push(tx);
+        if let Ok(mut l) = w.live.lock() {
+            l.running.insert(job.n, (job.task.id.clone(), 0));
+            w.bar.set_message(l.message());
+        }
+        let watcher = {
+            let live = w.live.clone();
+            let bar = w.bar.clone();
+            let n = job.n;
+            tokio::spawn(async move {
+                while let Some(e) = rx.recv().await {
+                    if let Event::StepStarted { step } = &*e
+                        && let Ok(mut l) = live.lock()
+                    {
+                        if let Some(r) = l.running.get_mut(&n) {
+                            r.1 = *step;
+                        }
+                        bar.set_message(l.message());
+                    }
+                }
+            })
+        };
+        let plan = Plan {
+            cfg: (*job.cfg).clone(),
+            spec: w.spec.clone(),
+            task: Some((*job.task).clone()),
+            keep: false,
+            snapshot: w.snapshot,
+            session: None,
+            calibration: None,
+            source: w.source.clone(),
+        };
+        let end = episode::run(&engine, plan, hooks).await;
+        let _ = watcher.await;
+        let harness = match &end {
+            Ok(end) => end.harness_error().is_some(),
+            Err(_) => true,
+        };
+        // A harness error may be the engine going away: if it no longer answers,
+        // it gets no new episodes.
+        if harness && !engine.answers(Duration::from_secs(5)).await && w.placement.mark_dead(slot) {
+            print_line(
+                &w.bar,
+                &format!(
+                    "engine {} stopped answering: its running episodes end as harness \
+                     errors, no new ones go there",
+                    engine.url()
+                ),
+            );
+        }
+        if let (Some(max), Ok(end)) = (w.max_total_cost, &end)
+            && let Ok(mut total) = w.spent.lock()
+        {
+            *total += end.outcome.cost.unwrap_or(0.0);
+            if *total >= max {
+                w.stopping.store(true, Ordering::SeqCst);
+            }
+        }
+        w.placement.release(slot, harness);
+        if let Ok(mut c) = w.controls.lock() {
+            c.remove(&job.n);
+        }
+        if let Ok(mut l) = w.live.lock() {
+            l.running.remove(&job.n);
+        }
+        if w.done
+            .send((job, engine.url().to_owned(), end))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
 /// Runs the batch; its exit code and its report.
 pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report)> {
     if args.parallel == 0 {
@@ -384,117 +498,24 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
     let controls: Controls = Arc::default();
     let live = Arc::new(Mutex::new(Live::default()));
     let (done_tx, mut done_rx) = mpsc::channel::<(Job, String, anyhow::Result<End>)>(total);
-    let mut workers = Vec::new();
-    for _ in 0..parallel {
-        let queue = queue.clone();
-        let stopping = stopping.clone();
-        let spent = spent.clone();
-        let controls = controls.clone();
-        let live = live.clone();
-        let done_tx = done_tx.clone();
-        let placement = placement.clone();
-        let spec = spec.clone();
-        let bar = bar.clone();
-        let snapshot = args.common.snapshot();
-        let source = args.common.source();
-        workers.push(tokio::spawn(async move {
-            loop {
-                if stopping.load(Ordering::SeqCst) {
-                    break;
-                }
-                // A place first (waiting while every engine is full), then a job: with no
-                // engine left, the jobs stay in the queue and are reported as not run.
-                let Some((slot, engine)) = placement.acquire().await else {
-                    break;
-                };
-                let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                    placement.release(slot, false);
-                    break;
-                };
-                let (mut hooks, control) = Hooks::new();
-                if let Ok(mut c) = controls.lock() {
-                    c.insert(job.n, control);
-                }
-                let (tx, mut rx) = mpsc::channel::<Arc<Event>>(1024);
-                hooks.sinks.push(tx);
-                if let Ok(mut l) = live.lock() {
-                    l.running.insert(job.n, (job.task.id.clone(), 0));
-                    bar.set_message(l.message());
-                }
-                let watcher = {
-                    let live = live.clone();
-                    let bar = bar.clone();
-                    let n = job.n;
-                    tokio::spawn(async move {
-                        while let Some(e) = rx.recv().await {
-                            if let Event::StepStarted { step } = &*e
-                                && let Ok(mut l) = live.lock()
-                            {
-                                if let Some(r) = l.running.get_mut(&n) {
-                                    r.1 = *step;
-                                }
-                                bar.set_message(l.message());
-                            }
-                        }
-                    })
-                };
-                let plan = Plan {
-                    cfg: (*job.cfg).clone(),
-                    spec: spec.clone(),
-                    task: Some((*job.task).clone()),
-                    keep: false,
-                    snapshot,
-                    session: None,
-                    calibration: None,
-                    source: source.clone(),
-                };
-                let end = episode::run(&engine, plan, hooks).await;
-                let _ = watcher.await;
-                let harness = match &end {
-                    Ok(end) => end.harness_error().is_some(),
-                    Err(_) => true,
-                };
-                // A harness error may be the engine going away: if it no longer answers,
-                // it gets no new episodes.
-                if harness
-                    && !engine.answers(Duration::from_secs(5)).await
-                    && placement.mark_dead(slot)
-                {
-                    print_line(
-                        &bar,
-                        &format!(
-                            "engine {} stopped answering: its running episodes end as harness \
-                             errors, no new ones go there",
-                            engine.url()
-                        ),
-                    );
-                }
-                if let (Some(max), Ok(end)) = (max_total_cost, &end)
-                    && let Ok(mut total) = spent.lock()
-                {
-                    *total += end.outcome.cost.unwrap_or(0.0);
-                    if *total >= max {
-                        stopping.store(true, Ordering::SeqCst);
-                    }
-                }
-                placement.release(slot, harness);
-                if let Ok(mut c) = controls.lock() {
-                    c.remove(&job.n);
-                }
-                if let Ok(mut l) = live.lock() {
-                    l.running.remove(&job.n);
-                }
-                if done_tx
-                    .send((job, engine.url().to_owned(), end))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }));
-    }
-    drop(done_tx);
+    let shared = Shared {
+        queue: queue.clone(),
+        stopping: stopping.clone(),
+        spent: spent.clone(),
+        max_total_cost,
+        controls: controls.clone(),
+        live: live.clone(),
+        done: done_tx,
+        placement: placement.clone(),
+        spec: spec.clone(),
+        bar: bar.clone(),
+        snapshot: args.common.snapshot(),
+        source: args.common.source(),
+    };
+    let workers: Vec<_> = (0..parallel)
+        .map(|_| tokio::spawn(worker(shared.clone())))
+        .collect();
+    drop(shared);
 
     let mut episodes: Vec<EpisodeReport> = Vec::new();
     let mut interrupts = 0;

@@ -319,187 +319,23 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
         SandboxCmd::Build(args) => build(&engine, args).await,
         SandboxCmd::Up(args) => up(&engine, args).await,
         SandboxCmd::Ls { json, .. } => ls(&engine, json).await,
-        SandboxCmd::Down { ids, all } => {
-            let ids = if all {
-                engine
-                    .list()
-                    .await?
-                    .into_iter()
-                    .filter(|s| !s.persistent)
-                    .map(|s| s.id)
-                    .collect()
-            } else {
-                ids
-            };
-            for id in &ids {
-                engine.remove(id).await?;
-                crate::outln!("{}", crate::text::prefix(id, 12));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        SandboxCmd::Rm { names, volumes } => {
-            for name in &names {
-                let persistent = engine
-                    .list()
-                    .await?
-                    .into_iter()
-                    .find(|s| s.name == *name || s.id.starts_with(name.as_str()));
-                match &persistent {
-                    Some(s) => {
-                        engine.remove(&s.id).await?;
-                        crate::outln!("removed {}", s.name);
-                    }
-                    None if !volumes => anyhow::bail!("no desktop named '{name}'"),
-                    None => {}
-                }
-                let home_name = persistent.map_or_else(|| name.clone(), |s| s.name);
-                if volumes && engine.remove_home(&home_name).await? {
-                    crate::outln!("removed volume {}", sb::home_volume(&home_name));
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        SandboxCmd::Down { ids, all } => down(&engine, ids, all).await,
+        SandboxCmd::Rm { names, volumes } => rm(&engine, names, volumes).await,
         SandboxCmd::Stop { name } => {
             engine.stop(&name).await?;
             crate::outln!("stopped {name}");
             Ok(ExitCode::SUCCESS)
         }
-        SandboxCmd::Start { name, json } => {
-            let started = Instant::now();
-            let sandbox = engine.start(&name).await?;
-            let desktop = Desktop::connect(sandbox.clone(), ConnectOptions::default()).await?;
-            desktop.wait_drawn(Duration::from_secs(30)).await?;
-            let ms = started.elapsed().as_millis();
-            if json {
-                crate::outln!(
-                    "{}",
-                    json!({"id": sandbox.id(), "name": sandbox.name(), "view_url": sandbox.view_url(), "ready_ms": ms})
-                );
-            } else {
-                crate::outln!("started {} in {ms} ms", sandbox.name());
-                if let Some(url) = sandbox.view_url() {
-                    crate::outln!("view      {url}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        SandboxCmd::Snapshot { name, tag, remove } => {
-            if let Some(tag) = remove {
-                engine.remove_saved(&tag).await?;
-                crate::outln!("removed snapshot {tag}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            let (Some(name), Some(tag)) = (name, tag) else {
-                anyhow::bail!("give the desktop and the tag: sandbox snapshot NAME TAG");
-            };
-            let sandbox = engine.get(&name).await?;
-            let started = Instant::now();
-            let image = sandbox.save_snapshot(&tag).await?;
-            crate::outln!(
-                "saved {} as {tag} ({image}) in {:.1} s",
-                sandbox.name(),
-                started.elapsed().as_secs_f64()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        SandboxCmd::Start { name, json } => start(&engine, name, json).await,
+        SandboxCmd::Snapshot { name, tag, remove } => snapshot(&engine, name, tag, remove).await,
         SandboxCmd::Snapshots {
             saved,
             prune,
             older_than,
             json,
-        } => {
-            let kept = engine.saved_snapshots().await?;
-            if json && saved {
-                crate::outln!("{}", serde_json::to_string(&kept)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            if !json && !prune {
-                for s in &kept {
-                    crate::outln!(
-                        "{}  saved from {}  {}  {:.1} MB",
-                        s.tag,
-                        if s.origin.is_empty() { "-" } else { &s.origin },
-                        crate::time::short(s.created * 1000),
-                        s.size as f64 / 1e6
-                    );
-                }
-            }
-            let list = engine.snapshots().await?;
-            let now = crate::time::now_ms() / 1000;
-            let chosen: Vec<_> = list
-                .into_iter()
-                .filter(|s| match older_than {
-                    Some(days) => (now - s.created) as f64 > days * 86_400.0,
-                    None => true,
-                })
-                .collect();
-            if prune {
-                for s in &chosen {
-                    engine.remove_snapshot(&s.image).await?;
-                }
-            }
-            if json {
-                crate::outln!("{}", serde_json::to_string(&chosen)?);
-            } else {
-                let verb = if prune { "removed " } else { "" };
-                for s in &chosen {
-                    crate::outln!(
-                        "{verb}{}  task {}  {}  {:.1} MB",
-                        s.image,
-                        if s.task.is_empty() { "-" } else { &s.task },
-                        crate::time::short(s.created * 1000),
-                        s.size as f64 / 1e6
-                    );
-                }
-                if chosen.is_empty() && (prune || kept.is_empty()) {
-                    crate::outln!("no snapshots");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        SandboxCmd::Prune { json } => {
-            let report = engine.prune().await?;
-            if json {
-                crate::outln!("{}", serde_json::to_string(&report)?);
-            } else if report.removed.is_empty() && report.images.is_empty() {
-                crate::outln!("nothing to prune");
-            } else {
-                for p in &report.removed {
-                    crate::outln!(
-                        "removed {} ({}): {}",
-                        &p.id[..12.min(p.id.len())],
-                        p.name,
-                        p.reason
-                    );
-                }
-                for id in &report.images {
-                    let id = id.trim_start_matches("sha256:");
-                    crate::outln!(
-                        "removed image {} (a removed snapshot's, used by no desktop now)",
-                        &id[..12.min(id.len())]
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        SandboxCmd::Shot { id, output, cursor } => {
-            let desktop = connect(&engine, &id).await?;
-            let shot = if cursor {
-                desktop.screenshot_with_cursor().await?
-            } else {
-                desktop.screenshot().await?
-            };
-            std::fs::write(&output, shot.png.as_slice())
-                .with_context(|| format!("writing {}", output.display()))?;
-            eprintln!(
-                "{}x{} PNG, {} bytes -> {}",
-                shot.width,
-                shot.height,
-                shot.png.len(),
-                output.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => snapshots(&engine, saved, prune, older_than, json).await,
+        SandboxCmd::Prune { json } => prune(&engine, json).await,
+        SandboxCmd::Shot { id, output, cursor } => shot(&engine, id, output, cursor).await,
         SandboxCmd::Act {
             id,
             action,
@@ -512,158 +348,379 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             interactive,
             background,
             command,
-        } => {
-            let sandbox = engine.get(&id).await?;
-            if background {
-                let script = command
-                    .iter()
-                    .map(|a| crate::desktop::shell_quote(a))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let p = sandbox.spawn(&script).await?;
-                crate::outln!("{}", serde_json::to_string(&p)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            let stdin = if interactive {
-                let mut buf = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-                    .context("reading stdin")?;
-                Some(buf)
-            } else {
-                None
-            };
-            let out = sandbox
-                .exec(
-                    &command,
-                    &ExecOptions {
-                        stdin,
-                        timeout: timeout.map(Duration::from_secs_f64),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            std::io::stdout().write_all(&out.stdout)?;
-            std::io::stderr().write_all(&out.stderr)?;
-            if out.timed_out {
-                eprintln!("selfagent: `{}` timed out", command.join(" "));
-            }
-            Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8))
-        }
+        } => exec(&engine, id, timeout, interactive, background, command).await,
         SandboxCmd::Cp {
             src,
             dst,
             max_size,
             json,
         } => cp(&engine, &src, &dst, max_size as u64, json).await,
-        SandboxCmd::Windows { id, json } => {
-            let desktop = connect(&engine, &id).await?;
-            let windows = desktop.windows().await?;
-            if json {
-                crate::outln!("{}", serde_json::to_string(&windows)?);
-            } else {
-                crate::outln!(
-                    "{:<10} {:>5} {:>5} {:>5}x{:<5} {:<24} TITLE",
-                    "ID",
-                    "X",
-                    "Y",
-                    "W",
-                    "H",
-                    "CLASS"
-                );
-                for w in windows {
-                    let mark = if w.active { "*" } else { " " };
-                    crate::outln!(
-                        "0x{:<8x}{mark}{:>5} {:>5} {:>5}x{:<5} {:<24} {}",
-                        w.id,
-                        w.x,
-                        w.y,
-                        w.width,
-                        w.height,
-                        w.class,
-                        w.title
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        SandboxCmd::Windows { id, json } => windows(&engine, id, json).await,
         SandboxCmd::WaitWindow {
             id,
             title,
             class,
             timeout,
             json,
-        } => {
-            let regex = |s: Option<String>| -> anyhow::Result<Option<regex::Regex>> {
-                s.map(|s| regex::Regex::new(&s).with_context(|| format!("bad regex '{s}'")))
-                    .transpose()
-            };
-            let m = WindowMatch {
-                title: regex(title)?,
-                class: regex(class)?,
-            };
-            let desktop = connect(&engine, &id).await?;
-            let started = Instant::now();
-            let w = desktop
-                .wait_window(&m, Duration::from_secs_f64(timeout))
-                .await?;
-            if json {
-                crate::outln!(
-                    "{}",
-                    serde_json::to_string(
-                        &json!({ "window": w, "waited_ms": started.elapsed().as_millis() })
-                    )?
-                );
-            } else {
-                crate::outln!(
-                    "0x{:x} {} ({}) after {} ms",
-                    w.id,
-                    w.title,
-                    w.class,
-                    started.elapsed().as_millis()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => wait_window(&engine, id, title, class, timeout, json).await,
         SandboxCmd::View {
             id,
             view_only,
             window,
             json,
-        } => {
-            let sandbox = engine.get(&id).await?;
-            if sandbox.view_url().is_none() {
-                bail!(
-                    "sandbox {} has no network, so it has no web view",
-                    sandbox.short_id()
-                );
+        } => view(&engine, id, view_only, window, json).await,
+    }
+}
+
+async fn down(engine: &Engine, ids: Vec<String>, all: bool) -> anyhow::Result<ExitCode> {
+    let ids = if all {
+        engine
+            .list()
+            .await?
+            .into_iter()
+            .filter(|s| !s.persistent)
+            .map(|s| s.id)
+            .collect()
+    } else {
+        ids
+    };
+    for id in &ids {
+        engine.remove(id).await?;
+        crate::outln!("{}", crate::text::prefix(id, 12));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rm(engine: &Engine, names: Vec<String>, volumes: bool) -> anyhow::Result<ExitCode> {
+    for name in &names {
+        let persistent = engine
+            .list()
+            .await?
+            .into_iter()
+            .find(|s| s.name == *name || s.id.starts_with(name.as_str()));
+        match &persistent {
+            Some(s) => {
+                engine.remove(&s.id).await?;
+                crate::outln!("removed {}", s.name);
             }
-            if let Some(regex) = window {
-                let stream = sandbox.window_stream(&regex, view_only).await?;
-                if json {
-                    crate::outln!("{}", serde_json::to_string(&stream)?);
-                } else {
-                    crate::outln!("{}", stream.url);
-                    eprintln!(
-                        "stream {}: window {} \"{}\"",
-                        stream.stream, stream.window, stream.title
-                    );
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            let url = if view_only {
-                sandbox.watch_url().with_context(|| {
-                    format!(
-                        "sandbox {} was made before view-only URLs existed: start a new one",
-                        sandbox.short_id()
-                    )
-                })?
-            } else {
-                sandbox.view_url().unwrap_or_default()
-            };
-            crate::outln!("{url}");
-            Ok(ExitCode::SUCCESS)
+            None if !volumes => anyhow::bail!("no desktop named '{name}'"),
+            None => {}
+        }
+        let home_name = persistent.map_or_else(|| name.clone(), |s| s.name);
+        if volumes && engine.remove_home(&home_name).await? {
+            crate::outln!("removed volume {}", sb::home_volume(&home_name));
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn start(engine: &Engine, name: String, json: bool) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let sandbox = engine.start(&name).await?;
+    let desktop = Desktop::connect(sandbox.clone(), ConnectOptions::default()).await?;
+    desktop.wait_drawn(Duration::from_secs(30)).await?;
+    let ms = started.elapsed().as_millis();
+    if json {
+        crate::outln!(
+            "{}",
+            json!({"id": sandbox.id(), "name": sandbox.name(), "view_url": sandbox.view_url(), "ready_ms": ms})
+        );
+    } else {
+        crate::outln!("started {} in {ms} ms", sandbox.name());
+        if let Some(url) = sandbox.view_url() {
+            crate::outln!("view      {url}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn snapshot(
+    engine: &Engine,
+    name: Option<String>,
+    tag: Option<String>,
+    remove: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(tag) = remove {
+        engine.remove_saved(&tag).await?;
+        crate::outln!("removed snapshot {tag}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(name), Some(tag)) = (name, tag) else {
+        anyhow::bail!("give the desktop and the tag: sandbox snapshot NAME TAG");
+    };
+    let sandbox = engine.get(&name).await?;
+    let started = Instant::now();
+    let image = sandbox.save_snapshot(&tag).await?;
+    crate::outln!(
+        "saved {} as {tag} ({image}) in {:.1} s",
+        sandbox.name(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn snapshots(
+    engine: &Engine,
+    saved: bool,
+    prune: bool,
+    older_than: Option<f64>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let kept = engine.saved_snapshots().await?;
+    if json && saved {
+        crate::outln!("{}", serde_json::to_string(&kept)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json && !prune {
+        for s in &kept {
+            crate::outln!(
+                "{}  saved from {}  {}  {:.1} MB",
+                s.tag,
+                if s.origin.is_empty() { "-" } else { &s.origin },
+                crate::time::short(s.created * 1000),
+                s.size as f64 / 1e6
+            );
+        }
+    }
+    let list = engine.snapshots().await?;
+    let now = crate::time::now_ms() / 1000;
+    let chosen: Vec<_> = list
+        .into_iter()
+        .filter(|s| match older_than {
+            Some(days) => (now - s.created) as f64 > days * 86_400.0,
+            None => true,
+        })
+        .collect();
+    if prune {
+        for s in &chosen {
+            engine.remove_snapshot(&s.image).await?;
+        }
+    }
+    if json {
+        crate::outln!("{}", serde_json::to_string(&chosen)?);
+    } else {
+        let verb = if prune { "removed " } else { "" };
+        for s in &chosen {
+            crate::outln!(
+                "{verb}{}  task {}  {}  {:.1} MB",
+                s.image,
+                if s.task.is_empty() { "-" } else { &s.task },
+                crate::time::short(s.created * 1000),
+                s.size as f64 / 1e6
+            );
+        }
+        if chosen.is_empty() && (prune || kept.is_empty()) {
+            crate::outln!("no snapshots");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn prune(engine: &Engine, json: bool) -> anyhow::Result<ExitCode> {
+    let report = engine.prune().await?;
+    if json {
+        crate::outln!("{}", serde_json::to_string(&report)?);
+    } else if report.removed.is_empty() && report.images.is_empty() {
+        crate::outln!("nothing to prune");
+    } else {
+        for p in &report.removed {
+            crate::outln!(
+                "removed {} ({}): {}",
+                crate::text::prefix(&p.id, 12),
+                p.name,
+                p.reason
+            );
+        }
+        for id in &report.images {
+            let id = id.trim_start_matches("sha256:");
+            crate::outln!(
+                "removed image {} (a removed snapshot's, used by no desktop now)",
+                crate::text::prefix(id, 12)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shot(
+    engine: &Engine,
+    id: String,
+    output: PathBuf,
+    cursor: bool,
+) -> anyhow::Result<ExitCode> {
+    let desktop = connect(engine, &id).await?;
+    let shot = if cursor {
+        desktop.screenshot_with_cursor().await?
+    } else {
+        desktop.screenshot().await?
+    };
+    std::fs::write(&output, shot.png.as_slice())
+        .with_context(|| format!("writing {}", output.display()))?;
+    eprintln!(
+        "{}x{} PNG, {} bytes -> {}",
+        shot.width,
+        shot.height,
+        shot.png.len(),
+        output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn exec(
+    engine: &Engine,
+    id: String,
+    timeout: Option<f64>,
+    interactive: bool,
+    background: bool,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let sandbox = engine.get(&id).await?;
+    if background {
+        let script = command
+            .iter()
+            .map(|a| crate::desktop::shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let p = sandbox.spawn(&script).await?;
+        crate::outln!("{}", serde_json::to_string(&p)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stdin = if interactive {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("reading stdin")?;
+        Some(buf)
+    } else {
+        None
+    };
+    let out = sandbox
+        .exec(
+            &command,
+            &ExecOptions {
+                stdin,
+                timeout: timeout.map(Duration::from_secs_f64),
+                ..Default::default()
+            },
+        )
+        .await?;
+    std::io::stdout().write_all(&out.stdout)?;
+    std::io::stderr().write_all(&out.stderr)?;
+    if out.timed_out {
+        eprintln!("selfagent: `{}` timed out", command.join(" "));
+    }
+    Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8))
+}
+
+async fn windows(engine: &Engine, id: String, json: bool) -> anyhow::Result<ExitCode> {
+    let desktop = connect(engine, &id).await?;
+    let windows = desktop.windows().await?;
+    if json {
+        crate::outln!("{}", serde_json::to_string(&windows)?);
+    } else {
+        crate::outln!(
+            "{:<10} {:>5} {:>5} {:>5}x{:<5} {:<24} TITLE",
+            "ID",
+            "X",
+            "Y",
+            "W",
+            "H",
+            "CLASS"
+        );
+        for w in windows {
+            let mark = if w.active { "*" } else { " " };
+            crate::outln!(
+                "0x{:<8x}{mark}{:>5} {:>5} {:>5}x{:<5} {:<24} {}",
+                w.id,
+                w.x,
+                w.y,
+                w.width,
+                w.height,
+                w.class,
+                w.title
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_window(
+    engine: &Engine,
+    id: String,
+    title: Option<String>,
+    class: Option<String>,
+    timeout: f64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let regex = |s: Option<String>| -> anyhow::Result<Option<regex::Regex>> {
+        s.map(|s| regex::Regex::new(&s).with_context(|| format!("bad regex '{s}'")))
+            .transpose()
+    };
+    let m = WindowMatch {
+        title: regex(title)?,
+        class: regex(class)?,
+    };
+    let desktop = connect(engine, &id).await?;
+    let started = Instant::now();
+    let w = desktop
+        .wait_window(&m, Duration::from_secs_f64(timeout))
+        .await?;
+    if json {
+        crate::outln!(
+            "{}",
+            serde_json::to_string(
+                &json!({ "window": w, "waited_ms": started.elapsed().as_millis() })
+            )?
+        );
+    } else {
+        crate::outln!(
+            "0x{:x} {} ({}) after {} ms",
+            w.id,
+            w.title,
+            w.class,
+            started.elapsed().as_millis()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn view(
+    engine: &Engine,
+    id: String,
+    view_only: bool,
+    window: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let sandbox = engine.get(&id).await?;
+    if sandbox.view_url().is_none() {
+        bail!(
+            "sandbox {} has no network, so it has no web view",
+            sandbox.short_id()
+        );
+    }
+    if let Some(regex) = window {
+        let stream = sandbox.window_stream(&regex, view_only).await?;
+        if json {
+            crate::outln!("{}", serde_json::to_string(&stream)?);
+        } else {
+            crate::outln!("{}", stream.url);
+            eprintln!(
+                "stream {}: window {} \"{}\"",
+                stream.stream, stream.window, stream.title
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let url = if view_only {
+        sandbox.watch_url().with_context(|| {
+            format!(
+                "sandbox {} was made before view-only URLs existed: start a new one",
+                sandbox.short_id()
+            )
+        })?
+    } else {
+        sandbox.view_url().unwrap_or_default()
+    };
+    crate::outln!("{url}");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn connect(engine: &Engine, id: &str) -> anyhow::Result<Desktop> {
@@ -814,7 +871,7 @@ async fn build_with_progress(engine: &Engine, opts: BuildOptions) -> anyhow::Res
     eprintln!(
         "built {} ({}) in {:.0} s",
         opts.tag,
-        &id.trim_start_matches("sha256:")[..12.min(id.len())],
+        crate::text::prefix(id.trim_start_matches("sha256:"), 12),
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -1015,7 +1072,7 @@ fn print_list(list: Vec<sb::SandboxInfo>, json: bool, engines: bool) -> anyhow::
             } else {
                 String::new()
             },
-            &s.id[..12.min(s.id.len())],
+            crate::text::prefix(&s.id, 12),
             s.name,
             state,
             sb::ago(now.saturating_sub(s.created)),
@@ -1024,7 +1081,7 @@ fn print_list(list: Vec<sb::SandboxInfo>, json: bool, engines: bool) -> anyhow::
             s.view
                 .map(|v| format!(
                     "http://{v}/ (the URL with its token: selfagent sandbox view {})",
-                    &s.id[..12.min(s.id.len())]
+                    crate::text::prefix(&s.id, 12)
                 ))
                 .unwrap_or_else(|| "-".into()),
         );

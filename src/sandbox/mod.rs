@@ -1156,7 +1156,7 @@ impl Engine {
             if std::time::Instant::now() >= deadline {
                 return Err(SandboxError::Invalid(format!(
                     "container {} has selfagent labels but no credentials; was it started by this version of selfagent?",
-                    &id[..12.min(id.len())]
+                    crate::text::prefix(id, 12)
                 )));
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

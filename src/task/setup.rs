@@ -70,8 +70,28 @@ fn window_match(title: &Option<String>, class: &Option<String>) -> Result<Window
     })
 }
 
+/// Why a setup step failed, kept apart by whose fault it is: the episode's harness (the
+/// desktop broke), the task file (it asks for something impossible), or the step itself
+/// (its command failed, its window never came). The words are the desktop's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    /// The desktop or its container did not do what was asked (gone, unreachable).
+    #[error("{0}")]
+    Desktop(String),
+    /// The task asks for what cannot be (a bad regex, a file that is not there).
+    #[error("{0}")]
+    Task(String),
+    /// The step ran and failed: an exit code, a timeout, no window.
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn desktop_err(e: impl std::fmt::Display) -> SetupError {
+    SetupError::Desktop(e.to_string())
+}
+
 /// Runs one step; the error says what went wrong in the desktop's words.
-pub async fn run_step(desktop: &Desktop, step: &SetupStep) -> Result<(), String> {
+pub async fn run_step(desktop: &Desktop, step: &SetupStep) -> Result<(), SetupError> {
     let sandbox = desktop.sandbox();
     match step {
         SetupStep::Exec { command, timeout } => {
@@ -85,49 +105,52 @@ pub async fn run_step(desktop: &Desktop, step: &SetupStep) -> Result<(), String>
                     },
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(desktop_err)?;
             if out.timed_out {
-                return Err(format!("did not finish in {} s", limit.as_secs_f64()));
+                return Err(SetupError::Failed(format!(
+                    "did not finish in {} s",
+                    limit.as_secs_f64()
+                )));
             }
             if !out.success() {
-                return Err(format!(
+                return Err(SetupError::Failed(format!(
                     "exit code {}: {}",
                     out.exit_code,
                     tail(&out.stderr_text(), &out.stdout_text())
-                ));
+                )));
             }
             Ok(())
         }
         SetupStep::WriteFile { path, content } => sandbox
             .write_file(path, content.as_bytes())
             .await
-            .map_err(|e| e.to_string()),
+            .map_err(desktop_err),
         SetupStep::Launch { app } => {
             // `launch = "mousepad ~/notes.txt"`: the application, then its arguments.
             let command = launch_command(app);
-            let before = ids(&desktop.windows().await.map_err(|e| e.to_string())?);
-            let process = sandbox.spawn(&command).await.map_err(|e| e.to_string())?;
+            let before = ids(&desktop.windows().await.map_err(desktop_err)?);
+            let process = sandbox.spawn(&command).await.map_err(desktop_err)?;
             let new_window = |ws: &[Window]| ws.iter().any(|w| !before.contains(&w.id));
             match wait_windows(desktop, WINDOW_TIMEOUT, new_window).await {
                 Ok(()) => Ok(()),
-                Err(e) => Err(format!(
+                Err(e) => Err(SetupError::Failed(format!(
                     "{e}{}",
                     process_log(desktop, process.log.as_deref()).await
-                )),
+                ))),
             }
         }
         SetupStep::Open { target } => {
             let before: Vec<(u32, String)> = desktop
                 .windows()
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(desktop_err)?
                 .into_iter()
                 .map(|w| (w.id, w.title))
                 .collect();
             let process = sandbox
                 .spawn(&open_command(target))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(desktop_err)?;
             // A new window, or a running program showing it (a title changes).
             let changed = |ws: &[Window]| {
                 ws.iter().any(|w| {
@@ -138,10 +161,10 @@ pub async fn run_step(desktop: &Desktop, step: &SetupStep) -> Result<(), String>
             };
             match wait_windows(desktop, WINDOW_TIMEOUT, changed).await {
                 Ok(()) => Ok(()),
-                Err(e) => Err(format!(
+                Err(e) => Err(SetupError::Failed(format!(
                     "{e}{}",
                     process_log(desktop, process.log.as_deref()).await
-                )),
+                ))),
             }
         }
         SetupStep::WaitForWindow {
@@ -149,28 +172,28 @@ pub async fn run_step(desktop: &Desktop, step: &SetupStep) -> Result<(), String>
             class,
             timeout,
         } => {
-            let m = window_match(title, class)?;
+            let m = window_match(title, class).map_err(SetupError::Task)?;
             desktop
                 .wait_window(&m, secs(*timeout, WINDOW_TIMEOUT))
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| SetupError::Failed(e.to_string()))
         }
         SetupStep::ActivateWindow {
             title,
             class,
             timeout,
         } => {
-            let m = window_match(title, class)?;
+            let m = window_match(title, class).map_err(SetupError::Task)?;
             let w = desktop
                 .wait_window(&m, secs(*timeout, WINDOW_TIMEOUT))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| SetupError::Failed(e.to_string()))?;
             desktop
                 .focus(w.id, Duration::from_secs(5))
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| SetupError::Failed(e.to_string()))
         }
         SetupStep::Sleep { seconds } => {
             tokio::time::sleep(Duration::from_secs_f64(*seconds)).await;
@@ -178,19 +201,19 @@ pub async fn run_step(desktop: &Desktop, step: &SetupStep) -> Result<(), String>
         }
         SetupStep::Upload { from, to } => {
             let meta = std::fs::metadata(from).map_err(|e| {
-                format!(
+                SetupError::Task(format!(
                     "{from} is not there ({e}): an imported task's downloads come from its \
                      import cache, made by `selfagent tasks import-osworld --fetch`"
-                )
+                ))
             })?;
             if meta.len() > MAX_UPLOAD {
-                return Err(format!("{from} is larger than {MAX_UPLOAD} bytes"));
+                return Err(SetupError::Task(format!(
+                    "{from} is larger than {MAX_UPLOAD} bytes"
+                )));
             }
-            let data = std::fs::read(from).map_err(|e| format!("reading {from}: {e}"))?;
-            sandbox
-                .write_file(to, &data)
-                .await
-                .map_err(|e| e.to_string())
+            let data = std::fs::read(from)
+                .map_err(|e| SetupError::Task(format!("reading {from}: {e}")))?;
+            sandbox.write_file(to, &data).await.map_err(desktop_err)
         }
     }
 }
