@@ -217,7 +217,10 @@ pub async fn fill(
         match r {
             Ok(id) => {
                 report.started += 1;
-                progress(&format!("pool {key}: {} ready", &id[..12.min(id.len())]));
+                progress(&format!(
+                    "pool {key}: {} ready",
+                    crate::text::prefix(&id, 12)
+                ));
             }
             Err(e) => report.failed.push(e),
         }
@@ -434,7 +437,9 @@ mod tests {
         let (engine, memory) = Engine::in_memory();
         let spec = SandboxSpec::default();
         let ids = ready_members(&engine, &PoolSpec::of(&spec), 3, DEFAULT_TTL).await;
-        // Eight leasers at once for three members.
+        let before = memory.renames.load(std::sync::atomic::Ordering::Relaxed);
+        // Eight leasers at once for three members, every one of them seeing all three ready.
+        memory.hold_lists(8);
         let leases = futures_util::future::join_all((0..8).map(|_| {
             let (engine, spec) = (engine.clone(), spec.clone());
             tokio::spawn(async move {
@@ -449,8 +454,12 @@ mod tests {
         let distinct: HashSet<&String> = got.iter().collect();
         assert_eq!(got.len(), 3, "each member is leased once: {got:?}");
         assert_eq!(distinct.len(), 3, "no member is leased twice: {got:?}");
-        // The losers tried and lost claims: more renames than members.
-        assert!(memory.renames.load(std::sync::atomic::Ordering::Relaxed) > 6);
+        // Every leaser tried to claim; the losers lost, and tried the next member.
+        let tried = memory.renames.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(tried >= 8, "only {tried} claims were tried");
+        // And each is still there for its leaser (a lost claim taken for a won one would
+        // find no credentials, and remove the member from under its owner).
+        assert_eq!(memory.count(), 3, "a leased desktop was removed");
         for m in engine.list().await.unwrap() {
             assert_eq!(
                 m.pool_state.as_deref(),
@@ -458,6 +467,7 @@ mod tests {
                 "{}",
                 m.container_name
             );
+            assert!(got.contains(&m.id), "{} is leased by nobody", m.id);
         }
         // Nothing ready is left: the next lease gets none (and would start a desktop).
         assert!(lease(&engine, &spec, 0, ALONE).await.unwrap().is_none());

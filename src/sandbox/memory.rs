@@ -12,8 +12,8 @@ use super::provider::{
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -31,6 +31,10 @@ pub struct Memory {
     next: AtomicU64,
     /// Every rename tried, won or lost: what a race test counts.
     pub renames: AtomicU64,
+    /// While set, each of the next listings (the count left) returns only once all of them
+    /// are under way: racing callers all see the same containers, as they would when an
+    /// engine is slow. Later listings do not wait.
+    lists: Mutex<Option<(Arc<tokio::sync::Barrier>, usize)>>,
 }
 
 impl Memory {
@@ -52,6 +56,13 @@ impl Memory {
         match hits.as_slice() {
             [one] => Some((*one).clone()),
             _ => None,
+        }
+    }
+
+    /// Makes the next `n` listings wait for each other (see `lists`).
+    pub fn hold_lists(&self, n: usize) {
+        if let Ok(mut l) = self.lists.lock() {
+            *l = Some((Arc::new(tokio::sync::Barrier::new(n)), n));
         }
     }
 
@@ -190,7 +201,7 @@ impl Provider for Memory {
 
     fn list<'a>(&'a self, labels: &'a [&'a str]) -> Fut<'a, Result<Vec<Listed>, SandboxError>> {
         Box::pin(async move {
-            Ok(self.with(|all| {
+            let listed = self.with(|all| {
                 all.iter()
                     .filter(|(_, r)| labels.iter().all(|l| matches(&r.plan.labels, l)))
                     .map(|(id, r)| Listed {
@@ -203,7 +214,22 @@ impl Provider for Memory {
                         ports: r.ports.clone(),
                     })
                     .collect()
-            }))
+            });
+            let barrier = self
+                .lists
+                .lock()
+                .ok()
+                .and_then(|mut held| match held.as_mut() {
+                    Some((barrier, left)) if *left > 0 => {
+                        *left -= 1;
+                        Some(barrier.clone())
+                    }
+                    _ => None,
+                });
+            if let Some(barrier) = barrier {
+                barrier.wait().await;
+            }
+            Ok(listed)
         })
     }
 
