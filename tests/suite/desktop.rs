@@ -209,6 +209,10 @@ async fn dragging_a_title_bar_moves_the_window() {
     // then. A move of the wrong size is never retried.
     let mut moved = w.clone();
     for _ in 0..3 {
+        // The pointer rests on the title bar first (the window manager sees it enter, and
+        // the cursor changes), so the press lands on a frame that knows the pointer is there.
+        d.act_settled(Action::MouseMove { coordinate: start }).await;
+        assert_eq!(d.cursor_position().await.unwrap(), start);
         d.act_settled(Action::Drag {
             path: vec![start, Point::new(start.x + 60, start.y + 20), end],
             button: Button::Left,
