@@ -427,6 +427,18 @@ mod tests {
         ids
     }
 
+    /// Forgets the members' state files when the test ends, passed or not (they live in the
+    /// user's state directory).
+    struct Forget(Vec<String>);
+
+    impl Drop for Forget {
+        fn drop(&mut self) {
+            for id in &self.0 {
+                forget(id);
+            }
+        }
+    }
+
     const ALONE: LeaseOptions = LeaseOptions {
         detached: false,
         no_refill: true,
@@ -437,6 +449,7 @@ mod tests {
         let (engine, memory) = Engine::in_memory();
         let spec = SandboxSpec::default();
         let ids = ready_members(&engine, &PoolSpec::of(&spec), 3, DEFAULT_TTL).await;
+        let _forget = Forget(ids.clone());
         let before = memory.renames.load(std::sync::atomic::Ordering::Relaxed);
         // Eight leasers at once for three members, every one of them seeing all three ready.
         memory.hold_lists(8);
@@ -471,9 +484,6 @@ mod tests {
         }
         // Nothing ready is left: the next lease gets none (and would start a desktop).
         assert!(lease(&engine, &spec, 0, ALONE).await.unwrap().is_none());
-        for id in ids {
-            forget(&id);
-        }
     }
 
     #[tokio::test]
@@ -487,6 +497,7 @@ mod tests {
         };
         let short = ready_members(&engine, &PoolSpec::of(&spec), 1, 30).await;
         let other = ready_members(&engine, &PoolSpec::of(&wide), 1, DEFAULT_TTL).await;
+        let _forget = Forget(short.iter().chain(&other).cloned().collect());
         // 30 s left is less than the 60 the episode needs; the other pool's is not ours.
         assert!(lease(&engine, &spec, 60, ALONE).await.unwrap().is_none());
         let got = lease(&engine, &wide, 60, ALONE).await.unwrap().unwrap();
@@ -495,9 +506,6 @@ mod tests {
         // Without enough time asked, the short one goes.
         let got = lease(&engine, &spec, 10, ALONE).await.unwrap().unwrap();
         assert_eq!(got.id(), short[0]);
-        for id in short.iter().chain(&other) {
-            forget(id);
-        }
     }
 
     #[tokio::test]
@@ -506,6 +514,7 @@ mod tests {
         let spec = SandboxSpec::default();
         let key = PoolSpec::of(&spec).key();
         let ids = ready_members(&engine, &PoolSpec::of(&spec), 3, DEFAULT_TTL).await;
+        let _forget = Forget(ids);
         let leased = lease(&engine, &spec, 0, ALONE).await.unwrap().unwrap();
         assert_eq!(down(&engine, Some("another-pool")).await.unwrap(), 0);
         assert_eq!(down(&engine, Some(&key)).await.unwrap(), 2);
@@ -514,9 +523,6 @@ mod tests {
         assert_eq!(left[0].id, leased.id());
         let pools = list(&engine).await.unwrap();
         assert_eq!((pools[0].ready, pools[0].leased), (0, 1));
-        for id in ids {
-            forget(&id);
-        }
     }
 
     #[test]
