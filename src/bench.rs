@@ -72,6 +72,10 @@ pub struct Stats {
     pub n: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+    /// Nothing to measure here, and why (a step that cannot change the screen is not
+    /// settled after).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub none: Option<String>,
 }
 
 impl Stats {
@@ -89,6 +93,7 @@ impl Stats {
             max: round(s[s.len() - 1]),
             n: s.len(),
             failed: None,
+            none: None,
         }
     }
 
@@ -109,9 +114,17 @@ impl Stats {
         }
     }
 
+    /// Nothing to measure, and why.
+    pub fn none(why: impl Into<String>) -> Self {
+        Self {
+            none: Some(why.into()),
+            ..Self::default()
+        }
+    }
+
     /// The median, when the measurement holds.
     pub fn median(&self) -> Option<f64> {
-        self.failed.is_none().then_some(self.p50)
+        (self.failed.is_none() && self.none.is_none()).then_some(self.p50)
     }
 }
 
@@ -1085,7 +1098,11 @@ async fn loop_steps(
         StepScenario {
             name: name.to_owned(),
             step_ms: Stats::of(&step_ms),
-            settle_ms: Stats::unless(&settled, &loud, settles.len()),
+            settle_ms: if settles.is_empty() {
+                Stats::none("this action cannot change the screen, so the loop does not settle")
+            } else {
+                Stats::unless(&settled, &loud, settles.len())
+            },
             record_write_ms: Stats::of(&stats.step_write_ms),
             bytes_per_step: stats.db_bytes / stats.steps.max(1),
         },
@@ -1094,9 +1111,10 @@ async fn loop_steps(
 }
 
 fn print_report(r: &Report) {
-    let row = |name: &str, s: &Stats| match &s.failed {
-        Some(why) => crate::outln!("{name:<34} FAILED: {why}"),
-        None => crate::outln!(
+    let row = |name: &str, s: &Stats| match (&s.failed, &s.none) {
+        (Some(why), _) => crate::outln!("{name:<34} FAILED: {why}"),
+        (None, Some(why)) => crate::outln!("{name:<34} none: {why}"),
+        (None, None) => crate::outln!(
             "{name:<34} p50 {:>8.2}  p95 {:>8.2}  min {:>8.2}  max {:>8.2}  (n={})",
             s.p50,
             s.p95,
