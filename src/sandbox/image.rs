@@ -310,7 +310,7 @@ pub async fn build(
                 let context = tail.join("\n");
                 return Err(SandboxError::Build(format!("{message}\n{context}")));
             }
-            // The first id reported is the image's (the stream ends by asking for it again).
+            // The first id reported is the image's.
             BuildItem::Id(id) => {
                 if image_id.is_none() && !id.is_empty() {
                     image_id = Some(id);

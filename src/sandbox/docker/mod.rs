@@ -683,7 +683,9 @@ impl Images for Docker {
             .labels(&request.labels)
             .build();
         let tag = request.tag.clone();
-        let client = &self.client;
+        // Whether the stream named the new image; engines that do not are asked afterwards.
+        let named = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = named.clone();
         let stream = self
             .client
             .build_image(options, None, Some(bollard::body_full(context.into())))
@@ -695,20 +697,25 @@ impl Images for Docker {
                     ));
                 }
                 if let Some(id) = info.aux.and_then(|aux| aux.id) {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
                     return Ok(BuildItem::Id(id));
                 }
                 Ok(BuildItem::Text(
                     info.stream.or(info.status).unwrap_or_default(),
                 ))
             });
-        // Engines that report no id in the stream: ask for the image afterwards.
         let tag = request.tag;
+        let client = &self.client;
         let last = futures_util::stream::once(async move {
-            match client.inspect_image(&tag).await {
+            if named.load(std::sync::atomic::Ordering::Relaxed) {
+                return None;
+            }
+            Some(match client.inspect_image(&tag).await {
                 Ok(info) => Ok(BuildItem::Id(info.id.unwrap_or_default())),
                 Err(e) => Err(failed(format!("inspecting the new image {tag}"), e)),
-            }
-        });
+            })
+        })
+        .filter_map(|item| async move { item });
         stream.chain(last).boxed()
     }
 
