@@ -331,6 +331,12 @@ fn xml_calls(inner: &str) -> Vec<(String, Value)> {
     out
 }
 
+/// A chat-completions reply whose message is `text` (for the protocols' tests).
+#[cfg(test)]
+pub(crate) fn text_reply(text: &str) -> Value {
+    serde_json::json!({"choices": [{"message": {"content": text}}]})
+}
+
 /// Reads a chat completion response in any of the dialects servers speak.
 pub fn parse_chat(raw: &Value) -> Result<ChatReply, DecodeError> {
     if let Some(err) = raw.get("error").filter(|e| !e.is_null()) {

@@ -482,9 +482,7 @@ mod tests {
         Fara::new(&cfg, geometry(&cfg, (1280, 800))).unwrap()
     }
 
-    fn chat(text: &str) -> Value {
-        json!({"choices": [{"message": {"content": text}}]})
-    }
+    use crate::model::protocol::chat::text_reply as chat;
 
     #[test]
     fn thoughts_then_a_tool_call_decode_in_smart_pixels() {

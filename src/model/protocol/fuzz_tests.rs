@@ -194,9 +194,7 @@ fn protocol(name: ProtocolName, space: CoordSpace, model: &str) -> Box<dyn Proto
     create(&cfg, (1280, 800)).unwrap()
 }
 
-fn chat(text: &str) -> Value {
-    json!({"choices": [{"message": {"content": text}}]})
-}
+use crate::model::protocol::chat::text_reply as chat;
 
 #[test]
 fn text_protocols_survive_mutated_replies() {

@@ -404,9 +404,7 @@ mod tests {
         Glm::new(&cfg, geometry(&cfg, (1280, 800))).unwrap()
     }
 
-    fn chat(text: &str) -> Value {
-        json!({"choices": [{"message": {"content": text}}]})
-    }
+    use crate::model::protocol::chat::text_reply as chat;
 
     #[test]
     fn a_boxed_action_decodes_on_the_thousandths_grid() {

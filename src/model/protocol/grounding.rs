@@ -275,9 +275,7 @@ mod tests {
     use super::*;
     use pretty_assertions::assert_eq;
 
-    fn chat(text: &str) -> Value {
-        json!({"choices": [{"message": {"content": text}}]})
-    }
+    use crate::model::protocol::chat::text_reply as chat;
 
     #[test]
     fn each_dialect_finds_its_point() {

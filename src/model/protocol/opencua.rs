@@ -169,7 +169,6 @@ mod tests {
     use super::*;
     use crate::action::{Action, Point};
     use crate::model::protocol::{CoordSpace, geometry};
-    use serde_json::json;
 
     fn decode(text: &str, space: CoordSpace) -> Decision {
         let cfg = ProtocolConfig {
@@ -179,7 +178,7 @@ mod tests {
         };
         OpenCua::new(&cfg, geometry(&cfg, (1920, 1080)))
             .unwrap()
-            .decode(&json!({"choices": [{"message": {"content": text}}]}))
+            .decode(&crate::model::protocol::chat::text_reply(text))
             .unwrap()
     }
 

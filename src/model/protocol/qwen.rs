@@ -510,7 +510,7 @@ mod tests {
         // The documented template, as text.
         let text = "Action: Click the search box.\n<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": \"left_click\", \"coordinate\": [500, 382]}}\n</tool_call>";
         let d = q
-            .decode(&json!({"choices": [{"message": {"content": text}}]}))
+            .decode(&crate::model::protocol::chat::text_reply(text))
             .unwrap();
         assert_eq!(d.thought.as_deref(), Some("Action: Click the search box."));
         assert_eq!(

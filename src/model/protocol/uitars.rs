@@ -445,7 +445,6 @@ mod tests {
     use super::*;
     use crate::model::protocol::geometry;
     use pretty_assertions::assert_eq;
-    use serde_json::json;
 
     fn g15() -> Geometry {
         // 1280x800 sent smart-resized: 1288x812.
@@ -470,7 +469,7 @@ mod tests {
             ..ProtocolConfig::default()
         };
         let p = UiTars::new(&cfg, g).unwrap();
-        p.decode(&json!({"choices": [{"message": {"content": text}}]}))
+        p.decode(&crate::model::protocol::chat::text_reply(text))
             .unwrap()
     }
 

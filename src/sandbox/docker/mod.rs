@@ -9,7 +9,7 @@ use super::provider::{
     Attached, BuildItem, BuildRequest, ContainerPlan, ContainerState, ExecRequest, Fut, ImageInfo,
     Images, Listed, Output, Provider, Removed, Snapshots,
 };
-use super::{Network, SandboxError};
+use super::{Network, SandboxError, short};
 use bollard::container::LogOutput;
 use bollard::errors::Error as ApiError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
@@ -35,11 +35,6 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Docker {
     client: bollard::Docker,
-}
-
-/// The first 12 characters of an id, as `docker ps` shows it.
-fn short(id: &str) -> &str {
-    crate::text::prefix(id, 12)
 }
 
 fn status(e: &ApiError) -> Option<u16> {
