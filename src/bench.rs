@@ -181,6 +181,24 @@ pub struct Report {
     /// One window's stream (`sandbox view --window`) against the whole screen's view, both
     /// through the view proxy as a browser gets them.
     pub streams: Option<Streams>,
+    /// Tool calls through `selfagent mcp` (stdio) against the CLI doing the same.
+    pub mcp: Option<McpCalls>,
+}
+
+/// An MCP host's calls (`selfagent mcp` over stdio, through rmcp's client) against the same
+/// work done one CLI command at a time, as a script without MCP would.
+#[derive(Debug, Serialize)]
+pub struct McpCalls {
+    /// `tools/call screenshot` until its PNG is back.
+    pub screenshot_ms: Stats,
+    /// `selfagent sandbox shot ID -o FILE`.
+    pub cli_shot_ms: Stats,
+    pub screenshot_speedup: Option<f64>,
+    /// `tools/call computer` with a key into the terminal, settled (and recorded).
+    pub key_ms: Stats,
+    /// `selfagent sandbox act ID '{"action":"key",...}'`, settled.
+    pub cli_act_ms: Stats,
+    pub key_speedup: Option<f64>,
 }
 
 /// Window stream against whole-screen view: pictures that differ from the last, per
@@ -529,6 +547,14 @@ async fn measure(
     let measured = crate::tui::measure_replay(&db, &session, 140, 40).await;
     let _ = std::fs::remove_dir_all(&dir);
     let (first_paint, first_shot) = measured?;
+    progress(args.json, "MCP tool calls against CLI commands");
+    let mcp = match mcp_calls(&sandbox, samples.min(20)).await {
+        Ok(m) => Some(m),
+        Err(e) => {
+            progress(args.json, &format!("MCP calls not measured: {e:#}"));
+            None
+        }
+    };
 
     let screenshot_ms = Stats::of(&shot_ms);
     let screenshot_speedup = ratio(&baseline_screenshot_ms, &screenshot_ms);
@@ -559,6 +585,94 @@ async fn measure(
         replay_first_paint_ms: round(ms(first_paint)),
         replay_first_screenshot_ms: round(ms(first_shot)),
         streams,
+        mcp,
+    })
+}
+
+/// See [`McpCalls`]: the desktop is attached to an MCP server of this binary by its id.
+async fn mcp_calls(sandbox: &Sandbox, samples: usize) -> anyhow::Result<McpCalls> {
+    use rmcp::ServiceExt;
+    use rmcp::model::CallToolRequestParams;
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("selfagent-bench-mcp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let db = dir.join("mcp.db");
+    let mut command = tokio::process::Command::new(&exe);
+    command.arg("mcp").arg("--db").arg(&db);
+    let client = ().serve(rmcp::transport::TokioChildProcess::new(command)?).await?;
+    let id = sandbox.id().to_owned();
+    let args = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+    let call = |name: &'static str, v: serde_json::Value| {
+        CallToolRequestParams::new(name).with_arguments(args(v))
+    };
+    let key = json!({"action": "key", "text": "x"});
+    let measured = async {
+        // The first call attaches the desktop (its VNC and X11 connections): not timed.
+        client
+            .call_tool(call("screenshot", json!({"sandbox": id})))
+            .await?;
+        let mut shot = Vec::new();
+        let mut keys = Vec::new();
+        for _ in 0..samples {
+            let t = Instant::now();
+            let r = client
+                .call_tool(call("screenshot", json!({"sandbox": id})))
+                .await?;
+            shot.push(ms(t.elapsed()));
+            anyhow::ensure!(r.is_error != Some(true), "screenshot failed: {r:?}");
+            let mut input = json!({"sandbox": id});
+            input
+                .as_object_mut()
+                .into_iter()
+                .for_each(|o| o.extend(args(key.clone())));
+            let t = Instant::now();
+            let r = client.call_tool(call("computer", input)).await?;
+            keys.push(ms(t.elapsed()));
+            anyhow::ensure!(r.is_error != Some(true), "computer failed: {r:?}");
+        }
+        anyhow::Ok((shot, keys))
+    }
+    .await;
+    let _ = client.cancel().await;
+    let (shot, keys) = measured?;
+    let png = dir.join("shot.png");
+    let mut cli_shot = Vec::new();
+    let mut cli_act = Vec::new();
+    for _ in 0..samples {
+        let t = Instant::now();
+        let out = tokio::process::Command::new(&exe)
+            .args(["sandbox", "shot", &id, "-o"])
+            .arg(&png)
+            .output()
+            .await?;
+        cli_shot.push(ms(t.elapsed()));
+        anyhow::ensure!(
+            out.status.success(),
+            "sandbox shot: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t = Instant::now();
+        let out = tokio::process::Command::new(&exe)
+            .args(["sandbox", "act", &id, &key.to_string()])
+            .output()
+            .await?;
+        cli_act.push(ms(t.elapsed()));
+        anyhow::ensure!(
+            out.status.success(),
+            "sandbox act: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (screenshot_ms, cli_shot_ms) = (Stats::of(&shot), Stats::of(&cli_shot));
+    let (key_ms, cli_act_ms) = (Stats::of(&keys), Stats::of(&cli_act));
+    Ok(McpCalls {
+        screenshot_speedup: ratio(&cli_shot_ms, &screenshot_ms),
+        key_speedup: ratio(&cli_act_ms, &key_ms),
+        screenshot_ms,
+        cli_shot_ms,
+        key_ms,
+        cli_act_ms,
     })
 }
 
@@ -1055,6 +1169,7 @@ async fn loop_steps(
             timeout_s: 600.0,
             task: None,
             price: None,
+            source: None,
         }))
         .await;
     let model = InstantModel {
@@ -1183,6 +1298,17 @@ fn print_report(r: &Report) {
         "key step through tunnels            {} the step through published ports",
         times(r.tunnel_step_ratio)
     );
+    if let Some(m) = &r.mcp {
+        row("MCP screenshot (stdio)", &m.screenshot_ms);
+        row("  CLI: sandbox shot", &m.cli_shot_ms);
+        row("MCP computer key, settled", &m.key_ms);
+        row("  CLI: sandbox act", &m.cli_act_ms);
+        crate::outln!(
+            "MCP against the CLI                screenshot {}, key {}",
+            times(m.screenshot_speedup),
+            times(m.key_speedup)
+        );
+    }
     row("baseline: a request with 1 image", &r.baseline_request_ms);
     for p in &r.protocols {
         row(

@@ -366,6 +366,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
             timeout_s: cfg.agent.timeout.as_secs_f64(),
             task: task.as_ref().and_then(|t| serde_json::to_value(t).ok()),
             price: cfg.agent.price.clone(),
+            source: None,
         }
     };
 

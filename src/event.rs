@@ -127,6 +127,9 @@ pub struct SessionInfo {
     /// The model's price, when known: costs are tokens times this.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub price: Option<crate::model::price::Priced>,
+    /// Who drove it when not selfagent's own loop: `mcp` (an MCP host's tool calls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// What ended an episode.
@@ -151,6 +154,9 @@ pub enum EndedBy {
     Safety,
     /// The cost limit (`--max-cost`) was reached.
     Budget,
+    /// An MCP host that drove the desktop let it go (`sandbox_down`, its connection's end,
+    /// the idle timeout).
+    Host,
 }
 
 /// How an episode ended, with its totals.

@@ -45,6 +45,7 @@ pub mod export;
 pub mod headless;
 pub mod keys;
 pub mod logs;
+pub mod mcp;
 pub mod model;
 pub mod output;
 pub mod pool;

@@ -19,20 +19,24 @@ pub fn file_path() -> PathBuf {
 
 /// From now on, log lines go to [`file_path`] (appended; created 0600).
 pub fn divert_to_file() {
-    let path = file_path();
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
+    let _ = divert_to(&file_path());
+}
+
+/// From now on, log lines go to `path` (appended; created 0600): `selfagent mcp --log`.
+pub fn divert_to(path: &std::path::Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.create(true).append(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    if let Ok(file) = options.open(&path)
-        && let Ok(mut slot) = FILE.lock()
-    {
+    let file = options.open(path)?;
+    if let Ok(mut slot) = FILE.lock() {
         *slot = Some(file);
         TO_FILE.store(true, Ordering::SeqCst);
     }
+    Ok(())
 }
 
 /// Back to stderr; returns how many lines went to the file meanwhile.

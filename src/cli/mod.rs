@@ -5,6 +5,7 @@ mod calibrate;
 mod doctor;
 mod export;
 mod grade;
+mod mcp;
 mod pool;
 pub mod run;
 mod sandbox;
@@ -67,6 +68,9 @@ pub enum Command {
     /// Is everything a run needs in place? The engine, the image, the recording, the model
     /// endpoint (reachable, key accepted, model listed, protocol), each with its fix.
     Doctor(Box<doctor::DoctorArgs>),
+    /// Serve desktops to MCP hosts (Claude Code, Claude Desktop, Codex, Cursor, agent SDKs)
+    /// as tools: over stdio, or streamable HTTP with --http. Every computer call is recorded.
+    Mcp(Box<mcp::McpArgs>),
     /// The protocols selfagent speaks: the model ids each is chosen for, its wire format,
     /// endpoint, key variables and options; with a model id, the one it gets.
     Protocols {
@@ -112,6 +116,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Calibrate(args) => calibrate::run(*args).await,
         Command::Pool(cmd) => pool::run(cmd).await,
         Command::Doctor(args) => doctor::run(*args).await,
+        Command::Mcp(args) => mcp::run(*args).await,
         Command::Protocols { model, json } => protocols(model.as_deref(), json),
         Command::Completions { shell } => {
             let mut out = Vec::new();

@@ -1419,6 +1419,9 @@ impl Writer {
         if let Some(price) = &info.price {
             meta["price"] = json!(price);
         }
+        if let Some(source) = &info.source {
+            meta["source"] = json!(source);
+        }
         if let Some(task) = &info.task {
             meta["task"] =
                 serde_json::from_str(&self.redact(&task.to_string())).unwrap_or(Value::Null);
@@ -1643,6 +1646,7 @@ mod tests {
             timeout_s: 60.0,
             task: None,
             price: None,
+            source: None,
         }
     }
 

@@ -42,6 +42,7 @@ fn started() -> Event {
         timeout_s: 600.0,
         task: None,
         price: None,
+        source: None,
     })
 }
 

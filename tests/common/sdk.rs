@@ -140,3 +140,30 @@ pub async fn judge(api: Api, kind: &str, body: &Value) -> Result<Value, String> 
     }
     Err(last)
 }
+
+/// The tests' Python (target/sdk-venv, made from tests/sdk/requirements.txt when missing),
+/// for third-party clients such as the MCP SDK's (tests/mcp/client.py).
+pub fn python() -> PathBuf {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = PYTHON.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new("flock")
+            .arg("-w")
+            .arg("900")
+            .arg(std::env::temp_dir().join("selfagent-sdk-judge.lock"))
+            .arg("bash")
+            .arg(root.join("tests/sdk/start.sh"))
+            .arg("--venv")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("running tests/sdk/start.sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "the tests' Python environment could not be made: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    });
+    found.clone().unwrap_or_else(|e| panic!("{e}"))
+}

@@ -352,6 +352,7 @@ async fn read_commands_change_nothing_and_work_on_read_only_recordings() {
             timeout_s: 60.0,
             task: None,
             price: None,
+            source: None,
         }))
         .await;
     emitter.emit(Event::StepStarted { step: 1 }).await;

@@ -8,6 +8,7 @@ mod faults;
 mod files;
 mod hostile;
 mod layers;
+mod mcp;
 mod pool;
 mod protocols;
 mod recordings;
