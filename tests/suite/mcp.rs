@@ -173,7 +173,8 @@ async fn an_mcp_host_drives_a_desktop_over_stdio_and_every_call_is_recorded() {
                 .unwrap_or("failed")
         })
         .collect();
-    assert_eq!(kinds[..4], ["launch", "type", "key", "click"], "{kinds:?}");
+    assert_eq!(kinds[..3], ["launch", "type", "key"], "{kinds:?}");
+    assert!(kinds.contains(&"click"), "{kinds:?}");
     assert!(
         steps
             .iter()
