@@ -1170,6 +1170,7 @@ async fn loop_steps(
             task: None,
             price: None,
             source: None,
+            rerun_of: None,
         }))
         .await;
     let model = InstantModel {

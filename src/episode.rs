@@ -45,6 +45,8 @@ pub struct Plan {
     pub calibration: Option<crate::calibrate::Calibration>,
     /// Where the desktop comes from.
     pub source: Source,
+    /// Do a recording again instead of asking the model (`selfagent rerun`).
+    pub rerun: Option<crate::rerun::Replay>,
 }
 
 /// Where an episode's desktop comes from.
@@ -169,6 +171,8 @@ pub const EXIT_LIMIT: u8 = 3;
 pub const EXIT_HARNESS: u8 = 4;
 pub const EXIT_RECORDING: u8 = 5;
 pub const EXIT_NEEDS_USER: u8 = 6;
+/// A re-run halted: the screen did not match the recording (`rerun --on-drift halt`).
+pub const EXIT_DRIFT: u8 = 7;
 pub const EXIT_STOPPED: u8 = 130;
 
 impl End {
@@ -180,6 +184,9 @@ impl End {
         }
         if o.ended_by == EndedBy::Recording || self.recording_error.is_some() {
             return EXIT_RECORDING;
+        }
+        if o.ended_by == EndedBy::Drift {
+            return EXIT_DRIFT;
         }
         if o.status == Status::NeedsUser || o.ended_by == EndedBy::Safety {
             return EXIT_NEEDS_USER;
@@ -240,6 +247,7 @@ pub fn calibration_plan(
         session: None,
         calibration: Some(calibration),
         source: Source::default(),
+        rerun: None,
     }
 }
 
@@ -255,6 +263,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
         session,
         calibration,
         source,
+        rerun,
     } = plan;
     // An existing desktop is someone's: never removed.
     let keep = keep || matches!(source, Source::Existing(_));
@@ -366,7 +375,8 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
             timeout_s: cfg.agent.timeout.as_secs_f64(),
             task: task.as_ref().and_then(|t| serde_json::to_value(t).ok()),
             price: cfg.agent.price.clone(),
-            source: None,
+            source: rerun.as_ref().map(|_| crate::rerun::SOURCE.to_owned()),
+            rerun_of: rerun.as_ref().map(|r| r.of.clone()),
         }
     };
 
@@ -386,6 +396,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
                 &cfg,
                 task.as_ref(),
                 calibration.as_ref(),
+                rerun.as_ref(),
                 snapshot,
                 &session,
                 &model,
@@ -437,6 +448,7 @@ async fn with_desktop(
     cfg: &Resolved,
     task: Option<&Task>,
     calibration: Option<&crate::calibrate::Calibration>,
+    rerun: Option<&crate::rerun::Replay>,
     snapshot: Option<u64>,
     session: &str,
     model: &Arc<HttpModel>,
@@ -494,7 +506,20 @@ async fn with_desktop(
         .await;
         return (outcome, None, report);
     }
-    let outcome = agent::run(&cfg.agent, &desktop, model.as_ref(), emitter, control).await;
+    let outcome = match rerun {
+        Some(replay) => {
+            crate::rerun::drive(
+                replay,
+                &cfg.agent,
+                &desktop,
+                model.as_ref(),
+                emitter,
+                control,
+            )
+            .await
+        }
+        None => agent::run(&cfg.agent, &desktop, model.as_ref(), emitter, control).await,
+    };
 
     let Some((task, check)) = task.and_then(|t| t.check.as_ref().map(|c| (t, c))) else {
         return (outcome, None, None);

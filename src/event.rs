@@ -127,9 +127,13 @@ pub struct SessionInfo {
     /// The model's price, when known: costs are tokens times this.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub price: Option<crate::model::price::Priced>,
-    /// Who drove it when not selfagent's own loop: `mcp` (an MCP host's tool calls).
+    /// Who drove it when not selfagent's own loop: `mcp` (an MCP host's tool calls),
+    /// `rerun` (a recording done again), `human` (a person's demonstration).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The session this one re-runs (`selfagent rerun`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
 }
 
 /// What ended an episode.
@@ -157,6 +161,12 @@ pub enum EndedBy {
     /// An MCP host that drove the desktop let it go (`sandbox_down`, its connection's end,
     /// the idle timeout).
     Host,
+    /// A re-run did every recorded step (`selfagent rerun`).
+    Replayed,
+    /// A re-run found the screen unlike the recording and halted (`--on-drift halt`).
+    Drift,
+    /// A person ended a demonstration (`selfagent demo`).
+    Demonstrator,
 }
 
 /// How an episode ended, with its totals.
@@ -282,6 +292,17 @@ pub enum Event {
         step: u32,
         #[serde(flatten)]
         report: SettleReport,
+    },
+    /// What a step was, beyond the loop's own terms, kept in the step's `meta` under
+    /// `key`: a re-run's `rerun` (replayed, healed, model, halted; the difference from the
+    /// recorded screen), a demonstration's `human`. `expected` is a frame the step is
+    /// compared with (a re-run's recorded screen), stored and named as `expected_frame`.
+    StepMark {
+        step: u32,
+        key: String,
+        mark: Value,
+        #[serde(skip)]
+        expected: Option<Frame>,
     },
     StepFinished {
         step: u32,

@@ -300,6 +300,21 @@ impl EventPrinter for Human {
                     if report.quiet { "" } else { ", still changing" }
                 )?;
             }
+            Event::StepMark {
+                step, key, mark, ..
+            } if key == "rerun" => {
+                let mode = mark["mode"].as_str().unwrap_or("?");
+                match mark["of"].as_i64() {
+                    Some(of) => writeln!(
+                        out,
+                        "step {step}: {mode} (recorded step {of}; screen differed {:.1}%, waited {:.0} ms)",
+                        mark["difference"].as_f64().unwrap_or(0.0) * 100.0,
+                        mark["waited_ms"].as_f64().unwrap_or(0.0)
+                    )?,
+                    None => writeln!(out, "step {step}: {mode}")?,
+                }
+            }
+            Event::StepMark { .. } => {}
             Event::Paused { step, reason } => writeln!(out, "step {step}: waiting ({reason})")?,
             // `calibrate` prints its report itself.
             Event::Calibration(_) => {}

@@ -53,6 +53,7 @@ pub mod preflight;
 pub mod process;
 pub mod record;
 pub mod regrade;
+pub mod rerun;
 pub mod sandbox;
 pub mod settings;
 pub mod signals;

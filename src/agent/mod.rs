@@ -57,6 +57,20 @@ pub struct AgentConfig {
     pub max_cost: Option<f64>,
     /// A grounding model for a planner's elements (`--grounder`).
     pub grounder: Option<Grounder>,
+    /// The number of the first step: 1, or after the steps a re-run replayed when it hands
+    /// the rest of the episode to the model (`rerun --on-drift model`).
+    pub first_step: u32,
+    /// A mark the steps carry in their `meta`: a re-run's model steps.
+    pub step_mark: Option<StepMarks>,
+}
+
+/// What [`AgentConfig::step_mark`] puts in each step's `meta` under `key`: `first` on the
+/// first step, `rest` on the others.
+#[derive(Debug, Clone)]
+pub struct StepMarks {
+    pub key: String,
+    pub first: Value,
+    pub rest: Value,
 }
 
 /// The default of [`AgentConfig::max_actions`]: above what real models batch (Claude sends a
@@ -78,6 +92,8 @@ impl Default for AgentConfig {
             price: None,
             max_cost: None,
             grounder: None,
+            first_step: 1,
+            step_mark: None,
         }
     }
 }
@@ -399,7 +415,8 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
         };
         protocol.begin(&self.cfg.instruction, &current.shot);
         let mut bad_replies = 0;
-        for step in 1..=self.cfg.max_steps {
+        let first = self.cfg.first_step.max(1);
+        for step in first..first.saturating_add(self.cfg.max_steps) {
             if self
                 .controls
                 .wait_while_paused(step, self.emit)
@@ -565,6 +582,17 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
         let step_started = Instant::now();
         self.totals.steps = step;
         self.emit.emit(Event::StepStarted { step }).await;
+        if let Some(marks) = &self.cfg.step_mark {
+            let first = step == self.cfg.first_step.max(1);
+            self.emit
+                .emit(Event::StepMark {
+                    step,
+                    key: marks.key.clone(),
+                    mark: if first { &marks.first } else { &marks.rest }.clone(),
+                    expected: None,
+                })
+                .await;
+        }
         self.emit
             .emit(Event::Observation {
                 step,

@@ -318,6 +318,7 @@ async fn worker(w: Shared) {
             snapshot: w.snapshot,
             session: None,
             calibration: None,
+            rerun: None,
             source: w.source.clone(),
         };
         let end = episode::run(&engine, plan, hooks).await;

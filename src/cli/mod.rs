@@ -7,6 +7,7 @@ mod export;
 mod grade;
 mod mcp;
 mod pool;
+mod rerun;
 pub mod run;
 mod sandbox;
 mod sessions;
@@ -50,6 +51,9 @@ pub enum Command {
     Sandbox(sandbox::SandboxCmd),
     /// Run task files K times with N desktops at once; grade, summarize, report.
     Batch(Box<crate::batch::BatchArgs>),
+    /// Do a recorded episode again without its model: each step once the screen matches the
+    /// recording; on drift halt, hand over to the model, or act anyway.
+    Rerun(Box<rerun::RerunArgs>),
     /// Grade recorded episodes again with new or fixed checks (no agent is run).
     Grade(grade::GradeArgs),
     /// A recorded episode as an HTML page, an animated GIF or a JSONL trajectory.
@@ -98,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match command {
         Command::Run(args) => run::run(*args).await,
+        Command::Rerun(args) => rerun::run(*args).await,
         Command::Replay {
             session,
             db,

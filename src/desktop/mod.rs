@@ -501,7 +501,8 @@ impl Desktop {
         }
     }
 
-    fn ensure_open(&self) -> Result<(), DesktopError> {
+    /// An error when the VNC session has ended.
+    pub fn ensure_open(&self) -> Result<(), DesktopError> {
         match self.vnc.shared.closed_reason() {
             Some(reason) => Err(self.vnc_err(VncError::Closed(reason))),
             None => Ok(()),
@@ -511,6 +512,16 @@ impl Desktop {
     /// The current framebuffer change stamp.
     pub fn frame_stamp(&self) -> FrameStamp {
         *self.vnc.changes.borrow()
+    }
+
+    /// Waits until the framebuffer's generation is no longer `since`, for at most
+    /// `timeout`: true when it changed.
+    pub async fn wait_change(&self, since: u64, timeout: Duration) -> bool {
+        let mut rx = self.vnc.changes.clone();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|s| s.generation != since)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Resolves when the VNC session ends: the desktop died, or was removed.

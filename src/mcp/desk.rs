@@ -132,6 +132,7 @@ impl Desk {
                 task: None,
                 price: None,
                 source: Some(SOURCE.to_owned()),
+                rerun_of: None,
             }))
             .await;
         Ok(Self {

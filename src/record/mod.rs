@@ -632,7 +632,8 @@ impl Db {
         {
             let mut stmt = tx
                 .prepare(
-                    "SELECT frame_before, frame_after, COALESCE(request, ''), actions FROM steps WHERE session_id = ?1",
+                    "SELECT frame_before, frame_after, COALESCE(request, ''), actions,
+                     json_extract(meta, '$.rerun.expected_frame') FROM steps WHERE session_id = ?1",
                 )
                 .map_err(err)?;
             let rows = stmt
@@ -642,12 +643,13 @@ impl Db {
                         r.get::<_, Option<i64>>(1)?,
                         r.get::<_, String>(2)?,
                         r.get::<_, String>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
                     ))
                 })
                 .map_err(err)?;
             for row in rows {
-                let (before, after, request, actions) = row.map_err(err)?;
-                candidates.extend(before.into_iter().chain(after));
+                let (before, after, request, actions, expected) = row.map_err(err)?;
+                candidates.extend(before.into_iter().chain(after).chain(expected));
                 // Screenshots in recorded requests: "frame:ID".
                 for part in request.split("\"frame:").skip(1) {
                     if let Some(n) = part.split('"').next().and_then(|n| n.parse().ok()) {
@@ -673,6 +675,7 @@ impl Db {
                 .query_row(
                     "SELECT EXISTS (SELECT 1 FROM steps WHERE frame_before = ?1 OR frame_after = ?1
                         OR instr(request, ?2) > 0
+                        OR json_extract(meta, '$.rerun.expected_frame') = ?1
                         OR EXISTS (SELECT 1 FROM json_each(steps.actions) WHERE json_extract(value, '$.image') = ?1))",
                     rusqlite::params![frame, marker],
                     |r| r.get(0),
@@ -1319,6 +1322,27 @@ impl Writer {
                 p.settle_ms = Some(report.waited_ms);
                 p.meta.insert("settle".into(), json!(report));
             }
+            Event::StepMark {
+                step,
+                key,
+                mark,
+                expected,
+            } => {
+                let mut mark = mark.clone();
+                if let Some(f) = expected {
+                    let id = self.frame_id(f)?;
+                    if let Some(m) = mark.as_object_mut() {
+                        m.insert("expected_frame".into(), json!(id));
+                    }
+                }
+                let mark: Value =
+                    serde_json::from_str(&self.redact(&mark.to_string())).unwrap_or(Value::Null);
+                self.pending
+                    .entry(*step)
+                    .or_default()
+                    .meta
+                    .insert(key.clone(), mark);
+            }
             Event::StepFinished {
                 step,
                 frame,
@@ -1421,6 +1445,9 @@ impl Writer {
         }
         if let Some(source) = &info.source {
             meta["source"] = json!(source);
+        }
+        if let Some(of) = &info.rerun_of {
+            meta["rerun_of"] = json!(of);
         }
         if let Some(task) = &info.task {
             meta["task"] =
@@ -1647,6 +1674,7 @@ mod tests {
             task: None,
             price: None,
             source: None,
+            rerun_of: None,
         }
     }
 

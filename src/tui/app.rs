@@ -425,6 +425,29 @@ impl App {
                 self.latest = Some(f.clone());
                 self.step_mut(*step).before = Some(f);
             }
+            Event::StepMark {
+                step, key, mark, ..
+            } => {
+                // A re-run's steps say what they were in place of a model's thought.
+                if key == "rerun" {
+                    let mode = mark["mode"].as_str().unwrap_or("?").to_owned();
+                    let line = match mark["of"].as_i64() {
+                        Some(of) => format!(
+                            "{mode}: recorded step {of} (the screen differed {:.1}%)",
+                            mark["difference"].as_f64().unwrap_or(0.0) * 100.0
+                        ),
+                        None => mode.clone(),
+                    };
+                    if mode == "halted" {
+                        self.notice =
+                            Some(format!("step {step}: {line}: drift, the re-run halted"));
+                    }
+                    let s = self.step_mut(*step);
+                    if s.thought.is_none() {
+                        s.thought = Some(line);
+                    }
+                }
+            }
             Event::ModelRetry { step, error, .. } => {
                 self.step_mut(*step).retries += 1;
                 self.notice = Some(format!("step {step}: retrying the model: {error}"));

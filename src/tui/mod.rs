@@ -46,6 +46,8 @@ pub struct LiveSetup {
     pub snapshot: Option<u64>,
     /// Where the desktop comes from.
     pub source: crate::episode::Source,
+    /// A recording to do again instead of asking the model (`selfagent rerun`).
+    pub rerun: Option<crate::rerun::Replay>,
 }
 
 /// Messages into the UI loop from the background.
@@ -425,6 +427,7 @@ async fn live_episode(
         task,
         snapshot,
         source,
+        rerun,
         ..
     } = setup;
     // A person is watching: safety checks and the model's calls for help are asked.
@@ -458,6 +461,7 @@ async fn live_episode(
         snapshot,
         session: None,
         calibration: None,
+        rerun,
         source,
     };
     let end = episode::run(&engine, plan, hooks).await;

@@ -43,6 +43,7 @@ fn started() -> Event {
         task: None,
         price: None,
         source: None,
+        rerun_of: None,
     })
 }
 

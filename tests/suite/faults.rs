@@ -353,6 +353,7 @@ async fn read_commands_change_nothing_and_work_on_read_only_recordings() {
             task: None,
             price: None,
             source: None,
+            rerun_of: None,
         }))
         .await;
     emitter.emit(Event::StepStarted { step: 1 }).await;

@@ -12,6 +12,7 @@ mod mcp;
 mod pool;
 mod protocols;
 mod recordings;
+mod rerun;
 mod run;
 mod sandbox;
 mod tasks;
