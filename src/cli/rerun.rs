@@ -15,7 +15,7 @@ use std::time::Duration;
 #[command(
     after_help = "Each recorded step is done again once the screen looks as it did \
 when that step was recorded: the share of 8×8-pixel cells whose grey level moved, over the \
-screen and in the 96×96 pixels around the step's target (which may differ 4× more), at most \
+screen and in the 96×96 pixels around the step's target (which may differ 2× more), at most \
 --threshold. A screen that does not come to match within --wait seconds is drift.\n\n\
 Exit codes: 0 every recorded step was done again (with a recorded task: and its checks \
 passed), 1 error, 2 the checks failed, 4 the harness failed (the desktop did not start or died, \
@@ -47,7 +47,7 @@ pub struct RerunArgs {
     #[arg(long, default_value = "halt", value_name = "POLICY", value_parser = parse_on_drift)]
     pub on_drift: OnDrift,
     /// The share of the screen (0–1) that may differ from the recorded screen, e.g. a clock;
-    /// 4× as much may differ around the step's target.
+    /// twice as much may differ around the step's target.
     #[arg(long, default_value_t = compare::DEFAULT_THRESHOLD, value_name = "F")]
     pub threshold: f64,
     /// Seconds a step waits for the screen to match (its previous step's effects to show)

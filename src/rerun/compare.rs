@@ -11,16 +11,18 @@
 //!   of it while the screen as a whole barely changes.
 //!
 //! The step matches when `max(screen, target / TARGET_WEIGHT)` is at most the threshold
-//! (`rerun --threshold`, default [`DEFAULT_THRESHOLD`]): 5% of the screen, or 20% around
+//! (`rerun --threshold`, default [`DEFAULT_THRESHOLD`]): 10% of the screen, or 20% around
 //! the target. Averaging over cells first makes anti-aliasing and sub-pixel font rendering
-//! noise, not change.
+//! noise, not change. Measured on the default desktop (tests/suite/rerun.rs): a terminal
+//! caught while still drawing its menu bar and prompt differs by 4.8% of the screen, a
+//! matching screen by 0%, a maximized window over the recorded one by more than half.
 
 use crate::action::Point;
 
 /// The default threshold: the share of the screen that may differ.
-pub const DEFAULT_THRESHOLD: f64 = 0.05;
+pub const DEFAULT_THRESHOLD: f64 = 0.10;
 /// The target's patch may differ this many times more than the screen as a whole.
-pub const TARGET_WEIGHT: f64 = 4.0;
+pub const TARGET_WEIGHT: f64 = 2.0;
 /// A cell counts as changed when its mean grey level (0–255) moved by more than this.
 pub const CELL_TOLERANCE: u32 = 10;
 
@@ -225,9 +227,9 @@ mod tests {
         let r = Reference::new(W, H, &rgb, Some(BUTTON));
         // Another time in the corner (60×16 px) and a caret next to the button.
         let live = screen(W, H, |x, y| {
-            if (1200..1260).contains(&x) && (780..796).contains(&y) {
-                [0, 0, 0]
-            } else if (486..488).contains(&x) && (300..330).contains(&y) {
+            let clock = (1200..1260).contains(&x) && (780..796).contains(&y);
+            let caret = (486..488).contains(&x) && (300..330).contains(&y);
+            if clock || caret {
                 [0, 0, 0]
             } else {
                 desktop(x, y)

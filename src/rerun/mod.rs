@@ -31,6 +31,8 @@ use tokio::sync::mpsc;
 pub const SOURCE: &str = "rerun";
 /// How long a step waits for the screen to match before it is drift.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(15);
+/// A screen that matches only roughly must also have stopped changing this long.
+pub const QUIET: Duration = Duration::from_millis(500);
 
 /// What a re-run does when the screen does not match the recording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +223,9 @@ enum Interrupted {
     Desktop(String),
 }
 
-/// Waits until the live screen matches `expected`, or `wait` passes, or a command stops it.
+/// Waits until the live screen matches `expected` and has been quiet for [`QUIET`] (a
+/// screen still drawing can pass the threshold on its way: the terminal before its prompt),
+/// or `wait` passes, or a command stops it.
 async fn wait_for(
     desktop: &Desktop,
     expected: Option<&Reference>,
@@ -232,7 +236,7 @@ async fn wait_for(
     let started = Instant::now();
     let deadline = started + wait;
     loop {
-        let generation = desktop.frame_stamp().generation;
+        let stamp = desktop.frame_stamp();
         let (w, h, rgb) = desktop
             .frame_rgb()
             .map_err(|e| Interrupted::Desktop(e.to_string()))?;
@@ -243,8 +247,11 @@ async fn wait_for(
                 target: None,
             },
         };
-        let matched = diff.score() <= threshold;
-        if matched || Instant::now() >= deadline {
+        let close = diff.score() <= threshold;
+        let quiet_for = stamp.at.elapsed();
+        let matched = close && (diff.score() == 0.0 || quiet_for >= QUIET);
+        let now = Instant::now();
+        if matched || now >= deadline {
             let live = desktop
                 .screenshot()
                 .await
@@ -253,13 +260,19 @@ async fn wait_for(
                 live,
                 diff,
                 waited_ms: started.elapsed().as_secs_f64() * 1000.0,
-                matched,
+                matched: close,
             });
         }
-        // The evidence to wait for: the next framebuffer change (or the deadline).
-        let left = deadline.saturating_duration_since(Instant::now());
+        // The evidence to wait for: the next framebuffer change, or (when close) the end of
+        // the quiet window, or the deadline.
+        let left = deadline.saturating_duration_since(now);
+        let until = if close {
+            left.min(QUIET.saturating_sub(quiet_for) + Duration::from_millis(5))
+        } else {
+            left
+        };
         tokio::select! {
-            _ = desktop.wait_change(generation, left) => {}
+            _ = desktop.wait_change(stamp.generation, until) => {}
             cmd = control.recv() => match cmd {
                 Some(Command::Stop) => return Err(Interrupted::Stop),
                 Some(Command::Abort(why)) => return Err(Interrupted::Abort(why)),

@@ -16,6 +16,21 @@ if [ ! -x "$py" ] || ! cmp -s "$here/requirements.txt" "$stamp"; then
   echo "creating the tests' Python environment in $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt" >&2
+  # Harbor's ATIF models (tests/sdk/atif.py): harbor needs Python 3.12, but its pydantic
+  # trajectory models load on this one when taken from the wheel alone.
+  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    --python-version 3.12 "harbor==0.26.0" -d "$venv/wheels" >&2
+  "$py" - "$venv" <<'PY'
+import glob, os, sys, zipfile
+venv = sys.argv[1]
+out = os.path.join(venv, "harbor-atif")
+with zipfile.ZipFile(glob.glob(os.path.join(venv, "wheels", "harbor-0.26.0-*.whl"))[0]) as z:
+    for name in z.namelist():
+        if name.startswith("harbor/models/trajectories/") or name == "harbor/utils/trajectory_validator.py":
+            z.extract(name, out)
+for package in ("harbor", "harbor/models", "harbor/utils"):
+    open(os.path.join(out, package, "__init__.py"), "a").close()
+PY
   cp "$here/requirements.txt" "$stamp"
 fi
 [ "$socket" = "--venv" ] && { echo "$py"; exit 0; }

@@ -543,7 +543,11 @@ async fn a_batch_grades_reports_regrades_and_exports() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 4, "three actions and the final answer");
-    assert_eq!(lines[1]["action"]["action"], "type");
+    // OSWorld's form: pyautogui code, with selfagent's own action beside it.
+    assert_eq!(lines[1]["info"]["selfagent_action"]["action"], "type");
+    let code = lines[1]["action"].as_str().unwrap();
+    assert!(code.starts_with("pyautogui.write(message='"), "{code}");
+    assert_eq!(lines[3]["action"], "DONE");
     assert_eq!(lines[3]["done"], true);
     assert_eq!(lines[3]["reward"], 1.0);
     for l in &lines {

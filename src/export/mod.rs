@@ -1,8 +1,12 @@
 //! Recorded episodes as files other people and tools read: a self-contained HTML page, an
-//! animated GIF, and an OSWorld-style trajectory (`traj.jsonl` plus one PNG per step).
+//! animated GIF, and trajectories others train on and compare with ([`training`]: ATIF,
+//! AgentNet, OSWorld's `traj.jsonl`).
 //!
 //! The pictures here (frames with the actions drawn on them, thumbnails) are shared with the
 //! batch report.
+
+pub mod pycode;
+pub mod training;
 
 use crate::record::{Db, EventRow, GradeRow, SessionRow, StepRow};
 use crate::task::check::Grade;
@@ -11,9 +15,8 @@ use crate::tui::shot::draw_marks;
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use image::{DynamicImage, RgbImage, imageops::FilterType};
-use serde_json::{Value, json};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A recorded episode, read once.
 pub struct Episode {
@@ -468,94 +471,35 @@ pub fn caption(img: &mut RgbImage, text: &str) {
     }
 }
 
-/// `20261122@043501`, the timestamp OSWorld puts in file names and `action_timestamp`.
-fn osworld_timestamp(ms: i64) -> String {
-    let iso = crate::time::iso8601(ms);
-    format!(
-        "{}{}{}@{}{}{}",
-        &iso[0..4],
-        &iso[5..7],
-        &iso[8..10],
-        &iso[11..13],
-        &iso[14..16],
-        &iso[17..19]
-    )
-}
-
-/// Writes an OSWorld-style trajectory into `dir`: `traj.jsonl` with one line per action
-/// (`step_num`, `action_timestamp`, `action`, `reward`, `done`, `info`, `screenshot_file`)
-/// and the screenshot after each step as `step_<n>_<timestamp>.png`. Returns the lines
-/// written.
-pub fn trajectory(db: &Db, ep: &Episode, dir: &Path) -> anyhow::Result<usize> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let score = ep.checks_grade().map(|g| g.score);
-    let mut lines = Vec::new();
-    let n = ep.steps.len();
-    for (i, st) in ep.steps.iter().enumerate() {
-        let ts = osworld_timestamp(st.started_at);
-        let shot = match st.frame_after.or(st.frame_before) {
-            Some(id) => {
-                let row = db
-                    .frame(id)?
-                    .with_context(|| format!("frame {id} is missing from the recording"))?;
-                let name = format!("step_{}_{ts}.png", st.idx);
-                std::fs::write(dir.join(&name), &row.png)
-                    .with_context(|| format!("writing {}", dir.join(&name).display()))?;
-                Value::String(name)
-            }
-            None => Value::Null,
-        };
-        let done_step = i + 1 == n;
-        let mut entries: Vec<Value> = st.actions.as_array().cloned().unwrap_or_default();
-        if entries.is_empty() {
-            // A step without actions: the model answered (or failed to).
-            entries.push(json!({"ok": true, "action": {"action": "answer", "text": st.text}}));
-        }
-        let count = entries.len();
-        for (k, a) in entries.into_iter().enumerate() {
-            let last = done_step && k + 1 == count;
-            let action = if a["ok"] == true {
-                a["action"].clone()
-            } else {
-                a["input"].clone()
-            };
-            lines.push(json!({
-                "step_num": st.idx,
-                "action_timestamp": ts,
-                "action": action,
-                "reward": if last { score.unwrap_or(0.0) } else { 0.0 },
-                "done": last,
-                "info": {
-                    "ok": a["ok"],
-                    "error": a["error"],
-                    "thought": st.thought,
-                    "text": st.text,
-                    "model_ms": st.model_ms,
-                    "act_ms": a["act_ms"],
-                    "settle_ms": st.settle_ms,
-                    "tokens_in": st.tokens_in,
-                    "tokens_out": st.tokens_out,
-                },
-                "screenshot_file": shot,
-            }));
-        }
-    }
-    let mut text = String::new();
-    for l in &lines {
-        text.push_str(&l.to_string());
-        text.push('\n');
-    }
-    let path = dir.join("traj.jsonl");
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(lines.len())
-}
-
 /// What to export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Html,
     Gif,
-    Jsonl,
+    /// OSWorld's result directory (`traj.jsonl`, the screenshots, `result.txt`).
+    Osworld,
+    /// Harbor's Agent Trajectory Interchange Format.
+    Atif,
+    /// OpenCUA's AgentNet records (JSON Lines).
+    Agentnet,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "html" => Self::Html,
+            "gif" => Self::Gif,
+            "osworld" | "jsonl" => Self::Osworld,
+            "atif" => Self::Atif,
+            "agentnet" => Self::Agentnet,
+            other => {
+                return Err(format!(
+                    "unknown export format '{other}' (html, gif, osworld, atif, agentnet)"
+                ));
+            }
+        })
+    }
 }
 
 /// The default output path of a format.
@@ -563,7 +507,9 @@ pub fn default_output(session: &str, format: Format) -> PathBuf {
     PathBuf::from(match format {
         Format::Html => format!("{session}.html"),
         Format::Gif => format!("{session}.gif"),
-        Format::Jsonl => format!("{session}-traj"),
+        Format::Osworld => format!("{session}-traj"),
+        Format::Atif => format!("{session}-atif"),
+        Format::Agentnet => format!("{session}-agentnet"),
     })
 }
 
@@ -602,11 +548,6 @@ mod tests {
             html_escape("<a href=\"x\">'&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
-    }
-
-    #[test]
-    fn osworld_timestamps_look_like_theirs() {
-        assert_eq!(osworld_timestamp(1_795_318_844_275), "20261122@034044");
     }
 
     #[test]
