@@ -183,6 +183,12 @@ pub struct Report {
     pub streams: Option<Streams>,
     /// Tool calls through `selfagent mcp` (stdio) against the CLI doing the same.
     pub mcp: Option<McpCalls>,
+    /// `rerun`'s comparison of the live framebuffer with a recorded screen (the pixels
+    /// copied out, the screen's cells and the target's patch compared).
+    pub rerun_compare_ms: Stats,
+    /// `rerun_compare_ms` p50 / `screenshot_ms` p50: what a comparison costs against the
+    /// screenshot every step takes anyway.
+    pub rerun_compare_vs_screenshot: Option<f64>,
 }
 
 /// An MCP host's calls (`selfagent mcp` over stdio, through rmcp's client) against the same
@@ -462,6 +468,24 @@ async fn measure(
         shot_bytes = shot.png.len();
     }
 
+    progress(args.json, &format!("re-run frame comparisons x{samples}"));
+    // What `rerun` does on every framebuffer change while it waits: the live pixels
+    // against a recorded screen (here the screen itself, taken as a PNG and decoded, as a
+    // recording gives it back).
+    let recorded = desktop.screenshot().await?;
+    let reference = crate::rerun::compare::Reference::from_png(
+        &recorded.png,
+        Some(crate::action::Point { x: 640, y: 400 }),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut compare_ms = Vec::new();
+    for _ in 0..samples {
+        let t = Instant::now();
+        let (w, h, rgb) = desktop.frame_rgb()?;
+        std::hint::black_box(reference.difference(w, h, &rgb));
+        compare_ms.push(ms(t.elapsed()));
+    }
+
     progress(
         args.json,
         "a window stream against the whole screen, through the view",
@@ -557,6 +581,8 @@ async fn measure(
     };
 
     let screenshot_ms = Stats::of(&shot_ms);
+    let rerun_compare_ms = Stats::of(&compare_ms);
+    let rerun_compare_vs_screenshot = ratio(&rerun_compare_ms, &screenshot_ms);
     let screenshot_speedup = ratio(&baseline_screenshot_ms, &screenshot_ms);
     let input_speedup = ratio(&baseline_input_to_effect_ms, &input_to_effect_ms);
     Ok(Report {
@@ -586,6 +612,8 @@ async fn measure(
         replay_first_screenshot_ms: round(ms(first_shot)),
         streams,
         mcp,
+        rerun_compare_ms,
+        rerun_compare_vs_screenshot,
     })
 }
 
@@ -1265,6 +1293,7 @@ fn print_report(r: &Report) {
     row("fork of a snapshot to ready", &r.fork_ready_ms);
     row("create to drawn", &r.drawn_ms);
     row("screenshot (fresh PNG)", &r.screenshot_ms);
+    row("rerun: screen vs recorded", &r.rerun_compare_ms);
     row("input to visible effect", &r.input_to_effect_ms);
     row("key + settle", &r.settle_after_key_ms);
     row("baseline: docker exec import", &r.baseline_screenshot_ms);

@@ -359,6 +359,34 @@ pub fn html(db: &Db, ep: &Episode) -> anyhow::Result<String> {
         if let Some(e) = &st.error {
             let _ = write!(out, "<pre class=\"err\">{}</pre>", html_escape(e));
         }
+        // A re-run's step: what it was, and where the screen drifted, both screens.
+        if let Some(mark) = st.meta.get("rerun") {
+            let mode = mark["mode"].as_str().unwrap_or("?");
+            let _ = write!(
+                out,
+                "<p class=\"rerun\"><b>Re-run: {}</b>{}</p>",
+                html_escape(mode),
+                match (mark["of"].as_i64(), mark["difference"].as_f64()) {
+                    (Some(of), Some(d)) => format!(
+                        " recorded step {of}; the screen differed by {:.1}% (waited {:.0} ms)",
+                        d * 100.0,
+                        mark["waited_ms"].as_f64().unwrap_or(0.0)
+                    ),
+                    _ => String::new(),
+                }
+            );
+            if matches!(mode, "halted" | "ignored" | "healed")
+                && let (Some(expected), Some(live)) =
+                    (mark["expected_frame"].as_i64(), st.frame_before)
+            {
+                let _ = write!(
+                    out,
+                    "<div class=\"strip\"><figure><img src=\"{}\" alt=\"the recorded screen\"><figcaption>recorded</figcaption></figure><figure><img src=\"{}\" alt=\"the live screen\"><figcaption>live (drift)</figcaption></figure></div>",
+                    jpeg_data_url(&frame_image(db, expected, &[])?, 640, 75)?,
+                    jpeg_data_url(&frame_image(db, live, &[])?, 640, 75)?
+                );
+            }
+        }
         if let Some(id) = st.frame_after.or(st.frame_before) {
             let img = frame_image(db, id, &actions)?;
             let _ = write!(

@@ -261,6 +261,19 @@ async fn a_recording_is_done_again_without_a_model_and_halts_on_drift() {
     // Nothing was typed: the file is not there.
     let file = docker(&["exec", &id, "sh", "-c", "ls /home/user/rerun.txt 2>&1"]);
     assert!(file.contains("No such file"), "{file}");
+    // The HTML export shows where it drifted, with both screens.
+    let page = dir.path().join("halted.html");
+    let o = selfagent(dir.path())
+        .args(["export", halted, "--format", "html", "-o"])
+        .arg(&page)
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = std::fs::read_to_string(&page).unwrap();
+    assert!(page.contains("Re-run: halted") && page.contains("live (drift)"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
