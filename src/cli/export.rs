@@ -198,7 +198,7 @@ fn all(db: &Db, args: &ExportArgs, format: Format) -> anyhow::Result<ExitCode> {
         }
         let dir = match format {
             Format::Agentnet => out.clone(),
-            _ => out.join(&s.id),
+            _ => out.join(export::file_name(&s.id)),
         };
         match trajectory(db, &ep, format, &dir) {
             Ok(_) => written += 1,

@@ -530,8 +530,29 @@ impl std::str::FromStr for Format {
     }
 }
 
+/// A session id as a file name: a recording is a file anyone may hand over, and an id that
+/// is a path (`../x`) must not choose where an export lands.
+pub fn file_name(session: &str) -> String {
+    let name: String = session
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "session".into()
+    } else {
+        name
+    }
+}
+
 /// The default output path of a format.
 pub fn default_output(session: &str, format: Format) -> PathBuf {
+    let session = file_name(session);
     PathBuf::from(match format {
         Format::Html => format!("{session}.html"),
         Format::Gif => format!("{session}.gif"),
@@ -568,6 +589,20 @@ mod tests {
         // Text beyond the width is cut, and nothing is drawn past the edge.
         let mut small = RgbImage::from_pixel(64, 40, image::Rgb([0, 0, 0]));
         caption(&mut small, &"x".repeat(100));
+    }
+
+    #[test]
+    fn session_ids_never_make_paths() {
+        assert_eq!(
+            file_name("20261203-064411-deb4db"),
+            "20261203-064411-deb4db"
+        );
+        assert_eq!(file_name("../../etc/x"), "______etc_x");
+        assert_eq!(
+            default_output("/tmp/a", Format::Atif),
+            PathBuf::from("_tmp_a-atif")
+        );
+        assert_eq!(file_name(""), "session");
     }
 
     #[test]

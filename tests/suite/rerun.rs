@@ -52,12 +52,20 @@ fn json_lines(out: &[u8]) -> Vec<Value> {
         .collect()
 }
 
-/// Records the task with the scripted model (a click into the terminal, the command typed
-/// once it shows its prompt, a pointer move, the answer); returns the session id.
+/// Records the task with the scripted model (a click into the terminal once it shows its
+/// prompt, the command typed, a pointer move, the answer); returns the session id.
 async fn record(dir: &Path, db: &Path) -> String {
     let server = ModelServer::start(
         vec![
-            call(json!({"action": "left_click", "coordinate": [640, 420]})),
+            // Once the terminal shows its prompt, so the recorded screen of every step is a
+            // settled one (a re-run waits for the screen each step saw; a terminal caught
+            // half-drawn is a screen it never comes back to).
+            Reply::When(
+                terminal_ready,
+                Box::new(call(
+                    json!({"action": "left_click", "coordinate": [640, 420]}),
+                )),
+            ),
             Reply::When(
                 terminal_ready,
                 Box::new(call(
@@ -243,9 +251,19 @@ async fn a_recording_is_done_again_without_a_model_and_halts_on_drift() {
         (finished["status"].as_str(), finished["ended_by"].as_str()),
         (Some("failed"), Some("drift"))
     );
+    // The step named is the recording's click (after the model's waits for the prompt).
+    let click = Db::open(&db)
+        .unwrap()
+        .steps(&original)
+        .unwrap()
+        .iter()
+        .find(|s| s.actions[0]["action"]["action"] == "click")
+        .unwrap()
+        .idx;
     let why = finished["error"].as_str().unwrap();
     assert!(
-        why.contains("recorded step 1") && why.contains("% of the screen"),
+        why.contains(&format!("drift at recorded step {click}:"))
+            && why.contains("% of the screen"),
         "{why}"
     );
     assert!(
@@ -487,9 +505,12 @@ async fn exports_validate(dir: &Path, db: &Path, original: &str, rerun: &str) {
             "thought"
         ]
     );
+    // The model's waits for the prompt (as many as the desktop took) are AgentNet's
+    // `computer.wait()`; the rest is the episode.
     let codes: Vec<&str> = traj
         .iter()
         .map(|s| s["value"]["code"].as_str().unwrap())
+        .filter(|c| *c != "computer.wait()")
         .collect();
     assert_eq!(
         codes,
@@ -534,7 +555,10 @@ async fn exports_validate(dir: &Path, db: &Path, original: &str, rerun: &str) {
         .iter()
         .map(|l| l["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions.first(), Some(&"pyautogui.click(x=640, y=420)"));
+    assert_eq!(
+        actions.iter().find(|a| **a != "WAIT"),
+        Some(&"pyautogui.click(x=640, y=420)")
+    );
     assert_eq!(actions.last(), Some(&"DONE"));
     assert!(actions.contains(&"pyautogui.moveTo(x=1100, y=700)"));
     assert_eq!(lines.last().unwrap()["reward"], 1.0);
