@@ -338,7 +338,7 @@ async fn on_drift_the_model_takes_over_and_is_asked_only_then() {
             "--json",
             "--keep",
             "--wait",
-            "8",
+            "15",
             "--on-drift",
             "model",
         ])
