@@ -99,6 +99,18 @@ fn keys(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// `inner` with `keys` held down around it: pressed in order, released in reverse.
+fn held(keys: &[impl AsRef<str>], inner: Vec<String>) -> Vec<String> {
+    let down = keys
+        .iter()
+        .map(|k| format!("pyautogui.keyDown({})", py_str(&key(k.as_ref()))));
+    let up = keys
+        .iter()
+        .rev()
+        .map(|k| format!("pyautogui.keyUp({})", py_str(&key(k.as_ref()))));
+    down.chain(inner).chain(up).collect()
+}
+
 /// The action as pyautogui code (lines joined by `\n`); `None` for what pyautogui cannot
 /// say (launching an app, a screenshot, the episode's end: see [`end_code`]).
 pub fn code(a: &Action, c: Coords) -> Option<String> {
@@ -127,18 +139,7 @@ pub fn code(a: &Action, c: Coords) -> Option<String> {
                     )
                 }
             };
-            let mut out: Vec<String> = modifiers
-                .iter()
-                .map(|m| format!("pyautogui.keyDown({})", py_str(&key(m))))
-                .collect();
-            out.push(call);
-            out.extend(
-                modifiers
-                    .iter()
-                    .rev()
-                    .map(|m| format!("pyautogui.keyUp({})", py_str(&key(m)))),
-            );
-            out
+            held(modifiers, vec![call])
         }
         Action::MouseDown {
             coordinate,
@@ -181,10 +182,7 @@ pub fn code(a: &Action, c: Coords) -> Option<String> {
             dy,
             modifiers,
         } => {
-            let mut out: Vec<String> = modifiers
-                .iter()
-                .map(|m| format!("pyautogui.keyDown({})", py_str(&key(m))))
-                .collect();
+            let mut out = Vec::new();
             if let Some(p) = coordinate {
                 out.push(format!("pyautogui.moveTo({})", c.xy(*p)));
             }
@@ -195,13 +193,7 @@ pub fn code(a: &Action, c: Coords) -> Option<String> {
             if *dx != 0 {
                 out.push(format!("pyautogui.hscroll({dx})"));
             }
-            out.extend(
-                modifiers
-                    .iter()
-                    .rev()
-                    .map(|m| format!("pyautogui.keyUp({})", py_str(&key(m)))),
-            );
-            out
+            held(modifiers, out)
         }
         Action::Type { text } => vec![format!("pyautogui.write(message={})", py_str(text))],
         Action::Key { text } => keys(text),
@@ -214,14 +206,8 @@ pub fn code(a: &Action, c: Coords) -> Option<String> {
             .map(|k| format!("pyautogui.keyUp({})", py_str(&key(k))))
             .collect(),
         Action::HoldKey { text, duration } => {
-            let names: Vec<String> = text.split('+').map(|k| py_str(&key(k))).collect();
-            let mut out: Vec<String> = names
-                .iter()
-                .map(|k| format!("pyautogui.keyDown({k})"))
-                .collect();
-            out.push(format!("time.sleep({duration})"));
-            out.extend(names.iter().rev().map(|k| format!("pyautogui.keyUp({k})")));
-            out
+            let keys: Vec<&str> = text.split('+').collect();
+            held(&keys, vec![format!("time.sleep({duration})")])
         }
         _ => return None,
     };

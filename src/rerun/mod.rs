@@ -282,6 +282,12 @@ async fn wait_for(
     }
 }
 
+/// Reports how the re-run ended, and returns it.
+async fn finish(emit: &Emitter, outcome: Outcome) -> Outcome {
+    emit.emit(Event::Finished(outcome.clone())).await;
+    outcome
+}
+
 fn mark(mode: &str, rec: &Recorded, w: &Waited) -> Value {
     json!({
         "mode": mode,
@@ -328,26 +334,32 @@ pub async fn drive<M: Model>(
         {
             Ok(w) => w,
             Err(Interrupted::Stop) => {
-                let o = end(
-                    Status::Stopped,
-                    EndedBy::User,
-                    None,
-                    Some("stopped by the user".into()),
-                    step,
-                );
-                emit.emit(Event::Finished(o.clone())).await;
-                return o;
+                return finish(
+                    emit,
+                    end(
+                        Status::Stopped,
+                        EndedBy::User,
+                        None,
+                        Some("stopped by the user".into()),
+                        step,
+                    ),
+                )
+                .await;
             }
             Err(Interrupted::Abort(why)) => {
-                let o = end(Status::Error, EndedBy::Recording, None, Some(why), step);
-                emit.emit(Event::Finished(o.clone())).await;
-                return o;
+                return finish(
+                    emit,
+                    end(Status::Error, EndedBy::Recording, None, Some(why), step),
+                )
+                .await;
             }
             Err(Interrupted::Desktop(e)) => {
                 let why = desktop.sandbox().why_gone().await.unwrap_or(e);
-                let o = end(Status::Error, EndedBy::Harness, None, Some(why), step);
-                emit.emit(Event::Finished(o.clone())).await;
-                return o;
+                return finish(
+                    emit,
+                    end(Status::Error, EndedBy::Harness, None, Some(why), step),
+                )
+                .await;
             }
         };
         let drift = (!waited.matched).then(|| {
@@ -366,7 +378,7 @@ pub async fn drive<M: Model>(
                 cfg.first_step = step + 1;
                 cfg.step_mark = Some(agent::StepMarks {
                     key: "rerun".into(),
-                    first: json!({"mode": "healed", "of": rec.idx, "difference": waited.diff.score(), "screen": waited.diff.screen, "target": waited.diff.target, "waited_ms": waited.waited_ms}),
+                    first: mark("healed", rec, &waited),
                     rest: json!({"mode": "model"}),
                 });
                 return agent::run(&cfg, desktop, model, emit, control).await;
@@ -403,15 +415,17 @@ pub async fn drive<M: Model>(
                     step_ms: started.elapsed().as_secs_f64() * 1000.0,
                 })
                 .await;
-                let o = end(
-                    Status::Failed,
-                    EndedBy::Drift,
-                    None,
-                    Some(why.clone()),
-                    step,
-                );
-                emit.emit(Event::Finished(o.clone())).await;
-                return o;
+                return finish(
+                    emit,
+                    end(
+                        Status::Failed,
+                        EndedBy::Drift,
+                        None,
+                        Some(why.clone()),
+                        step,
+                    ),
+                )
+                .await;
             }
             _ => {}
         }
@@ -423,20 +437,24 @@ pub async fn drive<M: Model>(
         };
         if let Err(e) = replay_step(step, rec, waited, mode, cfg, desktop, emit).await {
             let why = desktop.sandbox().why_gone().await.unwrap_or(e);
-            let o = end(Status::Error, EndedBy::Harness, None, Some(why), step);
-            emit.emit(Event::Finished(o.clone())).await;
-            return o;
+            return finish(
+                emit,
+                end(Status::Error, EndedBy::Harness, None, Some(why), step),
+            )
+            .await;
         }
     }
-    let o = end(
-        Status::Succeeded,
-        EndedBy::Replayed,
-        replay.answer.clone(),
-        None,
-        step,
-    );
-    emit.emit(Event::Finished(o.clone())).await;
-    o
+    finish(
+        emit,
+        end(
+            Status::Succeeded,
+            EndedBy::Replayed,
+            replay.answer.clone(),
+            None,
+            step,
+        ),
+    )
+    .await
 }
 
 /// One recorded step done again, recorded as a step: the live screen before, the marks,

@@ -115,6 +115,13 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// An object's member names, sorted.
+fn sorted_keys(v: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    keys
+}
+
 fn rerun_marks(db: &Path, session: &str) -> Vec<String> {
     Db::open(db)
         .unwrap()
@@ -486,15 +493,8 @@ async fn exports_validate(dir: &Path, db: &Path, original: &str, rerun: &str) {
     assert_eq!(record["task_id"], "rerun-terminal");
     assert_eq!(record["task_completed"], true);
     let traj = record["traj"].as_array().unwrap();
-    let mut keys: Vec<&str> = traj[0]["value"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
     assert_eq!(
-        keys,
+        sorted_keys(&traj[0]["value"]),
         [
             "action",
             "code",
@@ -531,15 +531,8 @@ async fn exports_validate(dir: &Path, db: &Path, original: &str, rerun: &str) {
 
     // OSWorld: its runner's traj.jsonl keys, pyautogui code in pixels, result.txt.
     let lines = json_lines(&std::fs::read(dir.join("osworld/traj.jsonl")).unwrap());
-    let mut keys: Vec<&str> = lines[0]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
     assert_eq!(
-        keys,
+        sorted_keys(&lines[0]),
         [
             "action",
             "action_timestamp",
