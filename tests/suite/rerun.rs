@@ -5,7 +5,7 @@
 use crate::common::model_server::{ModelServer, Reply, answer, call};
 use crate::common::screens::terminal_ready;
 use crate::common::wait::eventually;
-use crate::common::{Guard, bin, cli, stderr, stdout};
+use crate::common::{Guard, SnapshotsOf, bin, cli, stderr, stdout};
 use pretty_assertions::assert_eq;
 use selfagent::record::Db;
 use serde_json::{Value, json};
@@ -136,6 +136,7 @@ fn rerun_marks(db: &Path, session: &str) -> Vec<String> {
 async fn a_recording_is_done_again_without_a_model_and_halts_on_drift() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("rec.db");
+    let _snapshots = SnapshotsOf(db.clone());
     let original = record(dir.path(), &db).await;
 
     // The re-run: no model server is running at all.
@@ -305,6 +306,7 @@ async fn a_recording_is_done_again_without_a_model_and_halts_on_drift() {
 async fn on_drift_the_model_takes_over_and_is_asked_only_then() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("rec.db");
+    let _snapshots = SnapshotsOf(db.clone());
     let original = record(dir.path(), &db).await;
     // The recording says the typing step saw another screen (all white) than it will: the
     // click replays, the typing step drifts.
