@@ -38,6 +38,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod desktop;
 pub mod episode;
 pub mod event;

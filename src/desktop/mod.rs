@@ -77,7 +77,7 @@ pub struct Screenshot {
 
 impl Screenshot {
     /// Encodes packed RGB8 pixels as PNG on the blocking pool (a few ms of CPU).
-    async fn encode(
+    pub(crate) async fn encode(
         width: u32,
         height: u32,
         rgb: Vec<u8>,

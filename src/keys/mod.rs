@@ -174,6 +174,51 @@ pub fn check_typeable(text: &str) -> Result<(), String> {
     text.chars().try_for_each(|c| char_keysym(c).map(|_| ()))
 }
 
+/// The modifier a keysym is, by the name combos use (`ctrl`, `alt`, `shift`, `super`);
+/// `None` for every other key. Meta counts as alt and Hyper as super, as X maps them.
+pub fn modifier_name(keysym: u32) -> Option<&'static str> {
+    match keysym {
+        0xffe1 | 0xffe2 => Some("shift"),
+        0xffe3 | 0xffe4 => Some("ctrl"),
+        0xffe7..=0xffea => Some("alt"),
+        0xffeb..=0xffee => Some("super"),
+        _ => None,
+    }
+}
+
+/// The character a keysym types, for keys that type one (`None` for Return, Tab, the
+/// arrows, function keys, modifiers): the inverse of [`char_keysym`] on printable text.
+pub fn keysym_char(keysym: u32) -> Option<char> {
+    match keysym {
+        0x20..=0x7e | 0xa0..=0xff => char::from_u32(keysym),
+        0x0100_0100..=0x0110_ffff => char::from_u32(keysym - 0x0100_0000).filter(|c| !c.is_control()),
+        _ => None,
+    }
+}
+
+/// A key's name as combos and `lookup` take it: the common names models use
+/// (`Return`, `Page_Up`), else the X keysym name, else the character it types.
+pub fn keysym_name(keysym: u32) -> String {
+    const PREFERRED: &[(u32, &str)] = &[
+        (0xff55, "Page_Up"),
+        (0xff56, "Page_Down"),
+        (0xff0d, "Return"),
+        (0x20, "space"),
+        (0x2b, "plus"),
+        (0xfe03, "ISO_Level3_Shift"),
+    ];
+    if let Some((_, name)) = PREFERRED.iter().find(|(sym, _)| *sym == keysym) {
+        return (*name).to_owned();
+    }
+    if let Some(c) = keysym_char(keysym) {
+        return c.to_string();
+    }
+    if let Some((name, _)) = KEYSYMS.iter().find(|(_, sym)| *sym == keysym) {
+        return (*name).to_owned();
+    }
+    format!("0x{keysym:x}")
+}
+
 /// Keys pressed together: modifiers first, released in reverse order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Combo {
@@ -228,6 +273,19 @@ pub fn parse_sequence(text: &str) -> Result<Vec<Combo>, String> {
 mod tests {
     use super::*;
     use pretty_assertions::assert_eq;
+
+    #[test]
+    fn keysym_names_read_back_as_the_same_key() {
+        for sym in [0xff0d, 0xff55, 0xff56, 0xff08, 0xff51, 0xffc9, 0x61, 0x41, 0x2b, 0x20, 0xe9, 0x0100_2713, 0x1008ff12] {
+            let name = keysym_name(sym);
+            assert_eq!(lookup(&name), Ok(sym), "{sym:#x} named {name}");
+        }
+        assert_eq!(keysym_name(0xff0d), "Return");
+        assert_eq!(keysym_char(0x61), Some('a'));
+        assert_eq!(keysym_char(0xff0d), None);
+        assert_eq!(modifier_name(0xffe4), Some("ctrl"));
+        assert_eq!(modifier_name(0x61), None);
+    }
 
     #[test]
     fn table_is_sorted_for_binary_search() {
