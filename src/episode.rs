@@ -45,8 +45,31 @@ pub struct Plan {
     pub calibration: Option<crate::calibrate::Calibration>,
     /// Where the desktop comes from.
     pub source: Source,
-    /// Do a recording again instead of asking the model (`selfagent rerun`).
-    pub rerun: Option<crate::rerun::Replay>,
+    /// Who acts: the model, a recording done again, or a person.
+    pub driver: Driver,
+}
+
+/// Who acts in an episode.
+#[derive(Default)]
+pub enum Driver {
+    /// The model, in its loop ([`agent::run`]).
+    #[default]
+    Model,
+    /// A recording done again, the model asked only on drift (`selfagent rerun`).
+    Rerun(crate::rerun::Replay),
+    /// A person, through the recording proxy (`selfagent demo`).
+    Demo(crate::demo::Demo),
+}
+
+impl Driver {
+    /// The session's `source` (absent for the model's own episodes).
+    fn source(&self) -> Option<String> {
+        match self {
+            Self::Model => None,
+            Self::Rerun(_) => Some(crate::rerun::SOURCE.to_owned()),
+            Self::Demo(_) => Some(crate::demo::SOURCE.to_owned()),
+        }
+    }
 }
 
 /// Where an episode's desktop comes from.
@@ -247,7 +270,7 @@ pub fn calibration_plan(
         session: None,
         calibration: Some(calibration),
         source: Source::default(),
-        rerun: None,
+        driver: Driver::Model,
     }
 }
 
@@ -263,7 +286,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
         session,
         calibration,
         source,
-        rerun,
+        driver,
     } = plan;
     // An existing desktop is someone's: never removed.
     let keep = keep || matches!(source, Source::Existing(_));
@@ -375,8 +398,11 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
             timeout_s: cfg.agent.timeout.as_secs_f64(),
             task: task.as_ref().and_then(|t| serde_json::to_value(t).ok()),
             price: cfg.agent.price.clone(),
-            source: rerun.as_ref().map(|_| crate::rerun::SOURCE.to_owned()),
-            rerun_of: rerun.as_ref().map(|r| r.of.clone()),
+            source: driver.source(),
+            rerun_of: match &driver {
+                Driver::Rerun(r) => Some(r.of.clone()),
+                _ => None,
+            },
         }
     };
 
@@ -396,7 +422,7 @@ pub async fn run(engine: &Engine, plan: Plan, hooks: Hooks) -> anyhow::Result<En
                 &cfg,
                 task.as_ref(),
                 calibration.as_ref(),
-                rerun.as_ref(),
+                &driver,
                 snapshot,
                 &session,
                 &model,
@@ -448,7 +474,7 @@ async fn with_desktop(
     cfg: &Resolved,
     task: Option<&Task>,
     calibration: Option<&crate::calibrate::Calibration>,
-    rerun: Option<&crate::rerun::Replay>,
+    driver: &Driver,
     snapshot: Option<u64>,
     session: &str,
     model: &Arc<HttpModel>,
@@ -506,8 +532,8 @@ async fn with_desktop(
         .await;
         return (outcome, None, report);
     }
-    let outcome = match rerun {
-        Some(replay) => {
+    let outcome = match driver {
+        Driver::Rerun(replay) => {
             crate::rerun::drive(
                 replay,
                 &cfg.agent,
@@ -518,7 +544,10 @@ async fn with_desktop(
             )
             .await
         }
-        None => agent::run(&cfg.agent, &desktop, model.as_ref(), emitter, control).await,
+        Driver::Demo(demo) => {
+            crate::demo::drive(demo, &desktop, emitter, until_stopped(control), 1).await
+        }
+        Driver::Model => agent::run(&cfg.agent, &desktop, model.as_ref(), emitter, control).await,
     };
 
     let Some((task, check)) = task.and_then(|t| t.check.as_ref().map(|c| (t, c))) else {
@@ -577,6 +606,20 @@ async fn with_desktop(
         g
     };
     (outcome, Some(grade), None)
+}
+
+/// A person's episode ends on `Stop` (Ctrl-C, `q`) or when nobody can send one any more;
+/// `Abort` (the recording failed) ends it with the reason. Pausing means nothing to it.
+fn until_stopped(mut control: mpsc::Receiver<Command>) -> crate::demo::Stop {
+    Box::pin(async move {
+        loop {
+            match control.recv().await {
+                Some(Command::Stop) | None => return None,
+                Some(Command::Abort(why)) => return Some(why),
+                Some(_) => {}
+            }
+        }
+    })
 }
 
 /// Commits the final state, unless the desktop changed more than `limit` bytes (an agent can

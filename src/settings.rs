@@ -154,6 +154,16 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// The settings with nothing given (environment variables still apply).
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        <Only as clap::Parser>::parse_from(["selfagent"]).common
+    }
+
     /// Where desktops come from: a matching warm pool first, unless --no-pool.
     pub fn source(&self) -> crate::episode::Source {
         crate::episode::Source::Fresh {

@@ -318,7 +318,7 @@ async fn worker(w: Shared) {
             snapshot: w.snapshot,
             session: None,
             calibration: None,
-            rerun: None,
+            driver: crate::episode::Driver::Model,
             source: w.source.clone(),
         };
         let end = episode::run(&engine, plan, hooks).await;

@@ -2,6 +2,7 @@
 //! module; `anyhow` is used from here up, typed errors below.
 
 mod calibrate;
+mod demo;
 mod doctor;
 mod export;
 mod grade;
@@ -54,6 +55,9 @@ pub enum Command {
     /// Do a recorded episode again without its model: each step once the screen matches the
     /// recording; on drift halt, hand over to the model, or act anyway.
     Rerun(Box<rerun::RerunArgs>),
+    /// Record a person doing a task: a desktop behind a recording VNC proxy, each click,
+    /// drag, scroll, key and run of typing a step, as a model's would be.
+    Demo(Box<demo::DemoArgs>),
     /// Grade recorded episodes again with new or fixed checks (no agent is run).
     Grade(grade::GradeArgs),
     /// A recorded episode as an HTML page, an animated GIF or a JSONL trajectory.
@@ -103,6 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run::run(*args).await,
         Command::Rerun(args) => rerun::run(*args).await,
+        Command::Demo(args) => demo::run(*args).await,
         Command::Replay {
             session,
             db,

@@ -164,7 +164,7 @@ pub async fn run(mut args: RerunArgs) -> anyhow::Result<ExitCode> {
             task,
             snapshot: args.common.snapshot(),
             source,
-            rerun: Some(replay),
+            driver: crate::episode::Driver::Rerun(replay),
         })
         .await
         .map(ExitCode::from);
@@ -179,7 +179,7 @@ pub async fn run(mut args: RerunArgs) -> anyhow::Result<ExitCode> {
         session: None,
         calibration: None,
         source,
-        rerun: Some(replay),
+        driver: crate::episode::Driver::Rerun(replay),
     };
     let end = super::run::headless_episode(&engine, plan, args.json, false).await?;
     match &end.recording_error {

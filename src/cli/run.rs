@@ -100,7 +100,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         snapshot: args.common.snapshot(),
         session: None,
         calibration: None,
-        rerun: None,
+        driver: crate::episode::Driver::Model,
         source: args.source(),
     };
     let end = headless_episode(&engine, plan, args.json, false).await?;
@@ -167,7 +167,7 @@ async fn ui(
         task,
         snapshot: args.common.snapshot(),
         source: args.source(),
-        rerun: None,
+        driver: crate::episode::Driver::Model,
     })
     .await
     .map(ExitCode::from)

@@ -59,11 +59,8 @@ impl Default for Timing {
 }
 
 /// RFB's button mask bits: 1 left, 2 middle, 4 right; 8/16 the wheel up/down, 32/64 left/right.
-const CLICK_BUTTONS: [(u8, Button); 3] = [
-    (1, Button::Left),
-    (2, Button::Middle),
-    (4, Button::Right),
-];
+const CLICK_BUTTONS: [(u8, Button); 3] =
+    [(1, Button::Left), (2, Button::Middle), (4, Button::Right)];
 const WHEEL: [(u8, i32, i32); 4] = [(8, 0, -1), (16, 0, 1), (32, -1, 0), (64, 1, 0)];
 /// Drag paths keep a point every this many pixels, at most `MAX_PATH` points.
 const PATH_STEP: i32 = 24;
@@ -146,7 +143,11 @@ impl Recognizer {
             .filter_map(|k| keys::modifier_name(*k))
             .filter(|n| !(without_shift && *n == "shift"))
             .collect();
-        let order = |n: &&str| ["ctrl", "alt", "shift", "super"].iter().position(|m| m == n);
+        let order = |n: &&str| {
+            ["ctrl", "alt", "shift", "super"]
+                .iter()
+                .position(|m| m == n)
+        };
         names.sort_by_key(order);
         names.dedup();
         names.into_iter().map(str::to_owned).collect()
@@ -418,7 +419,8 @@ impl Recognizer {
             });
             return;
         }
-        let mut parts = self.modifiers(keys::keysym_char(keysym).is_some() && combo_mods.is_empty());
+        let mut parts =
+            self.modifiers(keys::keysym_char(keysym).is_some() && combo_mods.is_empty());
         let name = match keys::keysym_char(keysym) {
             // ctrl+shift+T arrives as capital T with shift held: name the key, not the case.
             Some(c) if c.is_alphabetic() && !combo_mods.is_empty() => {

@@ -71,7 +71,10 @@ fn a_click_begins_at_the_press_and_ends_after_the_double_click_window() {
     assert_eq!(f.ptr(100, 90, 0), vec![], "hovering is no step");
     assert_eq!(f.ptr(100, 100, 1), vec![Out::Begin]);
     assert_eq!(f.ptr(101, 100, 0), vec![]);
-    assert_eq!(f.settle(), vec![Out::Done(click(100, 100, Button::Left, 1, &[]))]);
+    assert_eq!(
+        f.settle(),
+        vec![Out::Done(click(100, 100, Button::Left, 1, &[]))]
+    );
     assert_eq!(f.ptr(300, 300, 4), vec![Out::Begin]);
     f.ptr(300, 300, 0);
     f.settle();
@@ -110,7 +113,14 @@ fn presses_too_far_apart_in_time_or_space_are_separate_clicks() {
     let mut f = Feed::new();
     f.ptr(50, 60, 1);
     f.ptr(50, 60, 0);
-    f.at(500, Input::Pointer { x: 50, y: 60, buttons: 1 });
+    f.at(
+        500,
+        Input::Pointer {
+            x: 50,
+            y: 60,
+            buttons: 1,
+        },
+    );
     f.ptr(50, 60, 0);
     f.ptr(90, 60, 1);
     f.ptr(90, 60, 0);
@@ -176,7 +186,13 @@ fn typed_text_with_shifted_capitals_is_one_type_step() {
 fn a_pause_in_typing_splits_it() {
     let mut f = Feed::new();
     f.tap(u32::from(b'a'));
-    f.at(1500, Input::Key { keysym: u32::from(b'b'), down: true });
+    f.at(
+        1500,
+        Input::Key {
+            keysym: u32::from(b'b'),
+            down: true,
+        },
+    );
     f.settle();
     assert_eq!(
         f.actions(),
@@ -301,7 +317,19 @@ fn every_recognized_action_is_valid_and_begun_whatever_the_input() {
         seed ^= seed << 17;
         seed % n
     };
-    let keysyms = [SHIFT, CTRL, SUPER, 0xffe9, 0x61, 0x41, 0x20, 0xff0d, 0xff54, 0x0100_2713, 0xfe03];
+    let keysyms = [
+        SHIFT,
+        CTRL,
+        SUPER,
+        0xffe9,
+        0x61,
+        0x41,
+        0x20,
+        0xff0d,
+        0xff54,
+        0x0100_2713,
+        0xfe03,
+    ];
     let mut f = Feed::new();
     let mut open = false;
     for _ in 0..20_000 {
@@ -312,7 +340,13 @@ fn every_recognized_action_is_valid_and_begun_whatever_the_input() {
             }
             1 => {
                 let k = keysyms[next(keysyms.len() as u64) as usize];
-                f.at(next(600), Input::Key { keysym: k, down: next(2) == 0 })
+                f.at(
+                    next(600),
+                    Input::Key {
+                        keysym: k,
+                        down: next(2) == 0,
+                    },
+                )
             }
             2 => {
                 f.now += Duration::from_millis(next(1500));

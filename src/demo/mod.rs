@@ -63,19 +63,42 @@ impl Demo {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    /// The desktop's noVNC page, connecting to this proxy instead of the desktop's own
-    /// view: what a browser opens to demonstrate.
-    pub fn view_url(&self, view: SocketAddr, view_token: &str) -> String {
-        let me = self.addr();
-        format!(
-            "http://{view}/vnc.html?token={view_token}&host={}&port={}&path=websockify%3Ftoken%3D{}&autoconnect=1&resize=scale&reconnect=1&password={}",
-            me.ip(),
-            me.port(),
-            self.token,
-            self.password
-        )
+    /// How people reach it (cheap to clone, for whoever prints it).
+    pub fn link(&self) -> Link {
+        Link {
+            addr: self.addr(),
+            password: self.password.clone(),
+            token: self.token.clone(),
+        }
     }
 }
+
+/// Where a demonstration's proxy listens, and its credentials.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub addr: SocketAddr,
+    pub password: String,
+    pub token: String,
+}
+
+impl Link {
+    /// The desktop's own noVNC page, told to connect to this proxy instead of the desktop's
+    /// view: what a browser opens to demonstrate. `None` for a desktop without a view.
+    pub fn view_url(&self, sandbox: &crate::sandbox::Sandbox) -> Option<String> {
+        let view = sandbox.view_address()?;
+        Some(format!(
+            "http://{view}/vnc.html?token={}&host={}&port={}&path=websockify%3Ftoken%3D{}&autoconnect=1&resize=scale&reconnect=1&password={}",
+            sandbox.secrets().view_token,
+            self.addr.ip(),
+            self.addr.port(),
+            self.token,
+            self.password
+        ))
+    }
+}
+
+/// How long a new connection may stay silent and still turn out to be a browser's.
+const PROTOCOL_SNIFF: Duration = Duration::from_millis(300);
 
 /// What the connections tell the recording.
 enum Note {
@@ -239,7 +262,8 @@ pub struct HumanSteps<'a> {
     next: u32,
     before: Option<Capture>,
     awaiting: Option<Awaiting>,
-    settling: Option<std::pin::Pin<Box<dyn std::future::Future<Output = SettleReport> + Send + 'a>>>,
+    settling:
+        Option<std::pin::Pin<Box<dyn std::future::Future<Output = SettleReport> + Send + 'a>>>,
 }
 
 impl<'a> HumanSteps<'a> {
@@ -400,15 +424,40 @@ async fn serve(
     recognizer: Arc<Mutex<Recognizer>>,
     tx: mpsc::UnboundedSender<Note>,
 ) {
+    // A VNC client waits for the server to speak first; a browser sends its request at once.
+    // So: whoever has said nothing after a moment is a VNC client.
     let mut first = [0u8; 4];
-    let is_http = matches!(stream.peek(&mut first).await, Ok(4) if &first == b"GET ");
+    let is_http = matches!(
+        tokio::time::timeout(PROTOCOL_SNIFF, stream.peek(&mut first)).await,
+        Ok(Ok(4)) if &first == b"GET "
+    );
     let result = if is_http {
         match ws::upgrade(stream, &token).await {
-            Ok(inner) => relay(inner, peer, upstream, &desktop_password, &password, &recognizer, &tx).await,
+            Ok(inner) => {
+                relay(
+                    inner,
+                    peer,
+                    upstream,
+                    &desktop_password,
+                    &password,
+                    &recognizer,
+                    &tx,
+                )
+                .await
+            }
             Err(e) => Err(e),
         }
     } else {
-        relay(stream, peer, upstream, &desktop_password, &password, &recognizer, &tx).await
+        relay(
+            stream,
+            peer,
+            upstream,
+            &desktop_password,
+            &password,
+            &recognizer,
+            &tx,
+        )
+        .await
     };
     if let Err(why) = result {
         tracing::warn!(%peer, "demonstration connection: {why}");
@@ -477,7 +526,11 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 
 /// Shows one input to the recognizer; when it begins a gesture, waits until the recording
 /// has the screen as it was before the input is passed on.
-async fn witness(input: Input, recognizer: &Arc<Mutex<Recognizer>>, tx: &mpsc::UnboundedSender<Note>) {
+async fn witness(
+    input: Input,
+    recognizer: &Arc<Mutex<Recognizer>>,
+    tx: &mpsc::UnboundedSender<Note>,
+) {
     let mut wait = None;
     if let Ok(mut r) = recognizer.lock() {
         // Sent under the lock: the recording sees every connection's and tick's notes in

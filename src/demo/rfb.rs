@@ -213,7 +213,9 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     let mut version = [0u8; 12];
     s.read_exact(&mut version).await?;
     if !version.starts_with(b"RFB 003.") {
-        return Err(RfbError::Protocol("the desktop is not an RFB server".into()));
+        return Err(RfbError::Protocol(
+            "the desktop is not an RFB server".into(),
+        ));
     }
     s.write_all(b"RFB 003.008\n").await?;
     let mut count = [0u8; 1];
@@ -230,7 +232,8 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         s.write_all(&[2]).await?;
         let mut challenge = [0u8; 16];
         s.read_exact(&mut challenge).await?;
-        s.write_all(&vnc_auth_response(password, &challenge)).await?;
+        s.write_all(&vnc_auth_response(password, &challenge))
+            .await?;
     } else if types.contains(&1) {
         s.write_all(&[1]).await?;
     } else {

@@ -49,7 +49,11 @@ fn messages() -> Vec<(Vec<u8>, Message)> {
 fn every_client_message_is_sized_and_incomplete_ones_wait() {
     for (bytes, expected) in messages() {
         for cut in 0..bytes.len() {
-            assert_eq!(next_message(&bytes[..cut]), Ok(None), "{bytes:?} cut at {cut}");
+            assert_eq!(
+                next_message(&bytes[..cut]),
+                Ok(None),
+                "{bytes:?} cut at {cut}"
+            );
         }
         let mut more = bytes.clone();
         more.extend([5, 0, 0, 0]);
@@ -85,7 +89,9 @@ fn unknown_or_oversized_messages_are_errors_not_panics() {
     assert!(next_message(&[6, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff]).is_err());
     let mut seed = 7u64;
     for _ in 0..50_000 {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let len = (seed >> 59) as usize;
         let bytes: Vec<u8> = (0..len).map(|i| (seed >> (i % 8 * 8)) as u8).collect();
         if let Ok(Some((n, _))) = next_message(&bytes) {
@@ -110,7 +116,11 @@ async fn both_handshakes_meet_and_a_wrong_password_is_refused() {
     let init = connect(&mut b, "s3cret!x").await.expect("connects");
     assert_eq!(&init[..4], &[0, 80, 0, 50]);
     assert_eq!(&init[24..], b"desk");
-    assert_eq!(server.await.expect("joins").expect("accepts"), 1, "asks to share");
+    assert_eq!(
+        server.await.expect("joins").expect("accepts"),
+        1,
+        "asks to share"
+    );
 
     let (mut a, mut b) = tokio::io::duplex(4096);
     let server = tokio::spawn(async move { accept(&mut a, "right").await });
@@ -133,7 +143,10 @@ fn the_des_key_is_the_password_with_its_bits_reversed() {
         vnc_auth_response("abcdefgh", &c),
         vnc_auth_response("abcdefghXYZ", &c)
     );
-    assert_ne!(vnc_auth_response("abcdefgh", &c), vnc_auth_response("abcdefgi", &c));
+    assert_ne!(
+        vnc_auth_response("abcdefgh", &c),
+        vnc_auth_response("abcdefgi", &c)
+    );
     // DES ignores each key byte's lowest bit (parity): 'a' and '`' differ only there, so
     // they are different keys only because the bits are reversed, as VNC does.
     assert_ne!(vnc_auth_response("a", &c), vnc_auth_response("`", &c));

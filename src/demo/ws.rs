@@ -66,9 +66,7 @@ pub fn parse_upgrade(head: &str) -> Result<Upgrade, String> {
 /// The `token` query parameter of a request path.
 pub fn query_token(path: &str) -> Option<&str> {
     let (_, query) = path.split_once('?')?;
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
+    query.split('&').find_map(|kv| kv.strip_prefix("token="))
 }
 
 /// Answers the upgrade at `stream` (whose first bytes are an HTTP request) when its token is

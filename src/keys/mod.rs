@@ -191,7 +191,9 @@ pub fn modifier_name(keysym: u32) -> Option<&'static str> {
 pub fn keysym_char(keysym: u32) -> Option<char> {
     match keysym {
         0x20..=0x7e | 0xa0..=0xff => char::from_u32(keysym),
-        0x0100_0100..=0x0110_ffff => char::from_u32(keysym - 0x0100_0000).filter(|c| !c.is_control()),
+        0x0100_0100..=0x0110_ffff => {
+            char::from_u32(keysym - 0x0100_0000).filter(|c| !c.is_control())
+        }
         _ => None,
     }
 }
@@ -276,7 +278,21 @@ mod tests {
 
     #[test]
     fn keysym_names_read_back_as_the_same_key() {
-        for sym in [0xff0d, 0xff55, 0xff56, 0xff08, 0xff51, 0xffc9, 0x61, 0x41, 0x2b, 0x20, 0xe9, 0x0100_2713, 0x1008ff12] {
+        for sym in [
+            0xff0d,
+            0xff55,
+            0xff56,
+            0xff08,
+            0xff51,
+            0xffc9,
+            0x61,
+            0x41,
+            0x2b,
+            0x20,
+            0xe9,
+            0x0100_2713,
+            0x1008ff12,
+        ] {
             let name = keysym_name(sym);
             assert_eq!(lookup(&name), Ok(sym), "{sym:#x} named {name}");
         }

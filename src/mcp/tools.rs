@@ -1146,7 +1146,7 @@ async fn run_task(
         snapshot: None,
         session: None,
         calibration: None,
-        rerun: None,
+        driver: crate::episode::Driver::Model,
         source,
     };
     let end = crate::episode::run(hub.engine(), plan, hooks).await;

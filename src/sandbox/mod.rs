@@ -452,6 +452,11 @@ impl Sandbox {
         self.published.map(|e| e.vnc)
     }
 
+    /// The address of the desktop's view (noVNC and its WebSocket), published sandboxes only.
+    pub fn view_address(&self) -> Option<SocketAddr> {
+        self.published?.view
+    }
+
     /// The noVNC page with the token (and the VNC password, which noVNC needs) in it.
     pub fn view_url(&self) -> Option<String> {
         let view = self.published?.view?;

@@ -46,8 +46,9 @@ pub struct LiveSetup {
     pub snapshot: Option<u64>,
     /// Where the desktop comes from.
     pub source: crate::episode::Source,
-    /// A recording to do again instead of asking the model (`selfagent rerun`).
-    pub rerun: Option<crate::rerun::Replay>,
+    /// Who acts: the model, a recording done again (`selfagent rerun`), a person
+    /// (`selfagent demo`).
+    pub driver: crate::episode::Driver,
 }
 
 /// Messages into the UI loop from the background.
@@ -427,7 +428,7 @@ async fn live_episode(
         task,
         snapshot,
         source,
-        rerun,
+        driver,
         ..
     } = setup;
     // A person is watching: safety checks and the model's calls for help are asked.
@@ -443,12 +444,21 @@ async fn live_episode(
         })
     };
     let desktop_ui = ui.clone();
+    // A demonstration is watched and driven through its recording proxy, never around it.
+    let demo = match &driver {
+        crate::episode::Driver::Demo(d) => Some(d.link()),
+        _ => None,
+    };
     let hooks = Hooks {
         sinks: vec![events_tx],
         control,
         on_desktop: Some(Box::new(move |sandbox| {
+            let view_url = match &demo {
+                Some(link) => link.view_url(sandbox),
+                None => sandbox.view_url(),
+            };
             let _ = desktop_ui.send(Msg::Desktop {
-                view_url: sandbox.view_url(),
+                view_url,
                 watch_url: sandbox.watch_url(),
             });
         })),
@@ -461,7 +471,7 @@ async fn live_episode(
         snapshot,
         session: None,
         calibration: None,
-        rerun,
+        driver,
         source,
     };
     let end = episode::run(&engine, plan, hooks).await;

@@ -1,6 +1,7 @@
 mod calibrate;
 mod cli;
 mod control;
+mod demo;
 mod desktop;
 mod desktops;
 mod engines;
