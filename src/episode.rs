@@ -545,7 +545,7 @@ async fn with_desktop(
             .await
         }
         Driver::Demo(demo) => {
-            crate::demo::drive(demo, &desktop, emitter, until_stopped(control), 1).await
+            crate::demo::drive(demo, &desktop, emitter, until_stopped(control)).await
         }
         Driver::Model => agent::run(&cfg.agent, &desktop, model.as_ref(), emitter, control).await,
     };
@@ -610,7 +610,7 @@ async fn with_desktop(
 
 /// A person's episode ends on `Stop` (Ctrl-C, `q`) or when nobody can send one any more;
 /// `Abort` (the recording failed) ends it with the reason. Pausing means nothing to it.
-fn until_stopped(mut control: mpsc::Receiver<Command>) -> crate::demo::Stop {
+fn until_stopped(mut control: mpsc::Receiver<Command>) -> crate::demo::Stop<'static> {
     Box::pin(async move {
         loop {
             match control.recv().await {

@@ -335,6 +335,15 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         question: Option<String>,
     },
+    /// A take-over is recorded: the person's input goes through a recording proxy at `vnc`
+    /// and becomes steps (source `human`) until they hand back. The browser view's URL holds
+    /// the proxy's password, so it goes to the UI only, never into the recording.
+    TakeOverView {
+        step: u32,
+        vnc: String,
+        #[serde(skip)]
+        view_url: Option<String>,
+    },
     /// A person stepped in: pause, resume, step, message, approve, deny, take over,
     /// hand back, stop.
     Intervention {

@@ -347,6 +347,9 @@ impl EventPrinter for Human {
                     describe(action)
                 )?;
             }
+            Event::TakeOverView { step, vnc, .. } => {
+                writeln!(out, "step {step}: taken over; recorded through {vnc}")?;
+            }
             Event::Intervention { step, kind, text } => {
                 writeln!(
                     out,

@@ -37,11 +37,21 @@ pub trait Computer: Send + Sync {
 
     /// Resolves when the desktop stops working (so a long action does not outlive it).
     fn gone(&self) -> impl Future<Output = ()> + Send;
+
+    /// The real desktop behind it, for what only a desktop can do (record a person's
+    /// take-over through a proxy); `None` for stand-ins.
+    fn desktop(&self) -> Option<&Desktop> {
+        None
+    }
 }
 
 impl Computer for Desktop {
     fn size(&self) -> (u32, u32) {
         Desktop::size(self)
+    }
+
+    fn desktop(&self) -> Option<&Desktop> {
+        Some(self)
     }
 
     async fn screenshot(&self) -> Result<Screenshot, DesktopError> {

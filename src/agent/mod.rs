@@ -335,6 +335,47 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
         }
     }
 
+    /// A take-over on a real desktop: the person's input goes through a recording proxy
+    /// (its view is announced with [`Event::TakeOverView`]) and each gesture is a step from
+    /// `step` on, until they hand back or stop. Returns what they did. Without a real desktop,
+    /// or when no proxy can listen, the take-over is a plain pause (nothing recorded).
+    async fn recorded_take_over(&mut self, step: u32) -> Vec<Action> {
+        let computer = self.computer;
+        let Some(desktop) = computer.desktop() else {
+            return Vec::new();
+        };
+        let demo = match crate::demo::Demo::bind(([127, 0, 0, 1], 0).into(), false).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("the take-over is not recorded: no proxy could listen: {e}");
+                return Vec::new();
+            }
+        };
+        let link = demo.link();
+        let emit = self.emit;
+        emit.emit(Event::TakeOverView {
+            step,
+            vnc: link.addr.to_string(),
+            view_url: link.view_url(desktop.sandbox()),
+        })
+        .await;
+        emit.emit(Event::Paused {
+            step,
+            reason: "taken_over".into(),
+        })
+        .await;
+        let controls = &mut self.controls;
+        let stop: crate::demo::Stop<'_> = Box::pin(async move {
+            while controls.taken_over && !controls.stop && !controls.closed {
+                controls.next(step, emit).await;
+            }
+            controls.aborted.clone()
+        });
+        crate::demo::record(&demo, desktop, emit, stop, step)
+            .await
+            .actions
+    }
+
     fn stop_reason(&self) -> Interrupt {
         match &self.controls.aborted {
             Some(r) => Interrupt::Aborted(r.clone()),
@@ -416,7 +457,21 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
         protocol.begin(&self.cfg.instruction, &current.shot);
         let mut bad_replies = 0;
         let first = self.cfg.first_step.max(1);
-        for step in first..first.saturating_add(self.cfg.max_steps) {
+        // Steps a person made during take-overs: numbered among the model's, not counted
+        // against its step limit.
+        let mut by_person = 0u32;
+        let mut person_did: Vec<Action> = Vec::new();
+        for n in first..first.saturating_add(self.cfg.max_steps) {
+            let mut step = n.saturating_add(by_person);
+            if self.controls.drain(step, self.emit).await.is_err() {
+                return self.ending(self.stop_reason());
+            }
+            if self.controls.taken_over {
+                let did = self.recorded_take_over(step).await;
+                by_person += did.len() as u32;
+                step += did.len() as u32;
+                person_did.extend(did);
+            }
             if self
                 .controls
                 .wait_while_paused(step, self.emit)
@@ -437,10 +492,19 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                     Ok(o) => o,
                     Err(e) => return self.desktop_failed(e).await,
                 };
+                let did = std::mem::take(&mut person_did);
+                let what = if did.is_empty() {
+                    String::new()
+                } else {
+                    let list: Vec<String> = did.iter().map(person_action).collect();
+                    format!(" They did: {}.", list.join("; "))
+                };
                 protocol.results(
                     &[],
                     &current.shot,
-                    "A person took control of the desktop for a while and has handed it back. This is the screen now:",
+                    &format!(
+                        "A person took control of the desktop for a while and has handed it back.{what} This is the screen now:"
+                    ),
                 );
             }
             for message in std::mem::take(&mut self.controls.messages) {
@@ -1086,6 +1150,23 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
 }
 
 use serde_json::Value;
+
+/// What a person did in a take-over, in words for the model (no coordinates: the model's
+/// space may not be the screen's).
+fn person_action(a: &Action) -> String {
+    match a {
+        Action::Click { count: 2, .. } => "double-clicked".into(),
+        Action::Click { count: 3, .. } => "triple-clicked".into(),
+        Action::Click { .. } => "clicked".into(),
+        Action::Drag { .. } => "dragged".into(),
+        Action::Scroll { dy, .. } if *dy < 0 => "scrolled up".into(),
+        Action::Scroll { dy, .. } if *dy > 0 => "scrolled down".into(),
+        Action::Scroll { .. } => "scrolled sideways".into(),
+        Action::Type { text } => format!("typed {:?}", crate::text::cut(text, 200)),
+        Action::Key { text } => format!("pressed {text}"),
+        other => other.name().to_owned(),
+    }
+}
 
 /// `action` with its point number `index` (in [`Action::points`] order) at `p`.
 fn with_point(action: Action, index: usize, p: crate::action::Point) -> Action {

@@ -407,6 +407,8 @@ impl Recognizer {
         {
             if let Some(Open::Typing { text, last }) = &mut self.open
                 && now.duration_since(*last) <= self.timing.type_idle
+                // A `type` action holds at most this much; a longer run starts another.
+                && text.chars().count() < crate::action::MAX_TYPE_CHARS
             {
                 text.push(c);
                 *last = now;
@@ -428,11 +430,7 @@ impl Recognizer {
             }
             _ => keys::keysym_name(keysym),
         };
-        if name == "+" {
-            parts.push("plus".to_owned());
-        } else {
-            parts.push(name);
-        }
+        parts.push(name);
         let combo = parts.join("+");
         if let Some(Open::Keys {
             combo: c,

@@ -125,21 +125,51 @@ struct Awaiting {
     started: Instant,
 }
 
-/// How a demonstration is told to end: `None` when the person is done (Ctrl-C, `q`),
-/// `Some(why)` when the harness must stop it (the recording failed).
-pub type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>>;
+/// How a demonstration is told to end: `None` when the person is done (Ctrl-C, `q`, hand
+/// back), `Some(why)` when the harness must stop it (the recording failed).
+pub type Stop<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + 'a>>;
+
+/// What a person did, and why it ended.
+pub struct Demonstrated {
+    /// The steps' actions, in order.
+    pub actions: Vec<Action>,
+    pub ended_by: EndedBy,
+    pub error: Option<String>,
+}
+
+/// Records a demonstration on `desktop` and ends the episode with it: [`record`], then
+/// [`Event::Finished`].
+pub async fn drive(demo: &Demo, desktop: &Desktop, emit: &Emitter, stop: Stop<'_>) -> Outcome {
+    let started = Instant::now();
+    let done = record(demo, desktop, emit, stop, 1).await;
+    let outcome = Outcome {
+        status: match done.ended_by {
+            EndedBy::Demonstrator => Status::Succeeded,
+            _ => Status::Error,
+        },
+        ended_by: done.ended_by,
+        answer: None,
+        error: done.error,
+        steps: done.actions.len() as u32,
+        tokens_in: 0,
+        tokens_out: 0,
+        wall_ms: started.elapsed().as_millis() as u64,
+        cost: None,
+    };
+    emit.emit(Event::Finished(outcome.clone())).await;
+    outcome
+}
 
 /// Records what a person does on `desktop` through the proxy until `stop` resolves or, with
-/// `until_disconnect`, the last client leaves; steps are numbered from `first_step`. Emits
-/// [`Event::Finished`].
-pub async fn drive(
+/// `until_disconnect`, the last client leaves; steps are numbered from `first_step`.
+pub async fn record(
     demo: &Demo,
     desktop: &Desktop,
     emit: &Emitter,
-    mut stop: Stop,
+    mut stop: Stop<'_>,
     first_step: u32,
-) -> Outcome {
-    let started = Instant::now();
+) -> Demonstrated {
     let (tx, mut rx) = mpsc::unbounded_channel::<Note>();
     let recognizer = Arc::new(Mutex::new(Recognizer::new(demo.timing)));
     let mut rec = HumanSteps::new(desktop, emit, first_step);
@@ -224,23 +254,11 @@ pub async fn drive(
         let report = rec.settled().await;
         rec.after(Some(report)).await;
     }
-    let steps = rec.steps();
-    let outcome = Outcome {
-        status: match (&ended_by, &error) {
-            (EndedBy::Demonstrator, _) => Status::Succeeded,
-            _ => Status::Error,
-        },
+    Demonstrated {
+        actions: rec.actions,
         ended_by,
-        answer: None,
         error,
-        steps,
-        tokens_in: 0,
-        tokens_out: 0,
-        wall_ms: started.elapsed().as_millis() as u64,
-        cost: None,
-    };
-    emit.emit(Event::Finished(outcome.clone())).await;
-    outcome
+    }
 }
 
 fn send(tx: &mpsc::UnboundedSender<Note>, out: Out) {
@@ -256,10 +274,11 @@ fn send(tx: &mpsc::UnboundedSender<Note>, out: Out) {
 
 /// A person's steps as they are recorded: the before-screenshot of the gesture under way,
 /// and the step waiting for its after-screenshot.
-pub struct HumanSteps<'a> {
+struct HumanSteps<'a> {
     desktop: &'a Desktop,
     emit: &'a Emitter,
     next: u32,
+    actions: Vec<Action>,
     before: Option<Capture>,
     awaiting: Option<Awaiting>,
     settling:
@@ -267,20 +286,16 @@ pub struct HumanSteps<'a> {
 }
 
 impl<'a> HumanSteps<'a> {
-    pub fn new(desktop: &'a Desktop, emit: &'a Emitter, first_step: u32) -> Self {
+    fn new(desktop: &'a Desktop, emit: &'a Emitter, first_step: u32) -> Self {
         Self {
             desktop,
             emit,
             next: first_step.max(1),
+            actions: Vec::new(),
             before: None,
             awaiting: None,
             settling: None,
         }
-    }
-
-    /// Steps recorded so far.
-    pub fn steps(&self) -> u32 {
-        self.next.saturating_sub(1)
     }
 
     fn capture(&self) -> Option<Capture> {
@@ -345,6 +360,7 @@ impl<'a> HumanSteps<'a> {
                 expected: None,
             })
             .await;
+        self.actions.push(action.clone());
         self.emit
             .emit(Event::ActionDone {
                 step,

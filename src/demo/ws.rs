@@ -142,7 +142,7 @@ async fn pump(stream: TcpStream, duplex: DuplexStream) {
     });
     loop {
         match read_frame(&mut sock_r).await {
-            Ok((0 | 1 | 2, payload)) => {
+            Ok((0..=2, payload)) => {
                 if dup_w.write_all(&payload).await.is_err() {
                     break;
                 }

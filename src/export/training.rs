@@ -19,11 +19,14 @@ pub fn actor(ep: &Episode, st: &StepRow) -> &'static str {
     if st.model_ms.is_some() {
         return "model";
     }
+    // A person's steps are marked so (a demonstration's, and a take-over's in a model's).
+    if st.meta["source"].as_str() == Some(crate::demo::SOURCE) {
+        return "human";
+    }
     match ep.session.meta["source"].as_str() {
         Some("human") => "human",
         Some("mcp") => "mcp",
         Some("rerun") => "replay",
-        _ if st.meta.get("human").is_some() => "human",
         _ => "harness",
     }
 }

@@ -1366,6 +1366,9 @@ impl Writer {
                 let data = question.as_deref().map(|q| self.redact(q));
                 self.insert_event(Some(*step), "needs_user", data)?;
             }
+            Event::TakeOverView { step, vnc, .. } => {
+                self.insert_event(Some(*step), "take_over_recorded", Some(vnc.clone()))?;
+            }
             Event::Intervention { step, kind, text } => {
                 let data = text.as_deref().map(|t| self.redact(t));
                 self.insert_event(Some(*step), kind, data)?;

@@ -607,6 +607,19 @@ impl App {
                     ],
                 });
             }
+            Event::TakeOverView { view_url, vnc, .. } => {
+                // The recording proxy's view: what the person uses, so their input is recorded.
+                if self.run == RunState::TakenOver {
+                    self.notice = Some(match view_url {
+                        Some(url) => {
+                            format!("take over in your browser (recorded): {url}  (t hands back)")
+                        }
+                        None => {
+                            format!("take over with a VNC client at {vnc} (recorded); t hands back")
+                        }
+                    });
+                }
+            }
             Event::Intervention { step, kind, text } => {
                 if let Some(n) = crate::event::note(kind, text.as_deref()) {
                     // Before the first step, it belongs to the first.

@@ -2,6 +2,7 @@
 //! real loop on a real desktop, with an in-process scripted model that keeps its requests.
 
 use crate::common::desktop;
+use crate::common::sdk::python;
 use selfagent::agent::{self, AgentConfig, Command, Emitter, Event, Status};
 use selfagent::model::{Check, Model, ModelError, ModelRequest, RawReply, Retry};
 use serde_json::{Value, json};
@@ -102,9 +103,29 @@ async fn approve_deny_message_take_over_and_hand_back() {
                         .unwrap();
                     control.send(Command::TakeOver).await.unwrap();
                 }
-                Event::Paused { reason, .. } if reason == "taken_over" => {
-                    // A person moves the pointer while holding the desktop.
-                    d.sh("xdotool mousemove 777 555").await;
+                Event::TakeOverView { vnc, view_url, .. } => {
+                    // A person clicks and types through the recording proxy (vncdotool as
+                    // their VNC client), then hands back.
+                    let password = view_url
+                        .as_deref()
+                        .and_then(|u| u.split("&password=").nth(1))
+                        .expect("the view URL carries the proxy's password");
+                    let (host, port) = vnc.rsplit_once(':').unwrap();
+                    let out = tokio::process::Command::new(python().with_file_name("vncdo"))
+                        .args(["-s", &format!("{host}::{port}"), "-p", password])
+                        .args([
+                            "move", "777", "555", "click", "1", "pause", "0.6", "type", "abc",
+                            "pause", "1.2",
+                        ])
+                        .stdin(std::process::Stdio::null())
+                        .output()
+                        .await
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
                     control.send(Command::HandBack).await.unwrap();
                 }
                 _ => {}
@@ -150,6 +171,38 @@ async fn approve_deny_message_take_over_and_hand_back() {
     let later = texts(requests.last().unwrap());
     assert!(later.contains("only small moves, please"), "{later}");
     assert!(later.contains("took control of the desktop"), "{later}");
+    // What the person did through the proxy: steps of their own, marked, told to the model.
+    assert!(
+        later.contains(r#"They did: clicked; typed "abc""#),
+        "{later}"
+    );
+    let human: Vec<u32> = seen
+        .iter()
+        .filter_map(|e| match e.as_ref() {
+            Event::StepMark {
+                step, key, mark, ..
+            } if key == "source" && mark == "human" => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(human.len(), 2, "{human:?}");
+    let steps: Vec<u32> = seen
+        .iter()
+        .filter_map(|e| match e.as_ref() {
+            Event::StepStarted { step } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    let mut unique = steps.clone();
+    unique.dedup();
+    assert_eq!(
+        steps, unique,
+        "every step number once, the person's among the model's"
+    );
+    assert!(
+        steps.contains(&(human[1] + 1)),
+        "the model goes on after the person: {steps:?}"
+    );
     // The second action ran once approve mode was off; the first did not run at all.
     let done: Vec<String> = seen
         .iter()

@@ -329,6 +329,42 @@ async fn a_persons_vnc_input_is_recorded_as_steps_graded_and_done_again() {
         );
     }
 
+    // A trajectory others can train on: ATIF, judged by Harbor's own models; every step the
+    // person's, none a model call.
+    let atif = dir.path().join("atif");
+    let out = cli(&[
+        "export",
+        session,
+        "--format",
+        "atif",
+        "-o",
+        atif.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let checked = tokio::process::Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/atif.py"))
+        .arg(atif.join("trajectory.json"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let traj: Value =
+        serde_json::from_slice(&std::fs::read(atif.join("trajectory.json")).unwrap()).unwrap();
+    let actors: Vec<&Value> = traj["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .map(|s| &s["extra"]["actor"])
+        .collect();
+    assert_eq!(actors, vec![&Value::from("human"); 7]);
+
     // The demonstration done again on a fresh desktop, without a person or a model.
     let out = tokio::process::Command::new(bin())
         .args(["rerun", session, "--headless", "--json", "--db"])
