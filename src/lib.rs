@@ -11,6 +11,8 @@
 //! - [`model`]: talking to models: the HTTP transport, every protocol (wire format and
 //!   coordinate space, one file each), prices.
 //! - [`event`]: the [`event::Event`] stream every consumer reads.
+//! - [`demo`]: a person's input through a recording VNC proxy, as steps (`selfagent demo`,
+//!   the TUI's take-over).
 //! - [`agent`]: the computer-use loop (observe, decide, act, settle) over any protocol,
 //!   reporting [`event::Event`]s.
 //! - [`record`]: the SQLite recording of every episode, written from those events.
