@@ -189,6 +189,19 @@ pub struct Report {
     /// `rerun_compare_ms` p50 / `screenshot_ms` p50: what a comparison costs against the
     /// screenshot every step takes anyway.
     pub rerun_compare_vs_screenshot: Option<f64>,
+    /// A 20-step key episode with an instant in-process model (no model latency at all),
+    /// recorded, then the same episode done again by `rerun` without the model, on the same
+    /// desktop: wall times, and the re-run's over the original's.
+    pub rerun_episode: Option<RerunEpisode>,
+}
+
+/// See [`Report::rerun_episode`].
+#[derive(Debug, Serialize)]
+pub struct RerunEpisode {
+    pub steps: usize,
+    pub original_ms: f64,
+    pub rerun_ms: f64,
+    pub rerun_vs_original: f64,
 }
 
 /// An MCP host's calls (`selfagent mcp` over stdio, through rmcp's client) against the same
@@ -580,6 +593,18 @@ async fn measure(
         }
     };
 
+    progress(
+        args.json,
+        "a 20-step episode, then re-run without its model",
+    );
+    let rerun_episode = match rerun_episode(&desktop, &sandbox, 20).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            progress(args.json, &format!("the re-run was not measured: {e:#}"));
+            None
+        }
+    };
+
     let screenshot_ms = Stats::of(&shot_ms);
     let rerun_compare_ms = Stats::of(&compare_ms);
     let rerun_compare_vs_screenshot = ratio(&rerun_compare_ms, &screenshot_ms);
@@ -614,7 +639,105 @@ async fn measure(
         mcp,
         rerun_compare_ms,
         rerun_compare_vs_screenshot,
+        rerun_episode,
     })
+}
+
+/// Records `steps` key steps (x, BackSpace, ...) with the instant model, then does the
+/// recording again with `rerun::drive` (halting on drift, recorded too), on the same desktop,
+/// which ends as it began.
+async fn rerun_episode(
+    desktop: &Desktop,
+    sandbox: &Sandbox,
+    steps: usize,
+) -> anyhow::Result<RerunEpisode> {
+    use crate::rerun::{OnDrift, Replay, compare};
+    let dir = std::env::temp_dir().join(format!("selfagent-bench-rerun-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let db = dir.join("rerun.db");
+    let result = async {
+        let t = Instant::now();
+        let (_, session) = loop_steps(
+            desktop,
+            sandbox,
+            "rerun original",
+            json!({"action": "key", "text": "x"}),
+            steps,
+            Some(&db),
+        )
+        .await?;
+        let original_ms = ms(t.elapsed());
+        let replay = {
+            let rec = record::Db::open(&db)?;
+            let row = rec.session(&session)?;
+            Replay::load(
+                &rec,
+                &row,
+                OnDrift::Halt,
+                compare::DEFAULT_THRESHOLD,
+                crate::rerun::DEFAULT_WAIT,
+            )
+            .map_err(anyhow::Error::msg)?
+        };
+        let t = Instant::now();
+        let mut emitter = Emitter::new();
+        let recorder = Recorder::start(&db, Vec::new(), emitter.subscribe(4096))?;
+        let (w, h) = desktop.size();
+        emitter
+            .emit(Event::SessionStarted(SessionInfo {
+                session: record::new_session_id(),
+                sandbox: sandbox.id().to_owned(),
+                instruction: "bench rerun".into(),
+                task_id: None,
+                model: "none (replayed)".into(),
+                base_url: String::new(),
+                protocol: "tools".into(),
+                coords: "native".into(),
+                image: String::new(),
+                engine: String::new(),
+                width: w,
+                height: h,
+                sent_width: w,
+                sent_height: h,
+                max_steps: steps as u32,
+                timeout_s: 600.0,
+                task: None,
+                price: None,
+                source: Some(crate::rerun::SOURCE.to_owned()),
+                rerun_of: Some(session),
+            }))
+            .await;
+        let unused = InstantModel {
+            action: json!({}),
+            steps: 0,
+            calls: Default::default(),
+        };
+        let (_control_tx, control_rx) = tokio::sync::mpsc::channel(1);
+        let outcome = crate::rerun::drive(
+            &replay,
+            &AgentConfig::default(),
+            desktop,
+            &unused,
+            &emitter,
+            control_rx,
+        )
+        .await;
+        drop(emitter);
+        recorder.finish().await;
+        let rerun_ms = ms(t.elapsed());
+        if outcome.status != agent::Status::Succeeded {
+            anyhow::bail!("the re-run ended {}: {:?}", outcome.status, outcome.error);
+        }
+        Ok(RerunEpisode {
+            steps,
+            original_ms: round(original_ms),
+            rerun_ms: round(rerun_ms),
+            rerun_vs_original: round(rerun_ms / original_ms.max(f64::MIN_POSITIVE)),
+        })
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// See [`McpCalls`]: the desktop is attached to an MCP server of this binary by its id.
@@ -1294,6 +1417,15 @@ fn print_report(r: &Report) {
     row("create to drawn", &r.drawn_ms);
     row("screenshot (fresh PNG)", &r.screenshot_ms);
     row("rerun: screen vs recorded", &r.rerun_compare_ms);
+    if let Some(e) = &r.rerun_episode {
+        crate::outln!(
+            "rerun of a {}-step episode          {:.0} ms against {:.0} ms recorded with an instant model ({:.2}x)",
+            e.steps,
+            e.rerun_ms,
+            e.original_ms,
+            e.rerun_vs_original
+        );
+    }
     row("input to visible effect", &r.input_to_effect_ms);
     row("key + settle", &r.settle_after_key_ms);
     row("baseline: docker exec import", &r.baseline_screenshot_ms);
