@@ -682,31 +682,11 @@ async fn rerun_episode(
         let t = Instant::now();
         let mut emitter = Emitter::new();
         let recorder = Recorder::start(&db, Vec::new(), emitter.subscribe(4096))?;
-        let (w, h) = desktop.size();
-        emitter
-            .emit(Event::SessionStarted(SessionInfo {
-                session: record::new_session_id(),
-                sandbox: sandbox.id().to_owned(),
-                instruction: "bench rerun".into(),
-                task_id: None,
-                model: "none (replayed)".into(),
-                base_url: String::new(),
-                protocol: "tools".into(),
-                coords: "native".into(),
-                image: String::new(),
-                engine: String::new(),
-                width: w,
-                height: h,
-                sent_width: w,
-                sent_height: h,
-                max_steps: steps as u32,
-                timeout_s: 600.0,
-                task: None,
-                price: None,
-                source: Some(crate::rerun::SOURCE.to_owned()),
-                rerun_of: Some(session),
-            }))
-            .await;
+        let mut info = bench_session(desktop, sandbox, "rerun", steps);
+        info.model = "none (replayed)".into();
+        info.source = Some(crate::rerun::SOURCE.to_owned());
+        info.rerun_of = Some(session);
+        emitter.emit(Event::SessionStarted(info)).await;
         let unused = InstantModel {
             action: json!({}),
             steps: 0,
@@ -1270,6 +1250,33 @@ impl Model for InstantModel {
     }
 }
 
+/// A bench episode's session: the instant model on `desktop`, native coordinates.
+fn bench_session(desktop: &Desktop, sandbox: &Sandbox, name: &str, steps: usize) -> SessionInfo {
+    let (w, h) = desktop.size();
+    SessionInfo {
+        session: record::new_session_id(),
+        sandbox: sandbox.id().to_owned(),
+        instruction: format!("bench {name}"),
+        task_id: None,
+        model: "instant".into(),
+        base_url: "in-process".into(),
+        protocol: "tools".into(),
+        coords: "native".into(),
+        image: String::new(),
+        engine: String::new(),
+        width: w,
+        height: h,
+        sent_width: w,
+        sent_height: h,
+        max_steps: steps as u32,
+        timeout_s: 600.0,
+        task: None,
+        price: None,
+        source: None,
+        rerun_of: None,
+    }
+}
+
 /// Runs `samples` loop steps of `action` through the loop and the recorder (into `keep`, or
 /// a throwaway database); returns their numbers and the session id.
 async fn loop_steps(
@@ -1299,31 +1306,11 @@ async fn loop_steps(
         }
         (starts, settles)
     });
-    let (w, h) = desktop.size();
-    emitter
-        .emit(Event::SessionStarted(SessionInfo {
-            session: session.clone(),
-            sandbox: sandbox.id().to_owned(),
-            instruction: format!("bench {name}"),
-            task_id: None,
-            model: "instant".into(),
-            base_url: "in-process".into(),
-            protocol: "tools".into(),
-            coords: "native".into(),
-            image: String::new(),
-            engine: String::new(),
-            width: w,
-            height: h,
-            sent_width: w,
-            sent_height: h,
-            max_steps: samples as u32 + 1,
-            timeout_s: 600.0,
-            task: None,
-            price: None,
-            source: None,
-            rerun_of: None,
-        }))
-        .await;
+    let info = SessionInfo {
+        session: session.clone(),
+        ..bench_session(desktop, sandbox, name, samples + 1)
+    };
+    emitter.emit(Event::SessionStarted(info)).await;
     let model = InstantModel {
         action,
         steps: samples,

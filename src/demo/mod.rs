@@ -447,41 +447,39 @@ async fn serve(
         tokio::time::timeout(PROTOCOL_SNIFF, stream.peek(&mut first)).await,
         Ok(Ok(4)) if &first == b"GET "
     );
-    let result = if is_http {
-        match ws::upgrade(stream, &token).await {
-            Ok(inner) => {
-                relay(
-                    inner,
-                    peer,
-                    upstream,
-                    &desktop_password,
-                    &password,
-                    &recognizer,
-                    &tx,
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        }
+    let client: Result<Box<dyn Duplex>, String> = if is_http {
+        ws::upgrade(stream, &token)
+            .await
+            .map(|inner| Box::new(inner) as Box<dyn Duplex>)
     } else {
-        relay(
-            stream,
-            peer,
-            upstream,
-            &desktop_password,
-            &password,
-            &recognizer,
-            &tx,
-        )
-        .await
+        Ok(Box::new(stream))
+    };
+    let result = match client {
+        Ok(client) => {
+            relay(
+                client,
+                peer,
+                upstream,
+                &desktop_password,
+                &password,
+                &recognizer,
+                &tx,
+            )
+            .await
+        }
+        Err(e) => Err(e),
     };
     if let Err(why) = result {
         tracing::warn!(%peer, "demonstration connection: {why}");
     }
 }
 
-async fn relay<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    mut client: S,
+/// A client's byte stream: a TCP connection, or the inside of a WebSocket.
+trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+async fn relay(
+    mut client: Box<dyn Duplex>,
     peer: SocketAddr,
     upstream: SocketAddr,
     desktop_password: &str,
