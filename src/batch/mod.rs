@@ -9,6 +9,7 @@
 
 pub mod placement;
 pub mod report;
+pub mod stats;
 
 use crate::agent::{self, EndedBy, Event};
 use crate::config;

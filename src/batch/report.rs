@@ -125,6 +125,8 @@ pub struct TaskSummary {
     /// Passed over graded runs (harness errors and stopped episodes excluded); `None` when
     /// none were graded.
     pub pass_rate: Option<f64>,
+    /// The Wilson 95% interval of `pass_rate` over the graded runs.
+    pub ci95: Option<[f64; 2]>,
     /// The chance that at least one of `k` runs passes (the unbiased estimator over the
     /// graded runs), `k` being `--repeat`.
     pub pass_at_k: Option<f64>,
@@ -138,22 +140,24 @@ pub struct TaskSummary {
 
 impl TaskSummary {
     /// Column names of [`TaskSummary::cells`].
-    pub fn headers(k: u32) -> [String; 10] {
+    pub fn headers(k: u32) -> [String; 11] {
         let k = format!("pass@{k}");
         [
-            "task", "runs", "passed", "rate", &k, "score", "steps", "time", "tokens", "harness",
+            "task", "runs", "passed", "rate", "95% CI", &k, "score", "steps", "time", "tokens",
+            "harness",
         ]
         .map(str::to_owned)
     }
 
     /// The row as the terminal table and the HTML show it.
-    pub fn cells(&self) -> [String; 10] {
+    pub fn cells(&self) -> [String; 11] {
         let or_dash = |v: Option<String>| v.unwrap_or_else(|| "–".into());
         [
             self.task_id.clone(),
             self.runs.to_string(),
             self.passed.to_string(),
             pct(self.pass_rate),
+            interval(self.ci95),
             pct(self.pass_at_k),
             or_dash(self.mean_score.map(|v| format!("{v:.2}"))),
             or_dash(self.mean_steps.map(|v| format!("{v:.1}"))),
@@ -199,6 +203,7 @@ impl TaskSummary {
                 .count(),
             stopped: episodes.iter().filter(|e| e.stopped()).count(),
             pass_rate: (!graded.is_empty()).then(|| passed as f64 / graded.len() as f64),
+            ci95: super::stats::wilson(passed, graded.len()),
             pass_at_k: pass_at_k(graded.len(), passed, k as usize),
             k,
             mean_score: mean(graded.iter().map(|e| e.score)),
@@ -364,6 +369,9 @@ pub struct Report {
     /// Episodes stopped by the user: neither passed nor failed.
     pub stopped: usize,
     pub summary: Vec<TaskSummary>,
+    /// The pass rate and score over tasks with their clustered 95% intervals (`None` when
+    /// nothing was graded).
+    pub overall: Option<Overall>,
     pub episodes: Vec<EpisodeReport>,
     /// Dollars over the episodes whose model price is known.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -374,6 +382,61 @@ fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
 
+/// An interval in points: `24–76%`.
+fn interval(ci: Option<[f64; 2]>) -> String {
+    ci.map(|[lo, hi]| format!("{:.0}–{:.0}%", lo * 100.0, hi * 100.0))
+        .unwrap_or_else(|| "–".into())
+}
+
+/// The batch's rates over tasks, with error bars clustered by task (see [`super::stats`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Overall {
+    /// Each task's pass rate (graded runs), averaged over tasks.
+    pub pass_rate: super::stats::Clustered,
+    /// Each task's mean score (0–1, partial credit), averaged over tasks.
+    pub score: super::stats::Clustered,
+    /// Why the interval is too wide to mean much, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caveat: Option<String>,
+}
+
+impl Overall {
+    fn new(episodes: &[EpisodeReport], summary: &[TaskSummary]) -> Option<Self> {
+        let graded = |task: &str| -> Vec<&EpisodeReport> {
+            episodes
+                .iter()
+                .filter(|e| e.task_id == task && e.graded())
+                .collect()
+        };
+        let passes: Vec<Vec<f64>> = summary
+            .iter()
+            .map(|s| {
+                graded(&s.task_id)
+                    .iter()
+                    .map(|e| f64::from(u8::from(e.passed)))
+                    .collect()
+            })
+            .collect();
+        let scores: Vec<Vec<f64>> = summary
+            .iter()
+            .map(|s| graded(&s.task_id).iter().map(|e| e.score).collect())
+            .collect();
+        let pass_rate = super::stats::clustered(&passes)?;
+        let score = super::stats::clustered(&scores)?;
+        let min_repeats = passes
+            .iter()
+            .map(Vec::len)
+            .filter(|n| *n > 0)
+            .min()
+            .unwrap_or(0);
+        Some(Self {
+            caveat: super::stats::caveat(min_repeats, &pass_rate),
+            pass_rate,
+            score,
+        })
+    }
+}
+
 fn pct(v: Option<f64>) -> String {
     v.map(|v| format!("{:.0}%", v * 100.0))
         .unwrap_or_else(|| "–".into())
@@ -381,7 +444,7 @@ fn pct(v: Option<f64>) -> String {
 
 impl Report {
     pub fn new(batch: BatchMeta, tasks: &[Arc<Task>], episodes: Vec<EpisodeReport>) -> Self {
-        let summary = tasks
+        let summary: Vec<TaskSummary> = tasks
             .iter()
             .map(|t| {
                 let eps: Vec<&EpisodeReport> =
@@ -397,7 +460,9 @@ impl Report {
         let passed = episodes.iter().filter(|e| e.passed && e.graded()).count();
         let stopped = episodes.iter().filter(|e| e.stopped()).count();
         let costs: Vec<f64> = episodes.iter().filter_map(|e| e.cost).collect();
+        let overall = Overall::new(&episodes, &summary);
         Self {
+            overall,
             cost: (!costs.is_empty()).then(|| costs.iter().sum()),
             passed,
             failed: episodes.len() - passed - harness_errors - stopped,
@@ -466,6 +531,21 @@ impl Report {
                 .map(|c| format!(" (containers {})", gib(c)))
                 .unwrap_or_default()
         );
+        if let Some(o) = &self.overall {
+            let _ = writeln!(
+                out,
+                "pass rate over {} tasks {:.0}% (95% CI {}, clustered by task; SE {:.1} points); mean score {:.2} ({})",
+                o.pass_rate.tasks,
+                o.pass_rate.mean * 100.0,
+                interval(Some(o.pass_rate.ci95)),
+                o.pass_rate.se * 100.0,
+                o.score.mean,
+                interval(Some(o.score.ci95)),
+            );
+            if let Some(c) = &o.caveat {
+                let _ = writeln!(out, "note: {c}");
+            }
+        }
         let _ = writeln!(
             out,
             "model {} (protocol {}, coords {}){}",

@@ -334,6 +334,48 @@ async fn a_batch_grades_reports_regrades_and_exports() {
         eprintln!("recording and reports kept in {}", keep.display());
     }
     assert_eq!(verdicts, want, "{log}");
+    // Error bars: each graded task's Wilson interval holds its rate; overall, the mean over
+    // the nine graded tasks (6 of 9 passed) with a clustered interval, and the warning that
+    // one run a task tells little.
+    for t in r["summary"].as_array().unwrap() {
+        let (rate, ci) = (&t["pass_rate"], &t["ci95"]);
+        if rate.is_null() {
+            assert!(ci.is_null(), "{t}");
+            continue;
+        }
+        let (lo, hi, p) = (
+            ci[0].as_f64().unwrap(),
+            ci[1].as_f64().unwrap(),
+            rate.as_f64().unwrap(),
+        );
+        assert!(
+            lo <= p && p <= hi && hi - lo > 0.5,
+            "one run: a wide interval around the rate: {t}"
+        );
+    }
+    let overall = &r["overall"]["pass_rate"];
+    assert_eq!(overall["tasks"], 9, "{overall}");
+    assert!(
+        (overall["mean"].as_f64().unwrap() - 6.0 / 9.0).abs() < 1e-9,
+        "{overall}"
+    );
+    let (lo, hi) = (
+        overall["ci95"][0].as_f64().unwrap(),
+        overall["ci95"][1].as_f64().unwrap(),
+    );
+    assert!(lo < 6.0 / 9.0 && 6.0 / 9.0 < hi, "{overall}");
+    assert!(
+        r["overall"]["caveat"]
+            .as_str()
+            .unwrap()
+            .contains("graded only 1 time"),
+        "{r}"
+    );
+    assert!(log.contains("pass rate over 9 tasks 67% (95% CI"), "{log}");
+    assert!(
+        log.contains("note: the interval is too wide to mean much"),
+        "{log}"
+    );
     assert!(
         episodes
             .iter()
