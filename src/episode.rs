@@ -148,6 +148,8 @@ async fn acquire(
 
 /// The longest wait for the screen to be quiet before the checks run.
 const FINAL_SETTLE: Duration = Duration::from_secs(5);
+/// How long the windows a task's checks expect may take to show once the screen is quiet.
+const WINDOW_GRACE: Duration = Duration::from_secs(3);
 
 /// Called once with the live sandbox.
 pub type OnDesktop = Box<dyn FnOnce(&Sandbox) + Send>;
@@ -581,6 +583,20 @@ async fn with_desktop(
             frames: frames.lock().map(|f| f.clone()).unwrap_or_default(),
             prompts: cfg.agent.protocol.prompts.clone(),
         });
+        // A window's title follows its content on its own time (a browser retitles the page
+        // after painting it): windows the checks expect get up to WINDOW_GRACE to show, on
+        // X11's property changes. One still missing then fails the check as before.
+        let expected = check::expected_windows(check);
+        if !expected.is_empty() {
+            let _ = desktop
+                .wait_windows(WINDOW_GRACE, "the windows the checks expect", |windows| {
+                    expected
+                        .iter()
+                        .all(|(t, c)| windows.iter().any(|w| check::window_matches(*t, *c, w)))
+                        .then_some(())
+                })
+                .await;
+        }
         let evidence = Recorded::new(SandboxEvidence {
             sandbox: sandbox.clone(),
             windows: desktop.windows().await.map_err(|e| e.to_string()),

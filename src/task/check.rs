@@ -434,14 +434,9 @@ pub fn evaluate<'a, E: Evidence>(
             } => {
                 let what = describe(&check.kind);
                 let outcome = evidence.windows().await.map(|windows| {
-                    let found = windows.iter().find(|win| {
-                        title
-                            .as_ref()
-                            .is_none_or(|re| regex_matches(re, &win.title))
-                            && class.as_ref().is_none_or(|re| {
-                                regex_matches(re, &win.class) || regex_matches(re, &win.instance)
-                            })
-                    });
+                    let found = windows
+                        .iter()
+                        .find(|win| window_matches(title.as_deref(), class.as_deref(), win));
                     let listed = windows
                         .iter()
                         .map(|w| format!("{:?} ({})", w.title, w.class))
@@ -656,6 +651,27 @@ pub fn describe(kind: &CheckKind) -> String {
         CheckKind::Not(_) => "not".into(),
         CheckKind::All(_) => "all".into(),
         CheckKind::Any(_) => "any".into(),
+    }
+}
+
+/// Whether `win` is the window a `window` check with `title` and `class` looks for.
+pub fn window_matches(title: Option<&str>, class: Option<&str>, win: &Window) -> bool {
+    title.is_none_or(|re| regex_matches(re, &win.title))
+        && class.is_none_or(|re| regex_matches(re, &win.class) || regex_matches(re, &win.instance))
+}
+
+/// The windows a check expects to be open (`window` checks with `present`, outside `not`).
+pub fn expected_windows(check: &Check) -> Vec<(Option<&str>, Option<&str>)> {
+    match &check.kind {
+        CheckKind::Window {
+            title,
+            class,
+            present: true,
+        } => vec![(title.as_deref(), class.as_deref())],
+        CheckKind::All(list) | CheckKind::Any(list) => {
+            list.iter().flat_map(expected_windows).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
