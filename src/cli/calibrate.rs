@@ -55,7 +55,7 @@ pub async fn run(mut args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         usize::from(args.targets),
         args.max_error,
     );
-    let end = headless_episode(&engine, plan, false, true).await?;
+    let end = headless_episode(&engine, plan, false, true, None).await?;
     eprintln!("recorded session {} in {}", end.session, db.display());
     let Some(report) = &end.calibration else {
         if let Some(e) = &end.outcome.error {

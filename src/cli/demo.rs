@@ -3,7 +3,7 @@
 
 use crate::config;
 use crate::demo::Demo;
-use crate::episode::{Driver, Hooks, Plan, Source};
+use crate::episode::{Driver, Plan, Source};
 use crate::sandbox::Engine;
 use crate::settings::{CommonArgs, resolve};
 use crate::task::Task;
@@ -154,10 +154,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let engine = Engine::connect().await?;
     let db = plan.cfg.db.clone();
     let json = args.json;
-    let (mut hooks, control) = Hooks::new();
-    let (printer, printed) = crate::headless::spawn_printer(json, false);
-    hooks.sinks.push(printer);
-    hooks.on_desktop = Some(Box::new(move |sandbox| {
+    let on_desktop: crate::episode::OnDesktop = Box::new(move |sandbox| {
         // The first line: how to reach it. Printed before the session's first event.
         let view_url = link.view_url(sandbox);
         if json {
@@ -179,12 +176,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             }
             println!("  Ctrl-C ends it");
         }
-    }));
-    let signals = crate::signals::stop_episode_on_signals(control, crate::episode::EXIT_STOPPED);
-    let end = crate::episode::run(&engine, plan, hooks).await;
-    signals.abort();
-    let _ = printed.await;
-    let end = end?;
+    });
+    let end = super::run::headless_episode(&engine, plan, json, false, Some(on_desktop)).await?;
     match &end.recording_error {
         Some(e) => eprintln!(
             "error: the recording failed: {e}\n  what was written before is intact in {} (session {})",

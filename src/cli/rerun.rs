@@ -181,7 +181,7 @@ pub async fn run(mut args: RerunArgs) -> anyhow::Result<ExitCode> {
         source,
         driver: crate::episode::Driver::Rerun(replay),
     };
-    let end = super::run::headless_episode(&engine, plan, args.json, false).await?;
+    let end = super::run::headless_episode(&engine, plan, args.json, false, None).await?;
     match &end.recording_error {
         Some(e) => eprintln!(
             "error: the recording failed, so the re-run was stopped: {e}\n  what was written before is intact in {} (session {})",

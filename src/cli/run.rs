@@ -103,7 +103,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         driver: crate::episode::Driver::Model,
         source: args.source(),
     };
-    let end = headless_episode(&engine, plan, args.json, false).await?;
+    let end = headless_episode(&engine, plan, args.json, false, None).await?;
     match &end.recording_error {
         Some(e) => eprintln!(
             "error: the recording failed, so the episode was stopped: {e}\n  what was written before is intact in {} (session {})",
@@ -122,8 +122,10 @@ pub(super) async fn headless_episode(
     plan: Plan,
     json: bool,
     quiet: bool,
+    on_desktop: Option<crate::episode::OnDesktop>,
 ) -> anyhow::Result<End> {
     let (mut hooks, control) = Hooks::new();
+    hooks.on_desktop = on_desktop;
     let (printer, printed) = crate::headless::spawn_printer(json, quiet);
     hooks.sinks.push(printer);
     let signals = crate::signals::stop_episode_on_signals(control, EXIT_STOPPED);
