@@ -145,6 +145,28 @@ pub fn reason_kind(reason: &str) -> String {
 
 /// Where the import cache keeps a download: `cache/<hash of the URL>-<file name>`,
 /// relative to the imported task files.
+/// A path in OSWorld's VM as its server resolves it: `~` and `$HOME` expanded, and a
+/// relative path taken from the server's working directory, the user's home. Our `upload`
+/// and `open` steps want it absolute.
+pub fn vm_path(path: &str) -> String {
+    const HOME: &str = "/home/user";
+    let path = path.trim();
+    if let Some(rest) = path.strip_prefix("~/") {
+        format!("{HOME}/{rest}")
+    } else if path == "~" || path == "$HOME" {
+        HOME.to_owned()
+    } else if let Some(rest) = path
+        .strip_prefix("$HOME/")
+        .or_else(|| path.strip_prefix("${HOME}/"))
+    {
+        format!("{HOME}/{rest}")
+    } else if path.starts_with('/') || path.contains("://") {
+        path.to_owned()
+    } else {
+        format!("{HOME}/{}", path.trim_start_matches("./"))
+    }
+}
+
 pub fn cache_path(url: &str, name: &str) -> String {
     let hash: String = Sha256::digest(url.as_bytes())
         .iter()
@@ -377,7 +399,7 @@ impl Converter {
             }
             "open" => match p["path"].as_str() {
                 Some(path) => Some(SetupStep::Open {
-                    target: path.to_owned(),
+                    target: vm_path(path),
                 }),
                 None => {
                     self.skip("an `open` step has no path");
@@ -458,13 +480,16 @@ impl Converter {
                 }
                 let mut uploads = Vec::new();
                 for f in files {
-                    let (Some(url), Some(path)) = (f["url"].as_str(), f["path"].as_str()) else {
+                    let (Some(url), Some(path)) = (
+                        f["url"].as_str().filter(|u| !u.trim().is_empty()),
+                        f["path"].as_str().filter(|p| !p.trim().is_empty()),
+                    ) else {
                         self.skip("a `download` step has a file without url or path");
                         return None;
                     };
                     uploads.push(SetupStep::Upload {
                         from: cache_path(url, path),
-                        to: path.to_owned(),
+                        to: vm_path(path),
                     });
                 }
                 self.pending.extend(uploads);
@@ -703,6 +728,58 @@ mod tests {
         assert_eq!(
             t.task.source.as_deref(),
             Some("osworld:94d95f96-9699-4208-98ba-3c3119edf9c2")
+        );
+    }
+
+    #[test]
+    fn downloads_to_home_relative_paths_land_where_osworlds_server_puts_them() {
+        let t = convert_json(json!({
+            "id": "rel-paths",
+            "instruction": "Open them.",
+            "config": [
+                {"type": "download", "parameters": {"files": [
+                    {"url": "https://x/a.docx", "path": "~/Desktop/a.docx"},
+                    {"url": "https://x/b.xlsx", "path": "b.xlsx"},
+                    {"url": "https://x/c.txt", "path": "$HOME/c.txt"},
+                    {"url": "https://x/d.txt", "path": "/tmp/d.txt"}
+                ]}},
+                {"type": "open", "parameters": {"path": "~/Desktop/a.docx"}}
+            ],
+            "evaluator": {"func": "exact_match", "result": {"type": "vm_command_line", "command": "echo ok"}, "expected": {"type": "rule", "rules": {"expected": "ok"}}}
+        }))
+        .unwrap();
+        let targets: Vec<String> = t
+            .task
+            .setup
+            .iter()
+            .map(|s| match s {
+                SetupStep::Upload { to, .. } => to.clone(),
+                SetupStep::Open { target } => format!("open {target}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                "/home/user/Desktop/a.docx",
+                "/home/user/b.xlsx",
+                "/home/user/c.txt",
+                "/tmp/d.txt",
+                "open /home/user/Desktop/a.docx"
+            ]
+        );
+        // What the importer writes loads back.
+        Task::parse(&t.task.to_toml().unwrap(), "t.toml").unwrap();
+        // A file without a url is a reason to skip, not a task that does not load.
+        let skipped = convert_json(json!({
+            "id": "no-url", "instruction": "x",
+            "config": [{"type": "download", "parameters": {"files": [{"url": "", "path": "a"}]}}],
+            "evaluator": {"func": "exact_match", "result": {"type": "vm_command_line", "command": "echo ok"}, "expected": {"type": "rule", "rules": {"expected": "ok"}}}
+        }))
+        .unwrap_err();
+        assert!(
+            skipped.reasons[0].contains("without url or path"),
+            "{skipped:?}"
         );
     }
 
