@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Settings shared by `run` and `batch`: the model, the loop, the desktop, the recording.
-#[derive(Debug, Clone, Default, Args)]
+/// Serialized into a batch's `batch.json` so `batch --resume` runs with the same ones (no
+/// field holds a secret: keys are read from the environment by name).
+#[derive(Debug, Clone, Default, Args, serde::Serialize, serde::Deserialize)]
 pub struct CommonArgs {
     /// OpenAI-compatible endpoint, up to /v1.
     #[arg(long, env = "OPENAI_BASE_URL")]

@@ -7,8 +7,10 @@
 //! error, reported apart from the agent's failures. Ctrl-C stops the running episodes after
 //! their current action, starts no new ones, and still writes the reports.
 
+pub mod compare;
 pub mod placement;
 pub mod report;
+pub mod state;
 pub mod stats;
 
 use crate::agent::{self, EndedBy, Event};
@@ -21,7 +23,7 @@ use crate::task::{self, Task};
 use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use report::{BatchMeta, EpisodeReport, Memory, Report};
+use report::{BatchMeta, EpisodeReport, HarnessRetry, Memory, Report};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,19 +35,33 @@ use tokio::sync::mpsc;
 /// The exit codes are the episode's: one set for `run`, `batch` and `calibrate`.
 pub use crate::episode::{EXIT_HARNESS, EXIT_STOPPED};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize, serde::Deserialize)]
 #[command(
     after_help = "Every task must have checks. Reports go to --report DIR (default: \
 <db dir>/batches/<batch id>/): report.json, junit.xml, report.html.\n\
 Exit codes: 0 the batch ran (whatever the agent scored), 4 some episodes failed because of \
-the harness (a desktop did not start, a setup step failed, checks could not run), \
-3 the batch's cost limit (--max-total-cost) was reached and it stopped, \
-130 stopped with Ctrl-C (the reports cover what finished)."
+the harness (a desktop did not start, a setup step failed, checks could not run) even after \
+--retry-harness, 3 the batch's cost limit (--max-total-cost) was reached and it stopped, \
+130 stopped with Ctrl-C (the reports cover what finished).\n\
+The report directory holds the batch's configuration (batch.json) and each episode's state \
+(episodes.jsonl) from the start: a batch cut short (killed, crashed, stopped) is finished \
+with `selfagent batch --resume DIR`, which runs only the episodes not finished."
 )]
 pub struct BatchArgs {
     /// Task files (TOML or JSON) or directories of them.
-    #[arg(required = true, value_name = "TASKS")]
+    #[arg(required_unless_present = "resume", value_name = "TASKS")]
     pub tasks: Vec<PathBuf>,
+    /// Finish the batch whose report directory this is: its saved settings and tasks, only
+    /// the episodes not yet finished (one cut short is run again and marked), the same
+    /// report completed. Takes no other flag but --json; keys come from the environment.
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip)]
+    pub resume: Option<PathBuf>,
+    /// Times an episode lost to the harness (its desktop or engine died, a setup step
+    /// failed) is run again before it counts as a harness error. Retried attempts are
+    /// listed in the report and never count as the model's failures.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub retry_harness: u32,
     /// Desktops at once.
     #[arg(long, short = 'j', default_value_t = 1)]
     pub parallel: usize,
@@ -95,6 +111,8 @@ struct Job {
     task: Arc<Task>,
     cfg: Arc<Resolved>,
     repeat: u32,
+    /// Earlier attempts lost to the harness.
+    retries: Vec<HarnessRetry>,
 }
 
 /// What is running now, for the progress line.
@@ -108,6 +126,14 @@ struct Live {
 }
 
 impl Live {
+    fn count(&mut self, ep: &EpisodeReport) {
+        match (ep.harness_error.is_some(), ep.passed) {
+            (true, _) => self.harness += 1,
+            (false, true) => self.passed += 1,
+            (false, false) => self.failed += 1,
+        }
+    }
+
     fn message(&self) -> String {
         let mut s = format!(
             "{} passed · {} failed · {} harness errors",
@@ -266,6 +292,8 @@ struct Shared {
     bar: ProgressBar,
     snapshot: Option<u64>,
     source: episode::Source,
+    state: Arc<state::Log>,
+    retry_harness: u32,
 }
 
 /// One worker: a place on an engine, then a job, then its episode, until the queue is
@@ -280,10 +308,20 @@ async fn worker(w: Shared) {
         let Some((slot, engine)) = w.placement.acquire().await else {
             break;
         };
-        let Some(job) = w.queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+        let Some(mut job) = w.queue.lock().ok().and_then(|mut q| q.pop_front()) else {
             w.placement.release(slot, false);
             break;
         };
+        // The session id is known before the episode starts, so the state log can name the
+        // recording of an episode the batch is killed in.
+        let session = crate::record::new_session_id();
+        w.state.append(&state::Line::Started {
+            n: job.n,
+            task_id: job.task.id.clone(),
+            repeat: job.repeat,
+            session: session.clone(),
+            at_ms: crate::time::now_ms(),
+        });
         let (mut hooks, control) = Hooks::new();
         if let Ok(mut c) = w.controls.lock() {
             c.insert(job.n, control);
@@ -317,7 +355,7 @@ async fn worker(w: Shared) {
             task: Some((*job.task).clone()),
             keep: false,
             snapshot: w.snapshot,
-            session: None,
+            session: Some(session.clone()),
             calibration: None,
             driver: crate::episode::Driver::Model,
             source: w.source.clone(),
@@ -355,6 +393,41 @@ async fn worker(w: Shared) {
         if let Ok(mut l) = w.live.lock() {
             l.running.remove(&job.n);
         }
+        // A harness error is run again (on whichever engine has a place) while retries
+        // are left and the batch goes on; the lost attempt is kept in the report apart.
+        let lost = match &end {
+            Ok(e) => e.harness_error(),
+            Err(e) => Some(format!("{e:#}")),
+        };
+        if let Some(error) = lost
+            && (job.retries.len() as u32) < w.retry_harness
+            && !w.stopping.load(Ordering::SeqCst)
+        {
+            let retry = HarnessRetry {
+                session_id: end.as_ref().map_or(session, |e| e.session.clone()),
+                error,
+            };
+            print_line(
+                &w.bar,
+                &format!(
+                    "RETRY {} #{}: harness error, running it again ({} of {}): {}",
+                    job.task.id,
+                    job.repeat,
+                    job.retries.len() + 1,
+                    w.retry_harness,
+                    crate::task::check::excerpt(&retry.error)
+                ),
+            );
+            w.state.append(&state::Line::Retried {
+                n: job.n,
+                retry: retry.clone(),
+            });
+            job.retries.push(retry);
+            if let Ok(mut q) = w.queue.lock() {
+                q.push_front(job);
+            }
+            continue;
+        }
         if w.done
             .send((job, engine.url().to_owned(), end))
             .await
@@ -367,6 +440,24 @@ async fn worker(w: Shared) {
 
 /// Runs the batch; its exit code and its report.
 pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report)> {
+    let resumed = match args.resume.clone() {
+        Some(dir) => {
+            let loaded = resume_from(&args, &dir)?;
+            let json = args.json;
+            args = loaded.saved.args.clone();
+            args.json = json;
+            Some((dir, loaded))
+        }
+        None => {
+            // Saved as given would depend on the directory it was started from.
+            args.tasks = args
+                .tasks
+                .iter()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+                .collect();
+            None
+        }
+    };
     if args.parallel == 0 {
         bail!("--parallel must be at least 1");
     }
@@ -436,40 +527,116 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
     images.sort();
     images.dedup();
     let engines = connect_engines(&args.engines, file.engines.as_deref(), &images).await?;
+    if let Some((_, loaded)) = &resumed {
+        remove_cut_desktops(&engines, loaded).await;
+    }
     let engine = engines[0].0.clone();
     let several = engines.len() > 1;
     let placement = Arc::new(placement::Placement::new(engines));
-    let calibration = if args.calibrate {
-        Some(calibrate_first(&engine, &resolved[0], &spec, args.calibrate_max_error).await?)
-    } else {
-        None
+    let digests: BTreeMap<String, String> = tasks
+        .iter()
+        .map(|t| (t.id.clone(), task_digest(t)))
+        .collect();
+    let all_jobs: Vec<(String, u32)> = (1..=args.repeat)
+        .flat_map(|r| tasks.iter().map(move |t| (t.id.clone(), r)))
+        .collect();
+    let (batch_id, report_dir, calibration, started_at, state) = match &resumed {
+        Some((dir, loaded)) => {
+            let saved = &loaded.saved;
+            let changed: Vec<&String> = digests
+                .iter()
+                .filter(|(id, d)| saved.task_digests.get(*id) != Some(*d))
+                .map(|(id, _)| id)
+                .collect();
+            if !changed.is_empty() || all_jobs != saved.jobs {
+                bail!(
+                    "the tasks changed since batch {} started ({}): resuming would mix two \
+                     versions of them; start a new batch",
+                    saved.id,
+                    if changed.is_empty() {
+                        "a different task list".to_owned()
+                    } else {
+                        changed
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                );
+            }
+            (
+                saved.id.clone(),
+                dir.clone(),
+                saved.calibration.clone(),
+                saved.started_at_ms,
+                Arc::new(state::Log::open(dir, false)?),
+            )
+        }
+        None => {
+            let calibration = if args.calibrate {
+                Some(calibrate_first(&engine, &resolved[0], &spec, args.calibrate_max_error).await?)
+            } else {
+                None
+            };
+            let batch_id = crate::record::new_session_id();
+            let report_dir = args.report.clone().unwrap_or_else(|| {
+                db_path
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join("batches")
+                    .join(&batch_id)
+            });
+            std::fs::create_dir_all(&report_dir).with_context(|| {
+                format!("creating the report directory {}", report_dir.display())
+            })?;
+            let started_at = crate::time::now_ms();
+            state::save(
+                &report_dir,
+                &state::Saved {
+                    version: state::VERSION,
+                    id: batch_id.clone(),
+                    started_at_ms: started_at,
+                    args: BatchArgs {
+                        report: Some(std::path::absolute(&report_dir)?),
+                        ..args.clone()
+                    },
+                    jobs: all_jobs.clone(),
+                    task_digests: digests.clone(),
+                    calibration: calibration.clone(),
+                },
+            )?;
+            let log = Arc::new(state::Log::open(&report_dir, true)?);
+            (batch_id, report_dir, calibration, started_at, log)
+        }
     };
-    let batch_id = crate::record::new_session_id();
-    let report_dir = args.report.clone().unwrap_or_else(|| {
-        db_path
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join("batches")
-            .join(&batch_id)
+    state.append(&state::Line::Segment {
+        at_ms: crate::time::now_ms(),
+        pid: std::process::id(),
     });
-    std::fs::create_dir_all(&report_dir)
-        .with_context(|| format!("creating the report directory {}", report_dir.display()))?;
 
     let tasks: Vec<Arc<Task>> = tasks.into_iter().map(Arc::new).collect();
+    let earlier = resumed.as_ref().map(|(_, l)| l);
     let mut queue = VecDeque::new();
+    let mut n = 0;
     for r in 1..=args.repeat {
         for (t, cfg) in tasks.iter().zip(&resolved) {
-            queue.push_back(Job {
-                n: queue.len(),
-                task: t.clone(),
-                cfg: cfg.clone(),
-                repeat: r,
-            });
+            if !earlier.is_some_and(|l| l.finished.contains_key(&n)) {
+                queue.push_back(Job {
+                    n,
+                    task: t.clone(),
+                    cfg: cfg.clone(),
+                    repeat: r,
+                    retries: earlier
+                        .and_then(|l| l.retries.get(&n).cloned())
+                        .unwrap_or_default(),
+                });
+            }
+            n += 1;
         }
     }
-    let total = queue.len();
-    let parallel = args.parallel.min(total);
-    let started_at = crate::time::now_ms();
+    let total = all_jobs.len();
+    let done_before = total - queue.len();
+    let parallel = args.parallel.min(queue.len()).max(1);
     let started = Instant::now();
 
     let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
@@ -480,13 +647,22 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(250));
+    bar.set_position(done_before as u64);
     print_line(
         &bar,
         &format!(
-            "batch {batch_id}: {} tasks × {} = {total} episodes, {parallel} at once, recording to {}",
+            "batch {batch_id}: {} tasks × {} = {total} episodes, {parallel} at once, recording to {}{}",
             tasks.len(),
             args.repeat,
-            db_path.display()
+            db_path.display(),
+            match earlier {
+                Some(l) => format!(
+                    "; resumed: {done_before} finished before, {} to run ({} cut short, run again)",
+                    total - done_before,
+                    l.cut.len()
+                ),
+                None => format!("; state in {} (resume with --resume)", report_dir.display()),
+            }
         ),
     );
 
@@ -495,10 +671,20 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
     let stopping = Arc::new(AtomicBool::new(false));
     // Dollars the finished episodes cost: a worker adds its episode's before it takes the
     // next job, so none starts once the batch's limit is reached.
-    let spent = Arc::new(Mutex::new(0.0f64));
+    let spent = Arc::new(Mutex::new(earlier.map_or(0.0, |l| {
+        l.finished.values().filter_map(|e| e.cost).sum::<f64>()
+    })));
     let max_total_cost = args.max_total_cost;
     let controls: Controls = Arc::default();
+    let mut episodes: Vec<EpisodeReport> = earlier
+        .map(|l| l.finished.values().cloned().collect())
+        .unwrap_or_default();
     let live = Arc::new(Mutex::new(Live::default()));
+    if let Ok(mut l) = live.lock() {
+        for e in &episodes {
+            l.count(e);
+        }
+    }
     let (done_tx, mut done_rx) = mpsc::channel::<(Job, String, anyhow::Result<End>)>(total);
     let shared = Shared {
         queue: queue.clone(),
@@ -513,13 +699,14 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
         bar: bar.clone(),
         snapshot: args.common.snapshot(),
         source: args.common.source(),
+        state: state.clone(),
+        retry_harness: args.retry_harness,
     };
     let workers: Vec<_> = (0..parallel)
         .map(|_| tokio::spawn(worker(shared.clone())))
         .collect();
     drop(shared);
 
-    let mut episodes: Vec<EpisodeReport> = Vec::new();
     let mut interrupts = 0;
     let mut over_budget = false;
     let mut stop_signals = crate::signals::StopSignals::new();
@@ -531,12 +718,15 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
                 if several {
                     ep.engine = Some(engine_url);
                 }
+                ep.redone = earlier.and_then(|l| l.cut.get(&job.n).cloned());
+                ep.harness_retries = job.retries;
+                state.append(&state::Line::Finished {
+                    n: job.n,
+                    at_ms: crate::time::now_ms(),
+                    episode: Box::new(ep.clone()),
+                });
                 if let Ok(mut l) = live.lock() {
-                    match (ep.harness_error.is_some(), ep.passed) {
-                        (true, _) => l.harness += 1,
-                        (false, true) => l.passed += 1,
-                        (false, false) => l.failed += 1,
-                    }
+                    l.count(&ep);
                     bar.set_message(l.message());
                 }
                 print_line(&bar, &ep.line());
@@ -582,13 +772,17 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
     let meta = BatchMeta {
         id: batch_id,
         started_at: crate::time::iso8601(started_at),
-        wall_ms: started.elapsed().as_millis() as u64,
+        wall_ms: started.elapsed().as_millis() as u64 + earlier.map_or(0, |l| l.wall_ms),
         parallel,
         repeat: args.repeat,
         model: first.model.model.clone(),
         protocol: first.agent.protocol.name.to_string(),
         coords: first.agent.protocol.space.to_string(),
         base_url: crate::model::redact_url(&first.model.base_url),
+        image: spec.image.clone(),
+        settings: model_settings(&args.common),
+        task_digests: digests,
+        resumed: earlier.map_or(0, |l| l.segments),
         db: db_path.display().to_string(),
         calibration,
         tasks: tasks.len(),
@@ -633,6 +827,128 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
     Ok((code, report))
 }
 
+/// `--resume DIR`: the batch saved there, refusing flags that would change it.
+fn resume_from(args: &BatchArgs, dir: &std::path::Path) -> anyhow::Result<state::Loaded> {
+    #[derive(clap::Parser)]
+    struct Only {
+        #[command(flatten)]
+        batch: BatchArgs,
+    }
+    let plain = <Only as clap::Parser>::try_parse_from([
+        std::ffi::OsStr::new("batch"),
+        std::ffi::OsStr::new("--resume"),
+        dir.as_os_str(),
+    ])?
+    .batch;
+    let given = flag_differences(&serde_json::to_value(args)?, &serde_json::to_value(&plain)?);
+    let given: Vec<String> = given.into_iter().filter(|f| f != "--json").collect();
+    if !given.is_empty() {
+        bail!(
+            "--resume runs the batch with the settings and tasks it started with: leave out {}",
+            given.join(", ")
+        );
+    }
+    let loaded = state::load(dir)?;
+    let left = loaded.saved.jobs.len() - loaded.finished.len();
+    if left == 0 {
+        eprintln!(
+            "batch {}: every episode finished already; writing its reports again",
+            loaded.saved.id
+        );
+    }
+    Ok(loaded)
+}
+
+/// The flags whose values differ between two serialized [`BatchArgs`], as `--name`.
+fn flag_differences(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in a {
+        let w = b.get(k).unwrap_or(&serde_json::Value::Null);
+        if v.is_object() {
+            out.extend(flag_differences(v, w));
+        } else if v != w {
+            out.push(if k == "tasks" {
+                "the task files".to_owned()
+            } else {
+                format!("--{}", k.replace('_', "-"))
+            });
+        }
+    }
+    out
+}
+
+/// The desktops of episodes a killed batch left behind (their process is gone, their
+/// sessions cut short), removed before those episodes run again.
+async fn remove_cut_desktops(engines: &[(Engine, EngineSpec)], loaded: &state::Loaded) {
+    let cut: std::collections::BTreeSet<&String> = loaded.cut.values().collect();
+    if cut.is_empty() {
+        return;
+    }
+    for (engine, _) in engines {
+        let Ok(list) = engine.list().await else {
+            continue;
+        };
+        for info in list {
+            if info.session.as_ref().is_some_and(|s| cut.contains(s)) && !info.owner_alive {
+                match engine.remove(&info.id).await {
+                    Ok(()) => eprintln!(
+                        "removed desktop {} of session {} (cut short when the batch stopped)",
+                        info.name,
+                        info.session.as_deref().unwrap_or_default()
+                    ),
+                    Err(e) => eprintln!("could not remove desktop {}: {e}", info.name),
+                }
+            }
+        }
+    }
+}
+
+/// The flags given that change what the model sees or may do, by name (for `compare`):
+/// everything in [`CommonArgs`] but where things are kept, how desktops are found, secrets'
+/// names, and what the report names apart (model, endpoint, protocol, coords, image).
+pub fn model_settings(common: &CommonArgs) -> BTreeMap<String, String> {
+    const APART: &[&str] = &[
+        "base_url",
+        "model",
+        "protocol",
+        "coords",
+        "image",
+        "from",
+        "api_key_env",
+        "grounder_api_key_env",
+        "db",
+        "config",
+        "no_snapshot",
+        "snapshot_max_size",
+        "no_pool",
+    ];
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(common) else {
+        return BTreeMap::new();
+    };
+    fields
+        .into_iter()
+        .filter(|(k, _)| !APART.contains(&k.as_str()))
+        .filter_map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::Null | serde_json::Value::Bool(false) => return None,
+                serde_json::Value::Array(a) if a.is_empty() => return None,
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            Some((k, text))
+        })
+        .collect()
+}
+
+/// A task's digest: the SHA-256 of its whole definition, first 16 hex digits.
+pub fn task_digest(task: &Task) -> String {
+    let text = serde_json::to_string(task).unwrap_or_default();
+    crate::event::sha256_hex(text.as_bytes())[..16].to_owned()
+}
+
 impl EpisodeReport {
     fn new(task_id: &str, repeat: u32, end: anyhow::Result<End>) -> Self {
         let name = |v: serde_json::Value| v.as_str().unwrap_or("?").to_owned();
@@ -655,6 +971,8 @@ impl EpisodeReport {
                 grade: None,
                 engine: None,
                 cost: None,
+                redone: None,
+                harness_retries: Vec::new(),
             },
             Ok(end) => {
                 let o = &end.outcome;
@@ -682,6 +1000,8 @@ impl EpisodeReport {
                     },
                     grade: end.grade,
                     engine: None,
+                    redone: None,
+                    harness_retries: Vec::new(),
                 }
             }
         }

@@ -8,7 +8,7 @@ use crate::record::Db;
 use crate::task::Task;
 use crate::task::check::Grade;
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// One episode of a batch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpisodeReport {
     pub task_id: String,
     /// 1-based.
@@ -44,6 +44,21 @@ pub struct EpisodeReport {
     /// Dollars, where the model's price is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
+    /// The session of an earlier attempt that was cut short (the batch was killed), redone
+    /// by this one after `batch --resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redone: Option<String>,
+    /// Earlier attempts that ended in a harness error and were run again
+    /// (`--retry-harness`): not the model's failures, and not in any rate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub harness_retries: Vec<HarnessRetry>,
+}
+
+/// An attempt lost to the harness and retried.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HarnessRetry {
+    pub session_id: String,
+    pub error: String,
 }
 
 impl EpisodeReport {
@@ -114,7 +129,7 @@ impl EpisodeReport {
 }
 
 /// Per task.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskSummary {
     pub task_id: String,
     pub runs: usize,
@@ -216,7 +231,7 @@ impl TaskSummary {
 }
 
 /// Memory while the batch ran.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Memory {
     /// The machine's memory in use (MemTotal − MemAvailable) before the first episode.
     pub host_baseline_bytes: u64,
@@ -322,7 +337,7 @@ impl MemorySampler {
 }
 
 /// The batch as a whole.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchMeta {
     pub id: String,
     pub started_at: String,
@@ -334,6 +349,19 @@ pub struct BatchMeta {
     pub protocol: String,
     pub coords: String,
     pub base_url: String,
+    /// The desktop image the episodes started from (tasks may name another, e.g. office).
+    #[serde(default)]
+    pub image: String,
+    /// The settings the model was run with that change what it sees or may do (as given:
+    /// scale, step and time limits, extra request fields, prompts, options…), for `compare`.
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// Each task's digest (its whole definition), so `compare` can tell a changed task.
+    #[serde(default)]
+    pub task_digests: std::collections::BTreeMap<String, String>,
+    /// How many times the batch was resumed (`batch --resume`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resumed: u32,
     pub db: String,
     /// The calibration run before the batch (`--calibrate`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -343,24 +371,24 @@ pub struct BatchMeta {
     pub finished: usize,
     pub not_run: usize,
     /// The engines it ran on, when there were several.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub engines: Vec<super::placement::EngineSummary>,
     pub stopped: bool,
     /// Stopped because `--max-total-cost` was reached.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub over_budget: bool,
     pub memory: Memory,
 }
 
 /// A batch's calibration, in short.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Calibrated {
     pub session: String,
     pub median_px: Option<f64>,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub batch: BatchMeta,
     pub passed: usize,
@@ -378,6 +406,10 @@ pub struct Report {
     pub cost: Option<f64>,
 }
 
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
 fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
@@ -389,7 +421,7 @@ fn interval(ci: Option<[f64; 2]>) -> String {
 }
 
 /// The batch's rates over tasks, with error bars clustered by task (see [`super::stats`]).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Overall {
     /// Each task's pass rate (graded runs), averaged over tasks.
     pub pass_rate: super::stats::Clustered,
@@ -435,6 +467,63 @@ impl Overall {
             score,
         })
     }
+}
+
+/// A rate as a small bar (0–100%) with its 95% interval as a whisker, inline SVG.
+pub fn rate_svg(rate: Option<f64>, ci: Option<[f64; 2]>) -> String {
+    const W: f64 = 120.0;
+    let mut svg = format!(
+        "<svg width=\"{W}\" height=\"14\" viewBox=\"0 0 {W} 14\" role=\"img\" \
+         style=\"vertical-align:middle\"><rect x=\"0\" y=\"3\" width=\"{W}\" height=\"8\" \
+         fill=\"#e3e7ed\"/>"
+    );
+    if let Some(r) = rate {
+        let _ = write!(
+            svg,
+            "<rect x=\"0\" y=\"3\" width=\"{:.1}\" height=\"8\" fill=\"#4c8bd6\"/>",
+            r.clamp(0.0, 1.0) * W
+        );
+    }
+    if let Some([lo, hi]) = ci {
+        let (x0, x1) = (lo.clamp(0.0, 1.0) * W, hi.clamp(0.0, 1.0) * W);
+        let _ = write!(
+            svg,
+            "<path d=\"M{x0:.1} 7H{x1:.1}M{x0:.1} 2V12M{x1:.1} 2V12\" stroke=\"#1d2330\" \
+             stroke-width=\"1.5\" fill=\"none\"><title>95% CI {:.0}–{:.0}%</title></path>",
+            lo * 100.0,
+            hi * 100.0
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// A difference (−1…+1) as a point with its 95% interval on an axis with 0 marked.
+pub fn diff_svg(diff: f64, ci: [f64; 2]) -> String {
+    const W: f64 = 400.0;
+    let x = |v: f64| (v.clamp(-1.0, 1.0) + 1.0) / 2.0 * W;
+    let colour = if ci[0] > 0.0 {
+        "#0a7d32"
+    } else if ci[1] < 0.0 {
+        "#c0262d"
+    } else {
+        "#556"
+    };
+    format!(
+        "<svg width=\"{W}\" height=\"34\" viewBox=\"0 -2 {W} 36\" role=\"img\">\
+         <line x1=\"0\" y1=\"12\" x2=\"{W}\" y2=\"12\" stroke=\"#ccd\"/>\
+         <line x1=\"{z:.1}\" y1=\"2\" x2=\"{z:.1}\" y2=\"22\" stroke=\"#889\"/>\
+         <path d=\"M{lo:.1} 12H{hi:.1}M{lo:.1} 6V18M{hi:.1} 6V18\" stroke=\"{colour}\" stroke-width=\"2\"/>\
+         <circle cx=\"{d:.1}\" cy=\"12\" r=\"4\" fill=\"{colour}\"/>\
+         <text x=\"0\" y=\"32\" font-size=\"10\">−100</text><text x=\"{zt:.1}\" y=\"32\" font-size=\"10\">0</text>\
+         <text x=\"{end:.1}\" y=\"32\" font-size=\"10\">+100</text></svg>",
+        z = x(0.0),
+        zt = x(0.0) - 3.0,
+        end = W - 24.0,
+        lo = x(ci[0]),
+        hi = x(ci[1]),
+        d = x(diff),
+    )
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -690,12 +779,44 @@ impl Report {
                 "<tr><td><a href=\"#{id}\">{id}</a></td>",
                 id = html_escape(&cells[0])
             );
-            for c in &cells[1..] {
-                let _ = write!(out, "<td class=num>{}</td>", html_escape(c));
+            for (i, c) in cells.iter().enumerate().skip(1) {
+                if i == 4 {
+                    // The interval column carries the rate's bar.
+                    let _ = write!(
+                        out,
+                        "<td class=num>{} {}</td>",
+                        rate_svg(s.pass_rate, s.ci95),
+                        html_escape(c)
+                    );
+                } else {
+                    let _ = write!(out, "<td class=num>{}</td>", html_escape(c));
+                }
             }
             out.push_str("</tr>");
         }
-        out.push_str("</table><h2>Episodes</h2>");
+        out.push_str("</table>");
+        if let Some(o) = &self.overall {
+            let _ = write!(
+                out,
+                "<div class=\"card\"><b>pass rate over {tasks} tasks</b> {bar} {rate:.0}% \
+                 (95% CI {ci}, clustered by task; SE {se:.1} points) · <b>mean score</b> \
+                 {sbar} {score:.2} ({sci}){caveat}</div>",
+                tasks = o.pass_rate.tasks,
+                bar = rate_svg(Some(o.pass_rate.mean), Some(o.pass_rate.ci95)),
+                rate = o.pass_rate.mean * 100.0,
+                ci = interval(Some(o.pass_rate.ci95)),
+                se = o.pass_rate.se * 100.0,
+                sbar = rate_svg(Some(o.score.mean), Some(o.score.ci95)),
+                score = o.score.mean,
+                sci = interval(Some(o.score.ci95)),
+                caveat = o
+                    .caveat
+                    .as_ref()
+                    .map(|c| format!("<p class=\"err\">note: {}</p>", html_escape(c)))
+                    .unwrap_or_default(),
+            );
+        }
+        out.push_str("<h2>Episodes</h2>");
         for e in &self.episodes {
             let instruction = tasks
                 .iter()
@@ -801,6 +922,8 @@ mod tests {
             grade: None,
             engine: None,
             cost: None,
+            redone: None,
+            harness_retries: Vec::new(),
         }
     }
 
@@ -815,6 +938,10 @@ mod tests {
             protocol: "tools".into(),
             coords: "native".into(),
             base_url: "http://x/v1".into(),
+            image: "selfagent-desktop:latest".into(),
+            settings: Default::default(),
+            task_digests: Default::default(),
+            resumed: 0,
             db: "db".into(),
             calibration: None,
             tasks: 2,

@@ -9,7 +9,7 @@
 //! `SE = sqrt(Σ_t (m_t − m̄)²) / T` for `T` tasks with means `m_t`; with equal repeats this is
 //! Miller's formula over the episodes. Partial scores (OSWorld's 0–1) go the same way.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The normal quantile of a two-sided 95% interval.
 const Z95: f64 = 1.959_963_984_540_054;
@@ -23,11 +23,23 @@ pub fn wilson(passed: usize, n: usize) -> Option<[f64; 2]> {
     let z2 = Z95 * Z95;
     let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
     let half = Z95 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / (1.0 + z2 / n);
-    Some([(centre - half).max(0.0), (centre + half).min(1.0)])
+    // At none or all passed the bound is exactly 0 or 1; computed, it can miss by an ulp
+    // and leave the rate outside its own interval.
+    let lo = if passed == 0 {
+        0.0
+    } else {
+        (centre - half).max(0.0)
+    };
+    let hi = if passed as f64 == n {
+        1.0
+    } else {
+        (centre + half).min(1.0)
+    };
+    Some([lo, hi])
 }
 
 /// A mean over tasks with its clustered standard error.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Clustered {
     pub mean: f64,
     pub se: f64,
@@ -57,6 +69,62 @@ pub fn clustered(per_task: &[Vec<f64>]) -> Option<Clustered> {
         ci95: [(mean - Z95 * se).max(0.0), (mean + Z95 * se).min(1.0)],
         tasks: means.len(),
         runs: per_task.iter().map(Vec::len).sum(),
+    })
+}
+
+/// Two batches compared task by task: both means over the tasks they share and the mean of
+/// the per-task differences, with its standard error computed like [`clustered`]'s over
+/// those differences. Pairing removes the spread between tasks (easy ones pass in both), so
+/// it is usually much narrower than the two intervals side by side (`unpaired_se`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Paired {
+    pub a: f64,
+    pub b: f64,
+    /// `b − a`.
+    pub diff: f64,
+    pub se: f64,
+    pub ci95: [f64; 2],
+    /// The standard error the two means' own clustered errors would give, unpaired.
+    pub unpaired_se: f64,
+    pub tasks: usize,
+}
+
+impl Paired {
+    /// Which side is better at 95%, `None` when the interval holds 0.
+    pub fn better(&self) -> Option<char> {
+        if self.ci95[0] > 0.0 {
+            Some('B')
+        } else if self.ci95[1] < 0.0 {
+            Some('A')
+        } else {
+            None
+        }
+    }
+}
+
+/// The paired difference over `(a, b)` task means; `None` without any pair.
+pub fn paired(pairs: &[(f64, f64)]) -> Option<Paired> {
+    if pairs.is_empty() {
+        return None;
+    }
+    let t = pairs.len() as f64;
+    let spread = |values: &mut dyn Iterator<Item = f64>| -> (f64, f64) {
+        let v: Vec<f64> = values.collect();
+        let mean = v.iter().sum::<f64>() / t;
+        let se = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>().sqrt() / t;
+        (mean, se)
+    };
+    let (a, se_a) = spread(&mut pairs.iter().map(|p| p.0));
+    let (b, se_b) = spread(&mut pairs.iter().map(|p| p.1));
+    let (diff, se) = spread(&mut pairs.iter().map(|p| p.1 - p.0));
+    Some(Paired {
+        a,
+        b,
+        diff,
+        se,
+        ci95: [diff - Z95 * se, diff + Z95 * se],
+        unpaired_se: (se_a * se_a + se_b * se_b).sqrt(),
+        tasks: pairs.len(),
     })
 }
 
@@ -96,6 +164,11 @@ mod tests {
         assert!(close(lo, 0.2366) && close(hi, 0.7634), "{lo} {hi}");
         let [lo, hi] = wilson(0, 10).unwrap();
         assert!(close(lo, 0.0) && close(hi, 0.2775), "{lo} {hi}");
+        // Exactly at the ends, so the rate is inside its interval.
+        for n in 1..50 {
+            assert_eq!(wilson(0, n).unwrap()[0], 0.0, "{n}");
+            assert_eq!(wilson(n, n).unwrap()[1], 1.0, "{n}");
+        }
         let [lo, hi] = wilson(10, 10).unwrap();
         assert!(close(lo, 0.7225) && close(hi, 1.0), "{lo} {hi}");
         assert_eq!(wilson(0, 0), None);
@@ -140,6 +213,33 @@ mod tests {
         let s = clustered(&[vec![0.5, 0.7], vec![], vec![0.2]]).unwrap();
         assert!(close(s.mean, 0.4) && s.tasks == 2, "{s:?}");
         assert_eq!(clustered(&[vec![]]), None);
+    }
+
+    #[test]
+    fn the_paired_difference_is_the_spread_of_per_task_differences() {
+        // By hand: differences 0, 1, 0, −0.5 → mean 0.125; deviations −0.125, 0.875,
+        // −0.125, −0.625; squares sum 0.015625 + 0.765625 + 0.015625 + 0.390625 = 1.1875;
+        // SE = sqrt(1.1875) / 4 = 0.272431.
+        let p = paired(&[(1.0, 1.0), (0.0, 1.0), (0.5, 0.5), (1.0, 0.5)]).unwrap();
+        assert!(
+            close(p.a, 0.625) && close(p.b, 0.75) && close(p.diff, 0.125),
+            "{p:?}"
+        );
+        assert!(close(p.se, 0.272_431), "{p:?}");
+        assert!(close(p.ci95[0], 0.125 - Z95 * 0.272_431), "{p:?}");
+        assert_eq!(p.better(), None);
+        // Tasks that move together: pairing sees the shift that the two intervals hide.
+        let shifted: Vec<(f64, f64)> = (0..10)
+            .map(|i| {
+                let a = f64::from(i) / 10.0;
+                (a * 0.8, a * 0.8 + 0.2)
+            })
+            .collect();
+        let p = paired(&shifted).unwrap();
+        assert!(close(p.diff, 0.2) && close(p.se, 0.0), "{p:?}");
+        assert!(p.unpaired_se > 0.1, "{p:?}");
+        assert_eq!(p.better(), Some('B'));
+        assert_eq!(paired(&[]), None);
     }
 
     #[test]

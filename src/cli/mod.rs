@@ -2,6 +2,7 @@
 //! module; `anyhow` is used from here up, typed errors below.
 
 mod calibrate;
+mod compare;
 mod demo;
 mod doctor;
 mod export;
@@ -52,6 +53,9 @@ pub enum Command {
     Sandbox(sandbox::SandboxCmd),
     /// Run task files K times with N desktops at once; grade, summarize, report.
     Batch(Box<crate::batch::BatchArgs>),
+    /// Two batch reports side by side: per task both rates and the difference, overall the
+    /// paired difference with its 95% interval, flipped tasks, and what differed.
+    Compare(compare::CompareArgs),
     /// Do a recorded episode again without its model: each step once the screen matches the
     /// recording; on drift halt, hand over to the model, or act anyway.
     Rerun(Box<rerun::RerunArgs>),
@@ -119,6 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sessions(cmd) => sessions::run(cmd),
         Command::Sandbox(cmd) => sandbox::run(cmd).await,
         Command::Batch(args) => crate::batch::run(*args).await,
+        Command::Compare(args) => compare::run(args),
         Command::Grade(args) => grade::run(args).await,
         Command::Export(args) => export::run(args),
         Command::Tasks(cmd) => tasks::run(cmd).await,

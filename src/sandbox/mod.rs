@@ -756,7 +756,7 @@ impl Reach {
 
 /// A Docker engine to run desktops on, as `--engine` and `[[engines]]` give it:
 /// `URL[,max=N][,weight=W][,reach=direct|tunnels]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineSpec {
     /// `unix:///var/run/docker.sock`, `tcp://HOST:PORT`.

@@ -1,3 +1,4 @@
+mod batches;
 mod calibrate;
 mod cli;
 mod control;

@@ -410,7 +410,27 @@ async fn a_batch_grades_reports_regrades_and_exports() {
             assert!(grades.is_empty());
         }
     }
-    assert_eq!(rec.task_sessions().unwrap().len(), 10);
+    // The broken setup was run twice (`--retry-harness` defaults to 1): the lost attempt
+    // is listed apart in its episode, recorded, and in no count.
+    let broken = episodes
+        .iter()
+        .find(|e| e["task_id"] == "broken-setup")
+        .unwrap();
+    let retries = broken["harness_retries"].as_array().unwrap();
+    assert_eq!(retries.len(), 1, "{broken}");
+    assert!(
+        retries[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no such fixture")
+            && retries[0]["session_id"] != broken["session_id"],
+        "{broken}"
+    );
+    assert!(
+        log.contains("RETRY broken-setup #1: harness error, running it again (1 of 1)"),
+        "{log}"
+    );
+    assert_eq!(rec.task_sessions().unwrap().len(), 11);
 
     // JUnit: failed checks are failures, the harness error is an error.
     let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
