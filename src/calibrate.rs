@@ -124,6 +124,7 @@ pub fn task(targets: &[Target]) -> Task {
         source: None,
         from: None,
         desktop: None,
+        screen: None,
     }
 }
 

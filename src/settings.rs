@@ -15,6 +15,10 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The screen without flags or a task's `screen`.
+pub const DEFAULT_WIDTH: u32 = 1280;
+pub const DEFAULT_HEIGHT: u32 = 800;
+
 /// Settings shared by `run` and `batch`: the model, the loop, the desktop, the recording.
 /// Serialized into a batch's `batch.json` so `batch --resume` runs with the same ones (no
 /// field holds a secret: keys are read from the environment by name).
@@ -134,12 +138,12 @@ pub struct CommonArgs {
     /// The configuration file (default: ~/.config/selfagent/config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Screen width in pixels.
-    #[arg(long, default_value_t = 1280)]
-    pub width: u32,
-    /// Screen height in pixels.
-    #[arg(long, default_value_t = 800)]
-    pub height: u32,
+    /// Screen width in pixels (default: the task's `screen`, else 1280).
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Screen height in pixels (default: the task's `screen`, else 800).
+    #[arg(long)]
+    pub height: Option<u32>,
     /// The desktop image (see `selfagent sandbox build`).
     #[arg(long, default_value = crate::sandbox::DEFAULT_IMAGE)]
     pub image: String,
@@ -180,13 +184,26 @@ impl CommonArgs {
 
     /// The desktop these settings ask for.
     pub fn spec(&self) -> SandboxSpec {
+        self.spec_for(None)
+    }
+
+    /// The desktop these settings ask for to run `task`: its screen size where the flags
+    /// give none.
+    pub fn spec_for(&self, task: Option<&crate::task::Task>) -> SandboxSpec {
+        let screen = task.and_then(|t| t.screen);
         SandboxSpec {
             image: match &self.from {
                 Some(tag) => crate::sandbox::snapshot::saved_image(tag),
                 None => self.image.clone(),
             },
-            width: self.width,
-            height: self.height,
+            width: self
+                .width
+                .or(screen.map(|s| s.width))
+                .unwrap_or(DEFAULT_WIDTH),
+            height: self
+                .height
+                .or(screen.map(|s| s.height))
+                .unwrap_or(DEFAULT_HEIGHT),
             network: if self.no_network {
                 Network::None
             } else {
@@ -551,6 +568,33 @@ mod tests {
 
     fn args(list: &[&str]) -> Wrap {
         Wrap::parse_from(std::iter::once("run").chain(list.iter().copied()))
+    }
+
+    #[test]
+    fn a_tasks_screen_is_the_desktops_unless_the_flags_say_otherwise() {
+        let task = crate::task::Task::parse(
+            "id = \"t\"\ninstruction = \"x\"\nscreen = { width = 1920, height = 1080 }\n",
+            "t.toml",
+        )
+        .unwrap();
+        let size = |s: SandboxSpec| (s.width, s.height);
+        assert_eq!(size(args(&[]).common.spec_for(Some(&task))), (1920, 1080));
+        assert_eq!(size(args(&[]).common.spec_for(None)), (1280, 800));
+        assert_eq!(
+            size(
+                args(&["--width", "1024", "--height", "768"])
+                    .common
+                    .spec_for(Some(&task))
+            ),
+            (1024, 768)
+        );
+        let err = crate::task::Task::parse(
+            "id = \"t\"\ninstruction = \"x\"\nscreen = { width = 10, height = 1080 }\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`screen` 10x1080 is out of range"), "{err}");
     }
 
     #[test]

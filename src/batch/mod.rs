@@ -113,6 +113,8 @@ struct Job {
     repeat: u32,
     /// Earlier attempts lost to the harness.
     retries: Vec<HarnessRetry>,
+    /// Its desktop (the task's screen size unless the flags give one).
+    spec: crate::sandbox::SandboxSpec,
 }
 
 /// What is running now, for the progress line.
@@ -288,7 +290,6 @@ struct Shared {
     live: Arc<Mutex<Live>>,
     done: mpsc::Sender<(Job, String, anyhow::Result<End>)>,
     placement: Arc<placement::Placement>,
-    spec: crate::sandbox::SandboxSpec,
     bar: ProgressBar,
     snapshot: Option<u64>,
     source: episode::Source,
@@ -351,7 +352,7 @@ async fn worker(w: Shared) {
         };
         let plan = Plan {
             cfg: (*job.cfg).clone(),
-            spec: w.spec.clone(),
+            spec: job.spec.clone(),
             task: Some((*job.task).clone()),
             keep: false,
             snapshot: w.snapshot,
@@ -629,6 +630,7 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
                     retries: earlier
                         .and_then(|l| l.retries.get(&n).cloned())
                         .unwrap_or_default(),
+                    spec: args.common.spec_for(Some(t)),
                 });
             }
             n += 1;
@@ -695,7 +697,6 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
         live: live.clone(),
         done: done_tx,
         placement: placement.clone(),
-        spec: spec.clone(),
         bar: bar.clone(),
         snapshot: args.common.snapshot(),
         source: args.common.source(),

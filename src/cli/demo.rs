@@ -61,12 +61,12 @@ pub struct DemoArgs {
     /// The configuration file (default: ~/.config/selfagent/config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Screen width in pixels.
-    #[arg(long, default_value_t = 1280)]
-    pub width: u32,
-    /// Screen height in pixels.
-    #[arg(long, default_value_t = 800)]
-    pub height: u32,
+    /// Screen width in pixels (default: the task's `screen`, else 1280).
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Screen height in pixels (default: the task's `screen`, else 800).
+    #[arg(long)]
+    pub height: Option<u32>,
     /// The desktop image (see `selfagent sandbox build`); a task may name its own.
     #[arg(long, default_value = crate::sandbox::DEFAULT_IMAGE)]
     pub image: String,
@@ -123,7 +123,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let session = crate::record::new_session_id();
     let plan = Plan {
         cfg,
-        spec: common.spec(),
+        spec: common.spec_for(task.as_ref()),
         task,
         keep: args.keep,
         snapshot: common.snapshot(),

@@ -94,7 +94,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let plan = Plan {
         cfg,
-        spec: args.common.spec(),
+        spec: args.common.spec_for(task.as_ref()),
         task,
         keep: args.keep,
         snapshot: args.common.snapshot(),
@@ -163,7 +163,7 @@ async fn ui(
     drop(Engine::connect().await?);
     crate::tui::live(crate::tui::LiveSetup {
         cfg,
-        spec: args.common.spec(),
+        spec: args.common.spec_for(task.as_ref()),
         keep: args.keep,
         instruction,
         task,

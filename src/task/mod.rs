@@ -630,6 +630,18 @@ pub struct Task {
     /// OSWorld's evaluators: `sandbox build --flavor office`), or the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desktop: Option<String>,
+    /// The screen size it was written for (`screen = { width = 1920, height = 1080 }`):
+    /// set-up steps that click at coordinates need it. `--width`/`--height` still win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen: Option<Screen>,
+}
+
+/// A screen size in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Screen {
+    pub width: u32,
+    pub height: u32,
 }
 
 impl Limits {
@@ -746,6 +758,13 @@ impl Task {
         }
         if self.limits.max_steps == Some(0) {
             return Err("`limits.max_steps` must be at least 1".into());
+        }
+        if let Some(Screen { width, height }) = self.screen
+            && !((320..=7680).contains(&width) && (200..=4320).contains(&height))
+        {
+            return Err(format!(
+                "`screen` {width}x{height} is out of range (320x200 to 7680x4320)"
+            ));
         }
         Ok(())
     }

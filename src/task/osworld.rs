@@ -663,6 +663,11 @@ pub fn convert(v: &Value) -> Result<Imported, Skipped> {
         source: Some(format!("osworld:{id}")),
         from: None,
         desktop: Some("office".into()),
+        // OSWorld's VM screen: its set-up steps click at coordinates of this size.
+        screen: Some(crate::task::Screen {
+            width: 1920,
+            height: 1080,
+        }),
     };
     // The result must be a task this version accepts (ids, regexes, limits).
     let text = task.to_toml().map_err(|e| Skipped {
@@ -725,6 +730,13 @@ mod tests {
         assert_eq!(evaluator["result"]["command"], "which spotify");
         assert!(files.is_empty());
         assert_eq!(t.task.desktop.as_deref(), Some("office"));
+        assert_eq!(
+            t.task.screen,
+            Some(crate::task::Screen {
+                width: 1920,
+                height: 1080
+            })
+        );
         assert_eq!(
             t.task.source.as_deref(),
             Some("osworld:94d95f96-9699-4208-98ba-3c3119edf9c2")

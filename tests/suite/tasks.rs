@@ -886,11 +886,12 @@ async fn osworld_tasks_run_on_the_office_desktop_graded_by_osworlds_own_metrics(
                 )],
             ),
         ],
-        (1280, 800),
+        // Imported tasks carry OSWorld's screen size, and run at it without flags.
+        (1920, 1080),
     )
     .await;
     // The no-op agent: it answers at once.
-    let noop = ModelServer::routed(vec![route("", vec![answer("Done.")])], (1280, 800)).await;
+    let noop = ModelServer::routed(vec![route("", vec![answer("Done.")])], (1920, 1080)).await;
     let db = home.join("rec.db");
     let _snapshots = SnapshotsOf(db.clone());
     let run = |id: &str| run_task_file(imported(id), &server, &db, home);
