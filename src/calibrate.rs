@@ -125,6 +125,7 @@ pub fn task(targets: &[Target]) -> Task {
         from: None,
         desktop: None,
         screen: None,
+        sudo: false,
     }
 }
 

@@ -134,7 +134,8 @@ async fn acquire(
     match source {
         Source::Existing(name) => engine.get(name).await,
         Source::Fresh { pool } => {
-            if *pool && spec.name.is_none() {
+            // Pool members are ordinary desktops: one that grants sudo is always booted.
+            if *pool && spec.name.is_none() && !spec.sudo {
                 match crate::pool::lease(engine, spec, spec.ttl, Default::default()).await {
                     Ok(Some(sandbox)) => return Ok(sandbox),
                     Ok(None) => {}

@@ -157,6 +157,11 @@ pub struct CommonArgs {
     /// one ready.
     #[arg(long)]
     pub no_pool: bool,
+    /// Run tasks that say `sudo = true` on the desktop that grants the agent sudo (password
+    /// `password`, as OSWorld's VM): the agent can become root in its container, read the
+    /// desktop's own credentials and change anything in it (the container still bounds it).
+    #[arg(long)]
+    pub allow_sudo: bool,
 }
 
 impl CommonArgs {
@@ -187,11 +192,33 @@ impl CommonArgs {
         self.spec_for(None)
     }
 
+    /// Refuses tasks that need sudo unless `--allow-sudo` was given.
+    pub fn check_sudo<'a>(
+        &self,
+        tasks: impl IntoIterator<Item = &'a crate::task::Task>,
+    ) -> anyhow::Result<()> {
+        let needing: Vec<&str> = tasks
+            .into_iter()
+            .filter(|t| t.sudo)
+            .map(|t| t.id.as_str())
+            .collect();
+        if !needing.is_empty() && !self.allow_sudo {
+            bail!(
+                "{} need{} sudo (`sudo = true`): they run on a desktop where the agent can \
+                 become root in its container, which needs --allow-sudo",
+                needing.join(", "),
+                if needing.len() == 1 { "s" } else { "" }
+            );
+        }
+        Ok(())
+    }
+
     /// The desktop these settings ask for to run `task`: its screen size where the flags
-    /// give none.
+    /// give none, and sudo when it needs it (see [`CommonArgs::check_sudo`]).
     pub fn spec_for(&self, task: Option<&crate::task::Task>) -> SandboxSpec {
         let screen = task.and_then(|t| t.screen);
         SandboxSpec {
+            sudo: self.allow_sudo && task.is_some_and(|t| t.sudo),
             image: match &self.from {
                 Some(tag) => crate::sandbox::snapshot::saved_image(tag),
                 None => self.image.clone(),

@@ -562,6 +562,7 @@ mod tests {
             image: image.into(),
             settings: Default::default(),
             task_digests: Default::default(),
+            sudo: Vec::new(),
             resumed: 0,
             db: "db".into(),
             calibration: None,

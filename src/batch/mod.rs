@@ -484,6 +484,7 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
             unchecked.join(", ")
         );
     }
+    args.common.check_sudo(tasks.iter())?;
     let file = config::load(args.common.config.as_deref())?;
     if let Some(max) = args.max_total_cost
         && !(max.is_finite() && max > 0.0)
@@ -783,6 +784,11 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
         image: spec.image.clone(),
         settings: model_settings(&args.common),
         task_digests: digests,
+        sudo: tasks
+            .iter()
+            .filter(|t| t.sudo)
+            .map(|t| t.id.clone())
+            .collect(),
         resumed: earlier.map_or(0, |l| l.segments),
         db: db_path.display().to_string(),
         calibration,

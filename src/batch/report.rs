@@ -359,6 +359,9 @@ pub struct BatchMeta {
     /// Each task's digest (its whole definition), so `compare` can tell a changed task.
     #[serde(default)]
     pub task_digests: std::collections::BTreeMap<String, String>,
+    /// Tasks run on the desktop that grants the agent sudo (`sudo = true`, --allow-sudo).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sudo: Vec<String>,
     /// How many times the batch was resumed (`batch --resume`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resumed: u32,
@@ -647,6 +650,13 @@ impl Report {
         );
         if let Some(c) = &b.calibration {
             let _ = writeln!(out, "calibration: {} (session {})", c.message, c.session);
+        }
+        if !b.sudo.is_empty() {
+            let _ = writeln!(
+                out,
+                "with sudo (the agent could become root in its container): {}",
+                b.sudo.join(", ")
+            );
         }
         for e in &b.engines {
             let _ = writeln!(
@@ -941,6 +951,7 @@ mod tests {
             image: "selfagent-desktop:latest".into(),
             settings: Default::default(),
             task_digests: Default::default(),
+            sudo: Vec::new(),
             resumed: 0,
             db: "db".into(),
             calibration: None,

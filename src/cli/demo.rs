@@ -106,6 +106,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     common.image = args.image.clone();
     common.no_pool = args.no_pool;
     common.no_snapshot = args.no_snapshot;
+    // A person, not an untrusted agent, drives a demonstration: a task that needs sudo gets
+    // the desktop that grants it.
+    common.allow_sudo = true;
     let limits = task.as_ref().map(|t| t.limits.clone()).unwrap_or_default();
     let mut cfg = resolve(&common, &file, instruction.clone(), &limits)?;
     cfg.model.model = "human".into();

@@ -87,6 +87,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // A recording that cannot be opened, an endpoint that is not there or refuses the key:
     // each stops us before a desktop starts.
+    args.common.check_sudo(task.iter())?;
     crate::preflight::before_desktop(&mut args.common, &file).await?;
     let cfg = resolve(&args.common, &file, instruction, &limits)?;
     let engine = Engine::connect().await?;
@@ -153,6 +154,7 @@ async fn ui(
         bail!("the terminal UI needs a terminal: add --headless to run without one");
     }
     // Before the UI asks for the task: a missing endpoint is found now, not after typing.
+    args.common.check_sudo(task.iter())?;
     crate::preflight::before_desktop(&mut args.common, &file).await?;
     let cfg = resolve(
         &args.common,

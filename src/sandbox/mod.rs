@@ -209,7 +209,31 @@ pub struct SandboxSpec {
     /// A desktop to come back to (needs `name`): the home directory on the named volume
     /// `selfagent-home-<name>`, started again when the Docker engine restarts, never pruned.
     pub persist: bool,
+    /// The opt-in desktop that grants the agent sudo (password `password`, as OSWorld's VM):
+    /// started without no-new-privileges and with Docker's default capabilities, so the
+    /// agent can become root in its container (see the README's security defaults).
+    pub sudo: bool,
 }
+
+/// The capabilities of a sudo desktop: Docker's default set but NET_RAW and MKNOD (what
+/// `sudo apt-get install`, `chown`, `useradd` and the like need).
+pub const SUDO_CAPS: [&str; 12] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "AUDIT_WRITE",
+    "SETFCAP",
+];
+
+/// The label of a desktop that grants sudo.
+pub const LABEL_SUDO: &str = "selfagent.sudo";
 
 impl Default for SandboxSpec {
     fn default() -> Self {
@@ -231,6 +255,7 @@ impl Default for SandboxSpec {
             labels: Vec::new(),
             container_name: None,
             persist: false,
+            sudo: false,
         }
     }
 }
@@ -973,6 +998,9 @@ impl Engine {
             format!("SELFAGENT_TTL={}", spec.ttl),
         ];
         env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        if spec.sudo {
+            env.push("SELFAGENT_SUDO=1".to_owned());
+        }
 
         let mut labels = HashMap::from([
             (LABEL_CREATED.to_owned(), now_secs().to_string()),
@@ -999,6 +1027,9 @@ impl Engine {
         if spec.persist {
             labels.insert(LABEL_PERSIST.to_owned(), "1".to_owned());
         }
+        if spec.sudo {
+            labels.insert(LABEL_SUDO.to_owned(), "1".to_owned());
+        }
 
         let plan = ContainerPlan {
             image: spec.image.clone(),
@@ -1018,9 +1049,14 @@ impl Engine {
             shm: Some(spec.shm),
             // Root in the container keeps only what the entrypoint needs to start the
             // desktop's users and to stop them; the agent's processes (uid 1000) get none.
-            keep_caps: ["SETUID", "SETGID", "KILL", "NET_BIND_SERVICE"]
-                .map(String::from)
-                .to_vec(),
+            keep_caps: if spec.sudo {
+                SUDO_CAPS.map(String::from).to_vec()
+            } else {
+                ["SETUID", "SETGID", "KILL", "NET_BIND_SERVICE"]
+                    .map(String::from)
+                    .to_vec()
+            },
+            allow_setuid: spec.sudo,
             // Ports below 1024 privileged again (docker makes them free for all), so the
             // agent cannot bind the view's port.
             sysctls: HashMap::from([(

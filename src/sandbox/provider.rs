@@ -49,6 +49,9 @@ pub struct ContainerPlan {
     pub shm: Option<i64>,
     /// Capabilities kept; every other one is dropped.
     pub keep_caps: Vec<String>,
+    /// Let setuid programs raise privileges (no `no-new-privileges`): only the opt-in
+    /// desktop that grants sudo.
+    pub allow_setuid: bool,
     pub sysctls: HashMap<String, String>,
     /// Mount point and options of each tmpfs (never part of a snapshot).
     pub tmpfs: Vec<(String, String)>,

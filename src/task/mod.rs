@@ -634,6 +634,10 @@ pub struct Task {
     /// set-up steps that click at coordinates need it. `--width`/`--height` still win.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub screen: Option<Screen>,
+    /// It needs the agent to have sudo (OSWorld's VM user has it, password `password`):
+    /// it runs on the opt-in desktop that grants it, and only with `--allow-sudo`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sudo: bool,
 }
 
 /// A screen size in pixels.

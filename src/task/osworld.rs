@@ -251,6 +251,8 @@ struct Converter {
     pending: Vec<SetupStep>,
     /// Converting `postconfig` (after the agent) rather than `config`.
     in_post: bool,
+    /// A step runs sudo: the task needs the desktop that grants it.
+    sudo: bool,
 }
 
 /// A window name as a regex (`strict`: the whole title); Google Chrome's windows are
@@ -308,11 +310,17 @@ impl Converter {
 
     /// Notes what a command needs that this desktop lacks.
     fn check_command(&mut self, line: String) -> String {
-        if line
-            .split(|c: char| !c.is_ascii_alphanumeric() && c != '-')
-            .any(|w| w == "sudo")
+        if !self.sudo
+            && line
+                .split(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+                .any(|w| w == "sudo")
         {
-            self.skip("a step runs sudo (the desktop's user has no root)");
+            self.sudo = true;
+            self.notes.push(
+                "a step runs sudo: `sudo = true`, run it with --allow-sudo (the agent can \
+                 become root in its container)"
+                    .into(),
+            );
         }
         for word in
             line.split(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == ';' || c == '&')
@@ -616,6 +624,7 @@ pub fn convert(v: &Value) -> Result<Imported, Skipped> {
         notes: Vec::new(),
         pending: Vec::new(),
         in_post: false,
+        sudo: false,
     };
     let instruction = v["instruction"].as_str().unwrap_or_default().to_owned();
     if id.is_empty() || instruction.is_empty() {
@@ -668,6 +677,7 @@ pub fn convert(v: &Value) -> Result<Imported, Skipped> {
             width: 1920,
             height: 1080,
         }),
+        sudo: c.sudo,
     };
     // The result must be a task this version accepts (ids, regexes, limits).
     let text = task.to_toml().map_err(|e| Skipped {
@@ -793,6 +803,25 @@ mod tests {
             skipped.reasons[0].contains("without url or path"),
             "{skipped:?}"
         );
+    }
+
+    #[test]
+    fn a_task_whose_steps_run_sudo_converts_for_the_sudo_desktop() {
+        let t = convert_json(json!({
+            "id": "s1",
+            "instruction": "Install it. My password is 'password'.",
+            "config": [{"type": "execute", "parameters": {"command": ["bash", "-c", "echo password | sudo -S apt-get update"]}}],
+            "evaluator": {"func": "exact_match", "result": {"type": "vm_command_line", "command": "echo ok"}, "expected": {"type": "rule", "rules": {"expected": "ok"}}}
+        }))
+        .unwrap();
+        assert!(t.task.sudo);
+        assert!(
+            t.notes.iter().any(|n| n.contains("--allow-sudo")),
+            "{:?}",
+            t.notes
+        );
+        let back = Task::parse(&t.task.to_toml().unwrap(), "t.toml").unwrap();
+        assert!(back.sudo);
     }
 
     #[test]
@@ -929,7 +958,6 @@ mod tests {
             "id": "x1",
             "instruction": "Do it.",
             "config": [
-                {"type": "execute", "parameters": {"command": "sudo apt install foo"}},
                 {"type": "launch", "parameters": {"command": ["code"]}}
             ],
             "evaluator": {"func": ["compare_image_text", "no_such_metric"],
@@ -938,13 +966,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(s.id, "x1");
         let all = s.reasons.join("\n");
-        for needle in [
-            "sudo",
-            "VS Code",
-            "easyocr",
-            "no_such_metric",
-            "accessibility tree",
-        ] {
+        for needle in ["VS Code", "easyocr", "no_such_metric", "accessibility tree"] {
             assert!(all.contains(needle), "{needle}: {all}");
         }
         assert!(s.needs_account(), "{all}");

@@ -1641,3 +1641,83 @@ async fn the_osworld_import_reports_its_coverage_by_app_and_reason() {
             .all(|t| t["app"].is_string() && t["id"].is_string())
     );
 }
+
+/// A task that needs sudo runs only with --allow-sudo, on the desktop that grants it (a
+/// setup step makes a root-owned file with OSWorld's password); everywhere else sudo raises
+/// nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sudo_task_runs_only_when_allowed_and_only_there_sudo_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let db = home.join("rec.db");
+    let _snapshots = SnapshotsOf(db.clone());
+    let write = |name: &str, text: &str| {
+        let path = home.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let sudo_task = write(
+        "sudo.toml",
+        "id = \"sudo-made\"\ninstruction = \"Answer done (sudo).\"\nsudo = true\n\
+         [[setup]]\nexec = \"echo password | sudo -S sh -c 'echo made > /opt/made-by-root'\"\n\
+         [check]\ncommand = \"stat -c %U /opt/made-by-root\"\nstdout = \"^root$\"\n",
+    );
+    let plain_task = write(
+        "plain.toml",
+        "id = \"sudo-denied\"\ninstruction = \"Answer done (plain).\"\n\
+         [check]\ncommand = \"echo password | sudo -S id -u\"\nstdout = \"^0$\"\n",
+    );
+    let server = ModelServer::routed(
+        vec![
+            route("(sudo)", vec![answer("done")]),
+            route("(plain)", vec![answer("done")]),
+        ],
+        (1280, 800),
+    )
+    .await;
+    let url = server.base_url();
+    let run = |task: &Path, allow: bool| {
+        let mut args = vec![
+            "run".to_owned(),
+            "--headless".into(),
+            "--task".into(),
+            task.display().to_string(),
+            "--base-url".into(),
+            url.clone(),
+            "--db".into(),
+            db.display().to_string(),
+        ];
+        if allow {
+            args.push("--allow-sudo".into());
+        }
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            selfagent(&args, home).await
+        }
+    };
+    let refused = run(&sudo_task, false).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("sudo-made needs sudo") && text(&refused).contains("--allow-sudo"),
+        "{}",
+        text(&refused)
+    );
+    assert!(
+        server.requests().is_empty(),
+        "refused before any desktop or model call"
+    );
+
+    let allowed = run(&sudo_task, true).await;
+    assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed));
+    // An ordinary desktop, even with the flag: no sudoers entry, and no-new-privileges.
+    let plain = run(&plain_task, true).await;
+    assert_eq!(plain.status.code(), Some(2), "{}", text(&plain));
+    let rec = Db::open_read(&db).unwrap();
+    let sessions = rec.task_sessions().unwrap();
+    let made = sessions
+        .iter()
+        .find(|s| s.task_id.as_deref() == Some("sudo-made"))
+        .unwrap();
+    assert_eq!(made.meta["task"]["sudo"], true, "the recording names it");
+    assert!(server.problems().is_empty(), "{:?}", server.problems());
+}

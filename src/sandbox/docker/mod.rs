@@ -103,7 +103,7 @@ fn host_config(plan: &ContainerPlan) -> HostConfig {
         shm_size: plan.shm,
         cap_drop: Some(vec!["ALL".into()]),
         cap_add: (!plan.keep_caps.is_empty()).then(|| plan.keep_caps.clone()),
-        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        security_opt: (!plan.allow_setuid).then(|| vec!["no-new-privileges:true".into()]),
         sysctls: (!plan.sysctls.is_empty()).then(|| plan.sysctls.clone()),
         init: Some(true),
         tmpfs: (!plan.tmpfs.is_empty()).then(|| plan.tmpfs.iter().cloned().collect()),
