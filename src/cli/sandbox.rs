@@ -174,6 +174,19 @@ pub enum SandboxCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The screen's accessibility tree (AT-SPI) in OSWorld's linearized form: one element a
+    /// line (tag, name, text, class, description, position, size), invisible and zero-size
+    /// elements left out by OSWorld's own filter. Office desktops only.
+    A11y {
+        /// The sandbox: an id, a unique id prefix or a name.
+        id: String,
+        /// The elements as JSON objects.
+        #[arg(long, conflicts_with = "xml")]
+        json: bool,
+        /// The whole tree as OSWorld's XML (what its `accessibility_tree` getter returns).
+        #[arg(long)]
+        xml: bool,
+    },
     /// Wait until a window whose title (and/or class) matches appears.
     WaitWindow {
         /// The sandbox: an id, a unique id prefix or a name.
@@ -356,6 +369,7 @@ pub async fn run(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             json,
         } => cp(&engine, &src, &dst, max_size as u64, json).await,
         SandboxCmd::Windows { id, json } => windows(&engine, id, json).await,
+        SandboxCmd::A11y { id, json, xml } => a11y(&engine, id, json, xml).await,
         SandboxCmd::WaitWindow {
             id,
             title,
@@ -608,6 +622,22 @@ async fn exec(
         eprintln!("selfagent: `{}` timed out", command.join(" "));
     }
     Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8))
+}
+
+async fn a11y(engine: &Engine, id: String, json: bool, xml: bool) -> anyhow::Result<ExitCode> {
+    let sandbox = engine.get(&id).await?;
+    if xml {
+        crate::outln!("{}", sandbox.accessibility_xml().await?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (text, _) = sandbox.accessibility_tree().await?;
+    if json {
+        let rows = crate::sandbox::a11y::parse_linearized(&text);
+        crate::outln!("{}", serde_json::to_string(&rows)?);
+    } else {
+        crate::out!("{text}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn windows(engine: &Engine, id: String, json: bool) -> anyhow::Result<ExitCode> {

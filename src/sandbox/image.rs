@@ -121,6 +121,11 @@ pub const CONTEXT: &[(&str, &[u8], u32)] = &[
         0o644,
     ),
     (
+        "office/rootfs/opt/selfagent/osworld/a11y.py",
+        include_bytes!("../../sandbox/office/rootfs/opt/selfagent/osworld/a11y.py"),
+        0o644,
+    ),
+    (
         "office/rootfs/opt/selfagent/osworld/stubs/easyocr.py",
         include_bytes!("../../sandbox/office/rootfs/opt/selfagent/osworld/stubs/easyocr.py"),
         0o644,

@@ -14,6 +14,7 @@
 //! even when no selfagent process is left to do it; `prune` removes what is expired, exited or
 //! orphaned.
 
+pub mod a11y;
 pub mod docker;
 mod exec;
 mod files;

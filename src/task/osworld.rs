@@ -45,18 +45,6 @@ const GETTERS: &str = include_str!("osworld-getters.txt");
 
 /// Getters that load but cannot answer faithfully here, and why.
 pub const UNSUPPORTED_GETTERS: &[(&str, &str)] = &[
-    (
-        "accessibility_tree",
-        "reads the accessibility tree, which selfagent does not serve yet",
-    ),
-    (
-        "active_url_from_accessTree",
-        "reads the accessibility tree, which selfagent does not serve yet",
-    ),
-    (
-        "vm_terminal_output",
-        "reads the terminal's text through the accessibility tree",
-    ),
     ("vm_wallpaper", "asks OSWorld's VM server for the wallpaper"),
     (
         "vm_window_size",
@@ -961,12 +949,12 @@ mod tests {
                 {"type": "launch", "parameters": {"command": ["code"]}}
             ],
             "evaluator": {"func": ["compare_image_text", "no_such_metric"],
-                "result": [{"type": "accessibility_tree"}, {"type": "googledrive_file"}]}
+                "result": [{"type": "vm_wallpaper"}, {"type": "googledrive_file"}]}
         }))
         .unwrap_err();
         assert_eq!(s.id, "x1");
         let all = s.reasons.join("\n");
-        for needle in ["VS Code", "easyocr", "no_such_metric", "accessibility tree"] {
+        for needle in ["VS Code", "easyocr", "no_such_metric", "wallpaper"] {
             assert!(all.contains(needle), "{needle}: {all}");
         }
         assert!(s.needs_account(), "{all}");

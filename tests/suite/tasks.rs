@@ -1721,3 +1721,162 @@ async fn a_sudo_task_runs_only_when_allowed_and_only_there_sudo_works() {
     assert_eq!(made.meta["task"]["sudo"], true, "the recording names it");
     assert!(server.problems().is_empty(), "{:?}", server.problems());
 }
+
+/// OSWorld's evaluator run inside `d` (as the harness runs it, as root) on `evaluator`;
+/// its score, or the error it printed.
+async fn evaluate_inside(d: &crate::common::TestDesktop, evaluator: Value) -> Result<f64, String> {
+    let request = json!({"evaluator": evaluator, "files": {}}).to_string();
+    let out = d
+        .sandbox
+        .exec(
+            &[
+                "/opt/osworld/bin/python",
+                "-I",
+                "/opt/selfagent/osworld/evaluate.py",
+            ],
+            &selfagent::sandbox::ExecOptions {
+                user: Some("root".into()),
+                stdin: Some(request.into_bytes()),
+                timeout: Some(std::time::Duration::from_secs(120)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let line = out.stdout_text();
+    let v: Value = serde_json::from_str(line.trim().lines().last().unwrap_or("null"))
+        .map_err(|e| format!("{e}: {line} {}", out.stderr_text()))?;
+    v["score"]
+        .as_f64()
+        .ok_or_else(|| format!("{v} {}", out.stderr_text()))
+}
+
+/// Waits until OSWorld's evaluator scores `evaluator` 1 inside `d` (what it reads may
+/// still be starting).
+async fn passes_eventually(
+    d: &crate::common::TestDesktop,
+    what: &str,
+    evaluator: Value,
+    secs: u64,
+) {
+    eventually(what, std::time::Duration::from_secs(secs), || {
+        let evaluator = evaluator.clone();
+        async move {
+            let score = evaluate_inside(d, evaluator).await;
+            check(score == Ok(1.0), || format!("{score:?}"))
+        }
+    })
+    .await;
+}
+
+/// `sandbox a11y` on an office desktop with the text editor open lists its menus and its
+/// text area with positions (OSWorld's linearized form), `--xml` has its window; OSWorld's
+/// own getters read the same tree (`accessibility_tree` graded by its
+/// `check_accessibility_tree`, which fails on other text), a terminal's text
+/// (`vm_terminal_output`) and Chromium's address bar (`active_url_from_accessTree`); a
+/// desktop without AT-SPI says which one has it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_accessibility_tree_is_served_as_osworld_reads_it() {
+    use selfagent::action::Action;
+    let d = crate::common::desktop_with(selfagent::sandbox::SandboxSpec {
+        image: selfagent::sandbox::image::OFFICE_IMAGE.into(),
+        ..crate::common::test_spec()
+    })
+    .await;
+    let id = d.sandbox.id().to_owned();
+    d.open_window("mousepad", "Mousepad").await;
+    d.act_changing(Action::Type {
+        text: "hello a11y".into(),
+    })
+    .await;
+    let rows: Vec<Value> = eventually(
+        "the typed text in the tree",
+        std::time::Duration::from_secs(30),
+        || {
+            let id = id.clone();
+            async move {
+                let out = crate::common::cli(&["sandbox", "a11y", &id, "--json"]);
+                let rows: Vec<Value> = serde_json::from_slice(&out.stdout)
+                    .map_err(|e| format!("{e}: {}", crate::common::stderr(&out)))?;
+                check(
+                    rows.iter()
+                        .any(|r| r["tag"] == "text" && r["text"] == "hello a11y"),
+                    || format!("{rows:?}"),
+                )
+                .map(|()| rows)
+            }
+        },
+    )
+    .await;
+    for menu in ["File", "Edit", "Help"] {
+        let m = rows
+            .iter()
+            .find(|r| r["tag"] == "menu" && r["name"] == menu)
+            .unwrap_or_else(|| panic!("no {menu} menu: {rows:?}"));
+        assert!(m["position"][0].as_i64().unwrap() >= 0, "{m}");
+        assert!(m["size"][0].as_i64().unwrap() > 0, "{m}");
+    }
+    let area = rows.iter().find(|r| r["tag"] == "text").unwrap();
+    assert!(
+        area["size"][0].as_i64().unwrap() > 200 && area["size"][1].as_i64().unwrap() > 100,
+        "the text area: {area}"
+    );
+    let text = crate::common::stdout(&crate::common::cli(&["sandbox", "a11y", &id]));
+    assert!(
+        text.starts_with(
+            "tag\tname\ttext\tclass\tdescription\tposition (top-left x&y)\tsize (w&h)\n"
+        ),
+        "{text}"
+    );
+    let xml = crate::common::stdout(&crate::common::cli(&["sandbox", "a11y", &id, "--xml"]));
+    assert!(
+        xml.starts_with("<desktop-frame") && xml.contains("Mousepad\"") && xml.contains("<frame "),
+        "{}",
+        &xml[..xml.len().min(2000)]
+    );
+
+    // OSWorld's own getter and metric on the same tree: the text passes, other text fails.
+    let tree_check = |text: &str| {
+        json!({
+            "func": "check_accessibility_tree",
+            "result": {"type": "accessibility_tree"},
+            "expected": {"type": "rule", "rules": [
+                {"xpath": "//text[@st:editable='true']", "text": text, "exact": true}
+            ]}
+        })
+    };
+    assert_eq!(evaluate_inside(&d, tree_check("hello a11y")).await, Ok(1.0));
+    assert_eq!(
+        evaluate_inside(&d, tree_check("something else")).await,
+        Ok(0.0)
+    );
+
+    // A terminal's text.
+    d.terminal("a11yterm", Some("echo a11y-marker-42; exec sh"))
+        .await;
+    let terminal = json!({
+        "func": "check_include_exclude",
+        "result": {"type": "vm_terminal_output"},
+        "expected": {"type": "rule", "rules": {"include": ["a11y-marker-42"], "exclude": []}}
+    });
+    passes_eventually(&d, "the terminal's text through the tree", terminal, 30).await;
+
+    // Chromium's address bar, named as OSWorld's getter looks for Google Chrome's.
+    d.sandbox.spawn("google-chrome about:blank").await.unwrap();
+    let url = json!({
+        "func": "exact_match",
+        "result": {"type": "active_url_from_accessTree", "goto_prefix": ""},
+        "expected": {"type": "rule", "rules": {"expected": "about:blank"}}
+    });
+    passes_eventually(&d, "Chromium's address bar through the tree", url, 60).await;
+
+    // The default desktop has no AT-SPI bindings: the error names the one that has.
+    let plain = crate::common::desktop().await;
+    let out = crate::common::cli(&["sandbox", "a11y", plain.sandbox.id()]);
+    assert!(!out.status.success());
+    assert!(
+        crate::common::stderr(&out).contains("office desktop"),
+        "{}",
+        crate::common::stderr(&out)
+    );
+}

@@ -36,6 +36,7 @@ HOME = "/home/user"
 # The most a getter reads of one file: an agent can make a sparse file of any size.
 MAX_FILE = 256 << 20
 STUBS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stubs")
+A11Y = os.path.join(os.path.dirname(os.path.abspath(__file__)), "a11y.py")
 
 
 def as_user(argv, **kw):
@@ -112,10 +113,19 @@ class Controller:
                 "error": r.stderr.decode(errors="replace"), "returncode": r.returncode}
 
     def get_terminal_output(self):
-        return None
+        # The first terminal's text, read from the accessibility tree as OSWorld's server.
+        return self._a11y("terminal")
 
     def get_accessibility_tree(self):
-        return None
+        # The tree as OSWorld's server serves it (a11y.py); None in an inspector, where no
+        # session runs (its getters then fail, as on a VM whose tree cannot be read).
+        return self._a11y("dump")
+
+    def _a11y(self, mode):
+        r = as_user(["/usr/bin/python3", "-I", A11Y, mode], timeout=60)
+        if r.returncode != 0 or not r.stdout:
+            return None
+        return r.stdout.decode(errors="replace")
 
     def get_vm_platform(self):
         return "Linux"
