@@ -399,6 +399,9 @@ pub struct Report {
     pub harness_errors: usize,
     /// Episodes stopped by the user: neither passed nor failed.
     pub stopped: usize,
+    /// Attempts lost to the harness and run again (`--retry-harness`), over all episodes.
+    #[serde(default)]
+    pub harness_retries: usize,
     pub summary: Vec<TaskSummary>,
     /// The pass rate and score over tasks with their clustered 95% intervals (`None` when
     /// nothing was graded).
@@ -555,6 +558,7 @@ impl Report {
         let overall = Overall::new(&episodes, &summary);
         Self {
             overall,
+            harness_retries: episodes.iter().map(|e| e.harness_retries.len()).sum(),
             cost: (!costs.is_empty()).then(|| costs.iter().sum()),
             passed,
             failed: episodes.len() - passed - harness_errors - stopped,
@@ -589,11 +593,19 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\n{} episodes: {} passed, {} failed, {} harness errors{}{}; wall {:.1} s with {} at once; memory peak {} above a {} baseline{}",
+            "\n{} episodes: {} passed, {} failed, {} harness errors{}{}{}; wall {:.1} s with {} at once; memory peak {} above a {} baseline{}",
             self.episodes.len(),
             self.passed,
             self.failed,
             self.harness_errors,
+            if self.harness_retries > 0 {
+                format!(
+                    " (run again after the harness lost it: {})",
+                    crate::output::count(self.harness_retries as u32, "attempt")
+                )
+            } else {
+                String::new()
+            },
             if self.stopped > 0 {
                 format!(", {} stopped", self.stopped)
             } else {
