@@ -52,8 +52,8 @@ pub struct BatchArgs {
     #[arg(required_unless_present = "resume", value_name = "TASKS")]
     pub tasks: Vec<PathBuf>,
     /// Finish the batch whose report directory this is: its saved settings and tasks, only
-    /// the episodes not yet finished (one cut short is run again and marked), the same
-    /// report completed. Takes no other flag but --json; keys come from the environment.
+    /// the episodes not yet graded (one cut short or stopped is run again and marked, one
+    /// lost to the harness gets another go), the same report completed. Takes no other flag but --json; keys come from the environment.
     #[arg(long, value_name = "DIR")]
     #[serde(skip)]
     pub resume: Option<PathBuf>,

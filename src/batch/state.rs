@@ -131,9 +131,10 @@ pub fn save(dir: &Path, saved: &Saved) -> anyhow::Result<()> {
 #[derive(Debug)]
 pub struct Loaded {
     pub saved: Saved,
-    /// Finished episodes by number.
+    /// Graded episodes by number: kept as they are.
     pub finished: BTreeMap<usize, EpisodeReport>,
-    /// Episodes started but not finished (cut short), by number: their last session.
+    /// Episodes cut short (started, never finished) or stopped by the user, by number:
+    /// their last session. Run again.
     pub cut: BTreeMap<usize, String>,
     /// Harness errors already retried, by episode number.
     pub retries: BTreeMap<usize, Vec<HarnessRetry>>,
@@ -202,9 +203,24 @@ pub fn load(dir: &Path) -> anyhow::Result<Loaded> {
                 loaded.cut.insert(n, session);
             }
             Line::Retried { n, retry } => loaded.retries.entry(n).or_default().push(retry),
+            // Only a graded episode is done. One stopped by the user (Ctrl-C) is run again
+            // like one cut short; one lost to the harness after its retries gets another
+            // go, its attempts kept with the retried ones.
             Line::Finished { n, episode, .. } => {
                 loaded.cut.remove(&n);
-                loaded.finished.insert(n, *episode);
+                loaded.finished.remove(&n);
+                if episode.graded() {
+                    loaded.finished.insert(n, *episode);
+                } else if let Some(error) = &episode.harness_error {
+                    let retries = loaded.retries.entry(n).or_default();
+                    *retries = episode.harness_retries.clone();
+                    retries.push(HarnessRetry {
+                        session_id: episode.session_id.clone(),
+                        error: error.clone(),
+                    });
+                } else {
+                    loaded.cut.insert(n, episode.session_id.clone());
+                }
             }
         }
         if let (Some(at), Some((_, last))) = (at, segment.as_mut()) {
@@ -311,6 +327,30 @@ mod tests {
         let l = load(dir.path()).unwrap();
         assert_eq!((l.wall_ms, l.segments), (4500, 2));
         assert!(l.finished.contains_key(&1) && !l.cut.contains_key(&1));
+
+        // Stopped by the user: run again; lost to the harness: run again, its attempt kept.
+        let log = Log::open(dir.path(), false).unwrap();
+        let mut stopped = episode("c", 1);
+        (stopped.status, stopped.ended_by, stopped.session_id) =
+            ("stopped".into(), "user".into(), "s-c-stopped".into());
+        log.append(&Line::Finished {
+            n: 2,
+            at_ms: 9600,
+            episode: Box::new(stopped),
+        });
+        let mut lost = episode("a", 1);
+        (lost.harness_error, lost.session_id) = (Some("engine gone".into()), "s-a-lost".into());
+        log.append(&Line::Finished {
+            n: 0,
+            at_ms: 9700,
+            episode: Box::new(lost),
+        });
+        drop(log);
+        let l = load(dir.path()).unwrap();
+        assert_eq!(l.finished.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(l.cut.get(&2).map(String::as_str), Some("s-c-stopped"));
+        assert_eq!(l.retries[&0][0].error, "engine gone");
+        assert!(!l.cut.contains_key(&0));
         let text = std::fs::read_to_string(&path)
             .unwrap()
             .replace("\"segment\"", "\"nonsense\"");
