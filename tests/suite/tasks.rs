@@ -1459,6 +1459,48 @@ async fn sigterm_stops_a_batch_and_keeps_what_finished() {
     assert!(s.steps >= 1 && rec.steps(&s.id).unwrap().len() as i64 == s.steps);
     assert!(junit_has(&report, "skipped=\"2\""));
     assert!(junit_has(&report, "stopped by the user"));
+
+    // Resumed: the graded episode is kept, the stopped one runs again (named as redone),
+    // the one never started runs; each task once.
+    let resumed = tokio::process::Command::new(bin())
+        .args(["batch", "--resume", report.to_str().unwrap()])
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("SELFAGENT_DB")
+        .env("HOME", home)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let log = text(&resumed);
+    assert_eq!(resumed.status.code(), Some(0), "{log}");
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let eps = r["episodes"].as_array().unwrap();
+    let tasks: Vec<&str> = eps.iter().map(|e| e["task_id"].as_str().unwrap()).collect();
+    assert_eq!(
+        tasks,
+        ["editor-append", "terminal-mkdir", "terminal-write-file"],
+        "{log}"
+    );
+    let again = |t: &str| eps.iter().find(|e| e["task_id"] == t).unwrap().clone();
+    assert_eq!(
+        again("terminal-mkdir")["session_id"],
+        by_task("terminal-mkdir")["session_id"],
+        "the graded episode is kept"
+    );
+    let redone = again("terminal-write-file");
+    assert_eq!(redone["redone"], stopped["session_id"], "{redone:#}");
+    assert_ne!(redone["status"], "stopped", "{redone:#}");
+    assert_eq!(
+        (
+            r["stopped"].as_u64(),
+            r["batch"]["not_run"].as_u64(),
+            r["batch"]["stopped"].as_bool()
+        ),
+        (Some(0), Some(0), Some(false)),
+        "{r:#}"
+    );
 }
 
 fn junit_has(report: &Path, needle: &str) -> bool {
