@@ -4,7 +4,7 @@
 //! [`super::stats::paired`]); the tasks whose majority verdict flipped; and warnings where
 //! the two did not run the same thing (tasks, task definitions, image, model settings).
 
-use super::report::{Report, TaskSummary};
+use super::report::{Report, TaskSummary, interval, pct};
 use super::stats::{self, Paired};
 use crate::export::{CSS, html_escape};
 use anyhow::Context;
@@ -272,10 +272,6 @@ fn or_unknown(v: &str) -> &str {
     if v.is_empty() { "(not recorded)" } else { v }
 }
 
-fn pct(v: f64) -> String {
-    format!("{:.0}%", v * 100.0)
-}
-
 /// A difference in points, signed: `+15`, `−3`.
 fn points(v: f64) -> String {
     let p = (v * 100.0).round();
@@ -286,11 +282,6 @@ fn points(v: f64) -> String {
     } else {
         "0".into()
     }
-}
-
-fn interval(ci: Option<[f64; 2]>) -> String {
-    ci.map(|[lo, hi]| format!("{:.0}–{:.0}%", lo * 100.0, hi * 100.0))
-        .unwrap_or_else(|| "–".into())
 }
 
 impl Paired {
@@ -311,12 +302,12 @@ impl Paired {
             "{what}: A {} → B {}, B − A = {}{} (95% CI {} to {}; paired over {} tasks, SE {}, \
              unpaired it would be {}): {verdict}",
             if as_points {
-                pct(self.a)
+                pct(Some(self.a))
             } else {
                 format!("{:.2}", self.a)
             },
             if as_points {
-                pct(self.b)
+                pct(Some(self.b))
             } else {
                 format!("{:.2}", self.b)
             },
@@ -504,76 +495,25 @@ impl Comparison {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::report::{BatchMeta, EpisodeReport, Memory};
-    use crate::task::Task;
-    use std::sync::Arc;
-
-    fn ep(task: &str, repeat: u32, passed: bool) -> EpisodeReport {
-        EpisodeReport {
-            task_id: task.into(),
-            repeat,
-            session_id: format!("s-{task}-{repeat}"),
-            passed,
-            score: if passed { 1.0 } else { 0.0 },
-            status: "succeeded".into(),
-            ended_by: "model".into(),
-            harness_error: None,
-            steps: 3,
-            wall_ms: 1000,
-            tokens_in: 10,
-            tokens_out: 1,
-            answer: None,
-            error: None,
-            grade: None,
-            engine: None,
-            cost: None,
-            redone: None,
-            harness_retries: Vec::new(),
-        }
-    }
+    use crate::batch::report::BatchMeta;
+    use crate::batch::report::tests::{ep, meta, task};
 
     fn report(id: &str, image: &str, results: &[(&str, &[bool])]) -> Report {
-        let tasks: Vec<Arc<Task>> = results
-            .iter()
-            .map(|(t, _)| {
-                Arc::new(
-                    Task::parse(&format!("id = \"{t}\"\ninstruction = \"x\"\n"), "t.toml").unwrap(),
-                )
-            })
-            .collect();
+        let tasks: Vec<_> = results.iter().map(|(t, _)| task(t)).collect();
         let episodes = results
             .iter()
             .flat_map(|(t, runs)| {
                 runs.iter()
                     .enumerate()
-                    .map(|(i, p)| ep(t, i as u32 + 1, *p))
+                    .map(|(i, p)| ep(t, i as u32 + 1, *p, false))
             })
             .collect();
         let meta = BatchMeta {
             id: id.into(),
-            started_at: "2026-12-03T00:00:00Z".into(),
-            wall_ms: 1,
-            parallel: 1,
             repeat: 3,
-            model: "m".into(),
-            protocol: "tools".into(),
-            coords: "native".into(),
-            base_url: "http://x/v1".into(),
             image: image.into(),
-            settings: Default::default(),
-            task_digests: Default::default(),
-            sudo: Vec::new(),
-            resumed: 0,
-            db: "db".into(),
-            calibration: None,
             tasks: results.len(),
-            episodes: 0,
-            finished: 0,
-            not_run: 0,
-            engines: Vec::new(),
-            stopped: false,
-            over_budget: false,
-            memory: Memory::default(),
+            ..meta()
         };
         Report::new(meta, &tasks, episodes)
     }

@@ -421,7 +421,7 @@ fn gib(bytes: u64) -> String {
 }
 
 /// An interval in points: `24–76%`.
-fn interval(ci: Option<[f64; 2]>) -> String {
+pub(crate) fn interval(ci: Option<[f64; 2]>) -> String {
     ci.map(|[lo, hi]| format!("{:.0}–{:.0}%", lo * 100.0, hi * 100.0))
         .unwrap_or_else(|| "–".into())
 }
@@ -532,7 +532,7 @@ pub fn diff_svg(diff: f64, ci: [f64; 2]) -> String {
     )
 }
 
-fn pct(v: Option<f64>) -> String {
+pub(crate) fn pct(v: Option<f64>) -> String {
     v.map(|v| format!("{:.0}%", v * 100.0))
         .unwrap_or_else(|| "–".into())
 }
@@ -909,7 +909,7 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -925,7 +925,7 @@ mod tests {
         assert_eq!(pass_at_k(2, 1, 5), Some(1.0));
     }
 
-    fn ep(task: &str, repeat: u32, passed: bool, harness: bool) -> EpisodeReport {
+    pub(crate) fn ep(task: &str, repeat: u32, passed: bool, harness: bool) -> EpisodeReport {
         EpisodeReport {
             task_id: task.into(),
             repeat,
@@ -949,7 +949,7 @@ mod tests {
         }
     }
 
-    fn meta() -> BatchMeta {
+    pub(crate) fn meta() -> BatchMeta {
         BatchMeta {
             id: "b1".into(),
             started_at: "2026-11-22T00:00:00Z".into(),
@@ -978,7 +978,7 @@ mod tests {
         }
     }
 
-    fn task(id: &str) -> Arc<Task> {
+    pub(crate) fn task(id: &str) -> Arc<Task> {
         Arc::new(
             Task::parse(
                 &format!("id = \"{id}\"\ninstruction = \"do <it> & more\"\n"),

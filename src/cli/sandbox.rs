@@ -625,17 +625,16 @@ async fn exec(
 }
 
 async fn a11y(engine: &Engine, id: String, json: bool, xml: bool) -> anyhow::Result<ExitCode> {
+    use crate::sandbox::a11y::printable;
     let sandbox = engine.get(&id).await?;
     if xml {
-        crate::outln!("{}", sandbox.accessibility_xml().await?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let (text, _) = sandbox.accessibility_tree().await?;
-    if json {
-        let rows = crate::sandbox::a11y::parse_linearized(&text);
+        crate::outln!("{}", printable(&sandbox.accessibility_xml().await?));
+    } else if json {
+        // JSON escapes control characters itself.
+        let rows = sandbox.accessibility_elements().await?;
         crate::outln!("{}", serde_json::to_string(&rows)?);
     } else {
-        crate::out!("{text}");
+        crate::out!("{}", printable(&sandbox.accessibility_tree().await?));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@
 
 use super::exec::ExecOptions;
 use super::{Sandbox, SandboxError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The walker in the office image.
@@ -17,7 +17,7 @@ const OSWORLD_PYTHON: &str = "/opt/osworld/bin/python";
 /// A large tree (a spreadsheet, a long web page) takes a few seconds to walk.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One line of OSWorld's linearized tree.
+/// One element of OSWorld's linearized tree.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Element {
     pub tag: String,
@@ -30,6 +30,18 @@ pub struct Element {
     pub size: Option<[i64; 2]>,
 }
 
+/// An element as `a11y.py rows` writes it (points as OSWorld writes them: `(x, y)`).
+#[derive(Deserialize)]
+struct Row {
+    tag: String,
+    name: String,
+    text: String,
+    class: String,
+    description: String,
+    position: String,
+    size: String,
+}
+
 /// `(x, y)` as OSWorld writes a point.
 fn pair(s: &str) -> Option<[i64; 2]> {
     let inner = s.trim().strip_prefix('(')?.strip_suffix(')')?;
@@ -37,22 +49,33 @@ fn pair(s: &str) -> Option<[i64; 2]> {
     Some([a.trim().parse().ok()?, b.trim().parse().ok()?])
 }
 
-/// OSWorld's linearized form read back: its header line, then tab-separated fields.
-pub fn parse_linearized(text: &str) -> Vec<Element> {
-    text.lines()
-        .skip(1)
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let f: Vec<&str> = line.split('\t').collect();
-            let get = |i: usize| f.get(i).copied().unwrap_or_default().to_owned();
-            Element {
-                tag: get(0),
-                name: get(1),
-                text: get(2),
-                class: get(3),
-                description: get(4),
-                position: f.get(5).and_then(|s| pair(s)),
-                size: f.get(6).and_then(|s| pair(s)),
+/// The elements `a11y.py rows` wrote.
+pub fn parse_rows(json: &str) -> Result<Vec<Element>, serde_json::Error> {
+    let rows: Vec<Row> = serde_json::from_str(json)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Element {
+            position: pair(&r.position),
+            size: pair(&r.size),
+            tag: r.tag,
+            name: r.name,
+            text: r.text,
+            class: r.class,
+            description: r.description,
+        })
+        .collect())
+}
+
+/// What the agent's apps named their elements can hold anything, terminal escapes
+/// included: control characters but newlines and tabs become U+FFFD before a terminal sees
+/// them.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
             }
         })
         .collect()
@@ -100,16 +123,27 @@ impl Sandbox {
             .await
     }
 
-    /// The tree in OSWorld's linearized form (its header line first), and its XML.
-    pub async fn accessibility_tree(&self) -> Result<(String, String), SandboxError> {
+    /// The tree in OSWorld's linearized form (its header line first).
+    pub async fn accessibility_tree(&self) -> Result<String, SandboxError> {
+        self.a11y_of_tree("linearize").await
+    }
+
+    /// The elements of the linearized form, one by one.
+    pub async fn accessibility_elements(&self) -> Result<Vec<Element>, SandboxError> {
+        let json = self.a11y_of_tree("rows").await?;
+        parse_rows(&json).map_err(|e| {
+            SandboxError::Invalid(format!("reading the accessibility tree's elements: {e}"))
+        })
+    }
+
+    /// The tree read, then `mode` of it made by OSWorld's environment.
+    async fn a11y_of_tree(&self, mode: &str) -> Result<String, SandboxError> {
         let xml = self.accessibility_xml().await?;
-        let text = self
-            .a11y_run(
-                &[OSWORLD_PYTHON, "-I", SCRIPT, "linearize"],
-                Some(xml.clone().into_bytes()),
-            )
-            .await?;
-        Ok((text, xml))
+        self.a11y_run(
+            &[OSWORLD_PYTHON, "-I", SCRIPT, mode],
+            Some(xml.into_bytes()),
+        )
+        .await
     }
 }
 
@@ -118,19 +152,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_linearized_form_reads_back() {
-        let text = "tag\tname\ttext\tclass\tdescription\tposition (top-left x&y)\tsize (w&h)\n\
-                    menu\tFile\t\"\"\t\t\t(5, 56)\t(37, 27)\n\
-                    text\t\thello\tmousepad\t\t(6, 86)\t(638, 447)\n\
-                    label\tbroken\n";
-        let rows = parse_linearized(text);
-        assert_eq!(rows.len(), 3);
-        assert_eq!(rows[0].tag, "menu");
+    fn elements_read_back_and_escapes_never_reach_a_terminal() {
+        let json = r#"[{"tag":"menu","name":"File","text":"","class":"","description":"","position":"(5, 56)","size":"(37, 27)"},
+            {"tag":"text","name":"","text":"two\nlines\tand a tab","class":"","description":"","position":"","size":""}]"#;
+        let rows = parse_rows(json).unwrap();
         assert_eq!(rows[0].position, Some([5, 56]));
-        assert_eq!(rows[1].text, "hello");
-        assert_eq!(rows[1].size, Some([638, 447]));
-        assert_eq!((rows[2].position, rows[2].text.as_str()), (None, ""));
+        assert_eq!(rows[0].size, Some([37, 27]));
+        assert_eq!(rows[1].text, "two\nlines\tand a tab");
+        assert_eq!(rows[1].position, None);
+        assert!(parse_rows("[{\"tag\": 1}]").is_err());
         assert_eq!(pair("(-1, 7)"), Some([-1, 7]));
         assert_eq!(pair("7"), None);
+        assert_eq!(
+            printable("a\x1b]52;c;x\x07b\n\tc"),
+            "a\u{fffd}]52;c;x\u{fffd}b\n\tc"
+        );
     }
 }

@@ -7,6 +7,9 @@
                                                     tab-separated (tag, name, text, class,
                                                     description, position, size), filtered by
                                                     OSWorld's own `filter_nodes`
+    /opt/osworld/bin/python -I a11y.py rows         the same elements as a JSON list of
+                                                    objects (a text may hold tabs and newlines,
+                                                    which the linearized form does not escape)
     python3 -I a11y.py terminal                     the text of the first terminal (OSWorld's
                                                     `vm_terminal_output`)
 
@@ -192,6 +195,18 @@ def main():
     elif mode == "linearize":
         xml = sys.stdin.read()
         sys.stdout.write(osworld_linearize()(xml, platform="ubuntu") + "\n")
+    elif mode == "rows":
+        import json
+        import xml.etree.ElementTree as ET
+
+        from mm_agents.accessibility_tree_wrap.heuristic_retrieve import filter_nodes
+        attr = "{%s}" % NS["attr"]
+        cp = "{%s}" % NS["cp"]
+        rows = [{"tag": n.tag, "name": n.get("name", ""), "text": n.text or "",
+                 "class": n.get(attr + "class", ""), "description": n.get(attr + "description", ""),
+                 "position": n.get(cp + "screencoord", ""), "size": n.get(cp + "size", "")}
+                for n in filter_nodes(ET.fromstring(sys.stdin.read()), "ubuntu")]
+        json.dump(rows, sys.stdout)
     elif mode == "terminal":
         import xml.etree.ElementTree as ET
         import io
