@@ -444,9 +444,14 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
     let resumed = match args.resume.clone() {
         Some(dir) => {
             let loaded = resume_from(&args, &dir)?;
-            let json = args.json;
+            let (json, base_url) = (args.json, args.common.base_url.clone());
             args = loaded.saved.args.clone();
             args.json = json;
+            // An endpoint with credentials in it was not saved: it comes from the
+            // environment again (OPENAI_BASE_URL), as keys do.
+            if args.common.base_url.is_none() {
+                args.common.base_url = base_url;
+            }
             Some((dir, loaded))
         }
         None => {
@@ -598,10 +603,7 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
                     version: state::VERSION,
                     id: batch_id.clone(),
                     started_at_ms: started_at,
-                    args: BatchArgs {
-                        report: Some(std::path::absolute(&report_dir)?),
-                        ..args.clone()
-                    },
+                    args: saved_args(&args, &report_dir)?,
                     jobs: all_jobs.clone(),
                     task_digests: digests.clone(),
                     calibration: calibration.clone(),
@@ -887,6 +889,21 @@ fn flag_differences(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String>
     out
 }
 
+/// The flags as `batch.json` keeps them: the report directory made absolute, and no
+/// endpoint that carries credentials (user:password@ or a query string).
+fn saved_args(args: &BatchArgs, report_dir: &std::path::Path) -> anyhow::Result<BatchArgs> {
+    let mut saved = BatchArgs {
+        report: Some(std::path::absolute(report_dir)?),
+        ..args.clone()
+    };
+    if let Some(url) = &saved.common.base_url
+        && crate::model::redact_url(url) != *url
+    {
+        saved.common.base_url = None;
+    }
+    Ok(saved)
+}
+
 /// The desktops of episodes a killed batch left behind (their process is gone, their
 /// sessions cut short), removed before those episodes run again.
 async fn remove_cut_desktops(engines: &[(Engine, EngineSpec)], loaded: &state::Loaded) {
@@ -1012,5 +1029,47 @@ impl EpisodeReport {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(list: &[&str]) -> BatchArgs {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            batch: BatchArgs,
+        }
+        <Only as clap::Parser>::parse_from(std::iter::once("batch").chain(list.iter().copied()))
+            .batch
+    }
+
+    #[test]
+    fn the_saved_configuration_holds_no_credentials_and_resume_names_extra_flags() {
+        let dir = std::path::Path::new("/tmp/r");
+        let with = parse(&["t.toml", "--base-url", "https://me:secret@host/v1?key=k"]);
+        let saved = saved_args(&with, dir).unwrap();
+        assert_eq!(saved.common.base_url, None);
+        assert!(!serde_json::to_string(&saved).unwrap().contains("secret"));
+        let plain = parse(&["t.toml", "--base-url", "http://127.0.0.1:8000/v1"]);
+        assert_eq!(
+            saved_args(&plain, dir).unwrap().common.base_url.as_deref(),
+            Some("http://127.0.0.1:8000/v1")
+        );
+        let a = serde_json::to_value(parse(&[
+            "--resume",
+            "d",
+            "--repeat",
+            "5",
+            "--max-steps",
+            "3",
+        ]))
+        .unwrap();
+        let b = serde_json::to_value(parse(&["--resume", "d"])).unwrap();
+        let mut named = flag_differences(&a, &b);
+        named.sort();
+        assert_eq!(named, ["--max-steps", "--repeat"]);
     }
 }
