@@ -15,6 +15,19 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `--observe`: what the model can be shown.
+fn parse_observe(s: &str) -> Result<String, String> {
+    match s {
+        "screenshot" | "screenshot+a11y" => Ok(s.to_owned()),
+        "a11y" => Err(
+            "the tree alone is not offered: every protocol here is built around the screen; \
+             use screenshot+a11y"
+                .into(),
+        ),
+        _ => Err("expected screenshot or screenshot+a11y".into()),
+    }
+}
+
 /// The screen without flags or a task's `screen`.
 pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 800;
@@ -157,6 +170,12 @@ pub struct CommonArgs {
     /// one ready.
     #[arg(long)]
     pub no_pool: bool,
+    /// What the model observes: `screenshot`, or `screenshot+a11y` (the screen's
+    /// accessibility tree beside each screenshot, in OSWorld's linearized form with
+    /// positions in the model's coordinates; the last --keep-images trees in full, older
+    /// ones omitted; office desktops).
+    #[arg(long, value_name = "WHAT", value_parser = parse_observe)]
+    pub observe: Option<String>,
     /// Run tasks that say `sudo = true` on the desktop that grants the agent sudo (password
     /// `password`, as OSWorld's VM): the agent can become root in its container, read the
     /// desktop's own credentials and change anything in it (the container still bounds it).
@@ -544,6 +563,7 @@ pub fn resolve(
             price,
             max_cost,
             grounder,
+            observe_a11y: args.observe.as_deref() == Some("screenshot+a11y"),
             ..AgentConfig::default()
         },
         db: db_path(args.db.as_ref(), file),

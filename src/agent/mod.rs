@@ -11,6 +11,7 @@
 //! changing) instead of sleeping. The episode's deadline and a stop hold within moments,
 //! also in the middle of an action.
 
+pub mod a11y;
 pub mod computer;
 pub mod control;
 pub mod grounder;
@@ -62,6 +63,9 @@ pub struct AgentConfig {
     pub first_step: u32,
     /// A mark the steps carry in their `meta`: a re-run's model steps.
     pub step_mark: Option<StepMarks>,
+    /// Show the model the screen's accessibility tree beside each screenshot
+    /// (`--observe screenshot+a11y`; office desktops): see [`a11y`].
+    pub observe_a11y: bool,
 }
 
 /// What [`AgentConfig::step_mark`] puts in each step's `meta` under `key`: `first` on the
@@ -94,6 +98,7 @@ impl Default for AgentConfig {
             grounder: None,
             first_step: 1,
             step_mark: None,
+            observe_a11y: false,
         }
     }
 }
@@ -157,6 +162,8 @@ struct Acts {
 struct Observed {
     frame: Frame,
     shot: Shot,
+    /// The accessibility tree as the model is shown it (`--observe screenshot+a11y`).
+    tree: Option<String>,
 }
 
 /// Runs one episode on `computer` with `model`, reporting through `emit`, until the model
@@ -219,6 +226,8 @@ struct Episode<'a, C, M> {
     grounder_tokens: (u64, u64),
     /// The last step's reply and what it decoded to, kept for [`probe`] only.
     last_reply: Option<Option<(Value, Decision)>>,
+    /// The accessibility trees shown so far (`--observe screenshot+a11y`).
+    trees: a11y::Trees,
 }
 
 /// What one step came to: the next step, or the end.
@@ -254,6 +263,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                 cost: None,
             },
             last_reply: None,
+            trees: a11y::Trees::default(),
             grounder_tokens: (0, 0),
         }
     }
@@ -436,13 +446,43 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
             .map_err(|e| format!("scaling a screenshot: {e}"))?;
             Arc::new(scaled)
         };
+        let tree = if self.cfg.observe_a11y {
+            let desktop = self.computer.desktop().ok_or_else(|| {
+                "the accessibility tree is read from a desktop, and this is a stand-in".to_owned()
+            })?;
+            let elements = desktop
+                .sandbox()
+                .accessibility_elements()
+                .await
+                .map_err(|e| format!("--observe screenshot+a11y: {e}"))?;
+            Some(a11y::render(&elements, &geometry, a11y::MAX_TREE_CHARS))
+        } else {
+            None
+        };
         Ok(Observed {
             shot: Shot {
                 sha256: frame.sha256.clone(),
                 png,
             },
             frame,
+            tree,
         })
+    }
+
+    /// `note` and, when the model is shown the tree, the marker of `observed`'s tree
+    /// (expanded when a request is sent: [`a11y::Trees::expand`]).
+    fn with_tree(&mut self, note: &str, observed: &Observed) -> String {
+        match &observed.tree {
+            Some(tree) => {
+                let marker = self.trees.add(tree.clone());
+                if note.is_empty() {
+                    marker
+                } else {
+                    format!("{note}\n{marker}")
+                }
+            }
+            None => note.to_owned(),
+        }
     }
 
     async fn episode(&mut self) -> Ending {
@@ -454,7 +494,8 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
             Ok(o) => o,
             Err(e) => return self.desktop_failed(e).await,
         };
-        protocol.begin(&self.cfg.instruction, &current.shot);
+        let instruction = self.with_tree(&self.cfg.instruction, &current);
+        protocol.begin(&instruction, &current.shot);
         let mut bad_replies = 0;
         let first = self.cfg.first_step.max(1);
         // Steps a person made during take-overs: numbered among the model's, not counted
@@ -499,13 +540,13 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                     let list: Vec<String> = did.iter().map(person_action).collect();
                     format!(" They did: {}.", list.join("; "))
                 };
-                protocol.results(
-                    &[],
-                    &current.shot,
+                let note = self.with_tree(
                     &format!(
                         "A person took control of the desktop for a while and has handed it back.{what} This is the screen now:"
                     ),
+                    &current,
                 );
+                protocol.results(&[], &current.shot, &note);
             }
             for message in std::mem::take(&mut self.controls.messages) {
                 protocol.user_message(&format!("A message from the person watching: {message}"));
@@ -595,7 +636,11 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
         step: u32,
         protocol: &dyn Protocol,
     ) -> Result<Result<(RawReply, Decision, Value), String>, Interrupt> {
-        let (request, recorded) = protocol.request();
+        let (mut request, mut recorded) = protocol.request();
+        // The trees the conversation refers to: the recent ones in full, older ones omitted.
+        let keep = self.cfg.protocol.keep_images;
+        self.trees.expand(&mut request.body, keep);
+        self.trees.expand(&mut recorded, keep);
         let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Retry>();
         let on_retry = move |r: Retry| {
             let _ = retry_tx.send(r);
@@ -759,7 +804,8 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
             Ok(o) => o,
             Err(e) => return Next::End(self.step_broke(step, finish(&current.frame), &e).await),
         };
-        protocol.results(&results, &after.shot, "The screen after your actions:");
+        let note = self.with_tree("The screen after your actions:", &after);
+        protocol.results(&results, &after.shot, &note);
         self.emit.emit(finish(&after.frame)).await;
         *bad_replies = if usable { 0 } else { *bad_replies + 1 };
         Next::Continue(after)

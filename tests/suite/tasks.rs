@@ -1922,3 +1922,101 @@ async fn the_accessibility_tree_is_served_as_osworld_reads_it() {
         crate::common::stderr(&out)
     );
 }
+
+/// `--observe screenshot+a11y`: each request carries the screen's accessibility tree beside
+/// the screenshot, in OSWorld's linearized form with positions in the model's coordinates
+/// (here a screen sent at 1024x640); with --keep-images 1 the older tree is omitted like the
+/// older screenshot; what the agent typed shows in the next tree.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_can_observe_the_accessibility_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let db = home.join("rec.db");
+    let _snapshots = SnapshotsOf(db.clone());
+    let task = home.join("observe.toml");
+    std::fs::write(
+        &task,
+        "id = \"observe-a11y\"\ninstruction = \"Type into the editor (observe).\"\n\
+         desktop = \"office\"\n[[setup]]\nlaunch = \"mousepad\"\n\
+         [[setup]]\nwait_for_window = { title = \"Mousepad\", timeout = 30 }\n\
+         [check]\ncommand = \"true\"\n",
+    )
+    .unwrap();
+    let server = ModelServer::routed(
+        vec![route(
+            "(observe)",
+            vec![typed("hello a11y"), answer("done")],
+        )],
+        (1024, 640),
+    )
+    .await;
+    let out = selfagent(
+        &[
+            "run",
+            "--headless",
+            "--task",
+            task.to_str().unwrap(),
+            "--observe",
+            "screenshot+a11y",
+            "--keep-images",
+            "1",
+            "--scale",
+            "1024",
+            "--no-snapshot",
+            "--base-url",
+            &server.base_url(),
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        home,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(server.problems().is_empty(), "{:?}", server.problems());
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let header = "tag\\tname\\ttext\\tclass\\tdescription\\tposition (top-left x&y)\\tsize (w&h)";
+    let rows = |req: &Value| -> Vec<Vec<String>> {
+        let all = req.to_string();
+        let start = all
+            .rfind(header)
+            .unwrap_or_else(|| panic!("no tree: {all}"));
+        all[start..]
+            .split("\\n")
+            .skip(1)
+            .take_while(|l| l.contains("\\t"))
+            .map(|l| l.split("\\t").map(str::to_owned).collect())
+            .collect()
+    };
+    let first = rows(&requests[0]);
+    let file = first
+        .iter()
+        .find(|r| r[0] == "menu" && r[1] == "File")
+        .unwrap_or_else(|| panic!("no File menu: {first:?}"));
+    // Positions in the model's 1024x640 space, not the 1280x800 screen's.
+    for row in &first {
+        let nums: Vec<i64> = row[5]
+            .trim_matches(|c| c == '(' || c == ')')
+            .split(", ")
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert!(nums[0] <= 1024 && nums[1] <= 640, "{row:?}");
+    }
+    assert!(file[6].starts_with('('), "{file:?}");
+    let second = requests[1].to_string();
+    assert_eq!(
+        second.matches(header).count(),
+        1,
+        "only the latest tree in full"
+    );
+    assert!(
+        second.contains("[an earlier accessibility tree, omitted]"),
+        "{second}"
+    );
+    assert!(
+        rows(&requests[1])
+            .iter()
+            .any(|r| r[0] == "text" && r[2] == "hello a11y"),
+        "the typed text in the next tree: {second}"
+    );
+}
