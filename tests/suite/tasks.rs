@@ -2020,3 +2020,49 @@ async fn a_model_can_observe_the_accessibility_tree() {
         "the typed text in the next tree: {second}"
     );
 }
+
+/// The importer over the whole 85-task sample of OSWorld's public set
+/// (tests/fixtures/osworld-sample): the coverage the README reports, and every task file it
+/// writes loads (`tasks check`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_whole_osworld_sample_imports_into_tasks_that_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let out_dir = home.join("imported");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/osworld-sample");
+    import_osworld(&[&sample], &out_dir, home).await;
+    let cov: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("coverage.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            cov["tasks"].as_u64(),
+            cov["considered"].as_u64(),
+            cov["converted"].as_u64()
+        ),
+        (Some(85), Some(84), Some(71)),
+        "the README's table: {cov}"
+    );
+    let written = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "toml")
+        })
+        .count();
+    assert_eq!(written, 71);
+    let checked = selfagent(&["tasks", "check", out_dir.to_str().unwrap()], home).await;
+    assert_eq!(checked.status.code(), Some(0), "{}", text(&checked));
+    assert_eq!(
+        String::from_utf8_lossy(&checked.stdout)
+            .matches("\nok ")
+            .count()
+            + 1,
+        71,
+        "{}",
+        text(&checked)
+    );
+}
