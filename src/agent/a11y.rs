@@ -74,18 +74,37 @@ pub fn render(elements: &[Element], geometry: &Geometry, max: usize) -> String {
     out
 }
 
-/// The trees of an episode, by marker, in the order they were observed.
-#[derive(Debug, Default)]
+/// The trees of an episode, in the order they were observed.
+///
+/// What is on the screen is the agent's to write, and a tree holds its text: a marker must
+/// be one the screen cannot forge (a random nonce per episode, never shown to the model),
+/// and expanding must not scan what it inserted (one pass), or a tree holding markers
+/// would be expanded into trees holding markers, each level multiplying the request.
+#[derive(Debug)]
 pub struct Trees {
-    trees: Vec<(String, String)>,
+    trees: Vec<String>,
+    nonce: String,
+    marker: regex::Regex,
+}
+
+impl Default for Trees {
+    fn default() -> Self {
+        let nonce = crate::text::random_hex(8);
+        let marker = regex::Regex::new(&format!(r"\[\[selfagent-a11y-{nonce}-(\d+)\]\]"))
+            .unwrap_or_else(|_| unreachable!("a fixed pattern around hex digits"));
+        Self {
+            trees: Vec::new(),
+            nonce,
+            marker,
+        }
+    }
 }
 
 impl Trees {
     /// Keeps `tree`; returns the marker to put in the text beside its screenshot.
     pub fn add(&mut self, tree: String) -> String {
-        let marker = format!("[[selfagent-a11y-{}]]", self.trees.len() + 1);
-        self.trees.push((marker.clone(), tree));
-        marker
+        self.trees.push(tree);
+        format!("[[selfagent-a11y-{}-{}]]", self.nonce, self.trees.len())
     }
 
     /// `body` with each marker replaced: the last `keep` trees in full, older ones by
@@ -96,24 +115,21 @@ impl Trees {
         }
         let recent = self.trees.len().saturating_sub(keep.max(1));
         let replace = |s: &str| -> Option<String> {
-            if !s.contains("[[selfagent-a11y-") {
+            if !self.marker.is_match(s) {
                 return None;
             }
-            let mut out = s.to_owned();
-            for (i, (marker, tree)) in self.trees.iter().enumerate() {
-                if out.contains(marker.as_str()) {
-                    let with = if i >= recent {
-                        format!(
-                            "The screen's accessibility tree (OSWorld's linearized form; \
-                             positions and sizes in your coordinates):\n{tree}"
-                        )
-                    } else {
-                        OMITTED_TREE.to_owned()
-                    };
-                    out = out.replace(marker.as_str(), &with);
+            let out = self.marker.replace_all(s, |c: &regex::Captures| {
+                let n: usize = c[1].parse().unwrap_or(0);
+                match self.trees.get(n.wrapping_sub(1)) {
+                    Some(tree) if n > recent => format!(
+                        "The screen's accessibility tree (OSWorld's linearized form; \
+                         positions and sizes in your coordinates):\n{tree}"
+                    ),
+                    Some(_) => OMITTED_TREE.to_owned(),
+                    None => String::new(),
                 }
-            }
-            Some(out)
+            });
+            Some(out.into_owned())
         };
         walk(body, &replace);
     }
@@ -195,5 +211,19 @@ mod tests {
             text.contains("tree two") && !text.contains("[[selfagent"),
             "{text}"
         );
+
+        // A tree holding markers (the screen shows what the agent typed) is inserted as it
+        // is: never expanded again; a marker without this episode's nonce is only text.
+        let mut trees = Trees::default();
+        let later = format!("[[selfagent-a11y-{}-2]]", trees.nonce);
+        let forged = "[[selfagent-a11y-2]] [[selfagent-a11y-00000000-2]]";
+        let m1 = trees.add(format!("{forged} {}", later.repeat(100)));
+        let m2 = trees.add("tree two".into());
+        let mut body = json!({"text": format!("{m1}{m2}")});
+        trees.expand(&mut body, 2);
+        let text = body["text"].as_str().unwrap();
+        assert_eq!(text.matches("tree two").count(), 1, "{}", &text[..300]);
+        assert_eq!(text.matches(later.as_str()).count(), 100);
+        assert_eq!(text.matches(forged).count(), 1);
     }
 }
