@@ -55,6 +55,16 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A finished command as a failed assertion shows it: its exit code, stdout and stderr.
+pub fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    )
+}
+
 /// Removes a container by id with the docker CLI (usable from `Drop`).
 pub fn docker_rm(id: &str) {
     let _ = Command::new("docker")

@@ -3,9 +3,9 @@
 //! sessions), its error bars narrow with repeats, and `compare` tells two batches apart by
 //! the one task that differs, warning that their images differ.
 
-use crate::common::bin;
 use crate::common::model_server::{ModelServer, Reply, Route, answer, route};
 use crate::common::wait::{check, eventually};
+use crate::common::{bin, text};
 use selfagent::record::Db;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,15 +59,6 @@ fn selfagent(args: &[&str], home: &Path) -> tokio::process::Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     c
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn read_json(path: &Path) -> Value {

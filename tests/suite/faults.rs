@@ -5,7 +5,7 @@
 
 use crate::common::model_server::{ModelServer, Reply, call, calls};
 use crate::common::screens::terminal_ready;
-use crate::common::{Guard, SnapshotsOf, bin};
+use crate::common::{Guard, SnapshotsOf, bin, text};
 use pretty_assertions::assert_eq;
 use selfagent::record::Db;
 use serde_json::{Value, json};
@@ -25,15 +25,6 @@ fn selfagent(args: &[&str], home: &Path) -> tokio::process::Command {
         .env_remove("SELFAGENT_CONFIG")
         .stdin(Stdio::null());
     c
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Every file under `dir` (recursively) is free of `needle`.

@@ -8,7 +8,7 @@ use crate::common::screens::{
     file_dialog_open, form_submitted, link_gone, page_painted, rename_dialog_open,
 };
 use crate::common::wait::{check, eventually};
-use crate::common::{SnapshotsOf, bin, decode_png};
+use crate::common::{SnapshotsOf, bin, decode_png, text};
 use pretty_assertions::assert_eq;
 use selfagent::record::Db;
 use serde_json::{Value, json};
@@ -220,15 +220,6 @@ async fn run_task(task: &Path, server: &ModelServer, db: &Path, home: &Path) -> 
         db.to_str().unwrap(),
     ];
     selfagent(&args, home).await
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Renders `html` in headless Chromium and returns the screenshot.
