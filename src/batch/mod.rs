@@ -836,19 +836,27 @@ pub async fn run_report(mut args: BatchArgs) -> anyhow::Result<(ExitCode, Report
     Ok((code, report))
 }
 
+impl BatchArgs {
+    /// `selfagent batch ARGS…` as the command line would give them.
+    pub fn parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            batch: BatchArgs,
+        }
+        let all = std::iter::once(std::ffi::OsString::from("batch"))
+            .chain(args.into_iter().map(Into::into));
+        <Only as clap::Parser>::try_parse_from(all).map(|o| o.batch)
+    }
+}
+
 /// `--resume DIR`: the batch saved there, refusing flags that would change it.
 fn resume_from(args: &BatchArgs, dir: &std::path::Path) -> anyhow::Result<state::Loaded> {
-    #[derive(clap::Parser)]
-    struct Only {
-        #[command(flatten)]
-        batch: BatchArgs,
-    }
-    let plain = <Only as clap::Parser>::try_parse_from([
-        std::ffi::OsStr::new("batch"),
-        std::ffi::OsStr::new("--resume"),
-        dir.as_os_str(),
-    ])?
-    .batch;
+    let plain = BatchArgs::parse_from(["--resume".as_ref(), dir.as_os_str()])?;
     let given = flag_differences(&serde_json::to_value(args)?, &serde_json::to_value(&plain)?);
     let given: Vec<String> = given.into_iter().filter(|f| f != "--json").collect();
     if !given.is_empty() {
@@ -1037,13 +1045,7 @@ mod tests {
     use super::*;
 
     fn parse(list: &[&str]) -> BatchArgs {
-        #[derive(clap::Parser)]
-        struct Only {
-            #[command(flatten)]
-            batch: BatchArgs,
-        }
-        <Only as clap::Parser>::parse_from(std::iter::once("batch").chain(list.iter().copied()))
-            .batch
+        BatchArgs::parse_from(list).unwrap()
     }
 
     #[test]
