@@ -43,6 +43,7 @@ SCAN_LIMIT = 500
 
 
 def dump():
+    """The tree as OSWorld's XML."""
     import xml.etree.ElementTree as ET
 
     import pyatspi
@@ -141,7 +142,7 @@ def dump():
             if el.tag == "application" and el.get("name") == "Chromium":
                 el.set("name", "Google Chrome")
             root.append(el)
-    sys.stdout.write(ET.tostring(root, encoding="unicode"))
+    return ET.tostring(root, encoding="unicode")
 
 
 def showing_cells(table, pyatspi):
@@ -191,7 +192,7 @@ def osworld_linearize():
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
     if mode == "dump":
-        dump()
+        sys.stdout.write(dump())
     elif mode == "linearize":
         xml = sys.stdin.read()
         sys.stdout.write(osworld_linearize()(xml, platform="ubuntu") + "\n")
@@ -209,14 +210,7 @@ def main():
         json.dump(rows, sys.stdout)
     elif mode == "terminal":
         import xml.etree.ElementTree as ET
-        import io
-        out = io.StringIO()
-        real, sys.stdout = sys.stdout, out
-        try:
-            dump()
-        finally:
-            sys.stdout = real
-        for el in ET.fromstring(out.getvalue()).iter("terminal"):
+        for el in ET.fromstring(dump()).iter("terminal"):
             sys.stdout.write(el.text or "")
             break
     else:
