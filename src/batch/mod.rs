@@ -45,7 +45,7 @@ the harness (a desktop did not start, a setup step failed, checks could not run)
 130 stopped with Ctrl-C (the reports cover what finished).\n\
 The report directory holds the batch's configuration (batch.json) and each episode's state \
 (episodes.jsonl) from the start: a batch cut short (killed, crashed, stopped) is finished \
-with `selfagent batch --resume DIR`, which runs only the episodes not finished."
+with `selfagent batch --resume DIR`, which runs only the episodes without a grade."
 )]
 pub struct BatchArgs {
     /// Task files (TOML or JSON) or directories of them.
@@ -53,7 +53,8 @@ pub struct BatchArgs {
     pub tasks: Vec<PathBuf>,
     /// Finish the batch whose report directory this is: its saved settings and tasks, only
     /// the episodes not yet graded (one cut short or stopped is run again and marked, one
-    /// lost to the harness gets another go), the same report completed. Takes no other flag but --json; keys come from the environment.
+    /// lost to the harness gets another go), the same report completed. Takes no other
+    /// flag but --json; keys come from the environment.
     #[arg(long, value_name = "DIR")]
     #[serde(skip)]
     pub resume: Option<PathBuf>,
