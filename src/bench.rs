@@ -314,6 +314,7 @@ pub fn protocol_codecs(
         let shot = |i: usize| Shot {
             sha256: format!("{i:064x}"),
             png: sent.clone(),
+            tree: None,
         };
         let raw = example.reply;
         let mut p = protocol::create(&cfg, screen).map_err(anyhow::Error::msg)?;

@@ -17,15 +17,7 @@ use std::time::Duration;
 
 /// `--observe`: what the model can be shown.
 fn parse_observe(s: &str) -> Result<String, String> {
-    match s {
-        "screenshot" | "screenshot+a11y" => Ok(s.to_owned()),
-        "a11y" => Err(
-            "the tree alone is not offered: every protocol here is built around the screen; \
-             use screenshot+a11y"
-                .into(),
-        ),
-        _ => Err("expected screenshot or screenshot+a11y".into()),
-    }
+    s.parse::<protocol::Observe>().map(|_| s.to_owned())
 }
 
 /// The screen without flags or a task's `screen`.
@@ -170,10 +162,12 @@ pub struct CommonArgs {
     /// one ready.
     #[arg(long)]
     pub no_pool: bool,
-    /// What the model observes: `screenshot`, or `screenshot+a11y` (the screen's
+    /// What the model observes: `screenshot`; `screenshot+a11y` (the screen's
     /// accessibility tree beside each screenshot, in OSWorld's linearized form with
     /// positions in the model's coordinates; the last --keep-images trees in full, older
-    /// ones omitted; office desktops).
+    /// ones omitted; office desktops); or `a11y`, the tree alone, no pixels (OSWorld's
+    /// text-only setting; protocols pyautogui, tools and anthropic). Screenshots are
+    /// recorded either way.
     #[arg(long, value_name = "WHAT", value_parser = parse_observe)]
     pub observe: Option<String>,
     /// Run tasks that say `sudo = true` on the desktop that grants the agent sudo (password
@@ -517,7 +511,18 @@ pub fn resolve(
         prompts: args.prompts.clone().or_else(|| file.prompts.clone()),
         model: model_id.clone(),
         options: protocol_options(args, file, name)?,
+        observe: args
+            .observe
+            .as_deref()
+            .unwrap_or("screenshot")
+            .parse()
+            .map_err(anyhow::Error::msg)?,
     };
+    if !protocol.observe.pixels() && grounder_model(args, file).is_some() {
+        bail!(
+            "--observe a11y shows the model no screenshot, and a --grounder finds elements in one"
+        );
+    }
     if name != ProtocolName::planner() && grounder_model(args, file).is_some() {
         bail!(
             "--grounder plans with the {} protocol, not {name}: pass --protocol {} for the planner {model_id}",
@@ -563,7 +568,6 @@ pub fn resolve(
             price,
             max_cost,
             grounder,
-            observe_a11y: args.observe.as_deref() == Some("screenshot+a11y"),
             ..AgentConfig::default()
         },
         db: db_path(args.db.as_ref(), file),

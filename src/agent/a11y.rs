@@ -1,13 +1,15 @@
-//! The accessibility tree as a model observes it (`--observe screenshot+a11y`): OSWorld's
-//! linearized form with positions and sizes in the model's coordinate space, capped, placed
-//! in the text that goes with each screenshot.
+//! The accessibility tree as a model observes it (`--observe screenshot+a11y` or `a11y`):
+//! OSWorld's linearized form with positions and sizes in the model's coordinate space,
+//! capped, shown beside each screen.
 //!
 //! Every protocol renders its own conversation, so the tree does not go into it as text:
-//! a marker does (`[[selfagent-a11y-N]]`, in the note that accompanies the screenshot), and
-//! each request is expanded when it is sent — the last `keep` trees in full, older ones as a
-//! short note — the way older screenshots are dropped. That keeps a 50-step episode from
-//! carrying 50 trees, and works for every wire format alike (the markers are plain strings
-//! wherever a protocol puts its text).
+//! a marker does (`[[selfagent-a11y-NONCE-N]]`, the screenshot's [`Shot::tree`], which each
+//! protocol puts beside the screen), and each request is expanded when it is sent — the last
+//! `keep` trees in full, older ones as a short note — the way older screenshots are dropped.
+//! That keeps a 50-step episode from carrying 50 trees, and works for every wire format
+//! alike (the markers are plain strings wherever a protocol puts its text).
+//!
+//! [`Shot::tree`]: crate::model::protocol::Shot::tree
 
 use crate::model::protocol::Geometry;
 use crate::sandbox::a11y::Element;

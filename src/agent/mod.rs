@@ -63,9 +63,6 @@ pub struct AgentConfig {
     pub first_step: u32,
     /// A mark the steps carry in their `meta`: a re-run's model steps.
     pub step_mark: Option<StepMarks>,
-    /// Show the model the screen's accessibility tree beside each screenshot
-    /// (`--observe screenshot+a11y`; office desktops): see [`a11y`].
-    pub observe_a11y: bool,
 }
 
 /// What [`AgentConfig::step_mark`] puts in each step's `meta` under `key`: `first` on the
@@ -98,7 +95,6 @@ impl Default for AgentConfig {
             grounder: None,
             first_step: 1,
             step_mark: None,
-            observe_a11y: false,
         }
     }
 }
@@ -157,13 +153,12 @@ struct Acts {
     ending: Option<Ending>,
 }
 
-/// A screenshot as observed and as sent.
+/// A screenshot as observed and as sent (with the marker of its accessibility tree when
+/// the model observes the tree: `--observe`).
 #[derive(Clone)]
 struct Observed {
     frame: Frame,
     shot: Shot,
-    /// The accessibility tree as the model is shown it (`--observe screenshot+a11y`).
-    tree: Option<String>,
 }
 
 /// Runs one episode on `computer` with `model`, reporting through `emit`, until the model
@@ -424,7 +419,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
         Ending::new(Status::Error, EndedBy::Harness).error(why)
     }
 
-    async fn observe(&self, protocol: &dyn Protocol) -> Result<Observed, String> {
+    async fn observe(&mut self, protocol: &dyn Protocol) -> Result<Observed, String> {
         let shot = self
             .computer
             .screenshot()
@@ -446,7 +441,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
             .map_err(|e| format!("scaling a screenshot: {e}"))?;
             Arc::new(scaled)
         };
-        let tree = if self.cfg.observe_a11y {
+        let tree = if self.cfg.protocol.observe.tree() {
             let desktop = self.computer.desktop().ok_or_else(|| {
                 "the accessibility tree is read from a desktop, and this is a stand-in".to_owned()
             })?;
@@ -454,8 +449,11 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                 .sandbox()
                 .accessibility_elements()
                 .await
-                .map_err(|e| format!("--observe screenshot+a11y: {e}"))?;
-            Some(a11y::render(&elements, &geometry, a11y::MAX_TREE_CHARS))
+                .map_err(|e| format!("--observe: reading the accessibility tree: {e}"))?;
+            let tree = a11y::render(&elements, &geometry, a11y::MAX_TREE_CHARS);
+            // The marker goes beside the screen; the tree replaces it when a request is
+            // sent ([`a11y::Trees::expand`]).
+            Some(self.trees.add(tree))
         } else {
             None
         };
@@ -463,26 +461,10 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
             shot: Shot {
                 sha256: frame.sha256.clone(),
                 png,
+                tree,
             },
             frame,
-            tree,
         })
-    }
-
-    /// `note` and, when the model is shown the tree, the marker of `observed`'s tree
-    /// (expanded when a request is sent: [`a11y::Trees::expand`]).
-    fn with_tree(&mut self, note: &str, observed: &Observed) -> String {
-        match &observed.tree {
-            Some(tree) => {
-                let marker = self.trees.add(tree.clone());
-                if note.is_empty() {
-                    marker
-                } else {
-                    format!("{note}\n{marker}")
-                }
-            }
-            None => note.to_owned(),
-        }
     }
 
     async fn episode(&mut self) -> Ending {
@@ -494,8 +476,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
             Ok(o) => o,
             Err(e) => return self.desktop_failed(e).await,
         };
-        let instruction = self.with_tree(&self.cfg.instruction, &current);
-        protocol.begin(&instruction, &current.shot);
+        protocol.begin(&self.cfg.instruction, &current.shot);
         let mut bad_replies = 0;
         let first = self.cfg.first_step.max(1);
         // Steps a person made during take-overs: numbered among the model's, not counted
@@ -540,11 +521,8 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                     let list: Vec<String> = did.iter().map(person_action).collect();
                     format!(" They did: {}.", list.join("; "))
                 };
-                let note = self.with_tree(
-                    &format!(
-                        "A person took control of the desktop for a while and has handed it back.{what} This is the screen now:"
-                    ),
-                    &current,
+                let note = format!(
+                    "A person took control of the desktop for a while and has handed it back.{what} This is the screen now:"
                 );
                 protocol.results(&[], &current.shot, &note);
             }
@@ -804,8 +782,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
             Ok(o) => o,
             Err(e) => return Next::End(self.step_broke(step, finish(&current.frame), &e).await),
         };
-        let note = self.with_tree("The screen after your actions:", &after);
-        protocol.results(&results, &after.shot, &note);
+        protocol.results(&results, &after.shot, "The screen after your actions:");
         self.emit.emit(finish(&after.frame)).await;
         *bad_replies = if usable { 0 } else { *bad_replies + 1 };
         Next::Continue(after)
@@ -1034,6 +1011,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                         image: image.as_ref().map(|f| Shot {
                             sha256: f.sha256.clone(),
                             png: f.png.clone(),
+                            tree: None,
                         }),
                     });
                     self.emit

@@ -356,6 +356,8 @@ struct Inner {
     auth: Vec<Option<String>>,
     problems: Vec<String>,
     expect: (u32, u32),
+    /// The run shows the model no screenshot (`--observe a11y`): any image is a problem.
+    no_screenshots: bool,
 }
 
 #[derive(Clone)]
@@ -402,6 +404,7 @@ impl ModelServer {
             auth: Vec::new(),
             problems: Vec::new(),
             expect,
+            no_screenshots: false,
         }));
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(handle))
@@ -417,6 +420,11 @@ impl ModelServer {
             axum::serve(listener, app).await.unwrap();
         });
         Self { addr, inner }
+    }
+
+    /// Requests must carry no screenshot at all (`--observe a11y`).
+    pub fn expect_no_screenshots(&self) {
+        self.inner.lock().unwrap().no_screenshots = true;
     }
 
     /// `GET /v1/models` answers `status`, echoing the key it was sent.
@@ -688,6 +696,17 @@ async fn handle(
         let judging = req.get("tools").is_none() && !s.routes.is_empty();
         let problems = if judging {
             Vec::new()
+        } else if s.no_screenshots {
+            let mut all = Vec::new();
+            pngs(&req, &mut all);
+            if all.is_empty() {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "{} screenshots in a run that shows none",
+                    all.len()
+                )]
+            }
         } else if s.tools_protocol {
             check(&req, expect)
         } else {

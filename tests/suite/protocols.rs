@@ -1186,3 +1186,87 @@ async fn a_planner_names_elements_and_a_grounder_finds_them() {
         "the planner's and the grounder's tokens"
     );
 }
+
+/// `--observe`: every protocol's requests with the accessibility tree beside each screen
+/// (and, for the protocols that take it, with the tree alone and no screenshot) pass its
+/// vendor's SDK types — the first turn, a turn's results, a hand-back — and carry the tree
+/// each time.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_protocols_requests_with_the_tree_pass_its_sdk() {
+    use crate::common::sdk::{Api, judge};
+    use selfagent::model::ModelField;
+    use selfagent::model::protocol::{
+        ALL, CallResult, Observe, ProtocolConfig, ProtocolName, Shot,
+    };
+    // The SDKs' types take the image data as a string; its bytes are not read.
+    let png = std::sync::Arc::new(b"\x89PNG".to_vec());
+    let shot = |n: u32| Shot {
+        sha256: format!("{n:064x}"),
+        png: png.clone(),
+        tree: Some(format!("tag\tname\ttext\nmenu\tFile\t\"\"\tTREE-{n}")),
+    };
+    let mut judged = 0;
+    for spec in ALL {
+        let name: ProtocolName = spec.name().parse().unwrap();
+        for observe in [Observe::ScreenshotA11y, Observe::A11y] {
+            if !observe.pixels() && !spec.observes_text() {
+                continue;
+            }
+            let example = spec.example();
+            let cfg = ProtocolConfig {
+                observe,
+                ..ProtocolConfig::for_model(name, example.model)
+            };
+            let mut p = selfagent::model::protocol::create(&cfg, (1280, 800)).unwrap();
+            let mut sent = Vec::new();
+            let mut send = |p: &dyn selfagent::model::protocol::Protocol, tree: &str| {
+                let (request, _) = p.request();
+                let mut body: Value =
+                    serde_json::from_slice(&request.blobs.serialize(&request.body)).unwrap();
+                if request.model_field == ModelField::Body {
+                    body["model"] = json!(example.model);
+                }
+                assert!(
+                    body.to_string().contains(tree),
+                    "{name} {observe:?}: no {tree}"
+                );
+                sent.push((Api::of_path(&request.path).unwrap(), body));
+            };
+            p.begin("Type hello.", &shot(1));
+            send(p.as_ref(), "TREE-1");
+            let decision = p.decode(&example.reply).unwrap();
+            p.assistant(&example.reply, &decision);
+            let results: Vec<CallResult> = decision
+                .calls
+                .iter()
+                .map(|c| CallResult {
+                    id: c.id.clone(),
+                    text: "ok".into(),
+                    is_error: false,
+                    image: None,
+                })
+                .collect();
+            p.results(&results, &shot(2), "The screen after your actions:");
+            send(p.as_ref(), "TREE-2");
+            p.results(&[], &shot(3), "A person handed the desktop back.");
+            send(p.as_ref(), "TREE-3");
+            for (i, (api, body)) in sent.into_iter().enumerate() {
+                if let Err(why) = judge(api, "request", &body).await {
+                    panic!(
+                        "{name} {observe:?}, request {}: the {api:?} SDK refuses it: {why}\n{body}",
+                        i + 1
+                    );
+                }
+                if !observe.pixels() {
+                    assert!(
+                        !body.to_string().contains("base64"),
+                        "{name}: an image in {body}"
+                    );
+                }
+                judged += 1;
+            }
+        }
+    }
+    // Ten protocols with the tree beside the screen, three with the tree alone.
+    assert_eq!(judged, 3 * (ALL.len() + 3));
+}

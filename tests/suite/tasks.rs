@@ -3,7 +3,7 @@
 //! headless Chromium), re-grading from the final-state snapshot, export, `run --task`,
 //! and the OSWorld import.
 
-use crate::common::model_server::{ModelServer, Reply, Route, answer, call, route};
+use crate::common::model_server::{ModelServer, Reply, Route, answer, call, route, text_reply};
 use crate::common::screens::{
     file_dialog_open, form_submitted, link_gone, page_painted, rename_dialog_open,
 };
@@ -1914,6 +1914,24 @@ async fn the_accessibility_tree_is_served_as_osworld_reads_it() {
     );
 }
 
+/// The header of the linearized tree, as it is escaped in a request's JSON.
+const TREE_HEADER: &str =
+    "tag\\tname\\ttext\\tclass\\tdescription\\tposition (top-left x&y)\\tsize (w&h)";
+
+/// The rows of the last accessibility tree in a request, each split into its fields.
+fn tree_rows(req: &Value) -> Vec<Vec<String>> {
+    let all = req.to_string();
+    let start = all
+        .rfind(TREE_HEADER)
+        .unwrap_or_else(|| panic!("no tree: {all}"));
+    all[start..]
+        .split("\\n")
+        .skip(1)
+        .take_while(|l| l.contains("\\t"))
+        .map(|l| l.split("\\t").map(str::to_owned).collect())
+        .collect()
+}
+
 /// `--observe screenshot+a11y`: each request carries the screen's accessibility tree beside
 /// the screenshot, in OSWorld's linearized form with positions in the model's coordinates
 /// (here a screen sent at 1024x640); with --keep-images 1 the older tree is omitted like the
@@ -1966,19 +1984,7 @@ async fn a_model_can_observe_the_accessibility_tree() {
     assert!(server.problems().is_empty(), "{:?}", server.problems());
     let requests = server.requests();
     assert_eq!(requests.len(), 2, "{requests:?}");
-    let header = "tag\\tname\\ttext\\tclass\\tdescription\\tposition (top-left x&y)\\tsize (w&h)";
-    let rows = |req: &Value| -> Vec<Vec<String>> {
-        let all = req.to_string();
-        let start = all
-            .rfind(header)
-            .unwrap_or_else(|| panic!("no tree: {all}"));
-        all[start..]
-            .split("\\n")
-            .skip(1)
-            .take_while(|l| l.contains("\\t"))
-            .map(|l| l.split("\\t").map(str::to_owned).collect())
-            .collect()
-    };
+    let rows = tree_rows;
     let first = rows(&requests[0]);
     let file = first
         .iter()
@@ -1996,7 +2002,7 @@ async fn a_model_can_observe_the_accessibility_tree() {
     assert!(file[6].starts_with('('), "{file:?}");
     let second = requests[1].to_string();
     assert_eq!(
-        second.matches(header).count(),
+        second.matches(TREE_HEADER).count(),
         1,
         "only the latest tree in full"
     );
@@ -2009,6 +2015,104 @@ async fn a_model_can_observe_the_accessibility_tree() {
             .iter()
             .any(|r| r[0] == "text" && r[2] == "hello a11y"),
         "the typed text in the next tree: {second}"
+    );
+}
+
+/// `--observe a11y`, OSWorld's text-only setting: the pyautogui protocol with OSWorld's
+/// accessibility-tree prompt and question, no screenshot in any request (the SDK's types
+/// judge each), the tree inline with the window's menus, what the model typed in the next
+/// tree; the recording still keeps a screenshot of every step for people. A protocol whose
+/// model grounds in pixels is refused before any desktop starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_can_act_from_the_accessibility_tree_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let db = home.join("rec.db");
+    let _snapshots = SnapshotsOf(db.clone());
+    let task = home.join("tree-alone.toml");
+    std::fs::write(
+        &task,
+        "id = \"tree-alone\"\ninstruction = \"Type into the editor (tree alone).\"\n\
+         desktop = \"office\"\n[[setup]]\nlaunch = \"mousepad\"\n\
+         [[setup]]\nwait_for_window = { title = \"Mousepad\", timeout = 30 }\n\
+         [check]\ncommand = \"true\"\n",
+    )
+    .unwrap();
+    let server = ModelServer::any_protocol(
+        vec![
+            text_reply("The editor is open.\n```python\npyautogui.typewrite('hello tree')\n```"),
+            text_reply("```DONE```"),
+        ],
+        (1280, 800),
+        text_reply("```WAIT```"),
+    )
+    .await;
+    server.expect_no_screenshots();
+    let run = |protocol: &'static str| {
+        let (task, db, base) = (task.clone(), db.clone(), server.base_url());
+        async move {
+            selfagent(
+                &[
+                    "run",
+                    "--headless",
+                    "--task",
+                    task.to_str().unwrap(),
+                    "--protocol",
+                    protocol,
+                    "--observe",
+                    "a11y",
+                    "--no-snapshot",
+                    "--base-url",
+                    &base,
+                    "--db",
+                    db.to_str().unwrap(),
+                ],
+                home,
+            )
+            .await
+        }
+    };
+    let refused = run("uitars").await;
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("the tree alone is for anthropic, pyautogui, tools"),
+        "{}",
+        text(&refused)
+    );
+    let out = run("pyautogui").await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(server.problems().is_empty(), "{:?}", server.problems());
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let system = requests[0]["messages"][0]["content"].to_string();
+    assert!(
+        system.contains("observation of the desktop by accessibility tree"),
+        "{system}"
+    );
+    let question = requests[0]["messages"][1]["content"].to_string();
+    assert!(
+        question.contains("Given the info from accessibility tree as below:"),
+        "{question}"
+    );
+    let first = tree_rows(&requests[0]);
+    assert!(
+        first.iter().any(|r| r[0] == "menu" && r[1] == "File"),
+        "no File menu: {first:?}"
+    );
+    assert!(
+        tree_rows(&requests[1])
+            .iter()
+            .any(|r| r[0] == "text" && r[2] == "hello tree"),
+        "the typed text in the next tree: {}",
+        requests[1]
+    );
+    let rec = Db::open(&db).unwrap();
+    let session = &rec.task_sessions().unwrap()[0];
+    let steps = rec.steps(&session.id).unwrap();
+    assert_eq!(steps.len(), 2);
+    assert!(
+        steps.iter().all(|s| s.frame_after.is_some()),
+        "every step keeps its screenshot: {steps:?}"
     );
 }
 

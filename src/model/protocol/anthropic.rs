@@ -155,6 +155,11 @@ impl Spec for AnthropicSpec {
             .ok_or_else(|| DecodeError::Empty("no text".into()))
     }
 
+    /// Claude works from text as well as pixels; the tool's results take text.
+    fn observes_text(&self) -> bool {
+        true
+    }
+
     fn example(&self) -> Example {
         Example {
             model: "claude-sonnet-4-5",
@@ -386,14 +391,22 @@ impl Anthropic {
             } else {
                 0
             });
-        let zoom = o.get("zoom").is_none() || o.flag("zoom")?;
-        let system = prompt(
+        // Without pixels there is nothing to zoom into.
+        let zoom = cfg.observe.pixels() && (o.get("zoom").is_none() || o.flag("zoom")?);
+        let mut system = prompt(
             cfg.prompts.as_deref(),
             "anthropic.md",
             SYSTEM_PROMPT,
             &geometry,
         )
         .map_err(|e| format!("reading the prompts: {e}"))?;
+        let mut images = Images::batched(cfg.keep_images, prune_every);
+        if !cfg.observe.pixels() {
+            let note = super::without_pixels_note(cfg.prompts.as_deref(), &geometry)
+                .map_err(|e| format!("reading the prompts: {e}"))?;
+            system = format!("{system}\n\n{note}");
+            images = images.without_pixels();
+        }
         Ok(Self {
             geometry,
             version,
@@ -401,7 +414,7 @@ impl Anthropic {
             zoom,
             system,
             messages: Vec::new(),
-            images: Images::batched(cfg.keep_images, prune_every),
+            images,
             allow_setup: cfg.allow_setup_actions,
             screenshot_calls: HashSet::new(),
         })
@@ -423,7 +436,7 @@ impl Anthropic {
             "display_width_px": self.geometry.sent.0,
             "display_height_px": self.geometry.sent.1,
         });
-        if self.version == ToolVersion::V20251124 {
+        if self.version == ToolVersion::V20251124 && self.zoom {
             t["enable_zoom"] = json!(true);
         }
         t
@@ -432,6 +445,20 @@ impl Anthropic {
     fn image_block(&mut self, shot: &Shot) -> Value {
         let reference = self.images.add(shot);
         json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": reference}})
+    }
+
+    /// The blocks that show the screen `shot`: its image (unless no pixels are sent), then
+    /// the text that goes beside it.
+    fn screen_blocks(&mut self, shot: &Shot) -> Vec<Value> {
+        let image = self.image_block(shot);
+        let mut blocks = Vec::new();
+        if self.images.sends_pixels() {
+            blocks.push(image);
+        }
+        if let Some(tree) = shot.tree_text() {
+            blocks.push(json!({"type": "text", "text": tree}));
+        }
+        blocks
     }
 
     /// Appends blocks to the last user message, or starts one (the API wants turns to
@@ -543,6 +570,11 @@ impl Anthropic {
                     "`zoom` needs computer_20251124 (--tool-version 20251124)",
                 ));
             }
+            if input["action"] == "zoom" && !self.zoom {
+                return Err(InvalidAction::new(
+                    "`zoom` is not available: this run shows no screenshots",
+                ));
+            }
             Action::from_tool_input(input)?
         };
         if action.is_setup_only() && !self.allow_setup {
@@ -637,8 +669,9 @@ impl Protocol for Anthropic {
     }
 
     fn begin(&mut self, instruction: &str, shot: &Shot) {
-        let image = self.image_block(shot);
-        self.push_user(vec![json!({"type": "text", "text": instruction}), image]);
+        let mut blocks = vec![json!({"type": "text", "text": instruction})];
+        blocks.extend(self.screen_blocks(shot));
+        self.push_user(blocks);
     }
 
     fn user_message(&mut self, text: &str) {
@@ -739,7 +772,7 @@ impl Protocol for Anthropic {
                 if let Some(img) = &r.image {
                     content.push(self.image_block(img));
                 } else if !r.is_error && self.screenshot_calls.contains(&r.id) {
-                    content.push(self.image_block(shot));
+                    content.extend(self.screen_blocks(shot));
                     shown = true;
                 }
                 if content.is_empty() {
@@ -754,9 +787,8 @@ impl Protocol for Anthropic {
                 }));
             }
             if !shown {
-                let image = self.image_block(shot);
                 blocks.push(json!({"type": "text", "text": note}));
-                blocks.push(image);
+                blocks.extend(self.screen_blocks(shot));
             }
             self.push_user(blocks);
             return;
@@ -768,7 +800,7 @@ impl Protocol for Anthropic {
                 content.push(self.image_block(img));
             }
             if i == last {
-                content.push(self.image_block(shot));
+                content.extend(self.screen_blocks(shot));
             }
             blocks.push(json!({
                 "type": "tool_result",
@@ -778,9 +810,8 @@ impl Protocol for Anthropic {
             }));
         }
         if results.is_empty() {
-            let image = self.image_block(shot);
             blocks.push(json!({"type": "text", "text": note}));
-            blocks.push(image);
+            blocks.extend(self.screen_blocks(shot));
         }
         self.push_user(blocks);
     }
@@ -820,7 +851,6 @@ mod tests {
     use crate::action::Point;
     use crate::model::protocol::{CoordSpace, geometry};
     use pretty_assertions::assert_eq;
-    use std::sync::Arc;
 
     fn claude(model: &str, screen: (u32, u32)) -> Anthropic {
         let cfg = ProtocolConfig {
@@ -832,10 +862,7 @@ mod tests {
     }
 
     fn shot(s: &str) -> Shot {
-        Shot {
-            sha256: s.into(),
-            png: Arc::new(s.as_bytes().to_vec()),
-        }
+        Shot::named(s)
     }
 
     #[test]

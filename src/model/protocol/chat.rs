@@ -37,14 +37,26 @@ impl ChatHistory {
         self.messages.push(json!({"role": "user", "content": text}));
     }
 
-    /// A user turn of text and a screenshot (either may be empty).
+    /// A conversation that sends no screenshots (`--observe a11y`).
+    pub fn without_pixels(mut self) -> Self {
+        self.images = self.images.without_pixels();
+        self
+    }
+
+    /// A user turn of text and a screenshot (either may be empty), with the text that goes
+    /// beside the screen after it; without pixels, that text alone.
     pub fn user_text_image(&mut self, text: &str, shot: &super::Shot) {
         let reference = self.images.add(shot);
         let mut content = Vec::new();
         if !text.is_empty() {
             content.push(json!({"type": "text", "text": text}));
         }
-        content.push(json!({"type": "image_url", "image_url": {"url": reference}}));
+        if self.images.sends_pixels() {
+            content.push(json!({"type": "image_url", "image_url": {"url": reference}}));
+        }
+        if let Some(tree) = shot.tree_text() {
+            content.push(json!({"type": "text", "text": tree}));
+        }
         self.messages
             .push(json!({"role": "user", "content": content}));
     }

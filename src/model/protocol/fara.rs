@@ -555,10 +555,7 @@ mod tests {
     #[test]
     fn memorized_facts_come_back_every_turn() {
         let mut f = fara();
-        let shot = |s: &str| Shot {
-            sha256: s.into(),
-            png: std::sync::Arc::new(s.as_bytes().to_vec()),
-        };
+        let shot = |s: &str| Shot::named(s);
         f.begin("find the price", &shot("a"));
         let raw = chat("Noting it.\n<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": \"pause_and_memorize_fact\", \"fact\": \"the price is 10\"}}\n</tool_call>");
         let d = f.decode(&raw).unwrap();

@@ -230,6 +230,11 @@ impl Environment {
     }
 }
 
+/// The text that goes beside the screen `shot`, as a part.
+fn tree_part(shot: &Shot) -> Option<Value> {
+    shot.tree_text().map(|t| json!({"text": t}))
+}
+
 pub struct Gemini {
     geometry: Geometry,
     environment: Environment,
@@ -605,10 +610,9 @@ impl Protocol for Gemini {
 
     fn begin(&mut self, instruction: &str, shot: &Shot) {
         let image = self.image_part(shot);
-        self.contents.push(json!({
-            "role": "user",
-            "parts": [{"text": instruction}, image],
-        }));
+        let mut parts = vec![json!({"text": instruction}), image];
+        parts.extend(tree_part(shot));
+        self.contents.push(json!({"role": "user", "parts": parts}));
     }
 
     fn user_message(&mut self, text: &str) {
@@ -741,10 +745,9 @@ impl Protocol for Gemini {
         let pending = std::mem::take(&mut self.pending);
         if pending.is_empty() {
             let image = self.image_part(shot);
-            self.contents.push(json!({
-                "role": "user",
-                "parts": [{"text": note}, image],
-            }));
+            let mut parts = vec![json!({"text": note}), image];
+            parts.extend(tree_part(shot));
+            self.contents.push(json!({"role": "user", "parts": parts}));
             return;
         }
         let last = pending.len() - 1;
@@ -782,6 +785,8 @@ impl Protocol for Gemini {
             }
             parts.push(json!({"functionResponse": fr}));
         }
+        // A function response holds only images: the tree follows the responses.
+        parts.extend(tree_part(shot));
         self.contents.push(json!({"role": "user", "parts": parts}));
     }
 }
@@ -798,10 +803,7 @@ mod tests {
     }
 
     fn shot(s: &str) -> Shot {
-        Shot {
-            sha256: s.into(),
-            png: Arc::new(s.as_bytes().to_vec()),
-        }
+        Shot::named(s)
     }
 
     fn reply(parts: Value) -> Value {

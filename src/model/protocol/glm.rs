@@ -91,8 +91,9 @@ pub struct Glm {
     /// The model's memory, as it last wrote it.
     memory: String,
     images: Images,
-    /// The screenshots in order (references of `images`).
-    shots: Vec<String>,
+    /// The screenshots in order (references of `images`), each with the text that goes
+    /// beside it.
+    shots: Vec<(String, Option<String>)>,
     /// Notes for the next turn (a person's message, results that went wrong).
     notes: Vec<String>,
 }
@@ -133,7 +134,7 @@ impl Glm {
 
     fn body(&self, pixels: bool) -> Value {
         let mut content = vec![json!({"type": "text", "text": self.text()})];
-        for r in &self.shots {
+        for (r, tree) in &self.shots {
             if !self.images.is_recent(r) {
                 continue;
             }
@@ -142,6 +143,9 @@ impl Glm {
                 (true, None) => json!({"type": "text", "text": OMITTED}),
                 (false, _) => json!({"type": "image_url", "image_url": {"url": r}}),
             });
+            if let Some(tree) = tree {
+                content.push(json!({"type": "text", "text": tree}));
+            }
         }
         json!({"messages": [{"role": "user", "content": content}], "stream": false})
     }
@@ -300,7 +304,7 @@ impl Protocol for Glm {
     fn begin(&mut self, instruction: &str, shot: &Shot) {
         self.instruction = instruction.to_owned();
         let r = self.images.add(shot);
-        self.shots.push(r);
+        self.shots.push((r, shot.tree.clone()));
     }
 
     fn user_message(&mut self, text: &str) {
@@ -387,7 +391,7 @@ impl Protocol for Glm {
             self.notes.push(note.to_owned());
         }
         let r = self.images.add(shot);
-        self.shots.push(r);
+        self.shots.push((r, shot.tree.clone()));
     }
 }
 
@@ -397,7 +401,6 @@ mod tests {
     use crate::action::Point;
     use crate::model::protocol::geometry;
     use pretty_assertions::assert_eq;
-    use std::sync::Arc;
 
     fn glm() -> Glm {
         let cfg = ProtocolConfig::for_model(ProtocolName::of(&SPEC), "zai-org/GLM-4.5V");
@@ -442,10 +445,7 @@ mod tests {
     #[test]
     fn memory_and_history_go_back_to_the_model() {
         let mut g = glm();
-        let shot = |s: &str| Shot {
-            sha256: s.into(),
-            png: Arc::new(s.as_bytes().to_vec()),
-        };
+        let shot = |s: &str| Shot::named(s);
         g.begin("open the menu", &shot("a"));
         let raw = chat("Opening it.\n<|begin_of_box|>left_click(start_box='[10,10]')<|end_of_box|>\nMemory:\n[{\"menu\": \"top left\"}]");
         let d = g.decode(&raw).unwrap();

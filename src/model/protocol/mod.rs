@@ -226,6 +226,15 @@ pub trait Spec: Send + Sync + 'static {
     /// A typical exchange (the bench, the fuzz tests).
     fn example(&self) -> Example;
 
+    /// Whether this protocol's conversation can go without screenshots, each screen given
+    /// as its accessibility tree (`--observe a11y`): the wire format takes text where the
+    /// screen goes, and its models are general ones that can act from text (not GUI
+    /// models trained to ground every action in pixels, nor APIs whose tool result must be
+    /// an image).
+    fn observes_text(&self) -> bool {
+        false
+    }
+
     /// Starts a conversation.
     fn create(&self, cfg: &ProtocolConfig, geometry: Geometry)
     -> Result<Box<dyn Protocol>, String>;
@@ -730,12 +739,33 @@ pub fn resize_rgb(width: u32, height: u32, rgb: &[u8], to: (u32, u32)) -> Result
     Ok(dst.into_vec())
 }
 
-/// A screenshot in the conversation: its frame id (the SHA-256 of the screen PNG) and the
-/// PNG as the model sees it.
-#[derive(Debug, Clone)]
+/// A screenshot in the conversation: its frame id (the SHA-256 of the screen PNG), the
+/// PNG as the model sees it, and the text that goes with the screen (`--observe`: the
+/// accessibility tree's marker, expanded when a request is sent). Wherever a protocol puts
+/// the screen, it puts that text beside it ([`Shot::tree_text`]); without pixels
+/// ([`Images::without_pixels`]) the text stands for the screen.
+#[derive(Debug, Clone, Default)]
 pub struct Shot {
     pub sha256: String,
     pub png: Arc<Vec<u8>>,
+    pub tree: Option<String>,
+}
+
+impl Shot {
+    /// The text that goes beside this screen, if any.
+    pub fn tree_text(&self) -> Option<&str> {
+        self.tree.as_deref()
+    }
+
+    /// A stand-in screenshot for protocol tests: frame id `name`, its bytes as the "PNG".
+    #[cfg(test)]
+    pub fn named(name: &str) -> Self {
+        Self {
+            sha256: name.into(),
+            png: Arc::new(name.as_bytes().to_vec()),
+            tree: None,
+        }
+    }
 }
 
 /// One action of a reply: the protocol's id for its result, the input as the model wrote
@@ -887,6 +917,9 @@ pub struct Images {
     prune_every: usize,
     /// `order[cut..]` are sent as pixels.
     cut: usize,
+    /// No image is sent at all (`--observe a11y`): the text beside each screen stands for
+    /// it.
+    text_only: bool,
 }
 
 /// The text that stands in for an older screenshot.
@@ -908,8 +941,25 @@ impl Images {
         }
     }
 
+    /// A conversation that shows the model no pixels (`--observe a11y`): every image is
+    /// left out, and the text beside a screen ([`Shot::tree`]) is the observation.
+    pub fn without_pixels(self) -> Self {
+        Self {
+            text_only: true,
+            ..self
+        }
+    }
+
+    /// Whether images are sent at all (see [`Self::without_pixels`]).
+    pub fn sends_pixels(&self) -> bool {
+        !self.text_only
+    }
+
     /// Adds a screenshot; returns its reference (`sha256:<hex>`).
     pub fn add(&mut self, shot: &Shot) -> String {
+        if self.text_only {
+            return format!("sha256:{}", shot.sha256);
+        }
         if !self.data.contains_key(&shot.sha256) {
             let b64 = base64::engine::general_purpose::STANDARD.encode(shot.png.as_slice());
             self.data.insert(shot.sha256.clone(), b64.into());
@@ -978,6 +1028,20 @@ pub fn prompt(
         .replace("{date}", &crate::time::date(crate::time::now_ms())))
 }
 
+/// What a system prompt gains when the model is shown no screenshots (`--observe a11y`),
+/// from `a11y.md` in the prompts folder or the embedded one.
+pub fn without_pixels_note(
+    dir: Option<&std::path::Path>,
+    geometry: &Geometry,
+) -> std::io::Result<String> {
+    prompt(
+        dir,
+        "a11y.md",
+        include_str!("../../../prompts/a11y.md"),
+        geometry,
+    )
+}
+
 /// Settings of a protocol: how to talk to the model, beyond the endpoint.
 #[derive(Debug, Clone)]
 pub struct ProtocolConfig {
@@ -996,6 +1060,45 @@ pub struct ProtocolConfig {
     pub model: String,
     /// The protocol's own options ([`Spec::options`]).
     pub options: Options,
+    /// What the model is shown of the screen (`--observe`).
+    pub observe: Observe,
+}
+
+/// What the model is shown of the screen (`--observe`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Observe {
+    /// The screenshot.
+    #[default]
+    Screenshot,
+    /// The screenshot and the accessibility tree beside it.
+    ScreenshotA11y,
+    /// The accessibility tree alone, no pixels (protocols whose [`Spec::observes_text`]).
+    A11y,
+}
+
+impl Observe {
+    /// Screenshots are sent.
+    pub fn pixels(self) -> bool {
+        self != Self::A11y
+    }
+
+    /// The accessibility tree is shown.
+    pub fn tree(self) -> bool {
+        self != Self::Screenshot
+    }
+}
+
+impl std::str::FromStr for Observe {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "screenshot" => Ok(Self::Screenshot),
+            "screenshot+a11y" => Ok(Self::ScreenshotA11y),
+            "a11y" => Ok(Self::A11y),
+            _ => Err("expected screenshot, screenshot+a11y or a11y".into()),
+        }
+    }
 }
 
 impl Default for ProtocolConfig {
@@ -1009,6 +1112,7 @@ impl Default for ProtocolConfig {
             prompts: None,
             model: String::new(),
             options: Options::default(),
+            observe: Observe::default(),
         }
     }
 }
@@ -1067,7 +1171,24 @@ pub fn smart_size(screen: (u32, u32), factor: u32, min: u64, max: u64) -> (u32, 
 
 /// Starts a conversation in the configured protocol for a `screen`-sized desktop.
 pub fn create(cfg: &ProtocolConfig, screen: (u32, u32)) -> Result<Box<dyn Protocol>, String> {
+    if !cfg.observe.pixels() && !cfg.name.spec().observes_text() {
+        return Err(without_screenshots(cfg.name));
+    }
     cfg.name.spec().create(cfg, geometry(cfg, screen))
+}
+
+/// Why `protocol` cannot run with `--observe a11y`.
+pub fn without_screenshots(protocol: ProtocolName) -> String {
+    let takes: Vec<&str> = ALL
+        .iter()
+        .filter(|s| s.observes_text())
+        .map(|s| s.name())
+        .collect();
+    format!(
+        "--observe a11y: the {protocol} protocol's model acts on what it sees in the screenshot \
+         (or its API takes only an image where the screen goes); the tree alone is for {}",
+        takes.join(", ")
+    )
 }
 
 /// What [`create_lenient`] multiplies the model's numbers by.
@@ -1155,10 +1276,7 @@ mod tests {
     #[test]
     fn only_recent_images_keep_their_pixels() {
         let mut im = Images::new(2);
-        let shot = |s: &str| Shot {
-            sha256: s.into(),
-            png: Arc::new(s.as_bytes().to_vec()),
-        };
+        let shot = |s: &str| Shot::named(s);
         let a = im.add(&shot("a"));
         let b = im.add(&shot("b"));
         let c = im.add(&shot("c"));
@@ -1167,5 +1285,69 @@ mod tests {
         let body = serde_json::json!({"url": im.data_url(&c).unwrap()});
         let sent: Value = serde_json::from_slice(&im.blobs().serialize(&body)).unwrap();
         assert_eq!(sent["url"], "data:image/png;base64,Yw==");
+    }
+
+    /// Every protocol puts the text that goes with a screen (the accessibility tree's
+    /// marker) beside it wherever the screen goes — the first turn, a turn's results, a
+    /// hand-back — and only the protocols that observe text go without pixels, sending no
+    /// image at all.
+    #[test]
+    fn every_protocol_shows_the_tree_beside_each_screen() {
+        let shot = |s: &str| Shot {
+            tree: Some(format!("TREE-{s}")),
+            ..Shot::named(s)
+        };
+        for spec in ALL {
+            let name = ProtocolName(*spec);
+            for observe in [Observe::ScreenshotA11y, Observe::A11y] {
+                let cfg = ProtocolConfig {
+                    observe,
+                    ..ProtocolConfig::for_model(name, spec.example().model)
+                };
+                let made = create(&cfg, (1280, 800));
+                if !observe.pixels() && !spec.observes_text() {
+                    let e = made.err().unwrap_or_else(|| panic!("{name} took a11y"));
+                    assert!(
+                        e.contains("--observe a11y") && e.contains("pyautogui"),
+                        "{e}"
+                    );
+                    continue;
+                }
+                let mut p = made.unwrap_or_else(|e| panic!("{name}: {e}"));
+                let sent = |p: &dyn Protocol, tree: &str| {
+                    let (request, recorded) = p.request();
+                    let body = request.body.to_string();
+                    assert!(
+                        body.contains(tree),
+                        "{name} {observe:?}: no {tree} in {body}"
+                    );
+                    let recorded = recorded.to_string();
+                    assert_eq!(
+                        recorded.contains("sha256:"),
+                        observe.pixels(),
+                        "{name} {observe:?}: {recorded}"
+                    );
+                };
+                p.begin("do it", &shot("1"));
+                sent(p.as_ref(), "TREE-1");
+                let raw = spec.example().reply;
+                let decision = p.decode(&raw).unwrap();
+                p.assistant(&raw, &decision);
+                let results: Vec<CallResult> = decision
+                    .calls
+                    .iter()
+                    .map(|c| CallResult {
+                        id: c.id.clone(),
+                        text: "ok".into(),
+                        is_error: false,
+                        image: None,
+                    })
+                    .collect();
+                p.results(&results, &shot("2"), "The screen after your actions:");
+                sent(p.as_ref(), "TREE-2");
+                p.results(&[], &shot("3"), "A person handed the desktop back.");
+                sent(p.as_ref(), "TREE-3");
+            }
+        }
     }
 }

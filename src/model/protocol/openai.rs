@@ -149,6 +149,12 @@ pub fn gpt_version(model: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+/// The text that goes beside the screen `shot`, as a content part.
+fn tree_part(shot: &Shot) -> Option<Value> {
+    shot.tree_text()
+        .map(|t| json!({"type": "input_text", "text": t}))
+}
+
 pub struct OpenAi {
     geometry: Geometry,
     ga: bool,
@@ -288,10 +294,9 @@ impl Protocol for OpenAi {
 
     fn begin(&mut self, instruction: &str, shot: &Shot) {
         let image = self.image_part(shot);
-        self.items.push(json!({
-            "role": "user",
-            "content": [{"type": "input_text", "text": instruction}, image]
-        }));
+        let mut content = vec![json!({"type": "input_text", "text": instruction}), image];
+        content.extend(tree_part(shot));
+        self.items.push(json!({"role": "user", "content": content}));
     }
 
     fn user_message(&mut self, text: &str) {
@@ -426,21 +431,28 @@ impl Protocol for OpenAi {
             }
             outputs.push(item);
         }
+        let answered = !outputs.is_empty();
         self.items.extend(outputs);
         if !errors.is_empty() {
             self.user_message(&errors);
+        }
+        // A call's output holds only the screenshot: the tree follows as a message.
+        if answered && let Some(tree) = shot.tree_text() {
+            self.user_message(tree);
         }
         if results.is_empty() {
             // No call to answer (a hand-back): the screen as a message. With a chained
             // conversation an image may only ride in a call's output, so it goes as text.
             if self.chain && self.previous.is_some() {
                 self.user_message(&format!("{note} (the next screenshot shows it)"));
+                if let Some(tree) = shot.tree_text() {
+                    self.user_message(tree);
+                }
             } else {
                 let image = self.image_part(shot);
-                self.items.push(json!({
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": note}, image]
-                }));
+                let mut content = vec![json!({"type": "input_text", "text": note}), image];
+                content.extend(tree_part(shot));
+                self.items.push(json!({"role": "user", "content": content}));
             }
         }
     }
@@ -452,7 +464,6 @@ mod tests {
     use crate::action::{Button, Point};
     use crate::model::protocol::geometry;
     use pretty_assertions::assert_eq;
-    use std::sync::Arc;
 
     fn openai(model: &str, no_store: bool) -> OpenAi {
         let mut cfg = ProtocolConfig {
@@ -467,10 +478,7 @@ mod tests {
     }
 
     fn shot(s: &str) -> Shot {
-        Shot {
-            sha256: s.into(),
-            png: Arc::new(s.as_bytes().to_vec()),
-        }
+        Shot::named(s)
     }
 
     #[test]

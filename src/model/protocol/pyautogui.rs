@@ -7,14 +7,17 @@
 use super::chat::{ChatHistory, answer_text};
 use super::pycode::{Lit, PyCall, calls};
 use super::{
-    Call, CallResult, CoordSpace, DecodeError, Decision, Example, Geometry, ModelId, Protocol,
-    ProtocolConfig, ProtocolName, Shot, Spec, prompt,
+    Call, CallResult, CoordSpace, DecodeError, Decision, Example, Geometry, ModelId, Observe,
+    Protocol, ProtocolConfig, ProtocolName, Shot, Spec, prompt,
 };
 use crate::action::{Action, Button, InvalidAction, MAX_SCROLL_AMOUNT, MAX_TYPE_CHARS};
 use crate::model::ModelRequest;
 use serde_json::Value;
 
 const SYSTEM_PROMPT: &str = include_str!("../../../prompts/pyautogui.md");
+/// OSWorld's prompts for the accessibility tree alone, and beside the screenshot.
+const A11Y_PROMPT: &str = include_str!("../../../prompts/pyautogui-a11y.md");
+const BOTH_PROMPT: &str = include_str!("../../../prompts/pyautogui-both.md");
 
 /// What `pyautogui` is (see [`Spec`]).
 pub struct PyAutoGuiSpec;
@@ -41,6 +44,11 @@ impl Spec for PyAutoGuiSpec {
 
     fn detects(&self) -> &'static str {
         "only by `--protocol pyautogui`"
+    }
+
+    /// OSWorld's `a11y_tree` setting is this protocol with the tree alone.
+    fn observes_text(&self) -> bool {
+        true
     }
 
     fn example(&self) -> Example {
@@ -321,21 +329,50 @@ pub fn code_calls(code: &str, geometry: &Geometry, first: usize) -> Vec<Call> {
 pub struct PyAutoGui {
     geometry: Geometry,
     history: ChatHistory,
+    observe: Observe,
 }
 
 impl PyAutoGui {
     pub fn new(cfg: &ProtocolConfig, geometry: Geometry) -> Result<Self, String> {
-        let system = prompt(
-            cfg.prompts.as_deref(),
-            "pyautogui.md",
-            SYSTEM_PROMPT,
-            &geometry,
-        )
-        .map_err(|e| format!("reading the prompts: {e}"))?;
+        let (name, embedded) = match cfg.observe {
+            Observe::Screenshot => ("pyautogui.md", SYSTEM_PROMPT),
+            Observe::ScreenshotA11y => ("pyautogui-both.md", BOTH_PROMPT),
+            Observe::A11y => ("pyautogui-a11y.md", A11Y_PROMPT),
+        };
+        let system = prompt(cfg.prompts.as_deref(), name, embedded, &geometry)
+            .map_err(|e| format!("reading the prompts: {e}"))?;
+        let history = ChatHistory::new(Some(system), cfg.keep_images);
         Ok(Self {
             geometry,
-            history: ChatHistory::new(Some(system), cfg.keep_images),
+            history: if cfg.observe.pixels() {
+                history
+            } else {
+                history.without_pixels()
+            },
+            observe: cfg.observe,
         })
+    }
+
+    /// A user turn: `lead`, then OSWorld's question about the observation in its words
+    /// (the tree inline, as OSWorld's agent puts it), and the screenshot.
+    fn observation(&mut self, lead: &str, shot: &Shot) {
+        let tree = shot.tree_text().unwrap_or_default();
+        let question = match self.observe {
+            Observe::Screenshot => "Given the screenshot as below. ".to_owned(),
+            Observe::ScreenshotA11y => {
+                format!("Given the screenshot and info from accessibility tree as below:\n{tree}\n")
+            }
+            Observe::A11y => format!("Given the info from accessibility tree as below:\n{tree}\n"),
+        };
+        let text = format!(
+            "{lead}{question}What's the next step that you will do to help with the task?"
+        );
+        // The tree is in the text already.
+        let screen = Shot {
+            tree: None,
+            ..shot.clone()
+        };
+        self.history.user_text_image(&text, &screen);
     }
 }
 
@@ -415,10 +452,8 @@ impl Protocol for PyAutoGui {
     }
 
     fn begin(&mut self, instruction: &str, shot: &Shot) {
-        self.history.user_text_image(
-            &format!(
-                "You are asked to complete the following task: {instruction}\n\nGiven the screenshot as below. What's the next step that you will do to help with the task?"
-            ),
+        self.observation(
+            &format!("You are asked to complete the following task: {instruction}\n\n"),
             shot,
         );
     }
@@ -454,12 +489,7 @@ impl Protocol for PyAutoGui {
 
     fn results(&mut self, results: &[CallResult], shot: &Shot, note: &str) {
         let errors = super::chat::result_lines(results);
-        self.history.user_text_image(
-            &format!(
-                "{errors}{note}\nGiven the screenshot as below. What's the next step that you will do to help with the task?"
-            ),
-            shot,
-        );
+        self.observation(&format!("{errors}{note}\n"), shot);
     }
 }
 

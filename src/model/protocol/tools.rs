@@ -61,6 +61,10 @@ impl Spec for ToolsSpec {
         ]
     }
 
+    fn observes_text(&self) -> bool {
+        true
+    }
+
     fn example(&self) -> Example {
         Example {
             model: "gpt-4o",
@@ -183,6 +187,32 @@ pub fn planner_tool(w: u32, h: u32) -> Value {
     tool
 }
 
+/// The `computer` tool of a conversation shown no screenshots (`--observe a11y`): no
+/// `zoom`, and observations are said to be the accessibility tree.
+fn without_pixels(mut tool: Value) -> Value {
+    let f = &mut tool["function"];
+    if let Some(d) = f["description"].as_str() {
+        let d = d
+            .replace(", and take screenshots", "")
+            .replace(
+                "* Every action returns a new screenshot, taken once the screen has stopped changing.",
+                "* Every action returns the screen's accessibility tree, read once the screen has stopped changing.",
+            )
+            .replace(
+                "* `zoom` returns the region [x0, y0, x1, y1] at full resolution.\n",
+                "",
+            );
+        f["description"] = json!(d);
+    }
+    if let Some(props) = f["parameters"]["properties"].as_object_mut() {
+        props.remove("region");
+    }
+    if let Some(actions) = f["parameters"]["properties"]["action"]["enum"].as_array_mut() {
+        actions.retain(|a| a != "zoom");
+    }
+    tool
+}
+
 /// The conversation of one episode in the `tools` protocol.
 pub struct Tools {
     geometry: Geometry,
@@ -203,17 +233,25 @@ impl Tools {
         } else {
             ("system.md", SYSTEM_PROMPT)
         };
-        let system = prompt(cfg.prompts.as_deref(), file, embedded, &geometry)
+        let mut system = prompt(cfg.prompts.as_deref(), file, embedded, &geometry)
             .map_err(|e| format!("reading the prompts: {e}"))?;
-        let tool = if planner {
+        let mut tool = if planner {
             planner_tool(geometry.sent.0, geometry.sent.1)
         } else {
             computer_tool(geometry.sent.0, geometry.sent.1, cfg.allow_setup_actions)
         };
+        let mut images = Images::new(cfg.keep_images);
+        if !cfg.observe.pixels() {
+            let note = super::without_pixels_note(cfg.prompts.as_deref(), &geometry)
+                .map_err(|e| format!("reading the prompts: {e}"))?;
+            system = format!("{system}\n\n{note}");
+            tool = without_pixels(tool);
+            images = images.without_pixels();
+        }
         Ok(Self {
             geometry,
             messages: vec![json!({"role": "system", "content": system})],
-            images: Images::new(cfg.keep_images),
+            images,
             tools: vec![tool],
             image_in_tool: cfg.options.flag("image-in-tool")?,
             allow_setup: cfg.allow_setup_actions && !planner,
@@ -221,9 +259,25 @@ impl Tools {
         })
     }
 
-    fn image_part(&mut self, shot: &Shot) -> Value {
+    /// The parts that show `shot`: its image (unless no pixels are sent), then the text
+    /// that goes beside the screen.
+    fn image_parts(&mut self, shot: &Shot) -> Vec<Value> {
         let reference = self.images.add(shot);
-        json!({"type": "image_url", "image_url": {"url": reference}})
+        let mut parts = Vec::new();
+        if self.images.sends_pixels() {
+            parts.push(json!({"type": "image_url", "image_url": {"url": reference}}));
+        }
+        if let Some(tree) = shot.tree_text() {
+            parts.push(json!({"type": "text", "text": tree}));
+        }
+        parts
+    }
+
+    /// A user message of `text` and the parts of `shot`.
+    fn user_with(&mut self, text: &str, shot: &Shot) -> Value {
+        let mut content = vec![json!({"type": "text", "text": text})];
+        content.extend(self.image_parts(shot));
+        json!({"role": "user", "content": content})
     }
 
     /// The messages with each image part decided by `image(reference, recent)`.
@@ -363,11 +417,8 @@ impl Protocol for Tools {
     }
 
     fn begin(&mut self, instruction: &str, shot: &Shot) {
-        let image = self.image_part(shot);
-        self.messages.push(json!({
-            "role": "user",
-            "content": [{"type": "text", "text": instruction}, image]
-        }));
+        let message = self.user_with(instruction, shot);
+        self.messages.push(message);
     }
 
     fn user_message(&mut self, text: &str) {
@@ -485,24 +536,21 @@ impl Protocol for Tools {
             zooms.extend(r.image.clone());
         }
         for z in &zooms {
-            let image = self.image_part(z);
-            self.messages.push(json!({
-                "role": "user",
-                "content": [{"type": "text", "text": "The zoomed region, at full resolution:"}, image]
-            }));
+            let message = self.user_with("The zoomed region, at full resolution:", z);
+            self.messages.push(message);
         }
-        let image = self.image_part(shot);
         let last_is_tool = self.messages.last().is_some_and(|m| m["role"] == "tool");
         if self.image_in_tool && last_is_tool {
+            let parts = self.image_parts(shot);
             if let Some(last) = self.messages.last_mut() {
                 let text = last["content"].as_str().unwrap_or_default().to_owned();
-                last["content"] = json!([{"type": "text", "text": text}, image]);
+                let mut content = vec![json!({"type": "text", "text": text})];
+                content.extend(parts);
+                last["content"] = json!(content);
             }
         } else {
-            self.messages.push(json!({
-                "role": "user",
-                "content": [{"type": "text", "text": note}, image]
-            }));
+            let message = self.user_with(note, shot);
+            self.messages.push(message);
         }
     }
 }
@@ -518,6 +566,7 @@ mod tests {
         Shot {
             sha256: s.into(),
             png: Arc::new(format!("png-{s}").into_bytes()),
+            tree: None,
         }
     }
 
