@@ -27,6 +27,9 @@
 //!   step with the default history (the last 3 screenshots); resizing the screenshot to
 //!   what that model sees, where it differs. The baseline: serializing the smallest request
 //!   that carries one screenshot.
+//! - `a11y` (office images): the accessibility tree read as `--observe` reads it (the lean
+//!   walk, without elements' values and actions, then OSWorld's filter) against the whole
+//!   XML OSWorld's server writes through the same filter; both must give the same elements.
 
 use crate::action::Action;
 use crate::agent::{self, AgentConfig, Emitter, Event, SessionInfo};
@@ -193,6 +196,21 @@ pub struct Report {
     /// recorded, then the same episode done again by `rerun` without the model, on the same
     /// desktop: wall times, and the re-run's over the original's.
     pub rerun_episode: Option<RerunEpisode>,
+    /// Reading the screen's accessibility tree as `--observe` does (office images only).
+    pub a11y: Option<A11yRead>,
+}
+
+/// See [`Report::a11y`]: the tree read as `--observe` reads it (the lean walk, then OSWorld's
+/// filter), against the baseline of the whole XML OSWorld's server writes (values and
+/// actions of every element too) through the same filter, alternating, on the same screen
+/// (the terminal full of text and the text editor).
+#[derive(Debug, Serialize)]
+pub struct A11yRead {
+    pub elements: usize,
+    pub lean_ms: Stats,
+    pub full_ms: Stats,
+    /// `full_ms` p50 / `lean_ms` p50.
+    pub speedup: Option<f64>,
 }
 
 /// See [`Report::rerun_episode`].
@@ -606,6 +624,18 @@ async fn measure(
         }
     };
 
+    progress(args.json, "the accessibility tree, lean and whole");
+    let a11y = match a11y_reads(&desktop, samples.min(10)).await {
+        Ok(r) => r,
+        Err(e) => {
+            progress(
+                args.json,
+                &format!("the accessibility tree was not measured: {e:#}"),
+            );
+            None
+        }
+    };
+
     let screenshot_ms = Stats::of(&shot_ms);
     let rerun_compare_ms = Stats::of(&compare_ms);
     let rerun_compare_vs_screenshot = ratio(&rerun_compare_ms, &screenshot_ms);
@@ -641,7 +671,70 @@ async fn measure(
         rerun_compare_ms,
         rerun_compare_vs_screenshot,
         rerun_episode,
+        a11y,
     })
+}
+
+/// See [`A11yRead`]; `None` on an image without the walker (only the office image has it).
+/// The text editor is opened beside the terminal first (a tree with menus, as an agent's
+/// screen has). Both ways must give the same elements, or the lean walk is not measured as a
+/// speedup but reported as an error.
+async fn a11y_reads(desktop: &Desktop, samples: usize) -> anyhow::Result<Option<A11yRead>> {
+    let sandbox = desktop.sandbox();
+    if let Err(e) = sandbox.accessibility_elements().await {
+        return if e.to_string().contains("office desktop") {
+            Ok(None)
+        } else {
+            Err(e.into())
+        };
+    }
+    desktop
+        .act(&Action::Launch {
+            app: "editor".into(),
+        })
+        .await?;
+    let editor = WindowMatch {
+        title: Some(regex::Regex::new("Mousepad")?),
+        ..Default::default()
+    };
+    desktop.wait_window(&editor, Duration::from_secs(30)).await?;
+    // The editor registers its elements after its window shows: read until two reads agree.
+    let mut lean = sandbox.accessibility_elements().await?;
+    for _ in 0..20 {
+        let again = sandbox.accessibility_elements().await?;
+        if again == lean {
+            break;
+        }
+        lean = again;
+    }
+    let whole = async || -> anyhow::Result<Vec<crate::sandbox::a11y::Element>> {
+        let xml = sandbox.accessibility_xml().await?;
+        let rows = sandbox.a11y_of(&xml, "rows").await?;
+        Ok(crate::sandbox::a11y::parse_rows(&rows)?)
+    };
+    let full = whole().await?;
+    anyhow::ensure!(
+        lean == full,
+        "the lean walk's elements differ from the whole tree's ({} against {})",
+        lean.len(),
+        full.len()
+    );
+    let (mut lean_ms, mut full_ms) = (Vec::new(), Vec::new());
+    for _ in 0..samples {
+        let t = Instant::now();
+        sandbox.accessibility_elements().await?;
+        lean_ms.push(ms(t.elapsed()));
+        let t = Instant::now();
+        whole().await?;
+        full_ms.push(ms(t.elapsed()));
+    }
+    let (lean_ms, full_ms) = (Stats::of(&lean_ms), Stats::of(&full_ms));
+    Ok(Some(A11yRead {
+        elements: lean.len(),
+        speedup: ratio(&full_ms, &lean_ms),
+        lean_ms,
+        full_ms,
+    }))
 }
 
 /// Records `steps` key steps (x, BackSpace, ...) with the instant model, then does the
@@ -1457,6 +1550,15 @@ fn print_report(r: &Report) {
             "MCP against the CLI                screenshot {}, key {}",
             times(m.screenshot_speedup),
             times(m.key_speedup)
+        );
+    }
+    if let Some(a) = &r.a11y {
+        row("a11y tree as --observe reads it", &a.lean_ms);
+        row("  baseline: the whole XML", &a.full_ms);
+        crate::outln!(
+            "  {} elements; lean against whole   {}",
+            a.elements,
+            times(a.speedup)
         );
     }
     row("baseline: a request with 1 image", &r.baseline_request_ms);

@@ -21,6 +21,22 @@ pub fn one_line(s: &str, max: usize) -> String {
     cut(&flat, max)
 }
 
+/// `s` safe to print on a terminal: control characters but newlines and tabs become U+FFFD.
+/// For text the agent controls (window titles and classes, element names, file names in its
+/// desktop): an escape sequence there could otherwise retitle, recolour or write to the
+/// clipboard of the terminal of whoever runs the CLI (OSC 52).
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
 pub fn prefix(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -68,6 +84,14 @@ pub fn random_hex(bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_never_reach_a_terminal() {
+        assert_eq!(
+            printable("a\x1b]52;c;x\x07b\n\tc\u{9b}2J"),
+            "a\u{fffd}]52;c;x\u{fffd}b\n\tc\u{fffd}2J"
+        );
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -5,6 +5,7 @@ use crate::action::Action;
 use crate::desktop::{ConnectOptions, Desktop, SettleOptions, WindowMatch};
 use crate::sandbox::image::{self, BuildEvent, BuildOptions};
 use crate::sandbox::{self as sb, Engine, ExecOptions, Network, SandboxSpec};
+use crate::text::printable;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
@@ -625,7 +626,6 @@ async fn exec(
 }
 
 async fn a11y(engine: &Engine, id: String, json: bool, xml: bool) -> anyhow::Result<ExitCode> {
-    use crate::sandbox::a11y::printable;
     let sandbox = engine.get(&id).await?;
     if xml {
         crate::outln!("{}", printable(&sandbox.accessibility_xml().await?));
@@ -654,6 +654,7 @@ async fn windows(engine: &Engine, id: String, json: bool) -> anyhow::Result<Exit
             "H",
             "CLASS"
         );
+        // Titles and classes are the apps' to set (the agent's): printed, never obeyed.
         for w in windows {
             let mark = if w.active { "*" } else { " " };
             crate::outln!(
@@ -663,8 +664,8 @@ async fn windows(engine: &Engine, id: String, json: bool) -> anyhow::Result<Exit
                 w.y,
                 w.width,
                 w.height,
-                w.class,
-                w.title
+                printable(&w.class),
+                printable(&w.title)
             );
         }
     }
@@ -703,8 +704,8 @@ async fn wait_window(
         crate::outln!(
             "0x{:x} {} ({}) after {} ms",
             w.id,
-            w.title,
-            w.class,
+            printable(&w.title),
+            printable(&w.class),
             started.elapsed().as_millis()
         );
     }
@@ -733,7 +734,9 @@ async fn view(
             crate::outln!("{}", stream.url);
             eprintln!(
                 "stream {}: window {} \"{}\"",
-                stream.stream, stream.window, stream.title
+                stream.stream,
+                stream.window,
+                printable(&stream.title)
             );
         }
         return Ok(ExitCode::SUCCESS);
@@ -1210,8 +1213,9 @@ async fn cp(
     if json {
         crate::outln!("{}", serde_json::to_string(&report)?);
     } else {
+        // The paths are the agent's (names of files in its desktop).
         for r in &report.refused {
-            eprintln!("not copied: {r}");
+            eprintln!("not copied: {}", printable(&r.to_string()));
         }
         eprintln!(
             "{} bytes in {} ms",

@@ -334,3 +334,60 @@ async fn the_agent_cannot_replace_the_view() {
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("noVNC"));
 }
+
+/// A window title is the agent's to set, terminal escapes included (OSC 52 writes the
+/// clipboard of whoever runs the CLI): `sandbox windows` and `wait-window` print it with its
+/// control characters replaced; `--json` escapes them as JSON does.
+#[test]
+fn window_titles_reach_the_terminal_without_their_escapes() {
+    let (v, _guard) = up();
+    let id = v["id"].as_str().unwrap();
+    let started = agent(id, "setsid xfce4-terminal >/dev/null 2>&1 &");
+    assert!(started.status.success(), "{}", stderr(&started));
+    let waited = cli(&[
+        "sandbox",
+        "wait-window",
+        id,
+        "--class",
+        "(?i)terminal",
+        "--timeout",
+        "60",
+    ]);
+    assert!(waited.status.success(), "{}", stderr(&waited));
+    let set = agent(
+        id,
+        "xdotool search --class xfce4-terminal | while read w; do \
+         xdotool set_window --name \"$(printf 'pwn\\033]52;c;aGk=\\007ed')\" $w; done",
+    );
+    assert!(set.status.success(), "{}", stderr(&set));
+    let waited = cli(&[
+        "sandbox",
+        "wait-window",
+        id,
+        "--title",
+        "aGk=",
+        "--timeout",
+        "30",
+    ]);
+    assert!(waited.status.success(), "{}", stderr(&waited));
+    let listed = cli(&["sandbox", "windows", id]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    for out in [&waited, &listed] {
+        let text = stdout(out);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert!(text.contains("pwn\u{fffd}]52;c;aGk=\u{fffd}ed"), "{text:?}");
+    }
+    let json = cli(&["sandbox", "windows", id, "--json"]);
+    let windows: Value = serde_json::from_str(stdout(&json).trim()).unwrap();
+    assert!(
+        windows
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["title"] == "pwn\u{1b}]52;c;aGk=\u{7}ed"),
+        "{windows}"
+    );
+}
