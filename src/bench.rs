@@ -697,7 +697,9 @@ async fn a11y_reads(desktop: &Desktop, samples: usize) -> anyhow::Result<Option<
         title: Some(regex::Regex::new("Mousepad")?),
         ..Default::default()
     };
-    desktop.wait_window(&editor, Duration::from_secs(30)).await?;
+    desktop
+        .wait_window(&editor, Duration::from_secs(30))
+        .await?;
     // The editor registers its elements after its window shows: read until two reads agree.
     let mut lean = sandbox.accessibility_elements().await?;
     for _ in 0..20 {
