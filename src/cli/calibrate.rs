@@ -44,6 +44,12 @@ pub async fn run(mut args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     if !(args.max_error.is_finite() && args.max_error > 0.0) {
         bail!("--max-error must be a positive number of pixels");
     }
+    if args.common.observe.as_deref() == Some("a11y") {
+        bail!(
+            "calibrate measures where a model clicks on targets drawn on its screenshot: \
+             --observe a11y shows it none (use screenshot or screenshot+a11y)"
+        );
+    }
     let file = config::load(args.common.config.as_deref())?;
     crate::preflight::before_desktop(&mut args.common, &file).await?;
     let cfg = resolve(&args.common, &file, String::new(), &Limits::default())?;

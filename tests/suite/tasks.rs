@@ -2022,7 +2022,7 @@ async fn a_model_can_observe_the_accessibility_tree() {
 /// accessibility-tree prompt and question, no screenshot in any request (the SDK's types
 /// judge each), the tree inline with the window's menus, what the model typed in the next
 /// tree; the recording still keeps a screenshot of every step for people. A protocol whose
-/// model grounds in pixels is refused before any desktop starts.
+/// model grounds in pixels is refused before any desktop starts, and so is calibrating.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_model_can_act_from_the_accessibility_tree_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -2078,6 +2078,23 @@ async fn a_model_can_act_from_the_accessibility_tree_alone() {
         text(&refused).contains("the tree alone is for anthropic, pyautogui, tools"),
         "{}",
         text(&refused)
+    );
+    let calibrate = selfagent(
+        &[
+            "calibrate",
+            "--observe",
+            "a11y",
+            "--base-url",
+            &server.base_url(),
+        ],
+        home,
+    )
+    .await;
+    assert_eq!(calibrate.status.code(), Some(1), "{}", text(&calibrate));
+    assert!(
+        text(&calibrate).contains("shows it none"),
+        "{}",
+        text(&calibrate)
     );
     let out = run("pyautogui").await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
