@@ -99,6 +99,11 @@ pub const CONTEXT: &[(&str, &[u8], u32)] = &[
         0o755,
     ),
     (
+        "office/rootfs/usr/local/bin/code",
+        include_bytes!("../../sandbox/office/rootfs/usr/local/bin/code"),
+        0o755,
+    ),
+    (
         "office/rootfs/home/user/.config/libreoffice/4/user/registrymodifications.xcu",
         include_bytes!(
             "../../sandbox/office/rootfs/home/user/.config/libreoffice/4/user/registrymodifications.xcu"
