@@ -67,10 +67,6 @@ pub const UNSUPPORTED_GETTERS: &[(&str, &str)] = &[
         "pdf_from_url",
         "reads a live website at grading (not repeatable offline)",
     ),
-    (
-        "vscode_config",
-        "types into VS Code's command palette to run OSWorld's evaluation extension (not verified here)",
-    ),
 ];
 
 /// Metrics that load but are not run here, and why.

@@ -1777,6 +1777,8 @@ async fn vs_code_edits_and_saves_a_file_that_osworld_grades() {
                  && printf '{gold}' > ~/gold.py\"\n\
                  [[setup]]\nlaunch = \"code /home/user/Desktop/test.py\"\n\
                  [[setup]]\nwait_for_window = {{ title = \"^test.py - Visual Studio Code$\", timeout = 90 }}\n\
+                 [[setup]]\nexec = \"until grep -qs 'Eager extensions activated' \
+                 ~/.config/Code/logs/*/exthost1/remoteexthost.log; do sleep 0.2; done\"\ntimeout = 90\n\
                  [check.osworld]\nfunc = \"compare_text_file\"\n\
                  [check.osworld.result]\ntype = \"vm_file\"\npath = \"/home/user/Desktop/test.py\"\ndest = \"test.py\"\n\
                  [check.osworld.expected]\ntype = \"vm_file\"\npath = \"/home/user/gold.py\"\ndest = \"gold.py\"\n"
@@ -1839,6 +1841,67 @@ async fn vs_code_edits_and_saves_a_file_that_osworld_grades() {
     assert_eq!(listed.trim(), "listed");
     let version = d.sh("code --version").await;
     assert!(version.contains("with Code 1."), "{version}");
+}
+
+/// OSWorld's `vscode_config` getter as its vs_code tasks use it: the task installs an
+/// evaluation extension from a `.vsix` (`code --install-extension`), and at grading the getter
+/// types the extension's command into VS Code's command palette (pyautogui, as OSWorld's
+/// getter does) and reads the file the command wrote, here the workspace's folder, which
+/// `compare_config` compares. With the project open it passes; with VS Code open on no
+/// folder the same check fails. (The agent here answers at once, so the setup waits for the
+/// evidence that VS Code's extension host is up, its log's "Eager extensions activated":
+/// before that the palette does not list the extension's command yet.)
+#[tokio::test(flavor = "multi_thread")]
+async fn vs_code_is_graded_through_its_command_palette_as_osworld_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let db = home.join("rec.db");
+    let _snapshots = SnapshotsOf(db.clone());
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vscode-eval");
+    let zipped = std::process::Command::new("python3")
+        .args(["-m", "zipfile", "-c"])
+        .arg(home.join("eval.vsix"))
+        .args(["[Content_Types].xml", "extension.vsixmanifest", "extension"])
+        .current_dir(&fixture)
+        .status()
+        .unwrap();
+    assert!(zipped.success());
+    let task = |id: &str, open: &str, title: &str| {
+        let path = home.join(format!("{id}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "id = \"{id}\"\ninstruction = \"Open the project in VS Code ({id}).\"\n\
+                 desktop = \"office\"\n\
+                 [[setup]]\nupload = {{ from = \"eval.vsix\", to = \"/home/user/eval.vsix\" }}\n\
+                 [[setup]]\nexec = \"code --install-extension /home/user/eval.vsix && mkdir -p /home/user/project\"\n\
+                 [[setup]]\nlaunch = \"code {open}\"\n\
+                 [[setup]]\nwait_for_window = {{ title = \"{title}\", timeout = 90 }}\n\
+                 [[setup]]\nexec = \"until grep -qs 'Eager extensions activated' \
+                 ~/.config/Code/logs/*/exthost1/remoteexthost.log; do sleep 0.2; done\"\ntimeout = 90\n\
+                 [check.osworld]\nfunc = \"compare_config\"\n\
+                 [check.osworld.result]\ntype = \"vscode_config\"\nvscode_extension_command = \"OpenProject\"\n\
+                 path = \"/home/user/OpenProject.txt\"\ndest = \"OpenProject.txt\"\n\
+                 [check.osworld.expected]\ntype = \"rule\"\n\
+                 [check.osworld.expected.rules]\nexpected = \"/home/user/project\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let opened = task(
+        "vscode-project-open",
+        "/home/user/project",
+        "^project - Visual Studio Code$",
+    );
+    let empty = task("vscode-project-closed", "", "Visual Studio Code$");
+    let server = ModelServer::routed(vec![route("", vec![answer("Done.")])], (1280, 800)).await;
+    let run = |task: PathBuf| run_task_file(task, &server, &db, home);
+    let passed = run(opened).await;
+    assert_eq!(passed.status.code(), Some(0), "{}", text(&passed));
+    let failed = run(empty).await;
+    assert_eq!(failed.status.code(), Some(2), "{}", text(&failed));
+    assert!(server.problems().is_empty(), "{:?}", server.problems());
 }
 
 /// OSWorld's evaluator run inside `d` (as the harness runs it, as root) on `evaluator`;
@@ -2238,7 +2301,7 @@ async fn the_whole_osworld_sample_imports_into_tasks_that_load() {
             cov["considered"].as_u64(),
             cov["converted"].as_u64()
         ),
-        (Some(85), Some(84), Some(75)),
+        (Some(85), Some(84), Some(76)),
         "the README's table: {cov}"
     );
     let written = std::fs::read_dir(&out_dir)
@@ -2251,7 +2314,7 @@ async fn the_whole_osworld_sample_imports_into_tasks_that_load() {
                 .is_some_and(|x| x == "toml")
         })
         .count();
-    assert_eq!(written, 75);
+    assert_eq!(written, 76);
     let checked = selfagent(&["tasks", "check", out_dir.to_str().unwrap()], home).await;
     assert_eq!(checked.status.code(), Some(0), "{}", text(&checked));
     assert_eq!(
@@ -2259,7 +2322,7 @@ async fn the_whole_osworld_sample_imports_into_tasks_that_load() {
             .matches("\nok ")
             .count()
             + 1,
-        75,
+        76,
         "{}",
         text(&checked)
     );
