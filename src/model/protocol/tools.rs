@@ -84,8 +84,9 @@ impl Spec for ToolsSpec {
     }
 }
 
-/// The `computer` tool, described for a screen of `w`x`h` pixels.
-pub fn computer_tool(w: u32, h: u32, allow_setup: bool) -> Value {
+/// The `computer` tool, described for a screen of `w`x`h` pixels; without `pixels`
+/// (`--observe a11y`) its observations are the accessibility tree and it has no `zoom`.
+pub fn computer_tool(w: u32, h: u32, allow_setup: bool, pixels: bool) -> Value {
     let mut actions = vec![
         "key",
         "type",
@@ -110,19 +111,29 @@ pub fn computer_tool(w: u32, h: u32, allow_setup: bool) -> Value {
     if allow_setup {
         actions.extend(["launch", "open", "exec"]);
     }
+    let (observe, returns, zoom) = if pixels {
+        (
+            ", and take screenshots",
+            "a new screenshot, taken",
+            "* `zoom` returns the region [x0, y0, x1, y1] at full resolution.\n",
+        )
+    } else {
+        actions.retain(|a| *a != "zoom");
+        ("", "the screen's accessibility tree, read", "")
+    };
     let description = format!(
-        "Use a mouse and keyboard to interact with a Linux desktop (XFCE), and take screenshots.\n\
+        "Use a mouse and keyboard to interact with a Linux desktop (XFCE){observe}.\n\
          * The screen is {w}x{h} pixels. Coordinates are [x, y] pixels in that space, (0, 0) at the top left.\n\
-         * Every action returns a new screenshot, taken once the screen has stopped changing.\n\
+         * Every action returns {returns} once the screen has stopped changing.\n\
          * `key` takes xdotool key names and combos: \"Return\", \"ctrl+s\", \"alt+F4\", \"ctrl+a Delete\".\n\
          * `type` types text exactly as given (any language); use \\n for Enter.\n\
          * `scroll` needs scroll_direction (up, down, left, right) and scroll_amount (wheel clicks).\n\
          * `key` (or `text`) on clicks and scrolls names modifier keys to hold, e.g. \"shift\".\n\
-         * `zoom` returns the region [x0, y0, x1, y1] at full resolution.\n\
+         {zoom}\
          * When the task is complete, call `done` with your answer in `text`, or simply reply \
          without a tool call. If it cannot be done, call `fail` with the reason in `text`."
     );
-    json!({
+    let mut tool = json!({
         "type": "function",
         "function": {
             "name": "computer",
@@ -149,13 +160,17 @@ pub fn computer_tool(w: u32, h: u32, allow_setup: bool) -> Value {
                 "required": ["action"]
             }
         }
-    })
+    });
+    if !pixels && let Some(props) = tool["function"]["parameters"]["properties"].as_object_mut() {
+        props.remove("region");
+    }
+    tool
 }
 
 /// The `computer` tool of a planner (`--grounder`): pointer actions name an `element`
 /// (and a drag its `start_element`) instead of coordinates.
 pub fn planner_tool(w: u32, h: u32) -> Value {
-    let mut tool = computer_tool(w, h, false);
+    let mut tool = computer_tool(w, h, false, true);
     let f = &mut tool["function"];
     f["description"] = json!(format!(
         "Use a mouse and keyboard to interact with a Linux desktop (XFCE), and take screenshots.\n\
@@ -187,32 +202,6 @@ pub fn planner_tool(w: u32, h: u32) -> Value {
     tool
 }
 
-/// The `computer` tool of a conversation shown no screenshots (`--observe a11y`): no
-/// `zoom`, and observations are said to be the accessibility tree.
-fn without_pixels(mut tool: Value) -> Value {
-    let f = &mut tool["function"];
-    if let Some(d) = f["description"].as_str() {
-        let d = d
-            .replace(", and take screenshots", "")
-            .replace(
-                "* Every action returns a new screenshot, taken once the screen has stopped changing.",
-                "* Every action returns the screen's accessibility tree, read once the screen has stopped changing.",
-            )
-            .replace(
-                "* `zoom` returns the region [x0, y0, x1, y1] at full resolution.\n",
-                "",
-            );
-        f["description"] = json!(d);
-    }
-    if let Some(props) = f["parameters"]["properties"].as_object_mut() {
-        props.remove("region");
-    }
-    if let Some(actions) = f["parameters"]["properties"]["action"]["enum"].as_array_mut() {
-        actions.retain(|a| a != "zoom");
-    }
-    tool
-}
-
 /// The conversation of one episode in the `tools` protocol.
 pub struct Tools {
     geometry: Geometry,
@@ -235,17 +224,21 @@ impl Tools {
         };
         let mut system = prompt(cfg.prompts.as_deref(), file, embedded, &geometry)
             .map_err(|e| format!("reading the prompts: {e}"))?;
-        let mut tool = if planner {
+        let tool = if planner {
             planner_tool(geometry.sent.0, geometry.sent.1)
         } else {
-            computer_tool(geometry.sent.0, geometry.sent.1, cfg.allow_setup_actions)
+            computer_tool(
+                geometry.sent.0,
+                geometry.sent.1,
+                cfg.allow_setup_actions,
+                cfg.observe.pixels(),
+            )
         };
         let mut images = Images::new(cfg.keep_images);
         if !cfg.observe.pixels() {
             let note = super::without_pixels_note(cfg.prompts.as_deref(), &geometry)
                 .map_err(|e| format!("reading the prompts: {e}"))?;
             system = format!("{system}\n\n{note}");
-            tool = without_pixels(tool);
             images = images.without_pixels();
         }
         Ok(Self {
@@ -684,8 +677,11 @@ mod tests {
 
     #[test]
     fn the_tool_names_the_screen_size() {
-        let t = computer_tool(1024, 768, false).to_string();
+        let t = computer_tool(1024, 768, false, true).to_string();
         assert!(t.contains("1024x768") && !t.contains("\"launch\""));
-        assert!(computer_tool(1, 1, true).to_string().contains("\"launch\""));
+        assert!(computer_tool(1, 1, true, true).to_string().contains("\"launch\""));
+        let tree = computer_tool(1024, 768, false, false).to_string();
+        assert!(!tree.contains("zoom") && !tree.contains("screenshots"), "{tree}");
+        assert!(tree.contains("accessibility tree"), "{tree}");
     }
 }
