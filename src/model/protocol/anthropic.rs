@@ -450,10 +450,9 @@ impl Anthropic {
     /// The blocks that show the screen `shot`: its image (unless no pixels are sent), then
     /// the text that goes beside it.
     fn screen_blocks(&mut self, shot: &Shot) -> Vec<Value> {
-        let image = self.image_block(shot);
         let mut blocks = Vec::new();
         if self.images.sends_pixels() {
-            blocks.push(image);
+            blocks.push(self.image_block(shot));
         }
         if let Some(tree) = shot.tree_text() {
             blocks.push(json!({"type": "text", "text": tree}));

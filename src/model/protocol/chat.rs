@@ -46,12 +46,12 @@ impl ChatHistory {
     /// A user turn of text and a screenshot (either may be empty), with the text that goes
     /// beside the screen after it; without pixels, that text alone.
     pub fn user_text_image(&mut self, text: &str, shot: &super::Shot) {
-        let reference = self.images.add(shot);
         let mut content = Vec::new();
         if !text.is_empty() {
             content.push(json!({"type": "text", "text": text}));
         }
         if self.images.sends_pixels() {
+            let reference = self.images.add(shot);
             content.push(json!({"type": "image_url", "image_url": {"url": reference}}));
         }
         if let Some(tree) = shot.tree_text() {

@@ -255,9 +255,9 @@ impl Tools {
     /// The parts that show `shot`: its image (unless no pixels are sent), then the text
     /// that goes beside the screen.
     fn image_parts(&mut self, shot: &Shot) -> Vec<Value> {
-        let reference = self.images.add(shot);
         let mut parts = Vec::new();
         if self.images.sends_pixels() {
+            let reference = self.images.add(shot);
             parts.push(json!({"type": "image_url", "image_url": {"url": reference}}));
         }
         if let Some(tree) = shot.tree_text() {
