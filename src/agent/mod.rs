@@ -427,20 +427,22 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
             .map_err(|e| e.to_string())?;
         let frame = Frame::new(shot.png.clone(), shot.width, shot.height);
         let geometry = protocol.geometry();
-        let png = if geometry.sent == (shot.width, shot.height) {
-            shot.png.clone()
-        } else {
-            // Resizing takes milliseconds of CPU: off the async threads.
-            let scaled = tokio::task::spawn_blocking(move || match &shot.rgb {
-                Some(rgb) => geometry.image_from_rgb(shot.width, shot.height, rgb),
-                None => geometry.image_for_model(&shot.png),
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r)
-            .map_err(|e| format!("scaling a screenshot: {e}"))?;
-            Arc::new(scaled)
-        };
+        // Without pixels (`--observe a11y`) the model never sees the image: not scaled.
+        let png =
+            if geometry.sent == (shot.width, shot.height) || !self.cfg.protocol.observe.pixels() {
+                shot.png.clone()
+            } else {
+                // Resizing takes milliseconds of CPU: off the async threads.
+                let scaled = tokio::task::spawn_blocking(move || match &shot.rgb {
+                    Some(rgb) => geometry.image_from_rgb(shot.width, shot.height, rgb),
+                    None => geometry.image_for_model(&shot.png),
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+                .map_err(|e| format!("scaling a screenshot: {e}"))?;
+                Arc::new(scaled)
+            };
         let tree = if self.cfg.protocol.observe.tree() {
             let desktop = self.computer.desktop().ok_or_else(|| {
                 "the accessibility tree is read from a desktop, and this is a stand-in".to_owned()
