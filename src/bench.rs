@@ -290,7 +290,7 @@ pub fn protocol_codecs(
     screen: (u32, u32),
     steps: usize,
 ) -> anyhow::Result<(Vec<ProtocolCodec>, Stats)> {
-    use crate::model::protocol::{self, CallResult, ProtocolConfig, ProtocolName, Shot};
+    use crate::model::protocol::{self, ProtocolConfig, ProtocolName, Shot};
     use base64::Engine as _;
     let png = std::sync::Arc::new(png.to_vec());
     // The baseline: one screenshot in the smallest request.
@@ -344,17 +344,11 @@ pub fn protocol_codecs(
             let body = request.to_bytes();
             let decision = p.decode(&raw).map_err(anyhow::Error::msg)?;
             p.assistant(&raw, &decision);
-            let results: Vec<CallResult> = decision
-                .calls
-                .iter()
-                .map(|c| CallResult {
-                    id: c.id.clone(),
-                    text: "ok".into(),
-                    is_error: false,
-                    image: None,
-                })
-                .collect();
-            p.results(&results, &shot(i), "The screen after your actions:");
+            p.results(
+                &decision.answered_ok(),
+                &shot(i),
+                "The screen after your actions:",
+            );
             times.push(ms(t.elapsed()));
             bytes.push(body.len() as u64);
             std::hint::black_box(recorded);

@@ -945,12 +945,7 @@ impl<'a, C: Computer, M: Model> Episode<'a, C, M> {
                         image: None,
                     })
                     .await;
-                results.push(CallResult {
-                    id: call.id.clone(),
-                    text: "ok".into(),
-                    is_error: false,
-                    image: None,
-                });
+                results.push(CallResult::ok(&call.id));
                 continue;
             }
             match self.controls.approve(step, index, &action, self.emit).await {

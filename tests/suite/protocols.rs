@@ -1195,9 +1195,7 @@ async fn a_planner_names_elements_and_a_grounder_finds_them() {
 async fn every_protocols_requests_with_the_tree_pass_its_sdk() {
     use crate::common::sdk::{Api, judge};
     use selfagent::model::ModelField;
-    use selfagent::model::protocol::{
-        ALL, CallResult, Observe, ProtocolConfig, ProtocolName, Shot,
-    };
+    use selfagent::model::protocol::{ALL, Observe, ProtocolConfig, ProtocolName, Shot};
     // The SDKs' types take the image data as a string; its bytes are not read.
     let png = std::sync::Arc::new(b"\x89PNG".to_vec());
     let shot = |n: u32| Shot {
@@ -1236,17 +1234,11 @@ async fn every_protocols_requests_with_the_tree_pass_its_sdk() {
             send(p.as_ref(), "TREE-1");
             let decision = p.decode(&example.reply).unwrap();
             p.assistant(&example.reply, &decision);
-            let results: Vec<CallResult> = decision
-                .calls
-                .iter()
-                .map(|c| CallResult {
-                    id: c.id.clone(),
-                    text: "ok".into(),
-                    is_error: false,
-                    image: None,
-                })
-                .collect();
-            p.results(&results, &shot(2), "The screen after your actions:");
+            p.results(
+                &decision.answered_ok(),
+                &shot(2),
+                "The screen after your actions:",
+            );
             send(p.as_ref(), "TREE-2");
             p.results(&[], &shot(3), "A person handed the desktop back.");
             send(p.as_ref(), "TREE-3");

@@ -956,17 +956,10 @@ mod tests {
         c.assistant(&raw, &d);
         c.results(
             &[
+                CallResult::ok("t1"),
                 CallResult {
-                    id: "t1".into(),
-                    text: "ok".into(),
-                    is_error: false,
-                    image: None,
-                },
-                CallResult {
-                    id: "t2".into(),
-                    text: "ok".into(),
-                    is_error: false,
                     image: Some(shot("zoomed")),
+                    ..CallResult::ok("t2")
                 },
             ],
             &shot("b"),

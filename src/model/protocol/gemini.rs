@@ -903,12 +903,7 @@ mod tests {
         g.assistant(&raw, &d);
         g.acknowledge(&d.safety);
         g.results(
-            &[CallResult {
-                id: d.calls[0].id.clone(),
-                text: "ok".into(),
-                is_error: false,
-                image: None,
-            }],
+            &[CallResult::ok(&d.calls[0].id)],
             &shot("b"),
             "after",
         );

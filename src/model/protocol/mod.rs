@@ -848,6 +848,25 @@ pub struct CallResult {
     pub image: Option<Shot>,
 }
 
+impl CallResult {
+    /// The result of an action that went through with nothing to report.
+    pub fn ok(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            text: "ok".into(),
+            is_error: false,
+            image: None,
+        }
+    }
+}
+
+impl Decision {
+    /// Each call's result as [`CallResult::ok`] (the bench and the protocol tests).
+    pub fn answered_ok(&self) -> Vec<CallResult> {
+        self.calls.iter().map(|c| CallResult::ok(&c.id)).collect()
+    }
+}
+
 /// One wire format's conversation (see the module docs). Object-safe: the loop holds a
 /// `Box<dyn Protocol>`.
 pub trait Protocol: Send + Sync {
@@ -1333,17 +1352,11 @@ mod tests {
                 let raw = spec.example().reply;
                 let decision = p.decode(&raw).unwrap();
                 p.assistant(&raw, &decision);
-                let results: Vec<CallResult> = decision
-                    .calls
-                    .iter()
-                    .map(|c| CallResult {
-                        id: c.id.clone(),
-                        text: "ok".into(),
-                        is_error: false,
-                        image: None,
-                    })
-                    .collect();
-                p.results(&results, &shot("2"), "The screen after your actions:");
+                p.results(
+                    &decision.answered_ok(),
+                    &shot("2"),
+                    "The screen after your actions:",
+                );
                 sent(p.as_ref(), "TREE-2");
                 p.results(&[], &shot("3"), "A person handed the desktop back.");
                 sent(p.as_ref(), "TREE-3");

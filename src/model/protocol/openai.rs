@@ -556,13 +556,7 @@ mod tests {
         let d = p.decode(&raw).unwrap();
         p.assistant(&raw, &d);
         p.acknowledge(&d.safety);
-        let ok = |id: &str| CallResult {
-            id: id.into(),
-            text: "ok".into(),
-            is_error: false,
-            image: None,
-        };
-        p.results(&[ok("c1"), ok("c1")], &shot("b"), "after");
+        p.results(&[CallResult::ok("c1"), CallResult::ok("c1")], &shot("b"), "after");
         let (req, _) = p.request();
         let body = req.resolved_body();
         assert_eq!(body["previous_response_id"], "resp_1");
@@ -584,7 +578,7 @@ mod tests {
         let mut s = openai("gpt-5.4", true);
         s.begin("do it", &shot("a"));
         s.assistant(&raw, &d);
-        s.results(&[ok("c1")], &shot("b"), "after");
+        s.results(&[CallResult::ok("c1")], &shot("b"), "after");
         let (req, _) = s.request();
         assert_eq!(req.body["store"], false);
         assert_eq!(req.body["input"].as_array().unwrap().len(), 3);

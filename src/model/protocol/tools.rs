@@ -621,12 +621,7 @@ mod tests {
             let d = c.decode(&raw).unwrap();
             c.assistant(&raw, &d);
             c.results(
-                &[CallResult {
-                    id: format!("c{i}"),
-                    text: "ok".into(),
-                    is_error: false,
-                    image: None,
-                }],
+                &[CallResult::ok(format!("c{i}"))],
                 &shot(sha),
                 "after",
             );
